@@ -1,0 +1,1 @@
+"""The Istio-style API as protobuf messages (sources *.proto, generated *_pb2.py)."""

@@ -1,0 +1,1 @@
+"""The xDS control plane: everything with I/O (config source, registry, cache, ADS, CLI)."""

@@ -1,0 +1,1 @@
+"""Reading the mesh's YAML directory into a typed, validated MeshConfig."""
