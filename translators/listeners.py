@@ -1,0 +1,101 @@
+"""The sidecar's listeners: one outbound HTTP proxy, one inbound listener per app port.
+
+There is no traffic capture (iptables): the app sends requests to the outbound listener
+(as HTTP_PROXY, or with a Host header naming the service), and other sidecars reach this
+workload on its inbound listeners, which forward to the app on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
+from envoy.config.core.v3 import base_pb2, protocol_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from translators import model
+from translators.clusters import ADS_SOURCE, socket_address
+from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+ZERO = duration_pb2.Duration()
+
+
+def _pack(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _router() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
+
+
+def _listener(name: str, address: str, port: int, hcm: hcm_pb2.HttpConnectionManager,
+              direction: int) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(address, port),
+        traffic_direction=direction,
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=_pack(hcm))]
+            )
+        ],
+    )
+
+
+def outbound_listener(proxy: model.Proxy) -> listener_pb2.Listener:
+    """127.0.0.1:<outbound port>, routing by Host/authority through RDS `http_proxy`."""
+    name = listener_name("127.0.0.1", proxy.outbound_port)
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=f"outbound_{name}",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=ADS_SOURCE, route_config_name=OUTBOUND_ROUTE_NAME),
+        http_filters=[_router()],
+        # Lets apps use the listener as HTTP_PROXY (requests with absolute URLs).
+        http_protocol_options=protocol_pb2.Http1ProtocolOptions(
+            allow_absolute_url=wrappers_pb2.BoolValue(value=True)
+        ),
+        stream_idle_timeout=ZERO,
+    )
+    return _listener(name, "127.0.0.1", proxy.outbound_port, hcm, base_pb2.OUTBOUND)
+
+
+def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
+    """<bind>:<inbound port> -> the app on 127.0.0.1:<app port>, with an inline route."""
+    name = listener_name(proxy.bind_address, port.inbound_port)
+    cluster = inbound_cluster(port.app_port)
+    route = rc.Route(
+        name="default",
+        match=rc.RouteMatch(prefix="/"),
+        route=rc.RouteAction(
+            cluster=cluster,
+            timeout=ZERO,
+            max_stream_duration=rc.RouteAction.MaxStreamDuration(
+                max_stream_duration=ZERO, grpc_timeout_header_max=ZERO
+            ),
+        ),
+    )
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=f"inbound_{name}",
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        route_config=route_pb2.RouteConfiguration(
+            name=cluster,
+            validate_clusters=wrappers_pb2.BoolValue(value=False),
+            virtual_hosts=[
+                rc.VirtualHost(name=f"inbound|http|{port.app_port}", domains=["*"], routes=[route])
+            ],
+        ),
+        http_filters=[_router()],
+        stream_idle_timeout=ZERO,
+    )
+    return _listener(name, proxy.bind_address, port.inbound_port, hcm, base_pb2.INBOUND)
+
+
+def sidecar_listeners(proxy: model.Proxy) -> list[listener_pb2.Listener]:
+    return [outbound_listener(proxy)] + [inbound_listener(proxy, p) for p in proxy.ports]

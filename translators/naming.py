@@ -1,0 +1,37 @@
+"""Istio's names for clusters, listeners and hosts (see reference/istio-mapping.md §1)."""
+
+from __future__ import annotations
+
+from translators.model import CLUSTER_DOMAIN
+
+
+def fqdn(host: str, namespace: str, domain: str = CLUSTER_DOMAIN) -> str:
+    """Expand a dot-free short name relative to `namespace`; anything else is literal."""
+    host = host.lower()
+    if "." in host or host == "*" or not host:
+        return host
+    return f"{host}.{namespace}.svc.{domain}"
+
+
+def outbound_cluster(port: int, host: str, subset: str = "") -> str:
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def inbound_cluster(app_port: int) -> str:
+    return f"inbound|{app_port}||"
+
+
+def listener_name(bind: str, port: int) -> str:
+    return f"{bind}_{port}"
+
+
+OUTBOUND_ROUTE_NAME = "http_proxy"
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Istio host matching: exact, `*`, or a `*.suffix` wildcard covering `host`."""
+    if pattern == host or pattern == "*":
+        return True
+    if pattern.startswith("*"):
+        return host.endswith(pattern[1:])
+    return False

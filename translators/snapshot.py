@@ -1,0 +1,80 @@
+"""Everything one proxy receives, for one state of the world (config + registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from translators import model
+from translators.clusters import inbound_clusters, outbound_clusters
+from translators.endpoints import outbound_endpoints
+from translators.listeners import sidecar_listeners
+from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, Resources, pack_all
+from translators.routes import outbound_route_config
+from translators.services import Service, build_services
+
+
+@dataclass(frozen=True)
+class World:
+    """The inputs of one round of translation; `generation` orders rounds."""
+
+    config: model.MeshConfig
+    proxies: tuple[model.Proxy, ...] = ()
+    generation: int = 0
+
+    @cached_property
+    def services(self) -> dict[str, Service]:
+        return build_services(self.config, self.proxies)
+
+    @cached_property
+    def uses_source_labels(self) -> bool:
+        return any(
+            m.source_labels
+            for vs in self.config.of_kind(model.VIRTUAL_SERVICE)
+            for rule in vs.spec.http
+            for m in rule.match
+        )
+
+
+@dataclass
+class Translator:
+    """Translates for many proxies of one World, computing shared outbound parts once."""
+
+    world: World
+    _shared: dict[tuple, Mapping[str, dict[str, Packed]]] = field(default_factory=dict)
+
+    def _outbound(self, namespace: str, labels: Mapping[str, str]) -> Mapping[str, dict]:
+        # Routes depend on the proxy's labels only through sourceLabels matches.
+        label_key = tuple(sorted(labels.items())) if self.world.uses_source_labels else ()
+        key = (namespace, label_key)
+        shared = self._shared.get(key)
+        if shared is None:
+            config, services = self.world.config, self.world.services
+            shared = {
+                CLUSTER: pack_all(outbound_clusters(config, services, namespace)),
+                ENDPOINT: pack_all(outbound_endpoints(config, services, namespace)),
+                ROUTE: pack_all([outbound_route_config(config, services, namespace, labels)]),
+            }
+            self._shared[key] = shared
+        return shared
+
+    def translate(self, proxy: model.Proxy) -> Resources:
+        shared = self._outbound(proxy.namespace, proxy.labels)
+        clusters = dict(shared[CLUSTER])
+        clusters.update(pack_all(inbound_clusters(self.world.config, proxy)))
+        return {
+            CLUSTER: clusters,
+            ENDPOINT: shared[ENDPOINT],
+            LISTENER: pack_all(sidecar_listeners(proxy)),
+            ROUTE: shared[ROUTE],
+        }
+
+
+def translate(world: World, proxy: model.Proxy) -> Resources:
+    return Translator(world).translate(proxy)
+
+
+def translate_many(world: World, proxies: Sequence[model.Proxy]) -> dict[str, Resources]:
+    translator = Translator(world)
+    return {p.node_id: translator.translate(p) for p in proxies}
