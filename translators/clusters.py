@@ -152,7 +152,7 @@ def outbound_clusters(
 
 
 def inbound_clusters(config: model.MeshConfig, proxy: model.Proxy) -> list[cluster_pb2.Cluster]:
-    """`inbound|<app port>||`: the sidecar's own application on 127.0.0.1."""
+    """`inbound|<app port>||`: the sidecar's own application."""
     clusters = []
     for port in proxy.ports:
         name = inbound_cluster(port.app_port)
@@ -170,7 +170,7 @@ def inbound_clusters(config: model.MeshConfig, proxy: model.Proxy) -> list[clust
                             lb_endpoints=[
                                 endpoint_components_pb2.LbEndpoint(
                                     endpoint=endpoint_components_pb2.Endpoint(
-                                        address=socket_address("127.0.0.1", port.app_port)
+                                        address=socket_address(proxy.app_address, port.app_port)
                                     )
                                 )
                             ]

@@ -2,7 +2,7 @@
 
 There is no traffic capture (iptables): the app sends requests to the outbound listener
 (as HTTP_PROXY, or with a Host header naming the service), and other sidecars reach this
-workload on its inbound listeners, which forward to the app on 127.0.0.1.
+workload on its inbound listeners, which forward to the app.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def _listener(name: str, address: str, port: int, hcm: hcm_pb2.HttpConnectionMan
 
 
 def outbound_listener(proxy: model.Proxy) -> listener_pb2.Listener:
-    """127.0.0.1:<outbound port>, routing by Host/authority through RDS `http_proxy`."""
-    name = listener_name("127.0.0.1", proxy.outbound_port)
+    """<outbound address>:<port>, routing by Host/authority through RDS `http_proxy`."""
+    name = listener_name(proxy.outbound_address, proxy.outbound_port)
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=f"outbound_{name}",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -63,11 +63,11 @@ def outbound_listener(proxy: model.Proxy) -> listener_pb2.Listener:
         ),
         stream_idle_timeout=ZERO,
     )
-    return _listener(name, "127.0.0.1", proxy.outbound_port, hcm, base_pb2.OUTBOUND)
+    return _listener(name, proxy.outbound_address, proxy.outbound_port, hcm, base_pb2.OUTBOUND)
 
 
 def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
-    """<bind>:<inbound port> -> the app on 127.0.0.1:<app port>, with an inline route."""
+    """<bind>:<inbound port> -> the app on <app address>:<app port>, with an inline route."""
     name = listener_name(proxy.bind_address, port.inbound_port)
     cluster = inbound_cluster(port.app_port)
     route = rc.Route(

@@ -119,8 +119,15 @@ class Proxy:
     ip: str = "127.0.0.1"
     role: str = "sidecar"
     bind_address: str = "127.0.0.1"
+    outbound_address: str = "127.0.0.1"
     outbound_port: int = 15001
     ports: tuple[WorkloadPort, ...] = ()
+
+    @property
+    def app_address(self) -> str:
+        """Where the app listens: beside the inbound listener, or on loopback when that
+        listener binds every address."""
+        return "127.0.0.1" if self.bind_address in ("0.0.0.0", "::", "") else self.bind_address
 
     def inbound_port_for(self, app_port: int) -> int | None:
         for port in self.ports:

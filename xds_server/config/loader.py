@@ -244,14 +244,16 @@ class ConfigStore:
 
     def __init__(self, directory: FsPath) -> None:
         self.directory = directory
+        self._root = directory.resolve()
         self.accepted: dict[str, ParsedFile] = {}
         self.issues: dict[str, list[ConfigIssue]] = {}
         self.digests: dict[str, str] = {}  # latest seen content of each file
         self.snapshot = model.MeshConfig()
 
-    def _display(self, path: FsPath) -> str:
+    def display_name(self, path: FsPath) -> str:
+        """The file as the user named its directory: `mesh/reviews.yaml`."""
         try:
-            return str(path.relative_to(self.directory))
+            return str(self.directory / path.resolve().relative_to(self._root))
         except ValueError:
             return str(path)
 
@@ -260,11 +262,12 @@ class ConfigStore:
 
     def update(self, paths: Iterable[FsPath], rescan: bool = False) -> model.MeshConfig:
         """Re-read `paths` (created, modified or deleted); returns the new snapshot."""
-        changed = {self._display(p): p for p in paths if p.suffix in YAML_SUFFIXES}
+        changed = {self.display_name(p): p for p in map(FsPath, paths)
+                   if p.suffix in YAML_SUFFIXES}
         if rescan:
-            present = {self._display(p) for p in yaml_files(self.directory)}
+            present = {self.display_name(p) for p in yaml_files(self.directory)}
             for gone in set(self.accepted) - present:
-                changed.setdefault(gone, self.directory / gone)
+                changed.setdefault(gone, FsPath(gone))
         for name in sorted(changed):
             self._update_file(name, changed[name])
         self.snapshot = self._assemble()

@@ -1,0 +1,198 @@
+"""State-of-the-world ADS protocol for one stream, as a state machine without I/O.
+
+Inputs are the client's DiscoveryRequests and new desired resources for this proxy;
+outputs are the DiscoveryResponses to write, in order. The rules it keeps
+(reference/xds-protocol-checklist.md): answer every first request of a type, even empty;
+detect NACK by error_detail and never resend rejected content; ignore stale nonces but
+remember the names they carry; answer a repeated request after its ACK (a warming cluster
+asks again); send CDS, EDS, SDS, LDS, RDS in that order, and remove clusters only after the
+routes that used them have been replaced and acknowledged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from translators.resources import (
+    CLUSTER,
+    ENDPOINT,
+    PUSH_ORDER,
+    WILDCARD_TYPES,
+    Packed,
+    Resources,
+    version_of,
+)
+
+SYNCED, NOT_SENT, STALE, ERROR = "SYNCED", "NOT SENT", "STALE", "ERROR"
+
+
+@dataclass
+class TypeState:
+    """What this stream asked for, was sent and acknowledged, for one type URL."""
+
+    type_url: str
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    sent: dict[str, Packed] = field(default_factory=dict)
+    sent_version: str = ""
+    sent_nonce: str = ""
+    sent_generation: int = -1
+    responses_sent: int = 0
+    pending: bool = False  # a response is out and neither ACKed nor NACKed
+    acked_version: str = ""
+    acked_nonce: str = ""
+    nacked_version: str | None = None
+    nack_message: str = ""
+    nacks: int = 0
+
+    def status(self) -> str:
+        if not self.sent_nonce:
+            return NOT_SENT
+        if self.nacked_version is not None and self.nacked_version == self.sent_version:
+            return ERROR
+        return SYNCED if self.acked_nonce == self.sent_nonce else STALE
+
+
+@dataclass
+class SotwStream:
+    """Protocol state of one SotW ADS stream."""
+
+    node_id: str
+    control_plane_id: str = "xds-server"
+    resources: Resources = field(default_factory=dict)
+    generation: int = -1
+    types: dict[str, TypeState] = field(default_factory=dict)
+    deferred_cluster_removal: bool = False
+    _nonces: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list:
+        """Process one request; return the responses it calls for."""
+        type_url = request.type_url
+        state = self.types.get(type_url)
+        first = state is None
+        if state is None:
+            state = self.types[type_url] = TypeState(type_url)
+        if type_url not in PUSH_ORDER:
+            return []  # unknown type: remembered for status, never answered
+        nonce = request.response_nonce
+        if nonce and nonce != state.sent_nonce:
+            self._subscribe(state, request, first)  # stale: remember, don't answer
+            return []
+        changed = self._subscribe(state, request, first)
+        out: list[discovery_pb2.DiscoveryResponse] = []
+        if not nonce:
+            out += self._respond_if_needed(state, force=True)
+        elif request.HasField("error_detail"):
+            state.pending = False
+            state.nacked_version = state.sent_version
+            state.nack_message = request.error_detail.message
+            state.nacks += 1
+            if changed:
+                out += self._respond_if_needed(state)
+        elif state.pending:
+            state.pending = False
+            state.acked_version = request.version_info
+            state.acked_nonce = nonce
+            state.nacked_version = None
+            out += self._respond_if_needed(state)
+        else:  # the same nonce again after its ACK: the client wants the resources again
+            out += self._respond_if_needed(state, force=True)
+        out += self._finish_cluster_removal()
+        return out
+
+    def set_resources(self, resources: Resources, generation: int) -> list:
+        """New desired resources for this proxy; return the pushes they call for."""
+        self.resources = resources
+        self.generation = generation
+        out: list[discovery_pb2.DiscoveryResponse] = []
+        for type_url in PUSH_ORDER:
+            state = self.types.get(type_url)
+            if state is not None and state.sent_nonce:
+                out += self._respond_if_needed(state)
+        out += self._finish_cluster_removal()
+        return out
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _subscribe(self, state: TypeState, request, first: bool) -> bool:
+        """Apply the request's resource names; True when the subscription changed."""
+        names = frozenset(request.resource_names)
+        wildcard = "*" in names or (
+            state.type_url in WILDCARD_TYPES and not names and (first or state.wildcard)
+        )
+        names = names - {"*"}
+        changed = (wildcard, names) != (state.wildcard, state.names)
+        state.wildcard, state.names = wildcard, names
+        return changed
+
+    def _desired(self, state: TypeState) -> dict[str, Packed]:
+        available = self.resources.get(state.type_url, {})
+        if state.wildcard:
+            return dict(available)
+        return {n: available[n] for n in state.names if n in available}
+
+    def _respond_if_needed(self, state: TypeState, force: bool = False) -> list:
+        content = self._desired(state)
+        if state.type_url == CLUSTER:
+            removed = {n: p for n, p in state.sent.items() if n not in content}
+            others_busy = any(
+                s.pending or self._differs(s) for s in self.types.values() if s.type_url != CLUSTER
+            )
+            self.deferred_cluster_removal = bool(removed) and others_busy
+            if self.deferred_cluster_removal:
+                content = {**removed, **content}  # keep old clusters until routes move off
+        version = version_of(content)
+        if not force:
+            if version == state.sent_version and content.keys() == state.sent.keys():
+                return []
+            if version == state.nacked_version:
+                return []  # the client refused exactly this; wait for different content
+        return self._response(state, content, version)
+
+    def _differs(self, state: TypeState) -> bool:
+        if state.type_url not in PUSH_ORDER or not state.sent_nonce:
+            return False
+        content = self._desired(state)
+        return version_of(content) not in (state.sent_version, state.nacked_version)
+
+    def _finish_cluster_removal(self) -> list:
+        if not self.deferred_cluster_removal:
+            return []
+        if any(s.pending for s in self.types.values() if s.type_url != CLUSTER):
+            return []
+        self.deferred_cluster_removal = False
+        return self._respond_if_needed(self.types[CLUSTER])
+
+    def _response(self, state: TypeState, content: Mapping[str, Packed], version: str):
+        nonce = str(next(self._nonces))
+        changed_clusters = state.type_url == CLUSTER and any(
+            state.sent.get(n) is None or state.sent[n].hash != p.hash for n, p in content.items()
+        )
+        state.sent = dict(content)
+        state.sent_version = version
+        state.sent_nonce = nonce
+        state.sent_generation = self.generation
+        state.pending = True
+        state.responses_sent += 1
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=version,
+            type_url=state.type_url,
+            nonce=nonce,
+            resources=[content[n].any for n in sorted(content)],
+            control_plane=base_pb2.ControlPlane(identifier=self.control_plane_id),
+        )
+        out = [response]
+        endpoints = self.types.get(ENDPOINT)
+        if changed_clusters and endpoints is not None and endpoints.sent_nonce:
+            # A changed cluster warms until it gets its assignment again, even an unchanged one.
+            out += self._respond_if_needed(endpoints, force=True)
+        return out
+
+    def status(self) -> dict[str, TypeState]:
+        return {t: s for t, s in self.types.items() if t in PUSH_ORDER}

@@ -1,0 +1,123 @@
+"""Envoy bootstrap for one sidecar: node identity and metadata, admin, ADS to the server."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from translators import model
+from xds_server import node
+
+
+@dataclass
+class BootstrapOptions:
+    node_id: str
+    namespace: str = model.DEFAULT_NAMESPACE
+    labels: dict[str, str] = field(default_factory=dict)
+    service_account: str = "default"
+    app_ports: list[int] = field(default_factory=list)
+    inbound_ports: list[int] = field(default_factory=list)
+    xds_address: str = "127.0.0.1:15010"
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 15000
+    outbound_address: str = "127.0.0.1"
+    outbound_port: int = 15001
+    ip: str = ""  # empty: the server uses the address the sidecar connects from
+    bind_address: str = ""  # inbound listeners; empty: the workload IP
+    cluster: str = ""
+
+
+def workload_ports(app_ports: list[int], inbound_ports: list[int]) -> list[model.WorkloadPort]:
+    """Pair app ports with inbound ports; missing inbound ports count up from the last
+    given one (15006 when none is)."""
+    if len(inbound_ports) > len(app_ports):
+        raise ValueError("more --inbound-port than --app-port values")
+    pairs = []
+    next_port = 15006
+    for index, app in enumerate(app_ports):
+        inbound = inbound_ports[index] if index < len(inbound_ports) else next_port
+        pairs.append(model.WorkloadPort(app, inbound))
+        next_port = inbound + 1
+    return pairs
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--xds-address {address!r} must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
+    host, port = _split_address(options.xds_address)
+    ports = workload_ports(options.app_ports, options.inbound_ports)
+    metadata: dict[str, Any] = {
+        node.NAMESPACE: options.namespace,
+        node.LABELS: dict(options.labels),
+        node.SERVICE_ACCOUNT: options.service_account,
+        node.ROLE: "sidecar",
+        node.OUTBOUND_ADDRESS: options.outbound_address,
+        node.OUTBOUND_PORT: str(options.outbound_port),
+        node.WORKLOAD_PORTS: node.format_ports(ports),
+    }
+    if options.ip:
+        metadata[node.INSTANCE_IPS] = options.ip
+    if options.bind_address:
+        metadata[node.BIND_ADDRESS] = options.bind_address
+    xds_cluster: dict[str, Any] = {
+        "name": "xds_cluster",
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        # ADS is gRPC: without HTTP/2 the stream silently never comes up.
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "xds_cluster",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": host, "port_value": port}}}}]}],
+        },
+    }
+    return {
+        "node": {
+            "id": options.node_id,
+            "cluster": options.cluster or options.labels.get("app", options.node_id),
+            "metadata": metadata,
+        },
+        "admin": {"address": {"socket_address": {
+            "address": options.admin_address, "port_value": options.admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {
+                    "cluster_name": "xds_cluster",
+                    "retry_policy": {"retry_back_off": {"base_interval": "0.25s",
+                                                        "max_interval": "5s"}},
+                }}],
+            },
+            "cds_config": {"resource_api_version": "V3", "ads": {}},
+            "lds_config": {"resource_api_version": "V3", "ads": {}},
+        },
+        "static_resources": {"clusters": [xds_cluster]},
+    }
+
+
+def render(options: BootstrapOptions) -> str:
+    header = f"# Envoy bootstrap for sidecar {options.node_id}, written by `xds-server bootstrap`.\n"
+    return header + yaml.safe_dump(bootstrap(options), sort_keys=False)

@@ -1,0 +1,49 @@
+"""Debug and health HTTP endpoints (aiohttp, on the control plane's event loop)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from xds_server import status
+from xds_server.ads.servicer import AdsServicer
+from xds_server.config.loader import ConfigStore
+from xds_server.mesh_state import MeshState
+
+
+def make_app(mesh: MeshState, servicer: AdsServicer, store: ConfigStore) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def syncz(_: web.Request) -> web.Response:
+        return web.json_response(status.syncz(servicer.latest_streams(), mesh.generation))
+
+    async def config_dump(request: web.Request) -> web.Response:
+        node_id = request.query.get("proxy", "")
+        info = servicer.latest_streams().get(node_id)
+        if info is None:
+            return web.json_response({"error": f"proxy {node_id!r} is not connected"},
+                                     status=404)
+        return web.json_response(status.config_dump(info))
+
+    async def configz(_: web.Request) -> web.Response:
+        snapshot = store.snapshot
+        return web.json_response({
+            "version": snapshot.version,
+            "generation": mesh.generation,
+            "pushed_version": mesh.pushed_config_version,
+            "config_generation": mesh.config_generation,
+            "files": {name: store.digests.get(name) for name in sorted(store.digests)},
+            "accepted": {name: parsed.digest for name, parsed in sorted(store.accepted.items())},
+            "resources": [
+                {"kind": r.kind, "namespace": r.namespace, "name": r.name, "origin": str(r.origin)}
+                for r in snapshot.resources
+            ],
+            "issues": [issue.as_dict() for issue in store.all_issues()],
+        })
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/debug/syncz", syncz)
+    app.router.add_get("/debug/config_dump", config_dump)
+    app.router.add_get("/debug/configz", configz)
+    return app

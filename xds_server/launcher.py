@@ -1,0 +1,265 @@
+"""Run a mesh on one machine: the server, sample apps and real Envoy sidecars as processes.
+
+Each workload gets its own loopback address (127.X.Y.N), so every sidecar and app uses
+Istio's usual ports (admin 15000, outbound 15001, inbound 15006, app 9080) as if it were a
+pod. The demo and the end-to-end tests both use this launcher. Every wait is bounded and
+`stop()` ends every process it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xds_server.bootstrap import BootstrapOptions, render
+from xds_server.envoy_binary import find_envoy
+
+ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, APP_PORT = 15000, 15001, 15006, 9080
+
+
+@dataclass
+class Workload:
+    """A sidecar, and the sample app behind it when `app_port` is set."""
+
+    name: str  # node id
+    app: str  # the `app` label and the sample app's service name
+    version: str = "v1"
+    namespace: str = "default"
+    app_port: int | None = APP_PORT
+    ip: str = ""  # filled in by the launcher
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"app": self.app, "version": self.version}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None):
+    """(status, body) of a GET; status 0 when the connection failed."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class LocalMesh:
+    config_dir: Path
+    workloads: list[Workload]
+    work_dir: Path
+    xds_port: int = 0  # 0: pick a free port
+    debug_port: int = 0
+    subnet: str = ""  # "127.X.Y"; empty: a random one with free ports
+    log_level: str = "INFO"
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> LocalMesh:
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        self.xds_port = self.xds_port or free_port()
+        self.debug_port = self.debug_port or free_port()
+        self._assign_addresses()
+        self._spawn("xds-server", [
+            sys.executable, "-m", "xds_server", "--log-level", self.log_level, "serve",
+            "--config-dir", str(self.config_dir), "--xds-port", str(self.xds_port),
+            "--debug-port", str(self.debug_port),
+        ])
+        wait_until(lambda: http_get(f"{self.debug_url}/healthz")[0] == 200
+                   or self._check_alive(), timeout, "xds-server /healthz")
+        apps = [f"{w.app}:{w.version}:{w.app_port}@{w.ip}" for w in self.workloads if w.app_port]
+        if apps:
+            self._spawn("apps", [sys.executable, "-m", "xds_server.sample_app", *apps])
+        envoy = find_envoy()
+        for workload in self.workloads:
+            bootstrap = self.work_dir / f"{workload.name}.yaml"
+            bootstrap.write_text(render(self.bootstrap_options(workload)))
+            self._spawn(workload.name, [
+                envoy, "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
+                "--drain-time-s", "1", "-l", "warning",
+                "--log-path", str(self.work_dir / f"{workload.name}.envoy.log"),
+                "--file-flush-interval-msec", "200",
+            ])
+        for workload in self.workloads:
+            wait_until(lambda w=workload: self.envoy_ready(w) or self._check_alive(),
+                       timeout, f"Envoy {workload.name} to be LIVE")
+        for workload in self.workloads:
+            if workload.app_port:
+                wait_until(lambda w=workload: not _port_free(w.ip, w.app_port),
+                           timeout, f"app {workload.name}")
+
+    def _assign_addresses(self) -> None:
+        ports = (ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, APP_PORT)
+        candidates = [self.subnet] if self.subnet else [
+            f"127.{random.randint(1, 254)}.{random.randint(0, 254)}" for _ in range(20)
+        ]
+        for subnet in candidates:
+            ips = [f"{subnet}.{i + 1}" for i in range(len(self.workloads))]
+            if all(_port_free(ip, p) for ip in ips for p in ports):
+                for workload, ip in zip(self.workloads, ips, strict=True):
+                    workload.ip = ip
+                return
+        raise RuntimeError("no loopback subnet with free ports for the mesh")
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.work_dir / f"{name}.out", "wb")  # noqa: SIM115 (owned by the process)
+        self.processes[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+
+    def _check_alive(self) -> bool:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                tail = (self.work_dir / f"{name}.out").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
+        return False
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        self.processes.clear()
+
+    def __enter__(self) -> LocalMesh:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- addresses ----------------------------------------------------------------------
+
+    def bootstrap_options(self, workload: Workload) -> BootstrapOptions:
+        return BootstrapOptions(
+            node_id=workload.name, namespace=workload.namespace, labels=workload.labels,
+            service_account=workload.app,
+            app_ports=[workload.app_port] if workload.app_port else [],
+            inbound_ports=[INBOUND_PORT] if workload.app_port else [],
+            xds_address=f"127.0.0.1:{self.xds_port}", admin_address=workload.ip,
+            admin_port=ADMIN_PORT, outbound_address=workload.ip, outbound_port=OUTBOUND_PORT,
+            ip=workload.ip, bind_address=workload.ip,
+        )
+
+    def workload(self, name: str) -> Workload:
+        return next(w for w in self.workloads if w.name == name)
+
+    @property
+    def debug_url(self) -> str:
+        return f"http://127.0.0.1:{self.debug_port}"
+
+    def admin_url(self, name: str) -> str:
+        return f"http://{self.workload(name).ip}:{ADMIN_PORT}"
+
+    def outbound(self, name: str) -> tuple[str, int]:
+        """Where the app of workload `name` sends its outbound requests."""
+        return self.workload(name).ip, OUTBOUND_PORT
+
+    # ---- observing ----------------------------------------------------------------------
+
+    def envoy_ready(self, workload: Workload) -> bool:
+        status, body = http_get(f"http://{workload.ip}:{ADMIN_PORT}/ready", timeout=1)
+        return status == 200 and body.strip() == "LIVE"
+
+    def debug_json(self, path: str) -> Any:
+        status, body = http_get(self.debug_url + path, timeout=5)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status} {body[:200]}")
+        return json.loads(body)
+
+    def envoy_stats(self, name: str, filter_regex: str = "") -> dict[str, str]:
+        url = f"{self.admin_url(name)}/stats"
+        if filter_regex:
+            url += f"?filter={urllib.request.quote(filter_regex)}"
+        status, body = http_get(url, timeout=5)
+        stats = {}
+        for line in body.splitlines():
+            key, sep, value = line.partition(": ")
+            if sep:
+                stats[key] = value
+        return stats
+
+    def all_synced(self, min_generation: int = 0) -> bool:
+        """Every workload connected, every type SYNCED, from at least `min_generation`."""
+        syncz = self.debug_json("/debug/syncz")
+        proxies = {p["proxy"]: p for p in syncz["proxies"]}
+        for workload in self.workloads:
+            proxy = proxies.get(workload.name)
+            if proxy is None or proxy["generation"] < min_generation:
+                return False
+            if not proxy["types"] or any(t["status"] != "SYNCED" for t in proxy["types"].values()):
+                return False
+        return True
+
+    def wait_config_applied(self, digest_by_file: dict[str, str], timeout: float = 15.0) -> int:
+        """Wait until the server accepted these file contents and every proxy ACKed the
+        result; returns the generation that carries them."""
+
+        def accepted() -> int | None:
+            configz = self.debug_json("/debug/configz")
+            for name, digest in digest_by_file.items():
+                if configz["files"].get(name) != digest:
+                    return None
+            if configz["pushed_version"] != configz["version"]:
+                return None
+            return configz["config_generation"]
+
+        generation = wait_until(accepted, timeout, "the server to load the new files")
+        wait_until(lambda: self.all_synced(generation), timeout, "every proxy to ACK")
+        return generation
