@@ -1,0 +1,46 @@
+"""Shared test helpers: building configs from YAML text and small proxies."""
+
+from __future__ import annotations
+
+from translators import model
+from xds_server.config.loader import parse_file
+
+SERVICES = """
+apiVersion: v1
+kind: Service
+metadata: {name: %(name)s}
+spec:
+  selector: {app: %(name)s}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: %(name)s}
+spec:
+  host: %(name)s
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+"""
+
+
+def service_yaml(*names: str) -> str:
+    return "\n---\n".join(SERVICES % {"name": n} for n in names)
+
+
+def config_from(*texts: str) -> model.MeshConfig:
+    resources = []
+    for index, text in enumerate(texts):
+        parsed = parse_file(f"test{index}.yaml", text)
+        assert parsed.ok, [str(i) for i in parsed.issues]
+        resources += parsed.resources
+    return model.MeshConfig(resources=tuple(resources))
+
+
+def sidecar(name: str, app: str, version: str = "v1", ip: str = "127.0.0.1",
+            inbound: int = 15006, namespace: str = "default") -> model.Proxy:
+    return model.Proxy(
+        node_id=name, namespace=namespace, labels={"app": app, "version": version}, ip=ip,
+        bind_address=ip, ports=(model.WorkloadPort(9080, inbound),),
+    )

@@ -1,0 +1,175 @@
+"""The SotW stream state machine, without a network."""
+
+from __future__ import annotations
+
+from google.rpc import status_pb2
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, pack_all
+from xds_server.ads.sotw import ERROR, NOT_SENT, STALE, SYNCED, SotwStream
+
+
+def resources(clusters=("a",), route_target="a", listeners=("l",)):
+    return {
+        CLUSTER: pack_all(cluster_pb2.Cluster(name=c) for c in clusters),
+        ENDPOINT: pack_all(endpoint_pb2.ClusterLoadAssignment(cluster_name=c) for c in clusters),
+        LISTENER: pack_all(listener_pb2.Listener(name=n) for n in listeners),
+        ROUTE: pack_all([route_pb2.RouteConfiguration(
+            name="r", virtual_hosts=[{"name": route_target, "domains": [route_target]}])]),
+    }
+
+
+def request(type_url, names=(), nonce="", version="", error=None):
+    req = discovery_pb2.DiscoveryRequest(
+        type_url=type_url, resource_names=list(names), response_nonce=nonce, version_info=version
+    )
+    if error:
+        req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
+    return req
+
+
+def ack(response, names=()):
+    return request(response.type_url, names, nonce=response.nonce, version=response.version_info)
+
+
+def started(res=None) -> SotwStream:
+    stream = SotwStream("node")
+    stream.set_resources(res or resources(), 1)
+    return stream
+
+
+def names_in(response) -> list[str]:
+    out = []
+    for any_msg in response.resources:
+        msg = {
+            CLUSTER: cluster_pb2.Cluster, ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+            LISTENER: listener_pb2.Listener, ROUTE: route_pb2.RouteConfiguration,
+        }[response.type_url]()
+        any_msg.Unpack(msg)
+        out.append(getattr(msg, "cluster_name", "") or msg.name)
+    return out
+
+
+def test_first_request_is_answered_and_ack_is_silent():
+    stream = started()
+    (resp,) = stream.on_request(request(CLUSTER))
+    assert resp.type_url == CLUSTER and names_in(resp) == ["a"] and resp.nonce
+    assert stream.types[CLUSTER].status() == STALE
+    assert stream.on_request(ack(resp)) == []
+    assert stream.types[CLUSTER].status() == SYNCED
+    assert stream.types[CLUSTER].acked_version == resp.version_info
+
+
+def test_first_request_is_answered_even_when_empty():
+    stream = started({CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}})
+    (resp,) = stream.on_request(request(LISTENER))
+    assert list(resp.resources) == [] and resp.version_info
+
+
+def test_nack_is_recorded_and_not_resent_until_content_changes():
+    stream = started()
+    (resp,) = stream.on_request(request(CLUSTER))
+    nack = request(CLUSTER, nonce=resp.nonce, error="Invalid duration")
+    assert stream.on_request(nack) == []
+    state = stream.types[CLUSTER]
+    assert state.status() == ERROR and state.nack_message == "Invalid duration"
+    assert stream.set_resources(resources(), 2) == []  # same content: no loop
+    pushed = stream.set_resources(resources(clusters=("b",)), 3)
+    assert [r.type_url for r in pushed] == [CLUSTER]
+    stream.on_request(ack(pushed[0]))
+    assert state.status() == SYNCED and state.nacked_version is None
+
+
+def test_stale_nonce_is_not_answered_but_its_names_are_kept():
+    stream = started(resources(clusters=("a", "b")))
+    (first,) = stream.on_request(request(ENDPOINT, ["a"]))
+    (second,) = stream.on_request(request(ENDPOINT, ["a", "b"], nonce=first.nonce))
+    assert names_in(second) == ["a", "b"]
+    stale = request(ENDPOINT, ["a"], nonce=first.nonce)  # answers an older response
+    assert stream.on_request(stale) == []
+    assert stream.types[ENDPOINT].names == frozenset({"a"})
+    # The ACK of the latest response carries the newest names; they are served then.
+    (third,) = stream.on_request(request(ENDPOINT, ["a"], nonce=second.nonce))
+    assert names_in(third) == ["a"]
+
+
+def test_repeated_request_after_ack_is_answered_again():
+    stream = started()
+    (resp,) = stream.on_request(request(ENDPOINT, ["a"]))
+    assert stream.on_request(ack(resp, ["a"])) == []
+    (again,) = stream.on_request(request(ENDPOINT, ["a"], nonce=resp.nonce))
+    assert again.nonce != resp.nonce and names_in(again) == ["a"]
+
+
+def test_subscription_change_in_ack_is_served():
+    stream = started(resources(clusters=("a", "b")))
+    (resp,) = stream.on_request(request(ENDPOINT, ["a"]))
+    (more,) = stream.on_request(request(ENDPOINT, ["a", "b"], nonce=resp.nonce))
+    assert sorted(names_in(more)) == ["a", "b"]
+
+
+def subscribe_all(stream: SotwStream):
+    for type_url, names in ((CLUSTER, ()), (ENDPOINT, ("a",)), (LISTENER, ()), (ROUTE, ("r",))):
+        for resp in stream.on_request(request(type_url, names)):
+            stream.on_request(request(type_url, names, nonce=resp.nonce,
+                                      version=resp.version_info))
+
+
+def test_pushes_go_out_in_make_before_break_order():
+    stream = started()
+    subscribe_all(stream)
+    pushed = stream.set_resources(resources(clusters=("a", "b"), route_target="b",
+                                            listeners=("l", "m")), 2)
+    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+
+
+def test_cluster_removal_waits_until_routes_moved_and_acked():
+    stream = started()
+    subscribe_all(stream)
+    pushed = stream.set_resources(resources(clusters=("b",), route_target="b"), 2)
+    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT, ROUTE]
+    assert sorted(names_in(pushed[0])) == ["a", "b"]  # the old cluster stays for now
+    assert stream.on_request(ack(pushed[1], ["a"])) == []  # EDS ACK: RDS still in flight
+    (final,) = stream.on_request(request(ROUTE, ["r"], nonce=pushed[2].nonce,
+                                         version=pushed[2].version_info))
+    assert final.type_url == CLUSTER and names_in(final) == ["b"]
+
+
+def test_changed_cluster_is_followed_by_its_assignment():
+    stream = started()
+    subscribe_all(stream)
+    changed = resources()
+    changed[CLUSTER] = pack_all([cluster_pb2.Cluster(name="a", connect_timeout={"seconds": 3})])
+    pushed = stream.set_resources(changed, 2)
+    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT]  # EDS unchanged, still resent
+
+
+def test_unknown_type_is_remembered_not_answered():
+    stream = started()
+    url = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
+    assert stream.on_request(request(url, ["x"])) == []
+    assert url in stream.types
+
+
+def test_not_sent_until_requested():
+    stream = started()
+    stream.on_request(request(CLUSTER))
+    assert stream.status()[CLUSTER].status() == STALE
+    assert ENDPOINT not in stream.status()
+    assert NOT_SENT == "NOT SENT"
+
+
+def test_wildcard_transitions():
+    stream = started(resources(clusters=("a", "b")))
+    (resp,) = stream.on_request(request(CLUSTER))  # legacy wildcard: empty names
+    assert sorted(names_in(resp)) == ["a", "b"]
+    (resp,) = stream.on_request(request(CLUSTER, ["a"], nonce=resp.nonce))
+    assert names_in(resp) == ["a"]
+    (resp,) = stream.on_request(request(CLUSTER, [], nonce=resp.nonce))
+    assert names_in(resp) == []  # after explicit names, empty means nothing
+    (resp,) = stream.on_request(request(CLUSTER, ["*"], nonce=resp.nonce))
+    assert sorted(names_in(resp)) == ["a", "b"]
