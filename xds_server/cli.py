@@ -89,7 +89,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from xds_server.demo import run_demo
 
-    return run_demo(Path(args.dir), base_port=args.base_port)
+    return run_demo(Path(args.dir), base_port=args.xds_port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -135,8 +135,8 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a local mesh: server, Envoy sidecars, sample apps")
     demo.add_argument("--dir", default="demo-mesh", help="where the demo's YAML goes")
-    demo.add_argument("--base-port", type=int, default=20000,
-                      help="first of the ports the demo uses (default 20000)")
+    demo.add_argument("--xds-port", type=int, default=15010,
+                      help="xDS port; the debug port is this + 4 (default 15010, 15014)")
     demo.set_defaults(func=cmd_demo)
     return top
 

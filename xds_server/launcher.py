@@ -52,6 +52,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        # As servers bind: a port held only by TIME_WAIT connections counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -147,7 +149,8 @@ class LocalMesh:
                 for workload, ip in zip(self.workloads, ips, strict=True):
                     workload.ip = ip
                 return
-        raise RuntimeError("no loopback subnet with free ports for the mesh")
+        where = f"{self.subnet}.*" if self.subnet else "any loopback subnet tried"
+        raise RuntimeError(f"ports {ports} are in use on {where} (is another mesh running?)")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.work_dir / f"{name}.out", "wb")  # noqa: SIM115 (owned by the process)
