@@ -1,0 +1,88 @@
+"""Bootstraps, envoy-configs/ and docker-compose.yml: fresh, and accepted by their tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xds_server.bootstrap import BootstrapOptions, bootstrap, workload_ports
+from xds_server.envoy_binary import find_envoy
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "envoy-configs"
+
+
+def envoy_validate(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [find_envoy(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l",
+         "error"], capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_envoy_configs_are_fresh(tmp_path: Path):
+    subprocess.run([sys.executable, str(CONFIGS / "generate.py"), str(tmp_path)], check=True,
+                   timeout=60)
+    for generated in tmp_path.glob("*.yaml"):
+        committed = CONFIGS / generated.name
+        assert committed.read_text() == generated.read_text(), (
+            f"{committed} is stale: run python envoy-configs/generate.py")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_envoy_accepts_bootstrap(name: str):
+    result = envoy_validate(CONFIGS / name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_bootstrap_with_several_ports(tmp_path: Path):
+    out = tmp_path / "envoy.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "xds_server", "bootstrap", "--node-id", "r2", "--namespace",
+         "default", "--labels", "app=reviews,version=v2", "--service-account", "reviews",
+         "--app-port", "9080", "--app-port", "9090", "--inbound-port", "16006",
+         "--admin-port", "16000", "--outbound-port", "16001", "--xds-address", "127.0.0.1:1234",
+         "-o", str(out)], check=True, timeout=60,
+    )
+    doc = yaml.safe_load(out.read_text())
+    meta = doc["node"]["metadata"]
+    assert meta["WORKLOAD_PORTS"] == "9080:16006,9090:16007"
+    assert meta["LABELS"] == {"app": "reviews", "version": "v2"}
+    assert doc["admin"]["address"]["socket_address"]["port_value"] == 16000
+    endpoint = doc["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+    assert endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1", "port_value": 1234}
+    assert envoy_validate(out).returncode == 0
+
+
+def test_bootstrap_uses_dns_for_a_server_hostname():
+    doc = bootstrap(BootstrapOptions(node_id="x", xds_address="xds-server:15010"))
+    assert doc["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"
+    assert [(p.app_port, p.inbound_port) for p in workload_ports([1, 2], [])] == [
+        (1, 15006), (2, 15007)]
+
+
+def test_docker_compose_config_parses():
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        if os.environ.get("XDS_TEST_REQUIRE_COMPOSE"):
+            pytest.fail("docker-compose is required here (XDS_TEST_REQUIRE_COMPOSE is set)")
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    result = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    services = config["services"]
+    for name, service in services.items():
+        if name.endswith("-sidecar"):
+            mounted = service["volumes"][0]
+            source = mounted["source"] if isinstance(mounted, dict) else mounted.split(":")[0]
+            assert Path(source).is_file(), f"{name} mounts a missing bootstrap {source}"
+            assert service["network_mode"] == f"service:{name.removesuffix('-sidecar')}"
+            boot = yaml.safe_load(Path(source).read_text())
+            assert boot["node"]["id"] == name.removesuffix("-sidecar")
