@@ -19,8 +19,11 @@ HERE = Path(__file__).resolve().parent
 
 def compose_sidecar(name: str, app: str, version: str, app_port: int | None) -> BootstrapOptions:
     return BootstrapOptions(
-        node_id=name, labels={"app": app, "version": version}, service_account=app,
-        app_ports=[app_port] if app_port else [], xds_address="xds-server:15010",
+        node_id=name,
+        labels={"app": app, "version": version},
+        service_account=app,
+        app_ports=[app_port] if app_port else [],
+        xds_address="xds-server:15010",
         bind_address="0.0.0.0",
         # The client's outbound proxy is published to the host, so it listens everywhere.
         outbound_address="0.0.0.0" if app_port is None else "127.0.0.1",
@@ -29,8 +32,11 @@ def compose_sidecar(name: str, app: str, version: str, app_port: int | None) -> 
 
 BOOTSTRAPS = {
     "sidecar-local.yaml": BootstrapOptions(
-        node_id="reviews-v1", labels={"app": "reviews", "version": "v1"},
-        service_account="reviews", app_ports=[9080], ip="127.0.0.1",
+        node_id="reviews-v1",
+        labels={"app": "reviews", "version": "v1"},
+        service_account="reviews",
+        app_ports=[9080],
+        ip="127.0.0.1",
     ),
     "compose-sleep.yaml": compose_sidecar("sleep", "sleep", "v1", None),
     "compose-reviews-v1.yaml": compose_sidecar("reviews-v1", "reviews", "v1", 9080),

@@ -38,9 +38,19 @@ def config_from(*texts: str) -> model.MeshConfig:
     return model.MeshConfig(resources=tuple(resources))
 
 
-def sidecar(name: str, app: str, version: str = "v1", ip: str = "127.0.0.1",
-            inbound: int = 15006, namespace: str = "default") -> model.Proxy:
+def sidecar(
+    name: str,
+    app: str,
+    version: str = "v1",
+    ip: str = "127.0.0.1",
+    inbound: int = 15006,
+    namespace: str = "default",
+) -> model.Proxy:
     return model.Proxy(
-        node_id=name, namespace=namespace, labels={"app": app, "version": version}, ip=ip,
-        bind_address=ip, ports=(model.WorkloadPort(9080, inbound),),
+        node_id=name,
+        namespace=namespace,
+        labels={"app": app, "version": version},
+        ip=ip,
+        bind_address=ip,
+        ports=(model.WorkloadPort(9080, inbound),),
     )

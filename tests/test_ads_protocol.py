@@ -8,11 +8,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from tests.helpers import service_yaml
 from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.launcher import free_port
@@ -23,8 +23,14 @@ REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
 
 def node(node_id: str = "caller") -> base_pb2.Node:
     metadata = struct_pb2.Struct()
-    metadata.update({"NAMESPACE": "default", "LABELS": {"app": "caller"},
-                     "WORKLOAD_PORTS": "9080:15006", "INSTANCE_IPS": "127.0.0.9"})
+    metadata.update(
+        {
+            "NAMESPACE": "default",
+            "LABELS": {"app": "caller"},
+            "WORKLOAD_PORTS": "9080:15006",
+            "INSTANCE_IPS": "127.0.0.9",
+        }
+    )
     return base_pb2.Node(id=node_id, metadata=metadata)
 
 
@@ -59,7 +65,9 @@ class Client:
 
     def send(self, type_url, names=(), nonce="", version="", error=None):
         req = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, resource_names=list(names), response_nonce=nonce,
+            type_url=type_url,
+            resource_names=list(names),
+            response_nonce=nonce,
             version_info=version,
         )
         if self.first:
@@ -95,8 +103,9 @@ async def plane(tmp_path: Path):
     config_dir = tmp_path / "mesh"
     config_dir.mkdir()
     (config_dir / "svc.yaml").write_text(service_yaml("reviews", "ratings"))
-    control = ControlPlane(ServerOptions(config_dir, xds_port=free_port(),
-                                         debug_port=free_port(), debounce_ms=10))
+    control = ControlPlane(
+        ServerOptions(config_dir, xds_port=free_port(), debug_port=free_port(), debounce_ms=10)
+    )
     await control.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{control.xds_port}")
     yield control, channel
@@ -157,8 +166,12 @@ async def test_stale_nonce_is_ignored_and_subscription_changes_served(plane):
 async def test_config_change_pushes_only_what_changed(plane):
     control, channel = plane
     client = Client(channel)
-    for type_url, names in ((CLUSTER, ()), (ENDPOINT, [REVIEWS]), (LISTENER, ()),
-                            (ROUTE, ["http_proxy"])):
+    for type_url, names in (
+        (CLUSTER, ()),
+        (ENDPOINT, [REVIEWS]),
+        (LISTENER, ()),
+        (ROUTE, ["http_proxy"]),
+    ):
         client.send(type_url, names)
         resp = await client.recv()
         client.ack(resp, names)

@@ -10,15 +10,21 @@ SEED = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed"
 
 
 def validate(directory: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xds_server", "validate", str(directory)],
-                          capture_output=True, text=True, timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "xds_server", "validate", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
 
 
 def test_validate_refuses_seed_bad_example_with_file_and_line():
     result = validate(Path("bad"), cwd=SEED)
     assert result.returncode == 1
     assert "bad/missing-hosts.yaml:9: error: VirtualService default/reviews: spec.hosts" in (
-        result.stderr)
+        result.stderr
+    )
 
 
 def test_validate_accepts_good_files(tmp_path: Path):

@@ -20,18 +20,31 @@ CONFIGS = ROOT / "envoy-configs"
 
 def envoy_validate(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [find_envoy(), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l",
-         "error"], capture_output=True, text=True, timeout=60,
+        [
+            find_envoy(),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "-l",
+            "error",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_envoy_configs_are_fresh(tmp_path: Path):
-    subprocess.run([sys.executable, str(CONFIGS / "generate.py"), str(tmp_path)], check=True,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, str(CONFIGS / "generate.py"), str(tmp_path)], check=True, timeout=60
+    )
     for generated in tmp_path.glob("*.yaml"):
         committed = CONFIGS / generated.name
         assert committed.read_text() == generated.read_text(), (
-            f"{committed} is stale: run python envoy-configs/generate.py")
+            f"{committed} is stale: run python envoy-configs/generate.py"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
@@ -43,11 +56,36 @@ def test_envoy_accepts_bootstrap(name: str):
 def test_cli_bootstrap_with_several_ports(tmp_path: Path):
     out = tmp_path / "envoy.yaml"
     subprocess.run(
-        [sys.executable, "-m", "xds_server", "bootstrap", "--node-id", "r2", "--namespace",
-         "default", "--labels", "app=reviews,version=v2", "--service-account", "reviews",
-         "--app-port", "9080", "--app-port", "9090", "--inbound-port", "16006",
-         "--admin-port", "16000", "--outbound-port", "16001", "--xds-address", "127.0.0.1:1234",
-         "-o", str(out)], check=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "xds_server",
+            "bootstrap",
+            "--node-id",
+            "r2",
+            "--namespace",
+            "default",
+            "--labels",
+            "app=reviews,version=v2",
+            "--service-account",
+            "reviews",
+            "--app-port",
+            "9080",
+            "--app-port",
+            "9090",
+            "--inbound-port",
+            "16006",
+            "--admin-port",
+            "16000",
+            "--outbound-port",
+            "16001",
+            "--xds-address",
+            "127.0.0.1:1234",
+            "-o",
+            str(out),
+        ],
+        check=True,
+        timeout=60,
     )
     doc = yaml.safe_load(out.read_text())
     meta = doc["node"]["metadata"]
@@ -56,7 +94,9 @@ def test_cli_bootstrap_with_several_ports(tmp_path: Path):
     assert doc["admin"]["address"]["socket_address"]["port_value"] == 16000
     endpoint = doc["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
     assert endpoint["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == {
-        "address": "127.0.0.1", "port_value": 1234}
+        "address": "127.0.0.1",
+        "port_value": 1234,
+    }
     assert envoy_validate(out).returncode == 0
 
 
@@ -64,7 +104,9 @@ def test_bootstrap_uses_dns_for_a_server_hostname():
     doc = bootstrap(BootstrapOptions(node_id="x", xds_address="xds-server:15010"))
     assert doc["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"
     assert [(p.app_port, p.inbound_port) for p in workload_ports([1, 2], [])] == [
-        (1, 15006), (2, 15007)]
+        (1, 15006),
+        (2, 15007),
+    ]
 
 
 def test_docker_compose_config_parses():
@@ -73,8 +115,13 @@ def test_docker_compose_config_parses():
         if os.environ.get("XDS_TEST_REQUIRE_COMPOSE"):
             pytest.fail("docker-compose is required here (XDS_TEST_REQUIRE_COMPOSE is set)")
         pytest.skip("docker-compose not installed (apt-get install docker-compose)")
-    result = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "config"],
-                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [compose, "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]

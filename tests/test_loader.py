@@ -41,19 +41,36 @@ def test_seed_missing_hosts_is_refused_with_file_line_resource_and_field():
 
 
 def test_seed_traffic_examples_parse():
-    for name in ("01-traffic-split-reviews", "05-canary-helloworld",
-                 "06-content-routing-reviews", "19-exercise-canary-my-app",
-                 "09-lb-round-robin"):
+    for name in (
+        "01-traffic-split-reviews",
+        "05-canary-helloworld",
+        "06-content-routing-reviews",
+        "19-exercise-canary-my-app",
+        "09-lb-round-robin",
+    ):
         parsed = parse_file(name, (SEED / f"{name}.yaml").read_text())
         assert parsed.ok, errors(parsed)
         assert len(parsed.resources) == 1
 
 
 def test_camel_and_snake_case_both_parse():
-    camel = parse_file("a", VS.replace("  - route:", "  - match:\n    - ignoreUriCase: true\n"
-                                       "      queryParams: {a: {exact: b}}\n    route:") % "v1")
-    snake = parse_file("b", VS.replace("  - route:", "  - match:\n    - ignore_uri_case: true\n"
-                                       "      query_params: {a: {exact: b}}\n    route:") % "v1")
+    camel = parse_file(
+        "a",
+        VS.replace(
+            "  - route:",
+            "  - match:\n    - ignoreUriCase: true\n      queryParams: {a: {exact: b}}\n    route:",
+        )
+        % "v1",
+    )
+    snake = parse_file(
+        "b",
+        VS.replace(
+            "  - route:",
+            "  - match:\n    - ignore_uri_case: true\n"
+            "      query_params: {a: {exact: b}}\n    route:",
+        )
+        % "v1",
+    )
     assert camel.ok and snake.ok
     assert camel.resources[0].spec == snake.resources[0].spec
 
@@ -66,9 +83,11 @@ def test_unknown_field_names_its_line_and_path():
 
 
 def test_semantic_errors_name_field_and_line():
-    text = VS.replace("        subset: %s", "        subset: v1\n      weight: 120") + \
-        "  - match:\n    - headers:\n        cookie: {regex: '(?=x)'}\n    route:\n" \
+    text = (
+        VS.replace("        subset: %s", "        subset: v1\n      weight: 120")
+        + "  - match:\n    - headers:\n        cookie: {regex: '(?=x)'}\n    route:\n"
         "    - destination: {host: reviews}\n"
+    )
     found = {(i.line, i.field) for i in parse_file("vs.yaml", text).issues}
     assert (12, "spec.http[0].route[0].weight") in found
     assert (15, "spec.http[1].match[0].headers.cookie.regex") in found
@@ -78,8 +97,9 @@ def test_durations_accept_istio_forms():
     assert parse_duration("3m") == 180
     assert parse_duration("1h30m") == 5400
     assert parse_duration("250ms") == 0.25
-    parsed = parse_file("vs.yaml", VS.replace("  - route:", "  - timeout: 1m30s\n    route:")
-                        % "v1")
+    parsed = parse_file(
+        "vs.yaml", VS.replace("  - route:", "  - timeout: 1m30s\n    route:") % "v1"
+    )
     assert parsed.resources[0].spec.http[0].timeout.seconds == 90
     bad = parse_file("vs.yaml", VS.replace("  - route:", "  - timeout: soon\n    route:") % "v1")
     assert "invalid duration" in bad.issues[0].message
@@ -95,7 +115,9 @@ def test_unknown_kind_is_reported_and_skipped():
 def test_namespace_defaults_to_default_and_multi_document(tmp_path: Path):
     parsed = parse_file("s.yaml", service_yaml("reviews", "ratings"))
     assert {(r.kind, r.namespace) for r in parsed.resources} == {
-        ("Service", "default"), ("DestinationRule", "default")}
+        ("Service", "default"),
+        ("DestinationRule", "default"),
+    }
     assert len(parsed.resources) == 4
 
 
@@ -153,7 +175,9 @@ def test_mesh_config_from_istio_configmap(tmp_path: Path):
 
 
 def test_mesh_config_error_points_into_the_embedded_yaml(tmp_path: Path):
-    text = ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n"
-            "data:\n  mesh: |\n    trustDomain: a\n    connectTimeot: 2s\n")
+    text = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n"
+        "data:\n  mesh: |\n    trustDomain: a\n    connectTimeot: 2s\n"
+    )
     (issue,) = parse_file("m.yaml", text).issues
     assert issue.line == 7 and issue.field == "data.mesh.connectTimeot"

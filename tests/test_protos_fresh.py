@@ -17,4 +17,5 @@ def test_generated_code_is_fresh(tmp_path: Path):
     assert generated == sorted(p.name for p in (ROOT / "protos").glob("*_pb2.py"))
     for name in generated:
         assert (tmp_path / name).read_text() == (ROOT / "protos" / name).read_text(), (
-            f"protos/{name} is stale: run python protos/generate.py")
+            f"protos/{name} is stale: run python protos/generate.py"
+        )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from google.rpc import status_pb2
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
 from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, pack_all
 from xds_server.ads.sotw import ERROR, NOT_SENT, STALE, SYNCED, SotwStream
 
@@ -18,8 +18,13 @@ def resources(clusters=("a",), route_target="a", listeners=("l",)):
         CLUSTER: pack_all(cluster_pb2.Cluster(name=c) for c in clusters),
         ENDPOINT: pack_all(endpoint_pb2.ClusterLoadAssignment(cluster_name=c) for c in clusters),
         LISTENER: pack_all(listener_pb2.Listener(name=n) for n in listeners),
-        ROUTE: pack_all([route_pb2.RouteConfiguration(
-            name="r", virtual_hosts=[{"name": route_target, "domains": [route_target]}])]),
+        ROUTE: pack_all(
+            [
+                route_pb2.RouteConfiguration(
+                    name="r", virtual_hosts=[{"name": route_target, "domains": [route_target]}]
+                )
+            ]
+        ),
     }
 
 
@@ -46,8 +51,10 @@ def names_in(response) -> list[str]:
     out = []
     for any_msg in response.resources:
         msg = {
-            CLUSTER: cluster_pb2.Cluster, ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-            LISTENER: listener_pb2.Listener, ROUTE: route_pb2.RouteConfiguration,
+            CLUSTER: cluster_pb2.Cluster,
+            ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+            LISTENER: listener_pb2.Listener,
+            ROUTE: route_pb2.RouteConfiguration,
         }[response.type_url]()
         any_msg.Unpack(msg)
         out.append(getattr(msg, "cluster_name", "") or msg.name)
@@ -115,15 +122,15 @@ def test_subscription_change_in_ack_is_served():
 def subscribe_all(stream: SotwStream):
     for type_url, names in ((CLUSTER, ()), (ENDPOINT, ("a",)), (LISTENER, ()), (ROUTE, ("r",))):
         for resp in stream.on_request(request(type_url, names)):
-            stream.on_request(request(type_url, names, nonce=resp.nonce,
-                                      version=resp.version_info))
+            stream.on_request(request(type_url, names, nonce=resp.nonce, version=resp.version_info))
 
 
 def test_pushes_go_out_in_make_before_break_order():
     stream = started()
     subscribe_all(stream)
-    pushed = stream.set_resources(resources(clusters=("a", "b"), route_target="b",
-                                            listeners=("l", "m")), 2)
+    pushed = stream.set_resources(
+        resources(clusters=("a", "b"), route_target="b", listeners=("l", "m")), 2
+    )
     assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
 
 
@@ -134,8 +141,9 @@ def test_cluster_removal_waits_until_routes_moved_and_acked():
     assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT, ROUTE]
     assert sorted(names_in(pushed[0])) == ["a", "b"]  # the old cluster stays for now
     assert stream.on_request(ack(pushed[1], ["a"])) == []  # EDS ACK: RDS still in flight
-    (final,) = stream.on_request(request(ROUTE, ["r"], nonce=pushed[2].nonce,
-                                         version=pushed[2].version_info))
+    (final,) = stream.on_request(
+        request(ROUTE, ["r"], nonce=pushed[2].nonce, version=pushed[2].version_info)
+    )
     assert final.type_url == CLUSTER and names_in(final) == ["b"]
 
 

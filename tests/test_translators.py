@@ -8,6 +8,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+
 from tests.helpers import config_from, service_yaml, sidecar
 from translators import model
 from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -43,8 +44,11 @@ def test_cluster_names_subsets_and_defaults():
     world = World(config_from(service_yaml("reviews")), WORKLOADS)
     res = translate(world, CALLER)
     assert set(res[CLUSTER]) == {
-        f"outbound|9080||{HOST}", f"outbound|9080|v1|{HOST}", f"outbound|9080|v2|{HOST}",
-        f"outbound|9080|v3|{HOST}", "inbound|9080||",
+        f"outbound|9080||{HOST}",
+        f"outbound|9080|v1|{HOST}",
+        f"outbound|9080|v2|{HOST}",
+        f"outbound|9080|v3|{HOST}",
+        "inbound|9080||",
     }
     cluster = unpack(res, CLUSTER, f"outbound|9080|v1|{HOST}", cluster_pb2.Cluster)
     assert cluster.type == cluster_pb2.Cluster.EDS
@@ -176,8 +180,9 @@ spec:
   resolution: DNS
 """
     world = World(config_from(se), (CALLER,))
-    cluster = unpack(translate(world, CALLER), CLUSTER, "outbound|80||api.example.com",
-                     cluster_pb2.Cluster)
+    cluster = unpack(
+        translate(world, CALLER), CLUSTER, "outbound|80||api.example.com", cluster_pb2.Cluster
+    )
     assert cluster.type == cluster_pb2.Cluster.STRICT_DNS
     address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
     assert address.socket_address.address == "api.example.com"
@@ -198,10 +203,15 @@ spec:
     world = World(config_from(svc, dr), (CALLER,))
     res = translate(world, CALLER)
     host = "ratings.default.svc.cluster.local"
-    lb = {n: unpack(res, CLUSTER, n, cluster_pb2.Cluster).lb_policy
-          for n in (f"outbound|9080||{host}", f"outbound|9080|a|{host}", f"outbound|9080|b|{host}")}
-    assert list(lb.values()) == [cluster_pb2.Cluster.ROUND_ROBIN, cluster_pb2.Cluster.RANDOM,
-                                 cluster_pb2.Cluster.ROUND_ROBIN]
+    lb = {
+        n: unpack(res, CLUSTER, n, cluster_pb2.Cluster).lb_policy
+        for n in (f"outbound|9080||{host}", f"outbound|9080|a|{host}", f"outbound|9080|b|{host}")
+    }
+    assert list(lb.values()) == [
+        cluster_pb2.Cluster.ROUND_ROBIN,
+        cluster_pb2.Cluster.RANDOM,
+        cluster_pb2.Cluster.ROUND_ROBIN,
+    ]
 
 
 def test_translation_is_deterministic():
@@ -209,5 +219,6 @@ def test_translation_is_deterministic():
     a = translate(World(config, WORKLOADS), CALLER)
     b = translate(World(config, tuple(reversed(WORKLOADS))), CALLER)
     assert {t: {n: p.hash for n, p in r.items()} for t, r in a.items()} == {
-        t: {n: p.hash for n, p in r.items()} for t, r in b.items()}
+        t: {n: p.hash for n, p in r.items()} for t, r in b.items()
+    }
     assert model.MeshConfig().version == model.MeshConfig().version

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
 from protos import destination_rule_pb2
 from translators import model
 from translators.destination_rules import destination_rule_for, subset_policy
@@ -94,7 +94,8 @@ def load_assignment(name: str, endpoints) -> endpoint_pb2.ClusterLoadAssignment:
 
 def subset_endpoints(service: Service, port: ServicePort, labels) -> tuple:
     return tuple(
-        e for e in service.endpoints.get(port.port, ())
+        e
+        for e in service.endpoints.get(port.port, ())
         if all(e.labels.get(k) == v for k, v in labels.items())
     )
 
@@ -137,7 +138,9 @@ def outbound_clusters(
         service = services[host]
         rule = destination_rule_for(config, host, proxy_namespace, service.namespace)
         for port in service.ports:
-            base_policy = subset_policy(rule, None) if rule else destination_rule_pb2.TrafficPolicy()
+            base_policy = (
+                subset_policy(rule, None) if rule else destination_rule_pb2.TrafficPolicy()
+            )
             clusters.append(
                 _cluster(outbound_cluster(port.port, host), service, port, base_policy, timeout, {})
             )
@@ -145,7 +148,11 @@ def outbound_clusters(
                 clusters.append(
                     _cluster(
                         outbound_cluster(port.port, host, subset.name),
-                        service, port, subset_policy(rule, subset), timeout, subset.labels,
+                        service,
+                        port,
+                        subset_policy(rule, subset),
+                        timeout,
+                        subset.labels,
                     )
                 )
     return clusters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from envoy.config.endpoint.v3 import endpoint_pb2
+
 from translators import model
 from translators.clusters import load_assignment, subset_endpoints
 from translators.destination_rules import destination_rule_for

@@ -7,8 +7,6 @@ workload on its inbound listeners, which forward to the app.
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
-
 from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -17,6 +15,8 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
 from translators import model
 from translators.clusters import ADS_SOURCE, socket_address
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
@@ -32,11 +32,14 @@ def _pack(message) -> any_pb2.Any:
 
 
 def _router() -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
+    return hcm_pb2.HttpFilter(
+        name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router())
+    )
 
 
-def _listener(name: str, address: str, port: int, hcm: hcm_pb2.HttpConnectionManager,
-              direction: int) -> listener_pb2.Listener:
+def _listener(
+    name: str, address: str, port: int, hcm: hcm_pb2.HttpConnectionManager, direction: int
+) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=name,
         address=socket_address(address, port),

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
-
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
 from protos import virtual_service_pb2 as vs_pb2
 from translators import model
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, host_matches, outbound_cluster
@@ -84,8 +84,11 @@ def route_match(match: vs_pb2.HTTPMatchRequest | None) -> rc.RouteMatch:
         out.headers.append(_header(name, match.headers[name]))
     for name in sorted(match.without_headers):
         out.headers.append(_header(name, match.without_headers[name], invert=True))
-    for field_name, header in (("method", ":method"), ("authority", ":authority"),
-                               ("scheme", ":scheme")):
+    for field_name, header in (
+        ("method", ":method"),
+        ("authority", ":authority"),
+        ("scheme", ":scheme"),
+    ):
         if match.HasField(field_name):
             out.headers.append(_header(header, getattr(match, field_name)))
     for name in sorted(match.query_params):
@@ -101,8 +104,12 @@ def is_catch_all(match: vs_pb2.HTTPMatchRequest | None) -> bool:
     """A match that takes every request: routes after it can never be reached."""
     if match is None:
         return True
-    if (match.headers or match.without_headers or match.query_params
-            or any(match.HasField(f) for f in ("method", "authority", "scheme"))):
+    if (
+        match.headers
+        or match.without_headers
+        or match.query_params
+        or any(match.HasField(f) for f in ("method", "authority", "scheme"))
+    ):
         return False
     if not match.HasField("uri"):
         return True
@@ -112,8 +119,12 @@ def is_catch_all(match: vs_pb2.HTTPMatchRequest | None) -> bool:
     )
 
 
-def _applies_to(match: vs_pb2.HTTPMatchRequest | None, port: int | None, proxy_ns: str,
-                proxy_labels: Mapping[str, str]) -> bool:
+def _applies_to(
+    match: vs_pb2.HTTPMatchRequest | None,
+    port: int | None,
+    proxy_ns: str,
+    proxy_labels: Mapping[str, str],
+) -> bool:
     """Istio's config-time filters: port, sourceLabels and sourceNamespace."""
     if match is None:
         return True
@@ -124,8 +135,12 @@ def _applies_to(match: vs_pb2.HTTPMatchRequest | None, port: int | None, proxy_n
     return not (match.source_namespace and match.source_namespace != proxy_ns)
 
 
-def destination_cluster(dest: vs_pb2.Destination, vs_namespace: str,
-                        services: Mapping[str, Service], listener_port: int | None) -> str:
+def destination_cluster(
+    dest: vs_pb2.Destination,
+    vs_namespace: str,
+    services: Mapping[str, Service],
+    listener_port: int | None,
+) -> str:
     """Istio's inference: explicit port, else the service's only port, else the vhost's port."""
     host = fqdn(dest.host, vs_namespace)
     port = dest.port.number
@@ -138,8 +153,9 @@ def destination_cluster(dest: vs_pb2.Destination, vs_namespace: str,
     return outbound_cluster(port, host, dest.subset)
 
 
-def _action(rule: vs_pb2.HTTPRoute, vs_namespace: str, services: Mapping[str, Service],
-            port: int | None) -> rc.RouteAction:
+def _action(
+    rule: vs_pb2.HTTPRoute, vs_namespace: str, services: Mapping[str, Service], port: int | None
+) -> rc.RouteAction:
     timeout = rule.timeout if rule.HasField("timeout") else ZERO
     action = rc.RouteAction(
         timeout=timeout,
@@ -147,8 +163,9 @@ def _action(rule: vs_pb2.HTTPRoute, vs_namespace: str, services: Mapping[str, Se
         max_stream_duration=rc.RouteAction.MaxStreamDuration(grpc_timeout_header_max=timeout),
     )
     if len(rule.route) == 1:
-        action.cluster = destination_cluster(rule.route[0].destination, vs_namespace, services,
-                                             port)
+        action.cluster = destination_cluster(
+            rule.route[0].destination, vs_namespace, services, port
+        )
     else:
         for dest in rule.route:
             if dest.weight > 0:
@@ -162,8 +179,11 @@ def _action(rule: vs_pb2.HTTPRoute, vs_namespace: str, services: Mapping[str, Se
 
 
 def virtual_service_routes(
-    vs: model.ConfigResource, services: Mapping[str, Service], port: int | None,
-    proxy_ns: str, proxy_labels: Mapping[str, str],
+    vs: model.ConfigResource,
+    services: Mapping[str, Service],
+    port: int | None,
+    proxy_ns: str,
+    proxy_labels: Mapping[str, str],
 ) -> list[rc.Route]:
     """One Envoy route per match entry, in order, stopping after the first catch-all."""
     routes: list[rc.Route] = []
@@ -220,7 +240,8 @@ def _service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[i
 def _sidecar_virtual_services(config: model.MeshConfig) -> list[model.ConfigResource]:
     """VirtualServices bound to sidecars: no `gateways`, or one that names `mesh`."""
     return [
-        vs for vs in config.of_kind(model.VIRTUAL_SERVICE)
+        vs
+        for vs in config.of_kind(model.VIRTUAL_SERVICE)
         if not vs.spec.gateways or "mesh" in vs.spec.gateways
     ]
 
@@ -251,7 +272,9 @@ def _bind_hosts(virtual_services: Sequence[model.ConfigResource], services: Iter
 
 
 def outbound_route_config(
-    config: model.MeshConfig, services: Mapping[str, Service], proxy_ns: str,
+    config: model.MeshConfig,
+    services: Mapping[str, Service],
+    proxy_ns: str,
     proxy_labels: Mapping[str, str],
 ) -> route_pb2.RouteConfiguration:
     virtual_services = _sidecar_virtual_services(config)
@@ -267,8 +290,11 @@ def outbound_route_config(
                 routes = virtual_service_routes(vs, services, port.port, proxy_ns, proxy_labels)
             else:
                 routes = [default_route(host, port.port)]
-            vhosts.append(_VHost(f"{host}:{port.port}", routes,
-                                 _service_domains(service, port.port, proxy_ns)))
+            vhosts.append(
+                _VHost(
+                    f"{host}:{port.port}", routes, _service_domains(service, port.port, proxy_ns)
+                )
+            )
     seen_unbound: set[str] = set()
     for host, vs in unbound:
         if host in seen_unbound:
@@ -292,7 +318,9 @@ def outbound_route_config(
         validate_clusters=wrappers_pb2.BoolValue(value=False),
         virtual_hosts=[
             rc.VirtualHost(
-                name=v.name, domains=chosen[v.name], routes=v.routes,
+                name=v.name,
+                domains=chosen[v.name],
+                routes=v.routes,
                 include_request_attempt_count=True,
             )
             for v in sorted(vhosts, key=lambda v: v.name)

@@ -106,8 +106,9 @@ def _workloads(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> list
     for res in config.of_kind(model.WORKLOAD_ENTRY):
         we = res.spec
         out.append(
-            _Workload(res.namespace, we.address, dict(we.labels), dict(we.ports),
-                      weight=we.weight or 1)
+            _Workload(
+                res.namespace, we.address, dict(we.labels), dict(we.ports), weight=we.weight or 1
+            )
         )
     return out
 
@@ -124,9 +125,7 @@ def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> di
     return by_port
 
 
-def build_services(
-    config: model.MeshConfig, proxies: Sequence[model.Proxy]
-) -> dict[str, Service]:
+def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> dict[str, Service]:
     """Every service in the mesh by hostname; the first definition of a hostname wins."""
     workloads = _workloads(config, proxies)
     services: dict[str, Service] = {}
@@ -134,19 +133,28 @@ def build_services(
     for res in config.of_kind(model.SERVICE):
         spec = res.spec
         ports = tuple(
-            ServicePort(p.name, p.port, p.target_port or p.port,
-                        port_protocol(p.name, p.app_protocol))
+            ServicePort(
+                p.name, p.port, p.target_port or p.port, port_protocol(p.name, p.app_protocol)
+            )
             for p in spec.ports
         )
         members = [
-            w for w in workloads if w.namespace == res.namespace and _selects(spec.selector, w.labels)
+            w
+            for w in workloads
+            if w.namespace == res.namespace and _selects(spec.selector, w.labels)
         ]
         host = fqdn(res.name, res.namespace)
-        services.setdefault(host, Service(
-            hostname=host, namespace=res.namespace, short_name=res.name, ports=ports,
-            vips=(spec.cluster_ip,) if spec.cluster_ip and spec.cluster_ip != "None" else (),
-            endpoints=_endpoints(ports, members),
-        ))
+        services.setdefault(
+            host,
+            Service(
+                hostname=host,
+                namespace=res.namespace,
+                short_name=res.name,
+                ports=ports,
+                vips=(spec.cluster_ip,) if spec.cluster_ip and spec.cluster_ip != "None" else (),
+                endpoints=_endpoints(ports, members),
+            ),
+        )
 
     resolution_kind = {
         service_entry_pb2.ServiceEntry.STATIC: EDS,
@@ -159,8 +167,9 @@ def build_services(
         if kind is None:
             continue
         ports = tuple(
-            ServicePort(p.name, p.number, p.target_port or p.number,
-                        port_protocol(p.name, p.protocol))
+            ServicePort(
+                p.name, p.number, p.target_port or p.number, port_protocol(p.name, p.protocol)
+            )
             for p in se.ports
         )
         members = [
@@ -170,16 +179,25 @@ def build_services(
         selector = dict(se.workload_selector.labels)
         if selector:
             members += [
-                w for w in workloads if w.namespace == res.namespace and _selects(selector, w.labels)
+                w
+                for w in workloads
+                if w.namespace == res.namespace and _selects(selector, w.labels)
             ]
         for host in se.hosts:
             host = host.lower()
             host_members = members
             if kind != EDS and not members:
                 host_members = [_Workload(res.namespace, host, {}, {})]
-            services.setdefault(host, Service(
-                hostname=host, namespace=res.namespace, short_name="", ports=ports,
-                resolution=kind, vips=tuple(a for a in se.addresses if "/" not in a),
-                endpoints=_endpoints(ports, host_members),
-            ))
+            services.setdefault(
+                host,
+                Service(
+                    hostname=host,
+                    namespace=res.namespace,
+                    short_name="",
+                    ports=ports,
+                    resolution=kind,
+                    vips=tuple(a for a in se.addresses if "/" not in a),
+                    endpoints=_endpoints(ports, host_members),
+                ),
+            )
     return services

@@ -11,6 +11,8 @@ import yaml
 from translators import model
 from xds_server import node
 
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
 
 @dataclass
 class BootstrapOptions:
@@ -81,15 +83,24 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         "connect_timeout": "1s",
         # ADS is gRPC: without HTTP/2 the stream silently never comes up.
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{HTTP_OPTIONS}",
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         },
         "load_assignment": {
             "cluster_name": "xds_cluster",
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": host, "port_value": port}}}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": host, "port_value": port}}
+                            }
+                        }
+                    ]
+                }
+            ],
         },
     }
     return {
@@ -98,18 +109,29 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
             "cluster": options.cluster or options.labels.get("app", options.node_id),
             "metadata": metadata,
         },
-        "admin": {"address": {"socket_address": {
-            "address": options.admin_address, "port_value": options.admin_port}}},
+        "admin": {
+            "address": {
+                "socket_address": {
+                    "address": options.admin_address,
+                    "port_value": options.admin_port,
+                }
+            }
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {
-                    "cluster_name": "xds_cluster",
-                    "retry_policy": {"retry_back_off": {"base_interval": "0.25s",
-                                                        "max_interval": "5s"}},
-                }}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": "xds_cluster",
+                            "retry_policy": {
+                                "retry_back_off": {"base_interval": "0.25s", "max_interval": "5s"}
+                            },
+                        }
+                    }
+                ],
             },
             "cds_config": {"resource_api_version": "V3", "ads": {}},
             "lds_config": {"resource_api_version": "V3", "ads": {}},
@@ -119,5 +141,7 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
 
 
 def render(options: BootstrapOptions) -> str:
-    header = f"# Envoy bootstrap for sidecar {options.node_id}, written by `xds-server bootstrap`.\n"
+    header = (
+        f"# Envoy bootstrap for sidecar {options.node_id}, written by `xds-server bootstrap`.\n"
+    )
     return header + yaml.safe_dump(bootstrap(options), sort_keys=False)

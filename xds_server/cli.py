@@ -40,8 +40,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from xds_server.server import ServerOptions, serve
 
     options = ServerOptions(
-        config_dir=Path(args.config_dir), xds_address=args.xds_address, xds_port=args.xds_port,
-        debug_address=args.debug_address, debug_port=args.debug_port,
+        config_dir=Path(args.config_dir),
+        xds_address=args.xds_address,
+        xds_port=args.xds_port,
+        debug_address=args.debug_address,
+        debug_port=args.debug_port,
         max_message_mb=args.max_message_mb,
     )
     return _run_until_signal(lambda stop: serve(options, stop))
@@ -60,18 +63,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for issue in issues:
         print(issue, file=sys.stderr if issue.severity == "error" else sys.stdout)
     errors = sum(issue.severity == "error" for issue in issues)
-    print(f"{len(snapshot.resources)} resources valid, {errors} errors, "
-          f"{len(issues) - errors} warnings")
+    print(
+        f"{len(snapshot.resources)} resources valid, {errors} errors, "
+        f"{len(issues) - errors} warnings"
+    )
     return 1 if errors else 0
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     options = BootstrapOptions(
-        node_id=args.node_id, namespace=args.namespace, labels=args.labels,
-        service_account=args.service_account, app_ports=args.app_port,
-        inbound_ports=args.inbound_port, xds_address=args.xds_address,
-        admin_address=args.admin_address, admin_port=args.admin_port,
-        outbound_address=args.outbound_address, outbound_port=args.outbound_port, ip=args.ip, bind_address=args.bind_address,
+        node_id=args.node_id,
+        namespace=args.namespace,
+        labels=args.labels,
+        service_account=args.service_account,
+        app_ports=args.app_port,
+        inbound_ports=args.inbound_port,
+        xds_address=args.xds_address,
+        admin_address=args.admin_address,
+        admin_port=args.admin_port,
+        outbound_address=args.outbound_address,
+        outbound_port=args.outbound_port,
+        ip=args.ip,
+        bind_address=args.bind_address,
         cluster=args.cluster,
     )
     try:
@@ -103,8 +116,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--xds-port", type=int, default=15010)
     serve.add_argument("--debug-address", default="127.0.0.1")
     serve.add_argument("--debug-port", type=int, default=15014)
-    serve.add_argument("--max-message-mb", type=int, default=64,
-                       help="gRPC message size limit in MiB (default 64)")
+    serve.add_argument(
+        "--max-message-mb", type=int, default=64, help="gRPC message size limit in MiB (default 64)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     validate = sub.add_parser("validate", help="check a config directory; exit 1 on errors")
@@ -116,35 +130,56 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--namespace", default="default")
     boot.add_argument("--labels", type=_labels, default={}, help="app=reviews,version=v2")
     boot.add_argument("--service-account", default="default")
-    boot.add_argument("--app-port", type=int, action="append", default=[],
-                      help="a port the app listens on (repeat for several)")
-    boot.add_argument("--inbound-port", type=int, action="append", default=[],
-                      help="sidecar port for the matching --app-port (default 15006, 15007, ...)")
+    boot.add_argument(
+        "--app-port",
+        type=int,
+        action="append",
+        default=[],
+        help="a port the app listens on (repeat for several)",
+    )
+    boot.add_argument(
+        "--inbound-port",
+        type=int,
+        action="append",
+        default=[],
+        help="sidecar port for the matching --app-port (default 15006, 15007, ...)",
+    )
     boot.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of the server")
     boot.add_argument("--admin-address", default="127.0.0.1")
     boot.add_argument("--admin-port", type=int, default=15000)
-    boot.add_argument("--outbound-address", default="127.0.0.1",
-                      help="where the app reaches the mesh (its HTTP proxy)")
+    boot.add_argument(
+        "--outbound-address",
+        default="127.0.0.1",
+        help="where the app reaches the mesh (its HTTP proxy)",
+    )
     boot.add_argument("--outbound-port", type=int, default=15001)
     boot.add_argument("--ip", default="", help="workload IP (default: as seen by the server)")
-    boot.add_argument("--bind-address", default="",
-                      help="address for inbound listeners (default: the workload IP)")
+    boot.add_argument(
+        "--bind-address",
+        default="",
+        help="address for inbound listeners (default: the workload IP)",
+    )
     boot.add_argument("--cluster", default="", help="node.cluster (default: the app label)")
     boot.add_argument("-o", "--output", default="-")
     boot.set_defaults(func=cmd_bootstrap)
 
     demo = sub.add_parser("demo", help="run a local mesh: server, Envoy sidecars, sample apps")
     demo.add_argument("--dir", default="demo-mesh", help="where the demo's YAML goes")
-    demo.add_argument("--xds-port", type=int, default=15010,
-                      help="xDS port; the debug port is this + 4 (default 15010, 15014)")
+    demo.add_argument(
+        "--xds-port",
+        type=int,
+        default=15010,
+        help="xDS port; the debug port is this + 4 (default 15010, 15014)",
+    )
     demo.set_defaults(func=cmd_demo)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return args.func(args)
 
 

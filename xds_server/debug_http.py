@@ -21,25 +21,33 @@ def make_app(mesh: MeshState, servicer: AdsServicer, store: ConfigStore) -> web.
         node_id = request.query.get("proxy", "")
         info = servicer.latest_streams().get(node_id)
         if info is None:
-            return web.json_response({"error": f"proxy {node_id!r} is not connected"},
-                                     status=404)
+            return web.json_response({"error": f"proxy {node_id!r} is not connected"}, status=404)
         return web.json_response(status.config_dump(info))
 
     async def configz(_: web.Request) -> web.Response:
         snapshot = store.snapshot
-        return web.json_response({
-            "version": snapshot.version,
-            "generation": mesh.generation,
-            "pushed_version": mesh.pushed_config_version,
-            "config_generation": mesh.config_generation,
-            "files": {name: store.digests.get(name) for name in sorted(store.digests)},
-            "accepted": {name: parsed.digest for name, parsed in sorted(store.accepted.items())},
-            "resources": [
-                {"kind": r.kind, "namespace": r.namespace, "name": r.name, "origin": str(r.origin)}
-                for r in snapshot.resources
-            ],
-            "issues": [issue.as_dict() for issue in store.all_issues()],
-        })
+        return web.json_response(
+            {
+                "version": snapshot.version,
+                "generation": mesh.generation,
+                "pushed_version": mesh.pushed_config_version,
+                "config_generation": mesh.config_generation,
+                "files": {name: store.digests.get(name) for name in sorted(store.digests)},
+                "accepted": {
+                    name: parsed.digest for name, parsed in sorted(store.accepted.items())
+                },
+                "resources": [
+                    {
+                        "kind": r.kind,
+                        "namespace": r.namespace,
+                        "name": r.name,
+                        "origin": str(r.origin),
+                    }
+                    for r in snapshot.resources
+                ],
+                "issues": [issue.as_dict() for issue in store.all_issues()],
+            }
+        )
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

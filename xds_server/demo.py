@@ -41,8 +41,14 @@ def run_demo(directory: Path, base_port: int = 15010) -> int:
         shutil.copytree(DEMO_CONFIG, directory)
         print(f"wrote the demo's config to {directory}/")
     work = directory.parent / f".{directory.name}-run"
-    mesh = LocalMesh(directory.resolve(), demo_workloads(), work.resolve(),
-                     xds_port=base_port, debug_port=base_port + 4, subnet=SUBNET)
+    mesh = LocalMesh(
+        directory.resolve(),
+        demo_workloads(),
+        work.resolve(),
+        xds_port=base_port,
+        debug_port=base_port + 4,
+        subnet=SUBNET,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -50,10 +56,12 @@ def run_demo(directory: Path, base_port: int = 15010) -> int:
     with mesh:
         sleep_ip = mesh.workload("sleep").ip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(_sample(sleep_ip).items()))
-        print(f"""
+        print(
+            f"""
 The mesh is up. 100 requests to reviews from the sleep sidecar landed on: {counts}
 
-Send requests through the sleep workload's sidecar (its outbound proxy is {sleep_ip}:{OUTBOUND_PORT}):
+Send requests through the sleep workload's sidecar, whose outbound proxy is
+{sleep_ip}:{OUTBOUND_PORT}:
   curl -s -H 'Host: reviews' http://{sleep_ip}:{OUTBOUND_PORT}/           # v1 75%, v2 25%
   curl -s -H 'Host: reviews' -H 'end-user: jason' http://{sleep_ip}:{OUTBOUND_PORT}/
   curl -s -x http://{sleep_ip}:{OUTBOUND_PORT} http://reviews:9080/        # as an HTTP proxy
@@ -65,7 +73,9 @@ Edit {directory}/reviews-virtualservice.yaml and save: routing changes at once.
   curl -s http://127.0.0.1:{mesh.debug_port}/debug/syncz          # what each Envoy ACKed
   curl -s 'http://127.0.0.1:{mesh.debug_port}/debug/config_dump?proxy=sleep'
   curl -s http://{sleep_ip}:15000/stats | grep update_rejected    # Envoy's own view
-Logs: {work}/   Press Ctrl-C to stop.""", flush=True)
+Logs: {work}/   Press Ctrl-C to stop.""",
+            flush=True,
+        )
         while not stop.wait(0.5):
             if any(p.poll() is not None for p in mesh.processes.values()):
                 print("a mesh process exited; see the logs above. Stopping.")

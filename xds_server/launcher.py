@@ -110,13 +110,28 @@ class LocalMesh:
         self.xds_port = self.xds_port or free_port()
         self.debug_port = self.debug_port or free_port()
         self._assign_addresses()
-        self._spawn("xds-server", [
-            sys.executable, "-m", "xds_server", "--log-level", self.log_level, "serve",
-            "--config-dir", str(self.config_dir), "--xds-port", str(self.xds_port),
-            "--debug-port", str(self.debug_port),
-        ])
-        wait_until(lambda: http_get(f"{self.debug_url}/healthz")[0] == 200
-                   or self._check_alive(), timeout, "xds-server /healthz")
+        self._spawn(
+            "xds-server",
+            [
+                sys.executable,
+                "-m",
+                "xds_server",
+                "--log-level",
+                self.log_level,
+                "serve",
+                "--config-dir",
+                str(self.config_dir),
+                "--xds-port",
+                str(self.xds_port),
+                "--debug-port",
+                str(self.debug_port),
+            ],
+        )
+        wait_until(
+            lambda: http_get(f"{self.debug_url}/healthz")[0] == 200 or self._check_alive(),
+            timeout,
+            "xds-server /healthz",
+        )
         apps = [f"{w.app}:{w.version}:{w.app_port}@{w.ip}" for w in self.workloads if w.app_port]
         if apps:
             self._spawn("apps", [sys.executable, "-m", "xds_server.sample_app", *apps])
@@ -124,25 +139,46 @@ class LocalMesh:
         for workload in self.workloads:
             bootstrap = self.work_dir / f"{workload.name}.yaml"
             bootstrap.write_text(render(self.bootstrap_options(workload)))
-            self._spawn(workload.name, [
-                envoy, "-c", str(bootstrap), "--disable-hot-restart", "--concurrency", "1",
-                "--drain-time-s", "1", "-l", "warning",
-                "--log-path", str(self.work_dir / f"{workload.name}.envoy.log"),
-                "--file-flush-interval-msec", "200",
-            ])
+            self._spawn(
+                workload.name,
+                [
+                    envoy,
+                    "-c",
+                    str(bootstrap),
+                    "--disable-hot-restart",
+                    "--concurrency",
+                    "1",
+                    "--drain-time-s",
+                    "1",
+                    "-l",
+                    "warning",
+                    "--log-path",
+                    str(self.work_dir / f"{workload.name}.envoy.log"),
+                    "--file-flush-interval-msec",
+                    "200",
+                ],
+            )
         for workload in self.workloads:
-            wait_until(lambda w=workload: self.envoy_ready(w) or self._check_alive(),
-                       timeout, f"Envoy {workload.name} to be LIVE")
+            wait_until(
+                lambda w=workload: self.envoy_ready(w) or self._check_alive(),
+                timeout,
+                f"Envoy {workload.name} to be LIVE",
+            )
         for workload in self.workloads:
             if workload.app_port:
-                wait_until(lambda w=workload: not _port_free(w.ip, w.app_port),
-                           timeout, f"app {workload.name}")
+                wait_until(
+                    lambda w=workload: not _port_free(w.ip, w.app_port),
+                    timeout,
+                    f"app {workload.name}",
+                )
 
     def _assign_addresses(self) -> None:
         ports = (ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, APP_PORT)
-        candidates = [self.subnet] if self.subnet else [
-            f"127.{random.randint(1, 254)}.{random.randint(0, 254)}" for _ in range(20)
-        ]
+        candidates = (
+            [self.subnet]
+            if self.subnet
+            else [f"127.{random.randint(1, 254)}.{random.randint(0, 254)}" for _ in range(20)]
+        )
         for subnet in candidates:
             ips = [f"{subnet}.{i + 1}" for i in range(len(self.workloads))]
             if all(_port_free(ip, p) for ip in ips for p in ports):
@@ -155,8 +191,12 @@ class LocalMesh:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.work_dir / f"{name}.out", "wb")  # noqa: SIM115 (owned by the process)
         self.processes[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
 
@@ -191,13 +231,19 @@ class LocalMesh:
 
     def bootstrap_options(self, workload: Workload) -> BootstrapOptions:
         return BootstrapOptions(
-            node_id=workload.name, namespace=workload.namespace, labels=workload.labels,
+            node_id=workload.name,
+            namespace=workload.namespace,
+            labels=workload.labels,
             service_account=workload.app,
             app_ports=[workload.app_port] if workload.app_port else [],
             inbound_ports=[INBOUND_PORT] if workload.app_port else [],
-            xds_address=f"127.0.0.1:{self.xds_port}", admin_address=workload.ip,
-            admin_port=ADMIN_PORT, outbound_address=workload.ip, outbound_port=OUTBOUND_PORT,
-            ip=workload.ip, bind_address=workload.ip,
+            xds_address=f"127.0.0.1:{self.xds_port}",
+            admin_address=workload.ip,
+            admin_port=ADMIN_PORT,
+            outbound_address=workload.ip,
+            outbound_port=OUTBOUND_PORT,
+            ip=workload.ip,
+            bind_address=workload.ip,
         )
 
     def workload(self, name: str) -> Workload:

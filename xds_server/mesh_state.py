@@ -90,8 +90,13 @@ class MeshState:
                 conn.on_resources(resources, self.generation)
                 notified += 1
         self.last_push_seconds = time.perf_counter() - started
-        log.debug("push %d: %d of %d proxies changed in %.1f ms", self.generation, notified,
-                  len(self.connections), self.last_push_seconds * 1000)
+        log.debug(
+            "push %d: %d of %d proxies changed in %.1f ms",
+            self.generation,
+            notified,
+            len(self.connections),
+            self.last_push_seconds * 1000,
+        )
         return notified
 
     async def run(self) -> None:

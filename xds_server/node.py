@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
-from envoy.config.core.v3 import base_pb2
 from translators import model
 
 # Node metadata keys; the first four are Istio's own.

@@ -43,12 +43,14 @@ def _handler(spec: AppSpec) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("content-length") or 0)
             if length:
                 self.rfile.read(length)
-            body = json.dumps({
-                "service": spec.name,
-                "version": spec.version,
-                "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-            }).encode()
+            body = json.dumps(
+                {
+                    "service": spec.name,
+                    "version": spec.version,
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from xds_server.ads.servicer import AdsServicer
 from xds_server.config.loader import ConfigStore
 from xds_server.config.watcher import log_issues, watch
@@ -48,22 +48,29 @@ class ControlPlane:
 
     async def start(self) -> None:
         limit = self.options.max_message_mb * 1024 * 1024
-        server = grpc.aio.server(options=[
-            ("grpc.max_send_message_length", limit),
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ])
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         reflection.enable_server_reflection(
-            (ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
-             health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
-        self.xds_port = server.add_insecure_port(f"{self.options.xds_address}:{self.options.xds_port}")
+        self.xds_port = server.add_insecure_port(
+            f"{self.options.xds_address}:{self.options.xds_port}"
+        )
         await server.start()
         self.grpc_server = server
         runner = web.AppRunner(make_app(self.mesh, self.servicer, self.store), access_log=None)
@@ -72,12 +79,18 @@ class ControlPlane:
         self.http_runner = runner
         self._tasks = [
             asyncio.create_task(self.mesh.run(), name="push"),
-            asyncio.create_task(watch(self.store, self.mesh.set_config, self.options.debounce_ms),
-                                name="watch"),
+            asyncio.create_task(
+                watch(self.store, self.mesh.set_config, self.options.debounce_ms), name="watch"
+            ),
         ]
-        log.info("xDS (ADS, gRPC) on %s:%d, debug HTTP on http://%s:%d, config from %s",
-                 self.options.xds_address, self.xds_port, self.options.debug_address,
-                 self.options.debug_port, self.options.config_dir)
+        log.info(
+            "xDS (ADS, gRPC) on %s:%d, debug HTTP on http://%s:%d, config from %s",
+            self.options.xds_address,
+            self.xds_port,
+            self.options.debug_address,
+            self.options.debug_port,
+            self.options.config_dir,
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
-
-from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2 as shared
+from envoy.admin.v3 import config_dump_pb2
+from envoy.admin.v3 import config_dump_shared_pb2 as shared
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from google.protobuf import json_format
+
 from translators.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SHORT_NAMES
 from xds_server.ads.servicer import StreamInfo
 
@@ -36,12 +37,14 @@ def syncz(streams: dict[str, StreamInfo], generation: int) -> dict[str, Any]:
                 "resources": len(state.sent),
                 "generation": state.sent_generation,
             }
-        proxies.append({
-            "proxy": node_id,
-            "peer": info.peer,
-            "generation": info.protocol.generation,
-            "types": types,
-        })
+        proxies.append(
+            {
+                "proxy": node_id,
+                "peer": info.peer,
+                "generation": info.protocol.generation,
+                "types": types,
+            }
+        )
     return {"generation": generation, "proxies": proxies}
 
 

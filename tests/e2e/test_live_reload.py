@@ -44,8 +44,9 @@ class Traffic:
                 conn.request("GET", "/", headers={"Host": "reviews"})
                 response = conn.getresponse()
                 response.read()
-                self.results.append((time.monotonic(), response.status,
-                                     response.getheader("x-served-by") or ""))
+                self.results.append(
+                    (time.monotonic(), response.status, response.getheader("x-served-by") or "")
+                )
             except OSError as exc:  # a broken connection is a failed request
                 self.errors.append(repr(exc))
                 conn.close()
@@ -67,7 +68,7 @@ class Traffic:
         while time.monotonic() < deadline:
             recent = [r for r in self.results if r[0] >= since]
             for i in range(len(recent) - 20):
-                if all(who == served_by for _, _, who in recent[i:i + 20]):
+                if all(who == served_by for _, _, who in recent[i : i + 20]):
                     return recent[i][0] - since
             time.sleep(0.02)
         raise AssertionError(f"traffic never moved to {served_by}")
@@ -126,8 +127,12 @@ def test_every_envoy_acked_everything(mesh):
 def test_config_dump_shows_what_the_proxy_was_sent(mesh):
     dump = mesh.local.debug_json("/debug/config_dump?proxy=caller")
     types = [c["@type"].rsplit(".", 1)[-1] for c in dump["configs"]]
-    assert types == ["ClustersConfigDump", "ListenersConfigDump", "RoutesConfigDump",
-                     "EndpointsConfigDump"]
+    assert types == [
+        "ClustersConfigDump",
+        "ListenersConfigDump",
+        "RoutesConfigDump",
+        "EndpointsConfigDump",
+    ]
     clusters = [c["cluster"]["name"] for c in dump["configs"][0]["dynamic_active_clusters"]]
     assert "outbound|9080|v1|reviews.default.svc.cluster.local" in clusters
     route = dump["configs"][2]["dynamic_route_configs"][0]["route_config"]

@@ -45,13 +45,15 @@ def test_seed_06_content_routing_reviews(mesh):
     mesh.apply_seed("vs-reviews.yaml", "06-content-routing-reviews.yaml")
     assert mesh.send(20, "reviews", headers={"cookie": "user=jason"}) == {(200, "reviews-v3"): 20}
     assert mesh.send(20, "reviews", headers={"cookie": "theme=dark;user=jason;lang=en"}) == {
-        (200, "reviews-v3"): 20}
+        (200, "reviews-v3"): 20
+    }
     assert mesh.send(20, "reviews", path="/?test=true") == {(200, "reviews-v2"): 20}
     assert mesh.send(20, "reviews", path="/?test=false") == {(200, "reviews-v1"): 20}
     assert mesh.send(20, "reviews", headers={"cookie": "user=jasonx"}) == {(200, "reviews-v1"): 20}
     # Rules are tried in order: the cookie rule wins over the query rule.
     assert mesh.send(10, "reviews", path="/?test=true", headers={"cookie": "user=jason"}) == {
-        (200, "reviews-v3"): 10}
+        (200, "reviews-v3"): 10
+    }
 
 
 def test_seed_19_canary_my_app(mesh):

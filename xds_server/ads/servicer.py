@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
-
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
 from translators.resources import SHORT_NAMES
 from xds_server.ads.sotw import SotwStream
 from xds_server.mesh_state import MeshState
@@ -92,9 +92,14 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         responses += protocol.on_request(request)
                     waiting.clear()
                 for response in responses:
-                    log.debug("-> %s %s v=%s nonce=%s (%d resources)", protocol.node_id,
-                              _short(response.type_url), response.version_info,
-                              response.nonce, len(response.resources))
+                    log.debug(
+                        "-> %s %s v=%s nonce=%s (%d resources)",
+                        protocol.node_id,
+                        _short(response.type_url),
+                        response.version_info,
+                        response.nonce,
+                        len(response.resources),
+                    )
                     await context.write(response)
         finally:
             reader.cancel()
@@ -106,18 +111,29 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 log.info("proxy %s disconnected", protocol.node_id)
 
     async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "delta xDS is not supported yet; use api_type: GRPC")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not supported yet; use api_type: GRPC"
+        )
 
     @staticmethod
     def _log_request(node_id: str, request: discovery_pb2.DiscoveryRequest) -> None:
         if request.HasField("error_detail"):
-            log.warning("%s rejected %s version %s: %s", node_id, _short(request.type_url),
-                        request.version_info or "-", request.error_detail.message)
+            log.warning(
+                "%s rejected %s version %s: %s",
+                node_id,
+                _short(request.type_url),
+                request.version_info or "-",
+                request.error_detail.message,
+            )
         elif log.isEnabledFor(logging.DEBUG):
-            log.debug("<- %s %s v=%s nonce=%s names=%s", node_id, _short(request.type_url),
-                      request.version_info, request.response_nonce,
-                      list(request.resource_names)[:5])
+            log.debug(
+                "<- %s %s v=%s nonce=%s names=%s",
+                node_id,
+                _short(request.type_url),
+                request.version_info,
+                request.response_nonce,
+                list(request.resource_names)[:5],
+            )
 
     def latest_streams(self) -> dict[str, StreamInfo]:
         """The newest stream of every connected node id."""

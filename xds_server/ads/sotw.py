@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+
 from translators.resources import (
     CLUSTER,
     ENDPOINT,

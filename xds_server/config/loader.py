@@ -34,7 +34,10 @@ from xds_server.config.yaml_lines import Path, YamlDocument, YamlSyntaxError, re
 ISTIO_NETWORKING = "networking.istio.io"
 # (API group, kind) -> (our kind, spec message type)
 KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
-    (ISTIO_NETWORKING, "VirtualService"): (model.VIRTUAL_SERVICE, virtual_service_pb2.VirtualService),
+    (ISTIO_NETWORKING, "VirtualService"): (
+        model.VIRTUAL_SERVICE,
+        virtual_service_pb2.VirtualService,
+    ),
     (ISTIO_NETWORKING, "DestinationRule"): (
         model.DESTINATION_RULE,
         destination_rule_pb2.DestinationRule,
@@ -127,8 +130,9 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
         issue("required: apiVersion and kind", ("apiVersion",) if not api_version else ("kind",))
         return
     try:
-        meta = json_format.ParseDict(value.get("metadata") or {}, meta_pb2.ObjectMeta(),
-                                     ignore_unknown_fields=True)
+        meta = json_format.ParseDict(
+            value.get("metadata") or {}, meta_pb2.ObjectMeta(), ignore_unknown_fields=True
+        )
     except json_format.ParseError as exc:
         issue(f"invalid metadata: {exc}", ("metadata",))
         return
@@ -141,16 +145,23 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
 
     if (group, kind) == ("", "ConfigMap"):
         if (namespace, meta.name) != MESH_CONFIGMAP:
-            issue("ConfigMap is not the mesh config (istio-system/istio); skipped",
-                  resource=ref, severity="warning")
+            issue(
+                "ConfigMap is not the mesh config (istio-system/istio); skipped",
+                resource=ref,
+                severity="warning",
+            )
             return
         _parse_mesh(value, doc, ref, out, issue)
         return
 
     known = KINDS.get((group, kind))
     if known is None:
-        issue(f"unknown or unsupported kind {kind} ({api_version}); skipped", ("kind",), ref,
-              "warning")
+        issue(
+            f"unknown or unsupported kind {kind} ({api_version}); skipped",
+            ("kind",),
+            ref,
+            "warning",
+        )
         return
     if group == ISTIO_NETWORKING and version not in ISTIO_VERSIONS:
         issue(f"unsupported apiVersion {api_version}", ("apiVersion",), ref)
@@ -223,8 +234,12 @@ def parse_file(path: str, text: str) -> ParsedFile:
         for res in out.resources:
             if res.key in seen:
                 out.issues.append(
-                    ConfigIssue(path, res.origin.line, f"duplicate of the resource at line "
-                                f"{seen[res.key].origin.line}", res.ref)
+                    ConfigIssue(
+                        path,
+                        res.origin.line,
+                        f"duplicate of the resource at line {seen[res.key].origin.line}",
+                        res.ref,
+                    )
                 )
             seen[res.key] = res
     return out
@@ -234,7 +249,8 @@ def yaml_files(directory: FsPath) -> list[FsPath]:
     if not directory.is_dir():
         return []
     return sorted(
-        p for p in directory.rglob("*")
+        p
+        for p in directory.rglob("*")
         if p.suffix in YAML_SUFFIXES and p.is_file() and not p.name.startswith(".")
     )
 
@@ -262,8 +278,7 @@ class ConfigStore:
 
     def update(self, paths: Iterable[FsPath], rescan: bool = False) -> model.MeshConfig:
         """Re-read `paths` (created, modified or deleted); returns the new snapshot."""
-        changed = {self.display_name(p): p for p in map(FsPath, paths)
-                   if p.suffix in YAML_SUFFIXES}
+        changed = {self.display_name(p): p for p in map(FsPath, paths) if p.suffix in YAML_SUFFIXES}
         if rescan:
             present = {self.display_name(p) for p in yaml_files(self.directory)}
             for gone in set(self.accepted) - present:
@@ -295,8 +310,12 @@ class ConfigStore:
         elif previous is not None:
             self.accepted[name] = previous
             self.issues[name].append(
-                ConfigIssue(name, 1, "the previous valid version of this file stays in force",
-                            severity="warning")
+                ConfigIssue(
+                    name,
+                    1,
+                    "the previous valid version of this file stays in force",
+                    severity="warning",
+                )
             )
 
     def _conflicts(self, parsed: ParsedFile) -> list[ConfigIssue]:
@@ -306,14 +325,16 @@ class ConfigStore:
             other = taken.get(res.key)
             if other is not None:
                 issues.append(
-                    ConfigIssue(parsed.path, res.origin.line,
-                                f"already defined at {other.origin}", res.ref)
+                    ConfigIssue(
+                        parsed.path, res.origin.line, f"already defined at {other.origin}", res.ref
+                    )
                 )
         if parsed.mesh is not None:
             for other in self.accepted.values():
                 if other.mesh is not None:
-                    issues.append(ConfigIssue(parsed.path, 1,
-                                              f"mesh config already defined in {other.path}"))
+                    issues.append(
+                        ConfigIssue(parsed.path, 1, f"mesh config already defined in {other.path}")
+                    )
         return issues
 
     def _assemble(self) -> model.MeshConfig:

@@ -42,7 +42,9 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     if pos != len(text):
-        raise ValueError(f'invalid duration "{text}" (use a number with a unit: 10s, 250ms, 3m, 1h)')
+        raise ValueError(
+            f'invalid duration "{text}" (use a number with a unit: 10s, 250ms, 3m, 1h)'
+        )
     return total
 
 
@@ -110,7 +112,9 @@ def _single(fd: FieldDescriptor, value: Any, path: Path) -> Any:
 def normalise(descriptor: Descriptor, value: Any, path: Path = ()) -> dict[str, Any]:
     """Check `value` against `descriptor`; return a dict json_format.ParseDict accepts."""
     if not isinstance(value, dict):
-        raise SchemaError(path, f"expected a mapping for {descriptor.name}, got {type(value).__name__}")
+        raise SchemaError(
+            path, f"expected a mapping for {descriptor.name}, got {type(value).__name__}"
+        )
     fields = _fields_by_name(descriptor)
     out: dict[str, Any] = {}
     oneofs: dict[str, str] = {}

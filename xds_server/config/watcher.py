@@ -24,17 +24,30 @@ def log_issues(store: ConfigStore, names: set[str] | None = None) -> None:
             (log.error if issue.severity == "error" else log.warning)("%s", issue)
 
 
-async def watch(store: ConfigStore, on_config: Callable[[model.MeshConfig], None],
-                debounce_ms: int = 50, stop_event=None) -> None:
+async def watch(
+    store: ConfigStore,
+    on_config: Callable[[model.MeshConfig], None],
+    debounce_ms: int = 50,
+    stop_event=None,
+) -> None:
     """Reload changed files until cancelled; every new snapshot goes to `on_config`."""
     store.directory.mkdir(parents=True, exist_ok=True)
-    async for changes in watchfiles.awatch(store.directory, watch_filter=_yaml_only,
-                                           debounce=debounce_ms, step=10, stop_event=stop_event):
+    async for changes in watchfiles.awatch(
+        store.directory,
+        watch_filter=_yaml_only,
+        debounce=debounce_ms,
+        step=10,
+        stop_event=stop_event,
+    ):
         paths = {Path(p) for _, p in changes}
         before = store.snapshot.version
         snapshot = store.update(paths)
         log_issues(store, {store.display_name(p) for p in paths})
         if snapshot.version != before:
-            log.info("config changed (%d files touched): version %s, %d resources",
-                     len(paths), snapshot.version, len(snapshot.resources))
+            log.info(
+                "config changed (%d files touched): version %s, %d resources",
+                len(paths),
+                snapshot.version,
+                len(snapshot.resources),
+            )
             on_config(snapshot)
