@@ -10,7 +10,7 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from protos import destination_rule_pb2
 from translators import model
-from translators.destination_rules import destination_rule_for, subset_policy
+from translators.destination_rules import DestinationRuleIndex, subset_policy
 from translators.naming import inbound_cluster, outbound_cluster
 from translators.services import EDS, LOGICAL_DNS, STRICT_DNS, Service, ServicePort
 
@@ -129,14 +129,17 @@ def _cluster(
 
 
 def outbound_clusters(
-    config: model.MeshConfig, services: dict[str, Service], proxy_namespace: str
+    config: model.MeshConfig,
+    services: dict[str, Service],
+    rules: DestinationRuleIndex,
+    proxy_namespace: str,
 ) -> list[cluster_pb2.Cluster]:
     """One cluster per service port, plus one per DestinationRule subset and port."""
     clusters = []
     timeout = config.mesh.connect_timeout
     for host in sorted(services):
         service = services[host]
-        rule = destination_rule_for(config, host, proxy_namespace, service.namespace)
+        rule = rules.lookup(host, proxy_namespace, service.namespace)
         for port in service.ports:
             base_policy = (
                 subset_policy(rule, None) if rule else destination_rule_pb2.TrafficPolicy()

@@ -6,35 +6,40 @@ from protos import destination_rule_pb2
 from translators import model
 from translators.naming import fqdn, host_matches
 
-
-def _specificity(pattern: str) -> tuple[int, int]:
-    """Exact hosts beat wildcards; longer wildcards beat shorter ones."""
-    return (0 if "*" in pattern else 1, len(pattern))
+Rule = destination_rule_pb2.DestinationRule
 
 
-def destination_rule_for(
-    config: model.MeshConfig, host: str, proxy_namespace: str, service_namespace: str
-) -> destination_rule_pb2.DestinationRule | None:
-    """The rule for `host`: proxy namespace first, then the service's, then the root's."""
-    root = config.mesh.root_namespace
-    for namespace in (proxy_namespace, service_namespace, root):
-        best: tuple[tuple[int, int], destination_rule_pb2.DestinationRule] | None = None
-        for res in config.of_kind(model.DESTINATION_RULE):
-            if res.namespace != namespace:
-                continue
+class DestinationRuleIndex:
+    """DestinationRules by namespace and host, built once per config: lookups are per
+    service and per proxy namespace, so a scan of every rule each time is quadratic."""
+
+    def __init__(self, config: model.MeshConfig) -> None:
+        self.root = config.mesh.root_namespace
+        self.exact: dict[str, dict[str, Rule]] = {}
+        self.wildcard: dict[str, list[tuple[str, Rule]]] = {}
+        for res in config.of_kind(model.DESTINATION_RULE):  # oldest first: it wins a tie
             pattern = fqdn(res.spec.host, res.namespace)
-            if host_matches(pattern, host):
-                rank = _specificity(pattern)
-                if best is None or rank > best[0]:  # oldest wins a tie (stable order)
-                    best = (rank, res.spec)
-        if best is not None:
-            return best[1]
-    return None
+            if "*" in pattern:
+                self.wildcard.setdefault(res.namespace, []).append((pattern, res.spec))
+            else:
+                self.exact.setdefault(res.namespace, {}).setdefault(pattern, res.spec)
+        for rules in self.wildcard.values():
+            rules.sort(key=lambda item: -len(item[0]))  # longer wildcards are more specific
+
+    def lookup(self, host: str, proxy_namespace: str, service_namespace: str) -> Rule | None:
+        """The rule for `host`: proxy namespace first, then the service's, then the root's;
+        within one, an exact host beats any wildcard."""
+        for namespace in (proxy_namespace, service_namespace, self.root):
+            rule = self.exact.get(namespace, {}).get(host)
+            if rule is not None:
+                return rule
+            for pattern, candidate in self.wildcard.get(namespace, ()):
+                if host_matches(pattern, host):
+                    return candidate
+        return None
 
 
-def subset_policy(
-    rule: destination_rule_pb2.DestinationRule, subset: destination_rule_pb2.Subset | None
-) -> destination_rule_pb2.TrafficPolicy:
+def subset_policy(rule: Rule, subset: destination_rule_pb2.Subset | None):
     """The subset's policy merged over the rule's: each block set in the subset wins whole."""
     merged = destination_rule_pb2.TrafficPolicy()
     merged.CopyFrom(rule.traffic_policy)

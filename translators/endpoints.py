@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from translators import model
 from translators.clusters import load_assignment, subset_endpoints
-from translators.destination_rules import destination_rule_for
+from translators.destination_rules import DestinationRuleIndex
 from translators.naming import outbound_cluster
 from translators.services import EDS, Service
 
 
 def outbound_endpoints(
-    config: model.MeshConfig, services: dict[str, Service], proxy_namespace: str
+    services: dict[str, Service], rules: DestinationRuleIndex, proxy_namespace: str
 ) -> list[endpoint_pb2.ClusterLoadAssignment]:
     assignments = []
     for host in sorted(services):
         service = services[host]
         if service.resolution != EDS:
             continue
-        rule = destination_rule_for(config, host, proxy_namespace, service.namespace)
+        rule = rules.lookup(host, proxy_namespace, service.namespace)
         for port in service.ports:
             name = outbound_cluster(port.port, host)
             assignments.append(load_assignment(name, service.endpoints.get(port.port, ())))

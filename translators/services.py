@@ -113,6 +113,24 @@ def _workloads(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> list
     return out
 
 
+class _WorkloadIndex:
+    """Workloads by namespace and label, so a selector looks at few candidates."""
+
+    def __init__(self, workloads: Sequence[_Workload]) -> None:
+        self.by_label: dict[tuple[str, str, str], list[_Workload]] = {}
+        for w in workloads:
+            for key, value in w.labels.items():
+                self.by_label.setdefault((w.namespace, key, value), []).append(w)
+
+    def select(self, namespace: str, selector: Mapping[str, str]) -> list[_Workload]:
+        if not selector:
+            return []
+        candidates = min(
+            (self.by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len
+        )
+        return [w for w in candidates if _selects(selector, w.labels)]
+
+
 def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> dict[int, tuple]:
     by_port: dict[int, tuple[Endpoint, ...]] = {}
     for port in ports:
@@ -127,7 +145,7 @@ def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> di
 
 def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> dict[str, Service]:
     """Every service in the mesh by hostname; the first definition of a hostname wins."""
-    workloads = _workloads(config, proxies)
+    workloads = _WorkloadIndex(_workloads(config, proxies))
     services: dict[str, Service] = {}
 
     for res in config.of_kind(model.SERVICE):
@@ -138,11 +156,7 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
             )
             for p in spec.ports
         )
-        members = [
-            w
-            for w in workloads
-            if w.namespace == res.namespace and _selects(spec.selector, w.labels)
-        ]
+        members = workloads.select(res.namespace, spec.selector)
         host = fqdn(res.name, res.namespace)
         services.setdefault(
             host,
@@ -176,13 +190,7 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
             _Workload(res.namespace, e.address, dict(e.labels), dict(e.ports), weight=e.weight or 1)
             for e in se.endpoints
         ]
-        selector = dict(se.workload_selector.labels)
-        if selector:
-            members += [
-                w
-                for w in workloads
-                if w.namespace == res.namespace and _selects(selector, w.labels)
-            ]
+        members += workloads.select(res.namespace, se.workload_selector.labels)
         for host in se.hosts:
             host = host.lower()
             host_members = members

@@ -8,6 +8,7 @@ from functools import cached_property
 
 from translators import model
 from translators.clusters import inbound_clusters, outbound_clusters
+from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import outbound_endpoints
 from translators.listeners import sidecar_listeners
 from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, Resources, pack_all
@@ -26,6 +27,10 @@ class World:
     @cached_property
     def services(self) -> dict[str, Service]:
         return build_services(self.config, self.proxies)
+
+    @cached_property
+    def destination_rules(self) -> DestinationRuleIndex:
+        return DestinationRuleIndex(self.config)
 
     @cached_property
     def uses_source_labels(self) -> bool:
@@ -51,9 +56,10 @@ class Translator:
         shared = self._shared.get(key)
         if shared is None:
             config, services = self.world.config, self.world.services
+            rules = self.world.destination_rules
             shared = {
-                CLUSTER: pack_all(outbound_clusters(config, services, namespace)),
-                ENDPOINT: pack_all(outbound_endpoints(config, services, namespace)),
+                CLUSTER: pack_all(outbound_clusters(config, services, rules, namespace)),
+                ENDPOINT: pack_all(outbound_endpoints(services, rules, namespace)),
                 ROUTE: pack_all([outbound_route_config(config, services, namespace, labels)]),
             }
             self._shared[key] = shared

@@ -1,0 +1,96 @@
+"""Translation time for one sidecar with 10 / 100 / 1000 services.
+
+Each service has a Kubernetes Service, a two-subset DestinationRule and a VirtualService
+with a header match and a weighted split, and two connected workloads. Prints the median
+of several runs of the full translation for one sidecar (clusters, endpoints, listeners,
+routes, packed and hashed), and the size of what that sidecar receives.
+
+    python bench/translation.py [--sizes 10,100,1000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from translators import model
+from translators.snapshot import Translator, World
+from xds_server.config.loader import parse_file
+
+TEMPLATE = """apiVersion: v1
+kind: Service
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  selector: {app: svc-%(i)d}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  host: svc-%(i)d
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  hosts: [svc-%(i)d]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: svc-%(i)d, subset: v2}}]
+  - route:
+    - {destination: {host: svc-%(i)d, subset: v1}, weight: 90}
+    - {destination: {host: svc-%(i)d, subset: v2}, weight: 10}
+"""
+
+
+def build_world(count: int) -> World:
+    text = "\n---\n".join(TEMPLATE % {"i": i, "ns": i % 10} for i in range(count))
+    parsed = parse_file("bench.yaml", text)
+    assert parsed.ok, parsed.issues[:3]
+    proxies = tuple(
+        model.Proxy(f"svc-{i}-{v}", namespace=f"ns-{i % 10}",
+                    labels={"app": f"svc-{i}", "version": v}, ip=f"10.{i // 250}.{i % 250}.{n}",
+                    ports=(model.WorkloadPort(8080, 15006),))
+        for i in range(count) for n, v in enumerate(("v1", "v2"), start=1)
+    )
+    return World(model.MeshConfig(resources=tuple(parsed.resources)), proxies)
+
+
+def measure(count: int, runs: int) -> dict[str, float]:
+    world = build_world(count)
+    _ = world.services  # the registry is built once per world, shared by all proxies
+    proxy = world.proxies[0]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        resources = Translator(world).translate(proxy)
+        times.append(time.perf_counter() - started)
+    sizes = {t.rsplit(".", 1)[-1]: len(r) for t, r in resources.items()}
+    wire = sum(len(p.any.value) for r in resources.values() for p in r.values())
+    started = time.perf_counter()
+    World(world.config, world.proxies).services  # noqa: B018
+    registry = time.perf_counter() - started
+    return {"median_ms": statistics.median(times) * 1000, "min_ms": min(times) * 1000,
+            "registry_ms": registry * 1000, "bytes": wire, **sizes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    print(f"{'services':>8} {'translate ms':>13} {'(min)':>8} {'registry ms':>12} "
+          f"{'clusters':>9} {'CLAs':>6} {'vhosts':>7} {'bytes':>10}")
+    for count in (int(s) for s in args.sizes.split(",")):
+        r = measure(count, args.runs)
+        print(f"{count:>8} {r['median_ms']:>13.1f} {r['min_ms']:>8.1f} {r['registry_ms']:>12.1f} "
+              f"{r['Cluster']:>9} {r['ClusterLoadAssignment']:>6} {count:>7} {r['bytes']:>10}")
+
+
+if __name__ == "__main__":
+    main()
