@@ -53,10 +53,15 @@ def build_world(count: int) -> World:
     parsed = parse_file("bench.yaml", text)
     assert parsed.ok, parsed.issues[:3]
     proxies = tuple(
-        model.Proxy(f"svc-{i}-{v}", namespace=f"ns-{i % 10}",
-                    labels={"app": f"svc-{i}", "version": v}, ip=f"10.{i // 250}.{i % 250}.{n}",
-                    ports=(model.WorkloadPort(8080, 15006),))
-        for i in range(count) for n, v in enumerate(("v1", "v2"), start=1)
+        model.Proxy(
+            f"svc-{i}-{v}",
+            namespace=f"ns-{i % 10}",
+            labels={"app": f"svc-{i}", "version": v},
+            ip=f"10.{i // 250}.{i % 250}.{n}",
+            ports=(model.WorkloadPort(8080, 15006),),
+        )
+        for i in range(count)
+        for n, v in enumerate(("v1", "v2"), start=1)
     )
     return World(model.MeshConfig(resources=tuple(parsed.resources)), proxies)
 
@@ -75,8 +80,13 @@ def measure(count: int, runs: int) -> dict[str, float]:
     started = time.perf_counter()
     World(world.config, world.proxies).services  # noqa: B018
     registry = time.perf_counter() - started
-    return {"median_ms": statistics.median(times) * 1000, "min_ms": min(times) * 1000,
-            "registry_ms": registry * 1000, "bytes": wire, **sizes}
+    return {
+        "median_ms": statistics.median(times) * 1000,
+        "min_ms": min(times) * 1000,
+        "registry_ms": registry * 1000,
+        "bytes": wire,
+        **sizes,
+    }
 
 
 def main() -> None:
@@ -84,12 +94,16 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    print(f"{'services':>8} {'translate ms':>13} {'(min)':>8} {'registry ms':>12} "
-          f"{'clusters':>9} {'CLAs':>6} {'vhosts':>7} {'bytes':>10}")
+    print(
+        f"{'services':>8} {'translate ms':>13} {'(min)':>8} {'registry ms':>12} "
+        f"{'clusters':>9} {'CLAs':>6} {'vhosts':>7} {'bytes':>10}"
+    )
     for count in (int(s) for s in args.sizes.split(",")):
         r = measure(count, args.runs)
-        print(f"{count:>8} {r['median_ms']:>13.1f} {r['min_ms']:>8.1f} {r['registry_ms']:>12.1f} "
-              f"{r['Cluster']:>9} {r['ClusterLoadAssignment']:>6} {count:>7} {r['bytes']:>10}")
+        print(
+            f"{count:>8} {r['median_ms']:>13.1f} {r['min_ms']:>8.1f} {r['registry_ms']:>12.1f} "
+            f"{r['Cluster']:>9} {r['ClusterLoadAssignment']:>6} {count:>7} {r['bytes']:>10}"
+        )
 
 
 if __name__ == "__main__":
