@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed"
+SEED = Path(__file__).resolve().parents[1] / "examples" / "seed"
 
 
 def validate(directory: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:

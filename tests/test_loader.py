@@ -10,7 +10,7 @@ from translators import model
 from xds_server.config.loader import ConfigStore, parse_file
 from xds_server.config.schema import parse_duration
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed"
+SEED = Path(__file__).resolve().parents[1] / "examples" / "seed"
 VS = """apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
 metadata:

@@ -15,7 +15,7 @@ from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from translators.routes import DEFAULT_RETRY_ON
 from translators.snapshot import World, translate
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "examples" / "seed"
+SEED = Path(__file__).resolve().parents[1] / "examples" / "seed"
 HOST = "reviews.default.svc.cluster.local"
 CALLER = sidecar("caller", "caller")
 WORKLOADS = (

@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import service_yaml
 from xds_server.launcher import LocalMesh, Workload
 
-SEED = Path(__file__).resolve().parents[3] / "shared" / "examples" / "seed"
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed"
 SERVICES = ("reviews", "helloworld", "my-app")
 
 
