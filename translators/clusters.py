@@ -37,7 +37,13 @@ ADS_SOURCE = config_source_pb2.ConfigSource(
 
 
 def _default_circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
-    """Istio lifts Envoy's 1024-request limits to MaxUint32 on every cluster."""
+    """Istio lifts Envoy's 1024-request limits to MaxUint32 on every cluster.
+
+    Built once: message constructors copy it, so every cluster gets its own."""
+    return _DEFAULT_CIRCUIT_BREAKERS
+
+
+def _build_default_circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
     limit = wrappers_pb2.UInt32Value(value=MAX_UINT32)
     return circuit_breaker_pb2.CircuitBreakers(
         thresholds=[
@@ -50,6 +56,9 @@ def _default_circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
             )
         ]
     )
+
+
+_DEFAULT_CIRCUIT_BREAKERS = _build_default_circuit_breakers()
 
 
 def _h2_options() -> any_pb2.Any:

@@ -35,13 +35,22 @@ def _previous_hosts() -> rc.RetryPolicy.RetryHostPredicate:
 
 
 def default_retry_policy() -> rc.RetryPolicy:
-    """Istio's policy when a route says nothing about retries (§2.6): 2 retries, no 503s."""
+    """Istio's policy when a route says nothing about retries (§2.6): 2 retries, no 503s.
+
+    Built once: message constructors copy it, so every route gets its own."""
+    return _DEFAULT_RETRY
+
+
+def _build_default_retry() -> rc.RetryPolicy:
     return rc.RetryPolicy(
         retry_on=DEFAULT_RETRY_ON,
         num_retries=wrappers_pb2.UInt32Value(value=2),
         host_selection_retry_max_attempts=5,
         retry_host_predicate=[_previous_hosts()],
     )
+
+
+_DEFAULT_RETRY = _build_default_retry()
 
 
 def string_matcher(match: vs_pb2.StringMatch, ignore_case: bool = False):
