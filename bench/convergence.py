@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from xds_server.launcher import LocalMesh, Workload, wait_until
+from xds_server.launcher import LocalMesh, Workload
 
 SERVICES = """apiVersion: v1
 kind: Service
@@ -62,17 +62,7 @@ def measure(envoys: int, edits: int) -> list[float]:
                 started = time.perf_counter()
                 vs.write_text(text)
                 digest = hashlib.sha256(text.encode()).hexdigest()
-
-                def applied(text_digest=digest):
-                    configz = mesh.debug_json("/debug/configz")
-                    if configz["files"].get(str(vs)) != text_digest:
-                        return None
-                    if configz["pushed_version"] != configz["version"]:
-                        return None
-                    return configz["config_generation"]
-
-                generation = wait_until(applied, 30, "the edit", interval=0.005)
-                wait_until(lambda g=generation: mesh.all_synced(g), 30, "ACKs", interval=0.005)
+                mesh.wait_config_applied({str(vs): digest}, timeout=30, interval=0.005)
                 if edit:  # the first edit creates the file; measure the changes after it
                     times.append(time.perf_counter() - started)
             return times

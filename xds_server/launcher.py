@@ -296,7 +296,9 @@ class LocalMesh:
                 return False
         return True
 
-    def wait_config_applied(self, digest_by_file: dict[str, str], timeout: float = 15.0) -> int:
+    def wait_config_applied(
+        self, digest_by_file: dict[str, str], timeout: float = 15.0, interval: float = 0.05
+    ) -> int:
         """Wait until the server accepted these file contents and every proxy ACKed the
         result; returns the generation that carries them."""
 
@@ -309,6 +311,6 @@ class LocalMesh:
                 return None
             return configz["config_generation"]
 
-        generation = wait_until(accepted, timeout, "the server to load the new files")
-        wait_until(lambda: self.all_synced(generation), timeout, "every proxy to ACK")
+        generation = wait_until(accepted, timeout, "the server to load the new files", interval)
+        wait_until(lambda: self.all_synced(generation), timeout, "every proxy to ACK", interval)
         return generation

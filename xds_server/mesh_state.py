@@ -10,21 +10,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from translators import model
 from translators.resources import Resources, version_of
 from translators.snapshot import Translator, World
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Listener = Callable[[Resources, int], None]
 
 
+def newest_per_node(items: Iterable[T], node_id: Callable[[T], str]) -> dict[str, T]:
+    """One item per node id, the most recently connected: during a reconnect a node may
+    briefly have an old stream and a new one."""
+    newest: dict[str, T] = {}
+    for item in sorted(items, key=lambda i: i.connected_at):
+        newest[node_id(item)] = item
+    return newest
+
+
 @dataclass
 class Connection:
-    """One ADS stream's registration; a node id may briefly have two during a reconnect."""
+    """One ADS stream's registration."""
 
     proxy: model.Proxy
     on_resources: Listener
@@ -65,10 +76,8 @@ class MeshState:
 
     def proxies(self) -> list[model.Proxy]:
         """Connected proxies, one per node id (the newest stream wins)."""
-        newest: dict[str, model.Proxy] = {}
-        for conn in sorted(self.connections.values(), key=lambda c: c.connected_at):
-            newest[conn.proxy.node_id] = conn.proxy
-        return list(newest.values())
+        newest = newest_per_node(self.connections.values(), lambda c: c.proxy.node_id)
+        return [conn.proxy for conn in newest.values()]
 
     # ---- pushing ------------------------------------------------------------------------
 

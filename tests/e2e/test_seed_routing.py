@@ -22,23 +22,26 @@ def tolerance(p: float, n: int) -> float:
     return 4.5 * math.sqrt(p * (1 - p) / n)
 
 
+def assert_split(mesh, host: str, n: int, versions: set[str], measured: str, p: float):
+    """n requests to `host` land only on `versions`, with `measured` taking share p."""
+    seen = mesh.send(n, host)
+    assert set(seen) <= {(200, v) for v in versions}, seen
+    assert abs(share(seen, measured) - p) < tolerance(p, n), seen
+
+
 def test_seed_01_traffic_split_reviews(mesh):
     mesh.apply_seed("vs-reviews.yaml", "01-traffic-split-reviews.yaml")
     jason = mesh.send(50, "reviews", headers={"end-user": "jason"})
     assert jason == {(200, "reviews-v2"): 50}
-    n = 600
-    seen = mesh.send(n, "reviews:9080")
-    assert set(seen) <= {(200, "reviews-v1"), (200, "reviews-v2")}
-    assert abs(share(seen, "reviews-v1") - 0.75) < tolerance(0.75, n), seen
+    assert_split(mesh, "reviews:9080", 600, {"reviews-v1", "reviews-v2"}, "reviews-v1", 0.75)
 
 
 def test_seed_05_canary_helloworld(mesh):
     mesh.apply_seed("vs-helloworld.yaml", "05-canary-helloworld.yaml")
     assert mesh.send(30, "helloworld", headers={"canary": "true"}) == {(200, "helloworld-v2"): 30}
-    n = 800
-    seen = mesh.send(n, "helloworld.default.svc.cluster.local")
-    assert set(seen) <= {(200, "helloworld-v1"), (200, "helloworld-v2")}
-    assert abs(share(seen, "helloworld-v2") - 0.10) < tolerance(0.10, n), seen
+    versions = {"helloworld-v1", "helloworld-v2"}
+    host = "helloworld.default.svc.cluster.local"
+    assert_split(mesh, host, 800, versions, "helloworld-v2", 0.10)
 
 
 def test_seed_06_content_routing_reviews(mesh):
@@ -60,9 +63,7 @@ def test_seed_19_canary_my_app(mesh):
     mesh.apply_seed("vs-my-app.yaml", "19-exercise-canary-my-app.yaml")
     assert mesh.send(30, "my-app", headers={"x-canary": "true"}) == {(200, "my-app-v2"): 30}
     assert mesh.send(30, "my-app", headers={"x-canary": "false"})[(200, "my-app-v2")] < 30
-    n = 800
-    seen = mesh.send(n, "my-app:9080")
-    assert abs(share(seen, "my-app-v2") - 0.10) < tolerance(0.10, n), seen
+    assert_split(mesh, "my-app:9080", 800, {"my-app-v1", "my-app-v2"}, "my-app-v2", 0.10)
 
 
 def test_service_without_virtual_service_reaches_every_version(mesh):

@@ -17,7 +17,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from translators.resources import SHORT_NAMES
 from xds_server.ads.sotw import SotwStream
-from xds_server.mesh_state import MeshState
+from xds_server.mesh_state import MeshState, newest_per_node
 from xds_server.node import NodeError, proxy_from_node
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,4 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def latest_streams(self) -> dict[str, StreamInfo]:
         """The newest stream of every connected node id."""
-        newest: dict[str, StreamInfo] = {}
-        for info in sorted(self.streams.values(), key=lambda i: i.connected_at):
-            newest[info.node_id] = info
-        return newest
+        return newest_per_node(self.streams.values(), lambda info: info.node_id)
