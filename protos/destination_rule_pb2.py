@@ -22,9 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
+from protos import virtual_service_pb2 as virtual__service__pb2
+from protos import workload_entry_pb2 as workload__entry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x65stination_rule.proto\x12\x12meshapi.networking\"\x9a\x01\n\x0f\x44\x65stinationRule\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x39\n\x0etraffic_policy\x18\x02 \x01(\x0b\x32!.meshapi.networking.TrafficPolicy\x12+\n\x07subsets\x18\x03 \x03(\x0b\x32\x1a.meshapi.networking.Subset\x12\x11\n\texport_to\x18\x04 \x03(\t\"P\n\rTrafficPolicy\x12?\n\rload_balancer\x18\x01 \x01(\x0b\x32(.meshapi.networking.LoadBalancerSettings\"\xb8\x01\n\x06Subset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.meshapi.networking.Subset.LabelsEntry\x12\x39\n\x0etraffic_policy\x18\x03 \x01(\x0b\x32!.meshapi.networking.TrafficPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc7\x01\n\x14LoadBalancerSettings\x12\x41\n\x06simple\x18\x01 \x01(\x0e\x32\x31.meshapi.networking.LoadBalancerSettings.SimpleLB\"l\n\x08SimpleLB\x12\x0f\n\x0bUNSPECIFIED\x10\x00\x12\x0e\n\nLEAST_CONN\x10\x01\x12\n\n\x06RANDOM\x10\x02\x12\x0f\n\x0bPASSTHROUGH\x10\x03\x12\x0f\n\x0bROUND_ROBIN\x10\x04\x12\x11\n\rLEAST_REQUEST\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64\x65stination_rule.proto\x12\x12meshapi.networking\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x15virtual_service.proto\x1a\x14workload_entry.proto\"\xdb\x01\n\x0f\x44\x65stinationRule\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x39\n\x0etraffic_policy\x18\x02 \x01(\x0b\x32!.meshapi.networking.TrafficPolicy\x12+\n\x07subsets\x18\x03 \x03(\x0b\x32\x1a.meshapi.networking.Subset\x12\x11\n\texport_to\x18\x04 \x03(\t\x12?\n\x11workload_selector\x18\x05 \x01(\x0b\x32$.meshapi.networking.WorkloadSelector\"\xb5\x04\n\rTrafficPolicy\x12?\n\rload_balancer\x18\x01 \x01(\x0b\x32(.meshapi.networking.LoadBalancerSettings\x12\x43\n\x0f\x63onnection_pool\x18\x02 \x01(\x0b\x32*.meshapi.networking.ConnectionPoolSettings\x12?\n\x11outlier_detection\x18\x03 \x01(\x0b\x32$.meshapi.networking.OutlierDetection\x12P\n\x13port_level_settings\x18\x05 \x03(\x0b\x32\x33.meshapi.networking.TrafficPolicy.PortTrafficPolicy\x1a\x8a\x02\n\x11PortTrafficPolicy\x12.\n\x04port\x18\x01 \x01(\x0b\x32 .meshapi.networking.PortSelector\x12?\n\rload_balancer\x18\x02 \x01(\x0b\x32(.meshapi.networking.LoadBalancerSettings\x12\x43\n\x0f\x63onnection_pool\x18\x03 \x01(\x0b\x32*.meshapi.networking.ConnectionPoolSettings\x12?\n\x11outlier_detection\x18\x04 \x01(\x0b\x32$.meshapi.networking.OutlierDetection\"\xb8\x01\n\x06Subset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.meshapi.networking.Subset.LabelsEntry\x12\x39\n\x0etraffic_policy\x18\x03 \x01(\x0b\x32!.meshapi.networking.TrafficPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf5\x06\n\x14LoadBalancerSettings\x12\x43\n\x06simple\x18\x01 \x01(\x0e\x32\x31.meshapi.networking.LoadBalancerSettings.SimpleLBH\x00\x12T\n\x0f\x63onsistent_hash\x18\x02 \x01(\x0b\x32\x39.meshapi.networking.LoadBalancerSettings.ConsistentHashLBH\x00\x1a\xc6\x04\n\x10\x43onsistentHashLB\x12\x1a\n\x10http_header_name\x18\x01 \x01(\tH\x00\x12[\n\x0bhttp_cookie\x18\x02 \x01(\x0b\x32\x44.meshapi.networking.LoadBalancerSettings.ConsistentHashLB.HTTPCookieH\x00\x12\x17\n\ruse_source_ip\x18\x03 \x01(\x08H\x00\x12#\n\x19http_query_parameter_name\x18\x05 \x01(\tH\x00\x12W\n\tring_hash\x18\x06 \x01(\x0b\x32\x42.meshapi.networking.LoadBalancerSettings.ConsistentHashLB.RingHashH\x01\x12R\n\x06maglev\x18\x07 \x01(\x0b\x32@.meshapi.networking.LoadBalancerSettings.ConsistentHashLB.MagLevH\x01\x12\x19\n\x11minimum_ring_size\x18\x04 \x01(\x04\x1aP\n\nHTTPCookie\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a%\n\x08RingHash\x12\x19\n\x11minimum_ring_size\x18\x01 \x01(\x04\x1a\x1c\n\x06MagLev\x12\x12\n\ntable_size\x18\x01 \x01(\x04\x42\n\n\x08hash_keyB\x10\n\x0ehash_algorithm\"l\n\x08SimpleLB\x12\x0f\n\x0bUNSPECIFIED\x10\x00\x12\x0e\n\nLEAST_CONN\x10\x01\x12\n\n\x06RANDOM\x10\x02\x12\x0f\n\x0bPASSTHROUGH\x10\x03\x12\x0f\n\x0bROUND_ROBIN\x10\x04\x12\x11\n\rLEAST_REQUEST\x10\x05\x42\x0b\n\tlb_policy\"\xde\x07\n\x16\x43onnectionPoolSettings\x12\x43\n\x03tcp\x18\x01 \x01(\x0b\x32\x36.meshapi.networking.ConnectionPoolSettings.TCPSettings\x12\x45\n\x04http\x18\x02 \x01(\x0b\x32\x37.meshapi.networking.ConnectionPoolSettings.HTTPSettings\x1a\x99\x03\n\x0bTCPSettings\x12\x17\n\x0fmax_connections\x18\x01 \x01(\x05\x12\x32\n\x0f\x63onnect_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12Z\n\rtcp_keepalive\x18\x03 \x01(\x0b\x32\x43.meshapi.networking.ConnectionPoolSettings.TCPSettings.TcpKeepalive\x12:\n\x17max_connection_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cidle_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x1at\n\x0cTcpKeepalive\x12\x0e\n\x06probes\x18\x01 \x01(\r\x12\'\n\x04time\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x9b\x03\n\x0cHTTPSettings\x12\"\n\x1ahttp1_max_pending_requests\x18\x01 \x01(\x05\x12\x1a\n\x12http2_max_requests\x18\x02 \x01(\x05\x12#\n\x1bmax_requests_per_connection\x18\x03 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x04 \x01(\x05\x12/\n\x0cidle_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x62\n\x11h2_upgrade_policy\x18\x06 \x01(\x0e\x32G.meshapi.networking.ConnectionPoolSettings.HTTPSettings.H2UpgradePolicy\x12\x1b\n\x13use_client_protocol\x18\x07 \x01(\x08\x12\x1e\n\x16max_concurrent_streams\x18\x08 \x01(\x05\"?\n\x0fH2UpgradePolicy\x12\x0b\n\x07\x44\x45\x46\x41ULT\x10\x00\x12\x12\n\x0e\x44O_NOT_UPGRADE\x10\x01\x12\x0b\n\x07UPGRADE\x10\x02\"\xa3\x03\n\x10OutlierDetection\x12\x1a\n\x12\x63onsecutive_errors\x18\x01 \x01(\x05\x12*\n\"split_external_local_origin_errors\x18\x08 \x01(\x08\x12)\n!consecutive_local_origin_failures\x18\t \x01(\r\x12@\n\x1a\x63onsecutive_gateway_errors\x18\x06 \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x12<\n\x16\x63onsecutive_5xx_errors\x18\x07 \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12\x62\x61se_ejection_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14max_ejection_percent\x18\x04 \x01(\x05\x12\x1a\n\x12min_health_percent\x18\x05 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSET_LABELSENTRY']._loaded_options = None
   _globals['_SUBSET_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_DESTINATIONRULE']._serialized_start=47
-  _globals['_DESTINATIONRULE']._serialized_end=201
-  _globals['_TRAFFICPOLICY']._serialized_start=203
-  _globals['_TRAFFICPOLICY']._serialized_end=283
-  _globals['_SUBSET']._serialized_start=286
-  _globals['_SUBSET']._serialized_end=470
-  _globals['_SUBSET_LABELSENTRY']._serialized_start=425
-  _globals['_SUBSET_LABELSENTRY']._serialized_end=470
-  _globals['_LOADBALANCERSETTINGS']._serialized_start=473
-  _globals['_LOADBALANCERSETTINGS']._serialized_end=672
-  _globals['_LOADBALANCERSETTINGS_SIMPLELB']._serialized_start=564
-  _globals['_LOADBALANCERSETTINGS_SIMPLELB']._serialized_end=672
+  _globals['_DESTINATIONRULE']._serialized_start=156
+  _globals['_DESTINATIONRULE']._serialized_end=375
+  _globals['_TRAFFICPOLICY']._serialized_start=378
+  _globals['_TRAFFICPOLICY']._serialized_end=943
+  _globals['_TRAFFICPOLICY_PORTTRAFFICPOLICY']._serialized_start=677
+  _globals['_TRAFFICPOLICY_PORTTRAFFICPOLICY']._serialized_end=943
+  _globals['_SUBSET']._serialized_start=946
+  _globals['_SUBSET']._serialized_end=1130
+  _globals['_SUBSET_LABELSENTRY']._serialized_start=1085
+  _globals['_SUBSET_LABELSENTRY']._serialized_end=1130
+  _globals['_LOADBALANCERSETTINGS']._serialized_start=1133
+  _globals['_LOADBALANCERSETTINGS']._serialized_end=2018
+  _globals['_LOADBALANCERSETTINGS_CONSISTENTHASHLB']._serialized_start=1313
+  _globals['_LOADBALANCERSETTINGS_CONSISTENTHASHLB']._serialized_end=1895
+  _globals['_LOADBALANCERSETTINGS_CONSISTENTHASHLB_HTTPCOOKIE']._serialized_start=1716
+  _globals['_LOADBALANCERSETTINGS_CONSISTENTHASHLB_HTTPCOOKIE']._serialized_end=1796
+  _globals['_LOADBALANCERSETTINGS_CONSISTENTHASHLB_RINGHASH']._serialized_start=1798
+  _globals['_LOADBALANCERSETTINGS_CONSISTENTHASHLB_RINGHASH']._serialized_end=1835
+  _globals['_LOADBALANCERSETTINGS_CONSISTENTHASHLB_MAGLEV']._serialized_start=1837
+  _globals['_LOADBALANCERSETTINGS_CONSISTENTHASHLB_MAGLEV']._serialized_end=1865
+  _globals['_LOADBALANCERSETTINGS_SIMPLELB']._serialized_start=1897
+  _globals['_LOADBALANCERSETTINGS_SIMPLELB']._serialized_end=2005
+  _globals['_CONNECTIONPOOLSETTINGS']._serialized_start=2021
+  _globals['_CONNECTIONPOOLSETTINGS']._serialized_end=3011
+  _globals['_CONNECTIONPOOLSETTINGS_TCPSETTINGS']._serialized_start=2188
+  _globals['_CONNECTIONPOOLSETTINGS_TCPSETTINGS']._serialized_end=2597
+  _globals['_CONNECTIONPOOLSETTINGS_TCPSETTINGS_TCPKEEPALIVE']._serialized_start=2481
+  _globals['_CONNECTIONPOOLSETTINGS_TCPSETTINGS_TCPKEEPALIVE']._serialized_end=2597
+  _globals['_CONNECTIONPOOLSETTINGS_HTTPSETTINGS']._serialized_start=2600
+  _globals['_CONNECTIONPOOLSETTINGS_HTTPSETTINGS']._serialized_end=3011
+  _globals['_CONNECTIONPOOLSETTINGS_HTTPSETTINGS_H2UPGRADEPOLICY']._serialized_start=2948
+  _globals['_CONNECTIONPOOLSETTINGS_HTTPSETTINGS_H2UPGRADEPOLICY']._serialized_end=3011
+  _globals['_OUTLIERDETECTION']._serialized_start=3014
+  _globals['_OUTLIERDETECTION']._serialized_end=3433
 # @@protoc_insertion_point(module_scope)

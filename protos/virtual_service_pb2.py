@@ -23,15 +23,20 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15virtual_service.proto\x12\x12meshapi.networking\x1a\x1egoogle/protobuf/duration.proto\"q\n\x0eVirtualService\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x10\n\x08gateways\x18\x02 \x03(\t\x12+\n\x04http\x18\x03 \x03(\x0b\x32\x1d.meshapi.networking.HTTPRoute\x12\x11\n\texport_to\x18\x06 \x03(\t\"\xb3\x01\n\tHTTPRoute\x12\x0c\n\x04name\x18\x11 \x01(\t\x12\x33\n\x05match\x18\x01 \x03(\x0b\x32$.meshapi.networking.HTTPMatchRequest\x12\x37\n\x05route\x18\x02 \x03(\x0b\x32(.meshapi.networking.HTTPRouteDestination\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x8b\x07\n\x10HTTPMatchRequest\x12\x0c\n\x04name\x18\x0b \x01(\t\x12,\n\x03uri\x18\x01 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch\x12/\n\x06scheme\x18\x02 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch\x12/\n\x06method\x18\x03 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch\x12\x32\n\tauthority\x18\x04 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch\x12\x42\n\x07headers\x18\x05 \x03(\x0b\x32\x31.meshapi.networking.HTTPMatchRequest.HeadersEntry\x12\x0c\n\x04port\x18\x06 \x01(\r\x12M\n\rsource_labels\x18\x07 \x03(\x0b\x32\x36.meshapi.networking.HTTPMatchRequest.SourceLabelsEntry\x12K\n\x0cquery_params\x18\t \x03(\x0b\x32\x35.meshapi.networking.HTTPMatchRequest.QueryParamsEntry\x12\x17\n\x0fignore_uri_case\x18\n \x01(\x08\x12Q\n\x0fwithout_headers\x18\x0c \x03(\x0b\x32\x38.meshapi.networking.HTTPMatchRequest.WithoutHeadersEntry\x12\x18\n\x10source_namespace\x18\r \x01(\t\x1aO\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch:\x02\x38\x01\x1a\x33\n\x11SourceLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aS\n\x10QueryParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch:\x02\x38\x01\x1aV\n\x13WithoutHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch:\x02\x38\x01\"O\n\x0bStringMatch\x12\x0f\n\x05\x65xact\x18\x01 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x02 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x42\x0c\n\nmatch_type\"\\\n\x14HTTPRouteDestination\x12\x34\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32\x1f.meshapi.networking.Destination\x12\x0e\n\x06weight\x18\x02 \x01(\x05\"[\n\x0b\x44\x65stination\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06subset\x18\x02 \x01(\t\x12.\n\x04port\x18\x03 \x01(\x0b\x32 .meshapi.networking.PortSelector\"\x1e\n\x0cPortSelector\x12\x0e\n\x06number\x18\x01 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15virtual_service.proto\x12\x12meshapi.networking\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\x9c\x01\n\x0eVirtualService\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x10\n\x08gateways\x18\x02 \x03(\t\x12+\n\x04http\x18\x03 \x03(\x0b\x32\x1d.meshapi.networking.HTTPRoute\x12)\n\x03tcp\x18\x04 \x03(\x0b\x32\x1c.meshapi.networking.TCPRoute\x12\x11\n\texport_to\x18\x06 \x03(\t\"\xf4\x05\n\tHTTPRoute\x12\x0c\n\x04name\x18\x11 \x01(\t\x12\x33\n\x05match\x18\x01 \x03(\x0b\x32$.meshapi.networking.HTTPMatchRequest\x12\x37\n\x05route\x18\x02 \x03(\x0b\x32(.meshapi.networking.HTTPRouteDestination\x12\x32\n\x08redirect\x18\x03 \x01(\x0b\x32 .meshapi.networking.HTTPRedirect\x12?\n\x0f\x64irect_response\x18\x15 \x01(\x0b\x32&.meshapi.networking.HTTPDirectResponse\x12.\n\x08\x64\x65legate\x18\x14 \x01(\x0b\x32\x1c.meshapi.networking.Delegate\x12\x30\n\x07rewrite\x18\x04 \x01(\x0b\x32\x1f.meshapi.networking.HTTPRewrite\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x07retries\x18\x07 \x01(\x0b\x32\x1d.meshapi.networking.HTTPRetry\x12\x35\n\x05\x66\x61ult\x18\x08 \x01(\x0b\x32&.meshapi.networking.HTTPFaultInjection\x12/\n\x06mirror\x18\t \x01(\x0b\x32\x1f.meshapi.networking.Destination\x12\x36\n\x11mirror_percentage\x18\x13 \x01(\x0b\x32\x1b.meshapi.networking.Percent\x12\x35\n\x07mirrors\x18\x16 \x03(\x0b\x32$.meshapi.networking.HTTPMirrorPolicy\x12\x33\n\x0b\x63ors_policy\x18\n \x01(\x0b\x32\x1e.meshapi.networking.CorsPolicy\x12,\n\x07headers\x18\x10 \x01(\x0b\x32\x1b.meshapi.networking.Headers\"+\n\x08\x44\x65legate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"\x8d\x03\n\x07Headers\x12=\n\x07request\x18\x01 \x01(\x0b\x32,.meshapi.networking.Headers.HeaderOperations\x12>\n\x08response\x18\x02 \x01(\x0b\x32,.meshapi.networking.Headers.HeaderOperations\x1a\x82\x02\n\x10HeaderOperations\x12\x42\n\x03set\x18\x01 \x03(\x0b\x32\x35.meshapi.networking.Headers.HeaderOperations.SetEntry\x12\x42\n\x03\x61\x64\x64\x18\x02 \x03(\x0b\x32\x35.meshapi.networking.Headers.HeaderOperations.AddEntry\x12\x0e\n\x06remove\x18\x03 \x03(\t\x1a*\n\x08SetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x41\x64\x64\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x08TCPRoute\x12\x34\n\x05match\x18\x01 \x03(\x0b\x32%.meshapi.networking.L4MatchAttributes\x12\x33\n\x05route\x18\x02 \x03(\x0b\x32$.meshapi.networking.RouteDestination\"\xb2\x07\n\x10HTTPMatchRequest\x12\x0c\n\x04name\x18\x0b \x01(\t\x12,\n\x03uri\x18\x01 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch\x12/\n\x06scheme\x18\x02 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch\x12/\n\x06method\x18\x03 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch\x12\x32\n\tauthority\x18\x04 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch\x12\x42\n\x07headers\x18\x05 \x03(\x0b\x32\x31.meshapi.networking.HTTPMatchRequest.HeadersEntry\x12\x0c\n\x04port\x18\x06 \x01(\r\x12M\n\rsource_labels\x18\x07 \x03(\x0b\x32\x36.meshapi.networking.HTTPMatchRequest.SourceLabelsEntry\x12\x10\n\x08gateways\x18\x08 \x03(\t\x12K\n\x0cquery_params\x18\t \x03(\x0b\x32\x35.meshapi.networking.HTTPMatchRequest.QueryParamsEntry\x12\x17\n\x0fignore_uri_case\x18\n \x01(\x08\x12Q\n\x0fwithout_headers\x18\x0c \x03(\x0b\x32\x38.meshapi.networking.HTTPMatchRequest.WithoutHeadersEntry\x12\x18\n\x10source_namespace\x18\r \x01(\t\x12\x13\n\x0bstat_prefix\x18\x0e \x01(\t\x1aO\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch:\x02\x38\x01\x1a\x33\n\x11SourceLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aS\n\x10QueryParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch:\x02\x38\x01\x1aV\n\x13WithoutHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.meshapi.networking.StringMatch:\x02\x38\x01\"O\n\x0bStringMatch\x12\x0f\n\x05\x65xact\x18\x01 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x02 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x42\x0c\n\nmatch_type\"\x8a\x01\n\x14HTTPRouteDestination\x12\x34\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32\x1f.meshapi.networking.Destination\x12\x0e\n\x06weight\x18\x02 \x01(\x05\x12,\n\x07headers\x18\x07 \x01(\x0b\x32\x1b.meshapi.networking.Headers\"X\n\x10RouteDestination\x12\x34\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32\x1f.meshapi.networking.Destination\x12\x0e\n\x06weight\x18\x02 \x01(\x05\"\xef\x01\n\x11L4MatchAttributes\x12\x1b\n\x13\x64\x65stination_subnets\x18\x01 \x03(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12N\n\rsource_labels\x18\x04 \x03(\x0b\x32\x37.meshapi.networking.L4MatchAttributes.SourceLabelsEntry\x12\x10\n\x08gateways\x18\x05 \x03(\t\x12\x18\n\x10source_namespace\x18\x06 \x01(\t\x1a\x33\n\x11SourceLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x0b\x44\x65stination\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06subset\x18\x02 \x01(\t\x12.\n\x04port\x18\x03 \x01(\x0b\x32 .meshapi.networking.PortSelector\"\x1e\n\x0cPortSelector\x12\x0e\n\x06number\x18\x01 \x01(\r\"\x90\x02\n\x0cHTTPRedirect\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x11\n\tauthority\x18\x02 \x01(\t\x12\x0e\n\x04port\x18\x04 \x01(\rH\x00\x12M\n\x0b\x64\x65rive_port\x18\x05 \x01(\x0e\x32\x36.meshapi.networking.HTTPRedirect.RedirectPortSelectionH\x00\x12\x0e\n\x06scheme\x18\x06 \x01(\t\x12\x15\n\rredirect_code\x18\x03 \x01(\r\"I\n\x15RedirectPortSelection\x12\x19\n\x15\x46ROM_PROTOCOL_DEFAULT\x10\x00\x12\x15\n\x11\x46ROM_REQUEST_PORT\x10\x01\x42\x0f\n\rredirect_port\"P\n\x12HTTPDirectResponse\x12\x0e\n\x06status\x18\x01 \x01(\r\x12*\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x1c.meshapi.networking.HTTPBody\":\n\x08HTTPBody\x12\x10\n\x06string\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x62ytes\x18\x02 \x01(\x0cH\x00\x42\x0b\n\tspecifier\"j\n\x0bHTTPRewrite\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x11\n\tauthority\x18\x02 \x01(\t\x12;\n\x11uri_regex_rewrite\x18\x03 \x01(\x0b\x32 .meshapi.networking.RegexRewrite\".\n\x0cRegexRewrite\x12\r\n\x05match\x18\x01 \x01(\t\x12\x0f\n\x07rewrite\x18\x02 \x01(\t\"\xa0\x01\n\tHTTPRetry\x12\x10\n\x08\x61ttempts\x18\x01 \x01(\x05\x12\x32\n\x0fper_try_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08retry_on\x18\x03 \x01(\t\x12;\n\x17retry_remote_localities\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.BoolValue\"\x80\x03\n\nCorsPolicy\x12\x36\n\rallow_origins\x18\x07 \x03(\x0b\x32\x1f.meshapi.networking.StringMatch\x12\x15\n\rallow_methods\x18\x02 \x03(\t\x12\x15\n\rallow_headers\x18\x03 \x03(\t\x12\x16\n\x0e\x65xpose_headers\x18\x04 \x03(\t\x12*\n\x07max_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x11\x61llow_credentials\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12P\n\x14unmatched_preflights\x18\x08 \x01(\x0e\x32\x32.meshapi.networking.CorsPolicy.UnmatchedPreflights\"?\n\x13UnmatchedPreflights\x12\x0f\n\x0bUNSPECIFIED\x10\x00\x12\x0b\n\x07\x46ORWARD\x10\x01\x12\n\n\x06IGNORE\x10\x02\"\xee\x02\n\x12HTTPFaultInjection\x12;\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32,.meshapi.networking.HTTPFaultInjection.Delay\x12;\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32,.meshapi.networking.HTTPFaultInjection.Abort\x1ah\n\x05\x44\x65lay\x12.\n\x0b\x66ixed_delay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\npercentage\x18\x05 \x01(\x0b\x32\x1b.meshapi.networking.Percent\x1at\n\x05\x41\x62ort\x12\x15\n\x0bhttp_status\x18\x02 \x01(\x05H\x00\x12\x15\n\x0bgrpc_status\x18\x03 \x01(\tH\x00\x12/\n\npercentage\x18\x05 \x01(\x0b\x32\x1b.meshapi.networking.PercentB\x0c\n\nerror_type\"y\n\x10HTTPMirrorPolicy\x12\x34\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32\x1f.meshapi.networking.Destination\x12/\n\npercentage\x18\x02 \x01(\x0b\x32\x1b.meshapi.networking.Percent\"\x18\n\x07Percent\x12\r\n\x05value\x18\x01 \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'virtual_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_HEADERS_HEADEROPERATIONS_SETENTRY']._loaded_options = None
+  _globals['_HEADERS_HEADEROPERATIONS_SETENTRY']._serialized_options = b'8\001'
+  _globals['_HEADERS_HEADEROPERATIONS_ADDENTRY']._loaded_options = None
+  _globals['_HEADERS_HEADEROPERATIONS_ADDENTRY']._serialized_options = b'8\001'
   _globals['_HTTPMATCHREQUEST_HEADERSENTRY']._loaded_options = None
   _globals['_HTTPMATCHREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_HTTPMATCHREQUEST_SOURCELABELSENTRY']._loaded_options = None
@@ -40,26 +45,74 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HTTPMATCHREQUEST_QUERYPARAMSENTRY']._serialized_options = b'8\001'
   _globals['_HTTPMATCHREQUEST_WITHOUTHEADERSENTRY']._loaded_options = None
   _globals['_HTTPMATCHREQUEST_WITHOUTHEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_VIRTUALSERVICE']._serialized_start=77
-  _globals['_VIRTUALSERVICE']._serialized_end=190
-  _globals['_HTTPROUTE']._serialized_start=193
-  _globals['_HTTPROUTE']._serialized_end=372
-  _globals['_HTTPMATCHREQUEST']._serialized_start=375
-  _globals['_HTTPMATCHREQUEST']._serialized_end=1282
-  _globals['_HTTPMATCHREQUEST_HEADERSENTRY']._serialized_start=977
-  _globals['_HTTPMATCHREQUEST_HEADERSENTRY']._serialized_end=1056
-  _globals['_HTTPMATCHREQUEST_SOURCELABELSENTRY']._serialized_start=1058
-  _globals['_HTTPMATCHREQUEST_SOURCELABELSENTRY']._serialized_end=1109
-  _globals['_HTTPMATCHREQUEST_QUERYPARAMSENTRY']._serialized_start=1111
-  _globals['_HTTPMATCHREQUEST_QUERYPARAMSENTRY']._serialized_end=1194
-  _globals['_HTTPMATCHREQUEST_WITHOUTHEADERSENTRY']._serialized_start=1196
-  _globals['_HTTPMATCHREQUEST_WITHOUTHEADERSENTRY']._serialized_end=1282
-  _globals['_STRINGMATCH']._serialized_start=1284
-  _globals['_STRINGMATCH']._serialized_end=1363
-  _globals['_HTTPROUTEDESTINATION']._serialized_start=1365
-  _globals['_HTTPROUTEDESTINATION']._serialized_end=1457
-  _globals['_DESTINATION']._serialized_start=1459
-  _globals['_DESTINATION']._serialized_end=1550
-  _globals['_PORTSELECTOR']._serialized_start=1552
-  _globals['_PORTSELECTOR']._serialized_end=1582
+  _globals['_L4MATCHATTRIBUTES_SOURCELABELSENTRY']._loaded_options = None
+  _globals['_L4MATCHATTRIBUTES_SOURCELABELSENTRY']._serialized_options = b'8\001'
+  _globals['_VIRTUALSERVICE']._serialized_start=110
+  _globals['_VIRTUALSERVICE']._serialized_end=266
+  _globals['_HTTPROUTE']._serialized_start=269
+  _globals['_HTTPROUTE']._serialized_end=1025
+  _globals['_DELEGATE']._serialized_start=1027
+  _globals['_DELEGATE']._serialized_end=1070
+  _globals['_HEADERS']._serialized_start=1073
+  _globals['_HEADERS']._serialized_end=1470
+  _globals['_HEADERS_HEADEROPERATIONS']._serialized_start=1212
+  _globals['_HEADERS_HEADEROPERATIONS']._serialized_end=1470
+  _globals['_HEADERS_HEADEROPERATIONS_SETENTRY']._serialized_start=1384
+  _globals['_HEADERS_HEADEROPERATIONS_SETENTRY']._serialized_end=1426
+  _globals['_HEADERS_HEADEROPERATIONS_ADDENTRY']._serialized_start=1428
+  _globals['_HEADERS_HEADEROPERATIONS_ADDENTRY']._serialized_end=1470
+  _globals['_TCPROUTE']._serialized_start=1472
+  _globals['_TCPROUTE']._serialized_end=1589
+  _globals['_HTTPMATCHREQUEST']._serialized_start=1592
+  _globals['_HTTPMATCHREQUEST']._serialized_end=2538
+  _globals['_HTTPMATCHREQUEST_HEADERSENTRY']._serialized_start=2233
+  _globals['_HTTPMATCHREQUEST_HEADERSENTRY']._serialized_end=2312
+  _globals['_HTTPMATCHREQUEST_SOURCELABELSENTRY']._serialized_start=2314
+  _globals['_HTTPMATCHREQUEST_SOURCELABELSENTRY']._serialized_end=2365
+  _globals['_HTTPMATCHREQUEST_QUERYPARAMSENTRY']._serialized_start=2367
+  _globals['_HTTPMATCHREQUEST_QUERYPARAMSENTRY']._serialized_end=2450
+  _globals['_HTTPMATCHREQUEST_WITHOUTHEADERSENTRY']._serialized_start=2452
+  _globals['_HTTPMATCHREQUEST_WITHOUTHEADERSENTRY']._serialized_end=2538
+  _globals['_STRINGMATCH']._serialized_start=2540
+  _globals['_STRINGMATCH']._serialized_end=2619
+  _globals['_HTTPROUTEDESTINATION']._serialized_start=2622
+  _globals['_HTTPROUTEDESTINATION']._serialized_end=2760
+  _globals['_ROUTEDESTINATION']._serialized_start=2762
+  _globals['_ROUTEDESTINATION']._serialized_end=2850
+  _globals['_L4MATCHATTRIBUTES']._serialized_start=2853
+  _globals['_L4MATCHATTRIBUTES']._serialized_end=3092
+  _globals['_L4MATCHATTRIBUTES_SOURCELABELSENTRY']._serialized_start=2314
+  _globals['_L4MATCHATTRIBUTES_SOURCELABELSENTRY']._serialized_end=2365
+  _globals['_DESTINATION']._serialized_start=3094
+  _globals['_DESTINATION']._serialized_end=3185
+  _globals['_PORTSELECTOR']._serialized_start=3187
+  _globals['_PORTSELECTOR']._serialized_end=3217
+  _globals['_HTTPREDIRECT']._serialized_start=3220
+  _globals['_HTTPREDIRECT']._serialized_end=3492
+  _globals['_HTTPREDIRECT_REDIRECTPORTSELECTION']._serialized_start=3402
+  _globals['_HTTPREDIRECT_REDIRECTPORTSELECTION']._serialized_end=3475
+  _globals['_HTTPDIRECTRESPONSE']._serialized_start=3494
+  _globals['_HTTPDIRECTRESPONSE']._serialized_end=3574
+  _globals['_HTTPBODY']._serialized_start=3576
+  _globals['_HTTPBODY']._serialized_end=3634
+  _globals['_HTTPREWRITE']._serialized_start=3636
+  _globals['_HTTPREWRITE']._serialized_end=3742
+  _globals['_REGEXREWRITE']._serialized_start=3744
+  _globals['_REGEXREWRITE']._serialized_end=3790
+  _globals['_HTTPRETRY']._serialized_start=3793
+  _globals['_HTTPRETRY']._serialized_end=3953
+  _globals['_CORSPOLICY']._serialized_start=3956
+  _globals['_CORSPOLICY']._serialized_end=4340
+  _globals['_CORSPOLICY_UNMATCHEDPREFLIGHTS']._serialized_start=4277
+  _globals['_CORSPOLICY_UNMATCHEDPREFLIGHTS']._serialized_end=4340
+  _globals['_HTTPFAULTINJECTION']._serialized_start=4343
+  _globals['_HTTPFAULTINJECTION']._serialized_end=4709
+  _globals['_HTTPFAULTINJECTION_DELAY']._serialized_start=4487
+  _globals['_HTTPFAULTINJECTION_DELAY']._serialized_end=4591
+  _globals['_HTTPFAULTINJECTION_ABORT']._serialized_start=4593
+  _globals['_HTTPFAULTINJECTION_ABORT']._serialized_end=4709
+  _globals['_HTTPMIRRORPOLICY']._serialized_start=4711
+  _globals['_HTTPMIRRORPOLICY']._serialized_end=4832
+  _globals['_PERCENT']._serialized_start=4834
+  _globals['_PERCENT']._serialized_end=4858
 # @@protoc_insertion_point(module_scope)

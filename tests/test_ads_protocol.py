@@ -118,7 +118,7 @@ async def test_ack_flow_and_first_requests(plane):
     client = Client(channel)
     client.send(CLUSTER)
     cds = await client.recv()
-    assert cds.type_url == CLUSTER and len(cds.resources) == 9  # 2 services x (1 + 3) + inbound
+    assert cds.type_url == CLUSTER and len(cds.resources) == 10  # 2 x (1 + 3), inbound, passthrough
     client.send(ENDPOINT, [REVIEWS])
     eds = await client.recv()
     assert eds.type_url == ENDPOINT and len(eds.resources) == 1
@@ -202,7 +202,7 @@ async def test_reconnect_gets_everything_and_disconnect_frees_state(plane):
     again = Client(channel)
     again.send(CLUSTER, version=cds.version_info)  # Envoy reconnects with its old version
     resent = await again.recv()
-    assert resent.version_info == cds.version_info and len(resent.resources) == 9
+    assert resent.version_info == cds.version_info and len(resent.resources) == 10
     again.close()
 
 

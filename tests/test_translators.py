@@ -49,6 +49,7 @@ def test_cluster_names_subsets_and_defaults():
         f"outbound|9080|v2|{HOST}",
         f"outbound|9080|v3|{HOST}",
         "inbound|9080||",
+        "PassthroughCluster",
     }
     cluster = unpack(res, CLUSTER, f"outbound|9080|v1|{HOST}", cluster_pb2.Cluster)
     assert cluster.type == cluster_pb2.Cluster.EDS

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import destination_rule_pb2
 from translators import model
-from translators.destination_rules import DestinationRuleIndex, subset_policy
+from translators.cluster_settings import (
+    apply_connection_limits,
+    apply_http_options,
+    apply_traffic_policy,
+)
+from translators.destination_rules import DestinationRuleIndex
+from translators.http_filters import forward_proxy_cluster
 from translators.naming import inbound_cluster, outbound_cluster
-from translators.services import EDS, LOGICAL_DNS, STRICT_DNS, Service, ServicePort
+from translators.services import EDS, LOGICAL_DNS, PASSTHROUGH, STRICT_DNS, Service, ServicePort
+from translators.traffic_policy import effective_policy
 
 MAX_UINT32 = 4294967295
-HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
-_LB = destination_rule_pb2.LoadBalancerSettings
-_LB_POLICY = {
-    _LB.UNSPECIFIED: cluster_pb2.Cluster.LEAST_REQUEST,
-    _LB.LEAST_CONN: cluster_pb2.Cluster.LEAST_REQUEST,
-    _LB.LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
-    _LB.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
-    _LB.RANDOM: cluster_pb2.Cluster.RANDOM,
-}
 _DISCOVERY = {
     EDS: cluster_pb2.Cluster.EDS,
     STRICT_DNS: cluster_pb2.Cluster.STRICT_DNS,
@@ -59,17 +58,6 @@ def _build_default_circuit_breakers() -> circuit_breaker_pb2.CircuitBreakers:
 
 
 _DEFAULT_CIRCUIT_BREAKERS = _build_default_circuit_breakers()
-
-
-def _h2_options() -> any_pb2.Any:
-    options = http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
-    )
-    packed = any_pb2.Any()
-    packed.Pack(options)
-    return packed
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
@@ -117,11 +105,17 @@ def _cluster(
     connect_timeout: duration_pb2.Duration,
     labels,
 ) -> cluster_pb2.Cluster:
+    if service.resolution == PASSTHROUGH:
+        cluster = forward_proxy_cluster(name, connect_timeout)
+        cluster.circuit_breakers.CopyFrom(_default_circuit_breakers())
+        apply_connection_limits(cluster, policy.connection_pool)
+        if port.is_http:
+            apply_http_options(cluster, policy.connection_pool, port)
+        return cluster
     cluster = cluster_pb2.Cluster(
         name=name,
         type=_DISCOVERY[service.resolution],
         connect_timeout=connect_timeout,
-        lb_policy=_LB_POLICY[policy.load_balancer.simple],
         circuit_breakers=_default_circuit_breakers(),
     )
     if service.resolution == EDS:
@@ -132,8 +126,7 @@ def _cluster(
             load_assignment(name, subset_endpoints(service, port, labels))
         )
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
-    if port.is_h2:
-        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(_h2_options())
+    apply_traffic_policy(cluster, policy, port)
     return cluster
 
 
@@ -142,31 +135,29 @@ def outbound_clusters(
     services: dict[str, Service],
     rules: DestinationRuleIndex,
     proxy_namespace: str,
+    retry_budgets: Mapping[str, circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget]
+    | None = None,
 ) -> list[cluster_pb2.Cluster]:
     """One cluster per service port, plus one per DestinationRule subset and port."""
     clusters = []
     timeout = config.mesh.connect_timeout
+    budgets = retry_budgets or {}
     for host in sorted(services):
         service = services[host]
         rule = rules.lookup(host, proxy_namespace, service.namespace)
+        budget = budgets.get(host)
         for port in service.ports:
-            base_policy = (
-                subset_policy(rule, None) if rule else destination_rule_pb2.TrafficPolicy()
-            )
-            clusters.append(
-                _cluster(outbound_cluster(port.port, host), service, port, base_policy, timeout, {})
-            )
-            for subset in rule.subsets if rule else ():
-                clusters.append(
-                    _cluster(
-                        outbound_cluster(port.port, host, subset.name),
-                        service,
-                        port,
-                        subset_policy(rule, subset),
-                        timeout,
-                        subset.labels,
-                    )
+            variants = [(outbound_cluster(port.port, host), None, {})]
+            for subset in rule.subsets if rule and service.resolution != PASSTHROUGH else ():
+                variants.append(
+                    (outbound_cluster(port.port, host, subset.name), subset, subset.labels)
                 )
+            for name, subset, labels in variants:
+                policy = effective_policy(rule, subset, port.port)
+                cluster = _cluster(name, service, port, policy, timeout, labels)
+                if budget is not None:
+                    cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
+                clusters.append(cluster)
     return clusters
 
 

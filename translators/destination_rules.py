@@ -37,13 +37,3 @@ class DestinationRuleIndex:
                 if host_matches(pattern, host):
                     return candidate
         return None
-
-
-def subset_policy(rule: Rule, subset: destination_rule_pb2.Subset | None):
-    """The subset's policy merged over the rule's: each block set in the subset wins whole."""
-    merged = destination_rule_pb2.TrafficPolicy()
-    merged.CopyFrom(rule.traffic_policy)
-    if subset is not None:
-        for fd, value in subset.traffic_policy.ListFields():
-            getattr(merged, fd.name).CopyFrom(value)
-    return merged

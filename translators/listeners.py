@@ -11,7 +11,6 @@ from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -19,6 +18,7 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from translators import model
 from translators.clusters import ADS_SOURCE, socket_address
+from translators.http_filters import INBOUND_FILTERS, OUTBOUND_FILTERS
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -29,12 +29,6 @@ def _pack(message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
-
-
-def _router() -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(
-        name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router())
-    )
 
 
 def _listener(
@@ -59,7 +53,7 @@ def outbound_listener(proxy: model.Proxy) -> listener_pb2.Listener:
         stat_prefix=f"outbound_{name}",
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ADS_SOURCE, route_config_name=OUTBOUND_ROUTE_NAME),
-        http_filters=[_router()],
+        http_filters=OUTBOUND_FILTERS,
         # Lets apps use the listener as HTTP_PROXY (requests with absolute URLs).
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(
             allow_absolute_url=wrappers_pb2.BoolValue(value=True)
@@ -94,7 +88,7 @@ def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_p
                 rc.VirtualHost(name=f"inbound|http|{port.app_port}", domains=["*"], routes=[route])
             ],
         ),
-        http_filters=[_router()],
+        http_filters=INBOUND_FILTERS,
         stream_idle_timeout=ZERO,
     )
     return _listener(name, proxy.bind_address, port.inbound_port, hcm, base_pb2.INBOUND)

@@ -8,149 +8,96 @@ without a port go to the service's default port (80 if it has one, else its firs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
+from protos import destination_rule_pb2 as dr_pb2
 from protos import virtual_service_pb2 as vs_pb2
 from translators import model
+from translators.destination_rules import DestinationRuleIndex
+from translators.http_filters import PASSTHROUGH_CLUSTER
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, host_matches, outbound_cluster
+from translators.route_match import is_catch_all, route_match
+from translators.route_policies import (
+    CORS_FILTER,
+    DEFAULT_RETRY_ON,
+    FAULT_FILTER,
+    HeaderEdits,
+    apply_rewrite,
+    cors_config,
+    default_retry_policy,
+    direct_response,
+    fault_config,
+    hash_policies,
+    mirror_policies,
+    redirect_action,
+    retry_policy,
+)
 from translators.services import Service
+from translators.traffic_policy import effective_policy, find_subset
 
-DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+__all__ = ["DEFAULT_RETRY_ON", "RouteContext", "outbound_route_config"]
 ZERO = duration_pb2.Duration()
+MESH_GATEWAY = "mesh"
+ConsistentHash = dr_pb2.LoadBalancerSettings.ConsistentHashLB
 
 
-def _previous_hosts() -> rc.RetryPolicy.RetryHostPredicate:
-    config = any_pb2.Any()
-    config.Pack(previous_hosts_pb2.PreviousHostsPredicate())
-    return rc.RetryPolicy.RetryHostPredicate(
-        name="envoy.retry_host_predicates.previous_hosts", typed_config=config
-    )
+@dataclass
+class RouteContext:
+    """What route translation reads, for one proxy view (namespace, labels, gateways)."""
+
+    services: Mapping[str, Service]
+    rules: DestinationRuleIndex
+    proxy_ns: str
+    proxy_labels: Mapping[str, str] = field(default_factory=dict)
+    gateways: frozenset[str] = frozenset({MESH_GATEWAY})
+    _hashing: dict[tuple[str, str, int], ConsistentHash | None] = field(default_factory=dict)
+
+    def consistent_hash(self, host: str, subset: str, port: int) -> ConsistentHash | None:
+        """The destination's DR consistentHash (subset and port settings applied), if any."""
+        key = (host, subset, port)
+        if key not in self._hashing:
+            service = self.services.get(host)
+            rule = self.rules.lookup(
+                host, self.proxy_ns, service.namespace if service else self.proxy_ns
+            )
+            lb = effective_policy(rule, find_subset(rule, subset), port).load_balancer
+            self._hashing[key] = lb.consistent_hash if lb.HasField("consistent_hash") else None
+        return self._hashing[key]
 
 
-def default_retry_policy() -> rc.RetryPolicy:
-    """Istio's policy when a route says nothing about retries (§2.6): 2 retries, no 503s.
-
-    Built once: message constructors copy it, so every route gets its own."""
-    return _DEFAULT_RETRY
-
-
-def _build_default_retry() -> rc.RetryPolicy:
-    return rc.RetryPolicy(
-        retry_on=DEFAULT_RETRY_ON,
-        num_retries=wrappers_pb2.UInt32Value(value=2),
-        host_selection_retry_max_attempts=5,
-        retry_host_predicate=[_previous_hosts()],
-    )
-
-
-_DEFAULT_RETRY = _build_default_retry()
-
-
-def string_matcher(match: vs_pb2.StringMatch, ignore_case: bool = False):
-    """Envoy StringMatcher for an Istio StringMatch; None means "present with any value"."""
-    kind = match.WhichOneof("match_type")
-    if kind is None or (kind == "regex" and match.regex == "*"):
-        return None
-    if kind == "regex":
-        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.regex))
-    if kind == "prefix":
-        return string_pb2.StringMatcher(prefix=match.prefix, ignore_case=ignore_case)
-    return string_pb2.StringMatcher(exact=match.exact, ignore_case=ignore_case)
-
-
-def _header(name: str, match: vs_pb2.StringMatch, invert: bool = False) -> rc.HeaderMatcher:
-    matcher = string_matcher(match)
-    if matcher is None:
-        return rc.HeaderMatcher(name=name, present_match=True, invert_match=invert)
-    return rc.HeaderMatcher(
-        name=name, string_match=matcher, invert_match=invert, treat_missing_header_as_empty=invert
-    )
-
-
-def route_match(match: vs_pb2.HTTPMatchRequest | None) -> rc.RouteMatch:
-    out = rc.RouteMatch(case_sensitive=wrappers_pb2.BoolValue(value=True))
-    if match is None:
-        out.prefix = "/"
-        return out
-    out.case_sensitive.value = not match.ignore_uri_case
-    uri = match.uri.WhichOneof("match_type") if match.HasField("uri") else None
-    if uri == "exact":
-        out.path = match.uri.exact
-    elif uri == "prefix":
-        out.prefix = match.uri.prefix
-    elif uri == "regex":
-        out.safe_regex.regex = match.uri.regex
-    else:
-        out.prefix = "/"
-    for name in sorted(match.headers):
-        out.headers.append(_header(name, match.headers[name]))
-    for name in sorted(match.without_headers):
-        out.headers.append(_header(name, match.without_headers[name], invert=True))
-    for field_name, header in (
-        ("method", ":method"),
-        ("authority", ":authority"),
-        ("scheme", ":scheme"),
-    ):
-        if match.HasField(field_name):
-            out.headers.append(_header(header, getattr(match, field_name)))
-    for name in sorted(match.query_params):
-        matcher = string_matcher(match.query_params[name])
-        if matcher is None:
-            out.query_parameters.append(rc.QueryParameterMatcher(name=name, present_match=True))
-        else:
-            out.query_parameters.append(rc.QueryParameterMatcher(name=name, string_match=matcher))
-    return out
-
-
-def is_catch_all(match: vs_pb2.HTTPMatchRequest | None) -> bool:
-    """A match that takes every request: routes after it can never be reached."""
-    if match is None:
-        return True
-    if (
-        match.headers
-        or match.without_headers
-        or match.query_params
-        or any(match.HasField(f) for f in ("method", "authority", "scheme"))
-    ):
-        return False
-    if not match.HasField("uri"):
-        return True
-    kind = match.uri.WhichOneof("match_type")
-    return (kind == "prefix" and match.uri.prefix == "/") or (
-        kind == "regex" and match.uri.regex == ".*"
-    )
+def _gateway_ref(name: str, namespace: str) -> str:
+    """`mesh`, `ns/name`, or a bare name in the VirtualService's namespace."""
+    return name if name == MESH_GATEWAY or "/" in name else f"{namespace}/{name}"
 
 
 def _applies_to(
-    match: vs_pb2.HTTPMatchRequest | None,
-    port: int | None,
-    proxy_ns: str,
-    proxy_labels: Mapping[str, str],
+    match: vs_pb2.HTTPMatchRequest | None, port: int | None, ctx: RouteContext, vs_ns: str
 ) -> bool:
-    """Istio's config-time filters: port, sourceLabels and sourceNamespace."""
+    """Istio's config-time filters: port, gateways, sourceLabels and sourceNamespace."""
     if match is None:
         return True
     if match.port and port is not None and match.port != port:
         return False
-    if any(proxy_labels.get(k) != v for k, v in match.source_labels.items()):
+    if match.gateways:
+        return any(_gateway_ref(g, vs_ns) in ctx.gateways for g in match.gateways)
+    if any(ctx.proxy_labels.get(k) != v for k, v in match.source_labels.items()):
         return False
-    return not (match.source_namespace and match.source_namespace != proxy_ns)
+    return not (match.source_namespace and match.source_namespace != ctx.proxy_ns)
 
 
-def destination_cluster(
+def resolve_destination(
     dest: vs_pb2.Destination,
     vs_namespace: str,
     services: Mapping[str, Service],
     listener_port: int | None,
-) -> str:
-    """Istio's inference: explicit port, else the service's only port, else the vhost's port."""
+) -> tuple[str, int, str]:
+    """(host, port, subset). Istio's port inference: explicit port, else the service's only
+    port, else the vhost's port."""
     host = fqdn(dest.host, vs_namespace)
     port = dest.port.number
     if not port:
@@ -159,70 +106,159 @@ def destination_cluster(
             port = service.ports[0].port
         else:
             port = listener_port or 80
-    return outbound_cluster(port, host, dest.subset)
+    return host, port, dest.subset
 
 
-def _action(
-    rule: vs_pb2.HTTPRoute, vs_namespace: str, services: Mapping[str, Service], port: int | None
+def destination_cluster(
+    dest: vs_pb2.Destination,
+    vs_namespace: str,
+    services: Mapping[str, Service],
+    listener_port: int | None,
+) -> str:
+    host, port, subset = resolve_destination(dest, vs_namespace, services, listener_port)
+    return outbound_cluster(port, host, subset)
+
+
+def _forward_action(
+    rule: vs_pb2.HTTPRoute, vs_ns: str, ctx: RouteContext, port: int | None, edits: HeaderEdits
 ) -> rc.RouteAction:
     timeout = rule.timeout if rule.HasField("timeout") else ZERO
     action = rc.RouteAction(
         timeout=timeout,
-        retry_policy=default_retry_policy(),
         max_stream_duration=rc.RouteAction.MaxStreamDuration(grpc_timeout_header_max=timeout),
     )
-    if len(rule.route) == 1:
-        action.cluster = destination_cluster(
-            rule.route[0].destination, vs_namespace, services, port
+    destinations = list(rule.route)
+    hashed = False
+    for dest in destinations:
+        if len(destinations) > 1 and dest.weight <= 0:
+            continue
+        host, dest_port, subset = resolve_destination(dest.destination, vs_ns, ctx.services, port)
+        name = outbound_cluster(dest_port, host, subset)
+        hashing = ctx.consistent_hash(host, subset, dest_port)
+        if hashing is not None:
+            action.hash_policy.extend(hash_policies(hashing))
+            hashed = len(destinations) == 1
+        if len(destinations) == 1:
+            action.cluster = name
+            if dest.HasField("headers"):
+                edits.add(dest.headers)
+            continue
+        weighted = rc.WeightedCluster.ClusterWeight(
+            name=name, weight=wrappers_pb2.UInt32Value(value=dest.weight)
         )
-    else:
-        for dest in rule.route:
-            if dest.weight > 0:
-                action.weighted_clusters.clusters.append(
-                    rc.WeightedCluster.ClusterWeight(
-                        name=destination_cluster(dest.destination, vs_namespace, services, port),
-                        weight=wrappers_pb2.UInt32Value(value=dest.weight),
-                    )
-                )
+        if dest.HasField("headers"):
+            own = HeaderEdits()
+            own.add(dest.headers)
+            own.apply(weighted)
+            if own.host_rewrite:
+                weighted.host_rewrite_literal = own.host_rewrite
+        action.weighted_clusters.clusters.append(weighted)
+    retries = retry_policy(rule, hashed)
+    if retries is not None:
+        action.retry_policy.CopyFrom(retries)
+    if rule.HasField("rewrite"):
+        apply_rewrite(action, rule.rewrite)
+    if edits.host_rewrite and not action.host_rewrite_literal:
+        action.host_rewrite_literal = edits.host_rewrite
+    action.request_mirror_policies.extend(
+        mirror_policies(rule, lambda d: destination_cluster(d, vs_ns, ctx.services, port))
+    )
     return action
 
 
-def virtual_service_routes(
-    vs: model.ConfigResource,
-    services: Mapping[str, Service],
-    port: int | None,
-    proxy_ns: str,
-    proxy_labels: Mapping[str, str],
+def http_route_template(
+    rule: vs_pb2.HTTPRoute, vs_ns: str, ctx: RouteContext, port: int | None
+) -> rc.Route:
+    """Everything of one Envoy route except its name and match.
+    Precedence of actions, as in Istio: redirect, then directResponse, then route."""
+    route = rc.Route()
+    edits = HeaderEdits()
+    if rule.HasField("headers"):
+        edits.add(rule.headers)
+    if rule.HasField("redirect"):
+        route.redirect.CopyFrom(redirect_action(rule.redirect, port))
+    elif rule.HasField("direct_response"):
+        route.direct_response.CopyFrom(direct_response(rule.direct_response))
+    else:
+        route.route.CopyFrom(_forward_action(rule, vs_ns, ctx, port, edits))
+    edits.apply(route)
+    if rule.HasField("fault"):
+        fault = fault_config(rule.fault)
+        if fault is not None:
+            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(fault)
+    if rule.HasField("cors_policy"):
+        route.typed_per_filter_config[CORS_FILTER].CopyFrom(cors_config(rule.cors_policy))
+    return route
+
+
+def http_routes(
+    rules: Iterable[vs_pb2.HTTPRoute], vs_ns: str, ctx: RouteContext, port: int | None
 ) -> list[rc.Route]:
     """One Envoy route per match entry, in order, stopping after the first catch-all."""
     routes: list[rc.Route] = []
-    for rule in vs.spec.http:
-        action = None
+    for rule in rules:
+        template = None
         for match in list(rule.match) or [None]:
-            if not _applies_to(match, port, proxy_ns, proxy_labels):
+            if not _applies_to(match, port, ctx, vs_ns):
                 continue
-            if action is None:
-                action = _action(rule, vs.namespace, services, port)
-            name = rule.name
-            if match is not None and match.name:
-                name = f"{rule.name}.{match.name}" if rule.name else match.name
-            routes.append(rc.Route(name=name, match=route_match(match), route=action))
+            if template is None:
+                template = http_route_template(rule, vs_ns, ctx, port)
+            route = rc.Route()
+            route.CopyFrom(template)
+            route.name = rule.name
+            if match is not None:
+                if match.name:
+                    route.name = f"{rule.name}.{match.name}" if rule.name else match.name
+                route.stat_prefix = match.stat_prefix
+            route.match.CopyFrom(route_match(match))
+            routes.append(route)
             if is_catch_all(match):
                 return routes
     return routes
 
 
-def default_route(host: str, port: int) -> rc.Route:
+def virtual_service_routes(
+    vs: model.ConfigResource, ctx: RouteContext, port: int | None
+) -> list[rc.Route]:
+    return http_routes(vs.spec.http, vs.namespace, ctx, port)
+
+
+def default_route(host: str, port: int, ctx: RouteContext) -> rc.Route:
+    """A service port without a VirtualService: everything to its cluster (Istio §2.11)."""
+    hashing = ctx.consistent_hash(host, "", port)
+    action = rc.RouteAction(
+        cluster=outbound_cluster(port, host),
+        timeout=ZERO,
+        retry_policy=default_retry_policy(hashed=hashing is not None),
+        max_stream_duration=rc.RouteAction.MaxStreamDuration(grpc_timeout_header_max=ZERO),
+    )
+    if hashing is not None:
+        action.hash_policy.extend(hash_policies(hashing))
     return rc.Route(
         name="default",
         match=rc.RouteMatch(prefix="/", case_sensitive=wrappers_pb2.BoolValue(value=True)),
-        route=rc.RouteAction(
-            cluster=outbound_cluster(port, host),
-            timeout=ZERO,
-            retry_policy=default_retry_policy(),
-            max_stream_duration=rc.RouteAction.MaxStreamDuration(grpc_timeout_header_max=ZERO),
-        ),
+        route=action,
     )
+
+
+def catch_all_vhost(allow_any: bool) -> rc.VirtualHost:
+    """Hosts outside the registry: passed through (ALLOW_ANY) or refused with 502."""
+    match = rc.RouteMatch(prefix="/")
+    if allow_any:
+        route = rc.Route(
+            name="allow_any",
+            match=match,
+            route=rc.RouteAction(
+                cluster=PASSTHROUGH_CLUSTER,
+                timeout=ZERO,
+                max_stream_duration=rc.RouteAction.MaxStreamDuration(grpc_timeout_header_max=ZERO),
+            ),
+        )
+        return rc.VirtualHost(name="allow_any", domains=["*"], routes=[route])
+    route = rc.Route(
+        name="block_all", match=match, direct_response=rc.DirectResponseAction(status=502)
+    )
+    return rc.VirtualHost(name="block_all", domains=["*"], routes=[route])
 
 
 @dataclass
@@ -246,18 +282,29 @@ def _service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[i
     return with_port
 
 
+@dataclass(frozen=True)
+class RouteSource:
+    """HTTP rules that own a host: a VirtualService's, or ones made from a TrafficSplit or
+    ServiceProfile. Short names in destinations are relative to `namespace`."""
+
+    namespace: str
+    rules: Sequence[vs_pb2.HTTPRoute]
+    ref: str
+
+
 def _sidecar_virtual_services(config: model.MeshConfig) -> list[model.ConfigResource]:
     """VirtualServices bound to sidecars: no `gateways`, or one that names `mesh`."""
     return [
         vs
         for vs in config.of_kind(model.VIRTUAL_SERVICE)
-        if not vs.spec.gateways or "mesh" in vs.spec.gateways
+        if not vs.spec.gateways or MESH_GATEWAY in vs.spec.gateways
     ]
 
 
-def _bind_hosts(virtual_services: Sequence[model.ConfigResource], services: Iterable[str]):
+def bind_hosts(virtual_services: Sequence[model.ConfigResource], services: Iterable[str]):
     """Each service host -> the VirtualService that owns it (exact first, else most specific
-    wildcard; the oldest wins a tie); plus the VS hosts that name no service."""
+    wildcard; the oldest wins a tie, as Istio does for sidecars); plus the VS hosts that
+    name no service."""
     owner: dict[str, model.ConfigResource] = {}
     wildcard: dict[str, tuple[int, model.ConfigResource]] = {}
     unbound: list[tuple[str, model.ConfigResource]] = []
@@ -280,40 +327,12 @@ def _bind_hosts(virtual_services: Sequence[model.ConfigResource], services: Iter
     return owner, unbound
 
 
-def outbound_route_config(
-    config: model.MeshConfig,
-    services: Mapping[str, Service],
-    proxy_ns: str,
-    proxy_labels: Mapping[str, str],
-) -> route_pb2.RouteConfiguration:
-    virtual_services = _sidecar_virtual_services(config)
-    owner, unbound = _bind_hosts(virtual_services, services)
-    vhosts: list[_VHost] = []
-    for host in sorted(services):
-        service = services[host]
-        vs = owner.get(host)
-        for port in service.ports:
-            if not port.is_http:
-                continue
-            if vs is not None:
-                routes = virtual_service_routes(vs, services, port.port, proxy_ns, proxy_labels)
-            else:
-                routes = [default_route(host, port.port)]
-            vhosts.append(
-                _VHost(
-                    f"{host}:{port.port}", routes, _service_domains(service, port.port, proxy_ns)
-                )
-            )
-    seen_unbound: set[str] = set()
-    for host, vs in unbound:
-        if host in seen_unbound:
-            continue
-        seen_unbound.add(host)
-        domains = [(0, host)] if "*" in host else [(0, host), (0, f"{host}:*")]
-        routes = virtual_service_routes(vs, services, None, proxy_ns, proxy_labels)
-        vhosts.append(_VHost(host, routes, domains))
+def _source(vs: model.ConfigResource) -> RouteSource:
+    return RouteSource(vs.namespace, vs.spec.http, vs.ref)
 
-    # Envoy refuses a domain used twice; the first claim wins, full names before short forms.
+
+def claim_domains(vhosts: Sequence[_VHost]) -> list[rc.VirtualHost]:
+    """Envoy refuses a domain used twice; the first claim wins, full names before short forms."""
     claimed: set[str] = set()
     chosen: dict[str, list[str]] = {v.name: [] for v in vhosts}
     for priority in (0, 1):
@@ -322,17 +341,53 @@ def outbound_route_config(
                 if prio == priority and domain not in claimed:
                     claimed.add(domain)
                     chosen[vhost.name].append(domain)
+    return [
+        rc.VirtualHost(
+            name=v.name, domains=chosen[v.name], routes=v.routes, include_request_attempt_count=True
+        )
+        for v in sorted(vhosts, key=lambda v: v.name)
+        if chosen[v.name]
+    ]
+
+
+def outbound_route_config(
+    config: model.MeshConfig,
+    ctx: RouteContext,
+    extra_sources: Mapping[str, RouteSource] | None = None,
+    allow_any: bool = True,
+    host_visible: Callable[[str], bool] | None = None,
+) -> route_pb2.RouteConfiguration:
+    """The sidecar's one route configuration: a vhost per HTTP service port, the VS hosts
+    outside the registry, and the catch-all for everything else."""
+    services = ctx.services
+    owner, unbound = bind_hosts(_sidecar_virtual_services(config), services)
+    sources = {host: _source(vs) for host, vs in owner.items()}
+    for host, source in (extra_sources or {}).items():
+        sources.setdefault(host, source)
+    vhosts: list[_VHost] = []
+    for host in sorted(services):
+        service = services[host]
+        source = sources.get(host)
+        for port in service.ports:
+            if not port.is_http:
+                continue
+            if source is not None:
+                routes = http_routes(source.rules, source.namespace, ctx, port.port)
+            else:
+                routes = [default_route(host, port.port, ctx)]
+            domains = _service_domains(service, port.port, ctx.proxy_ns)
+            vhosts.append(_VHost(f"{host}:{port.port}", routes, domains))
+    seen_unbound: set[str] = set()
+    for host, vs in unbound:
+        if host in seen_unbound or (host_visible is not None and not host_visible(host)):
+            continue
+        seen_unbound.add(host)
+        domains = [(0, host)] if "*" in host else [(0, host), (0, f"{host}:*")]
+        vhosts.append(_VHost(host, virtual_service_routes(vs, ctx, None), domains))
+    virtual_hosts = claim_domains(vhosts)
+    virtual_hosts.append(catch_all_vhost(allow_any))
     return route_pb2.RouteConfiguration(
         name=OUTBOUND_ROUTE_NAME,
         validate_clusters=wrappers_pb2.BoolValue(value=False),
-        virtual_hosts=[
-            rc.VirtualHost(
-                name=v.name,
-                domains=chosen[v.name],
-                routes=v.routes,
-                include_request_attempt_count=True,
-            )
-            for v in sorted(vhosts, key=lambda v: v.name)
-            if chosen[v.name]
-        ],
+        virtual_hosts=virtual_hosts,
     )

@@ -19,6 +19,9 @@ from translators.naming import fqdn
 EDS = "EDS"
 STRICT_DNS = "STRICT_DNS"
 LOGICAL_DNS = "LOGICAL_DNS"
+# ServiceEntry resolution NONE: connect to the host the request names (no capture here, so
+# the request's Host stands in for the original destination address).
+PASSTHROUGH = "PASSTHROUGH"
 
 HTTP_PROTOCOLS = {"http", "http2", "grpc", "grpc-web", "h2c", "auto"}
 H2_PROTOCOLS = {"http2", "grpc", "h2c"}
@@ -174,6 +177,7 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
         service_entry_pb2.ServiceEntry.STATIC: EDS,
         service_entry_pb2.ServiceEntry.DNS: STRICT_DNS,
         service_entry_pb2.ServiceEntry.DNS_ROUND_ROBIN: LOGICAL_DNS,
+        service_entry_pb2.ServiceEntry.NONE: PASSTHROUGH,
     }
     for res in config.of_kind(model.SERVICE_ENTRY):
         se = res.spec
@@ -194,7 +198,9 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
         for host in se.hosts:
             host = host.lower()
             host_members = members
-            if kind != EDS and not members:
+            if kind == PASSTHROUGH:
+                host_members = []
+            elif kind != EDS and not members:
                 host_members = [_Workload(res.namespace, host, {}, {})]
             services.setdefault(
                 host,

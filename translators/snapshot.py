@@ -6,13 +6,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from translators import model
+from translators import gateways, linkerd, model, sidecar_scope
 from translators.clusters import inbound_clusters, outbound_clusters
 from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import outbound_endpoints
+from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
 from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, Resources, pack_all
-from translators.routes import outbound_route_config
+from translators.routes import RouteContext, RouteSource, outbound_route_config
 from translators.services import Service, build_services
 
 
@@ -33,6 +34,14 @@ class World:
         return DestinationRuleIndex(self.config)
 
     @cached_property
+    def linkerd_routes(self) -> Mapping[str, RouteSource]:
+        return linkerd.route_sources(self.config)
+
+    @cached_property
+    def retry_budgets(self) -> Mapping:
+        return linkerd.retry_budgets(self.config)
+
+    @cached_property
     def uses_source_labels(self) -> bool:
         return any(
             m.source_labels
@@ -49,24 +58,42 @@ class Translator:
     world: World
     _shared: dict[tuple, Mapping[str, dict[str, Packed]]] = field(default_factory=dict)
 
-    def _outbound(self, namespace: str, labels: Mapping[str, str]) -> Mapping[str, dict]:
+    def _outbound(self, proxy: model.Proxy) -> Mapping[str, dict]:
         # Routes depend on the proxy's labels only through sourceLabels matches.
-        label_key = tuple(sorted(labels.items())) if self.world.uses_source_labels else ()
-        key = (namespace, label_key)
+        world = self.world
+        labels = proxy.labels
+        label_key = tuple(sorted(labels.items())) if world.uses_source_labels else ()
+        sidecar = sidecar_scope.select_sidecar(world.config, proxy)
+        key = (proxy.namespace, label_key, sidecar.key if sidecar else None)
         shared = self._shared.get(key)
         if shared is None:
-            config, services = self.world.config, self.world.services
-            rules = self.world.destination_rules
+            config = world.config
+            services = sidecar_scope.visible_services(world.services, sidecar)
+            rules = world.destination_rules
+            ctx = RouteContext(services, rules, proxy.namespace, labels)
+            clusters = outbound_clusters(
+                config, services, rules, proxy.namespace, world.retry_budgets
+            )
+            clusters.append(passthrough_cluster(config.mesh.connect_timeout))
+            route_config = outbound_route_config(
+                config,
+                ctx,
+                world.linkerd_routes,
+                allow_any=sidecar_scope.allow_any(config, sidecar),
+                host_visible=lambda host: sidecar_scope.host_visible(host, sidecar),
+            )
             shared = {
-                CLUSTER: pack_all(outbound_clusters(config, services, rules, namespace)),
-                ENDPOINT: pack_all(outbound_endpoints(services, rules, namespace)),
-                ROUTE: pack_all([outbound_route_config(config, services, namespace, labels)]),
+                CLUSTER: pack_all(clusters),
+                ENDPOINT: pack_all(outbound_endpoints(services, rules, proxy.namespace)),
+                ROUTE: pack_all([route_config]),
             }
             self._shared[key] = shared
         return shared
 
     def translate(self, proxy: model.Proxy) -> Resources:
-        shared = self._outbound(proxy.namespace, proxy.labels)
+        if proxy.role == gateways.GATEWAY_ROLE:
+            return gateways.translate_gateway(self.world, proxy)
+        shared = self._outbound(proxy)
         clusters = dict(shared[CLUSTER])
         clusters.update(pack_all(inbound_clusters(self.world.config, proxy)))
         return {

@@ -18,7 +18,7 @@ OUTBOUND_ADDRESS = "OUTBOUND_ADDRESS"
 OUTBOUND_PORT = "OUTBOUND_PORT"
 WORKLOAD_PORTS = "WORKLOAD_PORTS"  # "app:inbound,app:inbound", e.g. "9080:15006"
 
-ROLES = ("sidecar",)
+ROLES = ("sidecar", "gateway")
 
 
 class NodeError(ValueError):

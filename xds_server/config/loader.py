@@ -19,10 +19,14 @@ from google.protobuf.message import Message
 
 from protos import (
     destination_rule_pb2,
+    gateway_pb2,
     mesh_config_pb2,
     meta_pb2,
     service_entry_pb2,
     service_pb2,
+    service_profile_pb2,
+    sidecar_pb2,
+    smi_pb2,
     virtual_service_pb2,
     workload_entry_pb2,
 )
@@ -32,6 +36,8 @@ from xds_server.config.schema import SchemaError, to_message
 from xds_server.config.yaml_lines import Path, YamlDocument, YamlSyntaxError, read_documents
 
 ISTIO_NETWORKING = "networking.istio.io"
+SMI_SPLIT = "split.smi-spec.io"
+LINKERD = "linkerd.io"
 # (API group, kind) -> (our kind, spec message type)
 KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
     (ISTIO_NETWORKING, "VirtualService"): (
@@ -44,9 +50,18 @@ KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
     ),
     (ISTIO_NETWORKING, "ServiceEntry"): (model.SERVICE_ENTRY, service_entry_pb2.ServiceEntry),
     (ISTIO_NETWORKING, "WorkloadEntry"): (model.WORKLOAD_ENTRY, workload_entry_pb2.WorkloadEntry),
+    (ISTIO_NETWORKING, "Gateway"): (model.GATEWAY, gateway_pb2.Gateway),
+    (ISTIO_NETWORKING, "Sidecar"): (model.SIDECAR, sidecar_pb2.Sidecar),
     ("", "Service"): (model.SERVICE, service_pb2.ServiceSpec),
+    (SMI_SPLIT, "TrafficSplit"): (model.TRAFFIC_SPLIT, smi_pb2.TrafficSplit),
+    (LINKERD, "ServiceProfile"): (model.SERVICE_PROFILE, service_profile_pb2.ServiceProfile),
 }
-ISTIO_VERSIONS = {"v1alpha3", "v1beta1", "v1"}
+# Versions whose fields match our protos, per API group.
+VERSIONS = {
+    ISTIO_NETWORKING: {"v1alpha3", "v1beta1", "v1"},
+    SMI_SPLIT: {"v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"},
+    LINKERD: {"v1alpha2"},
+}
 # Istio reads mesh config from this ConfigMap (key "mesh").
 MESH_CONFIGMAP = ("istio-system", "istio")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -163,7 +178,7 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
             "warning",
         )
         return
-    if group == ISTIO_NETWORKING and version not in ISTIO_VERSIONS:
+    if group in VERSIONS and version not in VERSIONS[group]:
         issue(f"unsupported apiVersion {api_version}", ("apiVersion",), ref)
         return
     our_kind, spec_type = known

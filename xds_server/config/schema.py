@@ -20,6 +20,17 @@ from xds_server.config.yaml_lines import Path
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FREE_FORM = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+# Wrapper messages are written as their bare value in YAML (`consecutive5xxErrors: 3`).
+_WRAPPERS = {
+    "google.protobuf.BoolValue",
+    "google.protobuf.UInt32Value",
+    "google.protobuf.Int32Value",
+    "google.protobuf.UInt64Value",
+    "google.protobuf.Int64Value",
+    "google.protobuf.DoubleValue",
+    "google.protobuf.FloatValue",
+    "google.protobuf.StringValue",
+}
 
 
 class SchemaError(ValueError):
@@ -104,6 +115,8 @@ def _single(fd: FieldDescriptor, value: Any, path: Path) -> Any:
         return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
     if full_name in _FREE_FORM:
         return value
+    if full_name in _WRAPPERS:
+        return _scalar(fd.message_type.fields_by_name["value"], value, path)
     if value is None:
         value = {}
     return normalise(fd.message_type, value, path)

@@ -1,0 +1,262 @@
+"""Ingress gateway proxies: Gateway servers as listeners, bound VirtualServices as routes
+(Istio §10.1).
+
+A gateway proxy is selected by a Gateway's `selector` (its node LABELS). Each server port
+becomes one listener on the proxy's bind address; HTTP servers share one filter chain and
+route config `http.<port>`, HTTPS servers terminate TLS with certificate files and get a
+chain per server (SNI on its hosts) and route config `https.<port>.<server>`. VirtualServices
+bind through `gateways: [ns/name]`; those naming the same host are merged in creation
+order, as Istio does on gateways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+
+from protos import gateway_pb2
+from translators import model
+from translators.clusters import ADS_SOURCE, outbound_clusters, socket_address
+from translators.endpoints import outbound_endpoints
+from translators.http_filters import GATEWAY_FILTERS
+from translators.naming import fqdn, host_matches, listener_name
+from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources, pack_all
+from translators.routes import RouteContext, http_routes
+
+if TYPE_CHECKING:
+    from translators.snapshot import World
+
+GATEWAY_ROLE = "gateway"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+HTTP_PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}
+TLS = gateway_pb2.ServerTLSSettings
+_TLS_VERSIONS = {
+    TLS.TLS_AUTO: common_pb2.TlsParameters.TLS_AUTO,
+    TLS.TLSV1_0: common_pb2.TlsParameters.TLSv1_0,
+    TLS.TLSV1_1: common_pb2.TlsParameters.TLSv1_1,
+    TLS.TLSV1_2: common_pb2.TlsParameters.TLSv1_2,
+    TLS.TLSV1_3: common_pb2.TlsParameters.TLSv1_3,
+}
+ZERO = duration_pb2.Duration()
+
+
+def _pack(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+@dataclass
+class _BoundServer:
+    gateway: model.ConfigResource
+    server: gateway_pb2.Server
+
+    @property
+    def ref(self) -> str:
+        return f"{self.gateway.namespace}/{self.gateway.name}"
+
+    @property
+    def is_https(self) -> bool:
+        return self.server.port.protocol.upper() == "HTTPS"
+
+
+@dataclass
+class _PortPlan:
+    number: int
+    servers: list[_BoundServer] = field(default_factory=list)
+
+
+def selected_gateways(config: model.MeshConfig, proxy: model.Proxy) -> list[model.ConfigResource]:
+    return [
+        gw
+        for gw in config.of_kind(model.GATEWAY)
+        if gw.spec.selector and all(proxy.labels.get(k) == v for k, v in gw.spec.selector.items())
+    ]
+
+
+def _ports(gateways: Sequence[model.ConfigResource]) -> list[_PortPlan]:
+    plans: dict[int, _PortPlan] = {}
+    for gw in gateways:
+        for server in gw.spec.servers:
+            plan = plans.setdefault(server.port.number, _PortPlan(server.port.number))
+            plan.servers.append(_BoundServer(gw, server))
+    return [plans[n] for n in sorted(plans)]
+
+
+def _intersect(vs_host: str, server_host: str) -> str | None:
+    """The hosts a VirtualService host and a server host have in common (Istio's rule)."""
+    if host_matches(server_host, vs_host):
+        return vs_host
+    if host_matches(vs_host, server_host):
+        return server_host
+    return None
+
+
+def _server_host(pattern: str, vs_namespace: str) -> str | None:
+    """A server host's name part if a VirtualService in `vs_namespace` may bind to it."""
+    namespace, sep, name = pattern.partition("/")
+    if not sep:
+        return pattern.lower()
+    if namespace in ("*", vs_namespace):
+        return name.lower()
+    return None
+
+
+def _gateway_refs(vs: model.ConfigResource) -> set[str]:
+    return {g if "/" in g else f"{vs.namespace}/{g}" for g in vs.spec.gateways}
+
+
+def route_config(
+    name: str, servers: Sequence[_BoundServer], config: model.MeshConfig, ctx: RouteContext
+) -> route_pb2.RouteConfiguration:
+    """Virtual hosts for what the VirtualServices bound to `servers` route on this port."""
+    port = servers[0].server.port.number
+    refs = {s.ref for s in servers}
+    redirect = any(s.server.tls.https_redirect for s in servers)
+    routes_by_host: dict[str, list[rc.Route]] = {}
+    for vs in config.of_kind(model.VIRTUAL_SERVICE):  # oldest first: merged in that order
+        if not (_gateway_refs(vs) & refs):
+            continue
+        hosts: list[str] = []
+        for raw in vs.spec.hosts:
+            vs_host = fqdn(raw, vs.namespace)
+            for bound in servers:
+                if bound.ref not in _gateway_refs(vs):
+                    continue
+                for pattern in bound.server.hosts:
+                    server_host = _server_host(pattern, vs.namespace)
+                    common = server_host and _intersect(vs_host, server_host)
+                    if common and common not in hosts:
+                        hosts.append(common)
+        if not hosts:
+            continue
+        routes = http_routes(vs.spec.http, vs.namespace, ctx, port)
+        for host in hosts:
+            routes_by_host.setdefault(host, []).extend(routes)
+    vhosts = []
+    claimed: set[str] = set()
+    for host in sorted(routes_by_host):
+        domains = [d for d in ([host] if host == "*" else [host, f"{host}:*"]) if d not in claimed]
+        claimed.update(domains)
+        vhost = rc.VirtualHost(name=f"{host}:{port}", domains=domains, routes=routes_by_host[host])
+        if redirect:
+            vhost.require_tls = rc.VirtualHost.ALL
+        vhosts.append(vhost)
+    if not vhosts:
+        vhosts.append(rc.VirtualHost(name=f"blackhole:{port}", domains=["*"]))
+    return route_pb2.RouteConfiguration(
+        name=name, validate_clusters=wrappers_pb2.BoolValue(value=False), virtual_hosts=vhosts
+    )
+
+
+def _hcm(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=ADS_SOURCE, route_config_name=route_name),
+        http_filters=GATEWAY_FILTERS,
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        stream_idle_timeout=ZERO,
+    )
+
+
+def _tls_socket(tls: gateway_pb2.ServerTLSSettings) -> base_pb2.TransportSocket:
+    context = tls_pb2.DownstreamTlsContext()
+    common = context.common_tls_context
+    certificate = common.tls_certificates.add()
+    certificate.certificate_chain.filename = tls.server_certificate
+    certificate.private_key.filename = tls.private_key
+    common.alpn_protocols.extend(["h2", "http/1.1"])
+    common.tls_params.tls_minimum_protocol_version = _TLS_VERSIONS[
+        tls.min_protocol_version or TLS.TLSV1_2
+    ]
+    if tls.max_protocol_version:
+        common.tls_params.tls_maximum_protocol_version = _TLS_VERSIONS[tls.max_protocol_version]
+    common.tls_params.cipher_suites.extend(tls.cipher_suites)
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
+
+
+def gateway_resources(
+    config: model.MeshConfig, proxy: model.Proxy, ctx: RouteContext
+) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration]]:
+    listeners, routes = [], []
+    for plan in _ports(selected_gateways(config, proxy)):
+        name = listener_name(proxy.bind_address, plan.number)
+        listener = listener_pb2.Listener(
+            name=name,
+            address=socket_address(proxy.bind_address, plan.number),
+            traffic_direction=base_pb2.OUTBOUND,
+        )
+        plain = [s for s in plan.servers if not s.is_https]
+        if plain:
+            route_name = f"http.{plan.number}"
+            routes.append(route_config(route_name, plain, config, ctx))
+            listener.filter_chains.append(
+                listener_components_pb2.FilterChain(
+                    filters=[
+                        listener_components_pb2.Filter(
+                            name=HCM_FILTER, typed_config=_pack(_hcm(f"{name}_http", route_name))
+                        )
+                    ]
+                )
+            )
+        seen_sni: set[tuple[str, ...]] = set()
+        for bound in (s for s in plan.servers if s.is_https):
+            server = bound.server
+            sni = tuple(sorted({h.partition("/")[2] or h for h in server.hosts} - {"*"}))
+            if sni in seen_sni or plain:
+                continue  # Envoy refuses two chains with one match; validation reports it
+            seen_sni.add(sni)
+            server_name = server.name or server.port.name or bound.gateway.name
+            route_name = f"https.{plan.number}.{server_name}.{bound.gateway.name}"
+            route_name += f".{bound.gateway.namespace}"
+            routes.append(route_config(route_name, [bound], config, ctx))
+            chain = listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name=HCM_FILTER,
+                        typed_config=_pack(_hcm(f"{name}_https", route_name)),
+                    )
+                ],
+                transport_socket=_tls_socket(server.tls),
+            )
+            chain.filter_chain_match.server_names.extend(sni)
+            listener.filter_chains.append(chain)
+        if any(chain.filter_chain_match.server_names for chain in listener.filter_chains):
+            listener.listener_filters.append(
+                listener_components_pb2.ListenerFilter(
+                    name="envoy.filters.listener.tls_inspector",
+                    typed_config=_pack(tls_inspector_pb2.TlsInspector()),
+                )
+            )
+        listeners.append(listener)
+    return listeners, routes
+
+
+def translate_gateway(world: World, proxy: model.Proxy) -> Resources:
+    """Everything a gateway proxy receives: its listeners and routes, and every service's
+    clusters and endpoints (gateways ignore Sidecar scoping)."""
+    config, services, rules = world.config, world.services, world.destination_rules
+    refs = frozenset(f"{gw.namespace}/{gw.name}" for gw in selected_gateways(config, proxy))
+    ctx = RouteContext(services, rules, proxy.namespace, proxy.labels, gateways=refs)
+    listeners, routes = gateway_resources(config, proxy, ctx)
+    return {
+        CLUSTER: pack_all(
+            outbound_clusters(config, services, rules, proxy.namespace, world.retry_budgets)
+        ),
+        ENDPOINT: pack_all(outbound_endpoints(services, rules, proxy.namespace)),
+        LISTENER: pack_all(listeners),
+        ROUTE: pack_all(routes),
+    }

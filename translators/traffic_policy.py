@@ -1,0 +1,61 @@
+"""The DestinationRule policy in force for one (subset, port), as Istio resolves it (§4.7).
+
+Port-level settings replace the top-level connectionPool, loadBalancer and outlierDetection
+of their port as a whole; a subset's own blocks then replace the parent's block by block.
+"""
+
+from __future__ import annotations
+
+from protos import destination_rule_pb2 as dr_pb2
+
+Rule = dr_pb2.DestinationRule
+TrafficPolicy = dr_pb2.TrafficPolicy
+_PORT_BLOCKS = ("load_balancer", "connection_pool", "outlier_detection")
+_EMPTY = TrafficPolicy()
+
+
+def _port_level(policy: TrafficPolicy, port: int | None):
+    if port is None:
+        return None
+    return next((p for p in policy.port_level_settings if p.port.number == port), None)
+
+
+def _resolve_port(policy: TrafficPolicy, port: int | None) -> TrafficPolicy:
+    """`policy` without its port_level_settings, the entry for `port` applied."""
+    out = TrafficPolicy()
+    for name in _PORT_BLOCKS:
+        if policy.HasField(name):
+            getattr(out, name).CopyFrom(getattr(policy, name))
+    entry = _port_level(policy, port)
+    if entry is not None:
+        for name in _PORT_BLOCKS:
+            out.ClearField(name)
+            if entry.HasField(name):
+                getattr(out, name).CopyFrom(getattr(entry, name))
+    return out
+
+
+def effective_policy(
+    rule: Rule | None, subset: dr_pb2.Subset | None = None, port: int | None = None
+) -> TrafficPolicy:
+    """The merged policy for `port` of the rule's host, or of one of its subsets."""
+    if rule is None:
+        return _EMPTY
+    merged = _resolve_port(rule.traffic_policy, port)
+    if subset is not None and subset.HasField("traffic_policy"):
+        own = subset.traffic_policy
+        entry = _port_level(own, port)
+        for name in _PORT_BLOCKS:
+            if entry is not None:
+                merged.ClearField(name)
+                if entry.HasField(name):
+                    getattr(merged, name).CopyFrom(getattr(entry, name))
+            elif own.HasField(name):
+                getattr(merged, name).CopyFrom(getattr(own, name))
+    return merged
+
+
+def find_subset(rule: Rule | None, name: str) -> dr_pb2.Subset | None:
+    if rule is None or not name:
+        return None
+    return next((s for s in rule.subsets if s.name == name), None)
