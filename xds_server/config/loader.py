@@ -32,6 +32,7 @@ from protos import (
 )
 from translators import model
 from xds_server.config import validation
+from xds_server.config.cross_checks import cross_check
 from xds_server.config.schema import SchemaError, to_message
 from xds_server.config.yaml_lines import Path, YamlDocument, YamlSyntaxError, read_documents
 
@@ -107,6 +108,7 @@ class ParsedFile:
     resources: list[model.ConfigResource] = field(default_factory=list)
     mesh: mesh_config_pb2.MeshConfig | None = None
     issues: list[ConfigIssue] = field(default_factory=list)
+    documents: dict[tuple[str, str, str], YamlDocument] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -192,6 +194,7 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
         issue(str(exc), ("spec", *exc.path), ref)
         return
     _check(our_kind, spec, issue, ref)
+    out.documents[(our_kind, namespace, meta.name)] = doc
     out.resources.append(
         model.ConfigResource(
             kind=our_kind,
@@ -280,6 +283,7 @@ class ConfigStore:
         self.issues: dict[str, list[ConfigIssue]] = {}
         self.digests: dict[str, str] = {}  # latest seen content of each file
         self.snapshot = model.MeshConfig()
+        self.reference_issues: list[ConfigIssue] = []
 
     def display_name(self, path: FsPath) -> str:
         """The file as the user named its directory: `mesh/reviews.yaml`."""
@@ -301,6 +305,7 @@ class ConfigStore:
         for name in sorted(changed):
             self._update_file(name, changed[name])
         self.snapshot = self._assemble()
+        self.reference_issues = self._cross_check(self.snapshot)
         return self.snapshot
 
     def _update_file(self, name: str, path: FsPath) -> None:
@@ -362,5 +367,27 @@ class ConfigStore:
                 mesh = parsed.mesh
         return model.MeshConfig(resources=tuple(resources), mesh=model.with_mesh_defaults(mesh))
 
+    def _cross_check(self, snapshot: model.MeshConfig) -> list[ConfigIssue]:
+        documents = {
+            key: doc for parsed in self.accepted.values() for key, doc in parsed.documents.items()
+        }
+        issues = []
+        for finding in cross_check(snapshot):
+            res = finding.resource
+            doc = documents.get(res.key)
+            line = doc.line_of(finding.path) if doc else res.origin.line
+            issues.append(
+                ConfigIssue(
+                    res.origin.file,
+                    line,
+                    finding.message,
+                    res.ref,
+                    format_path(finding.path),
+                    finding.severity,
+                )
+            )
+        return issues
+
     def all_issues(self) -> list[ConfigIssue]:
-        return [issue for name in sorted(self.issues) for issue in self.issues[name]]
+        issues = [issue for name in sorted(self.issues) for issue in self.issues[name]]
+        return issues + self.reference_issues

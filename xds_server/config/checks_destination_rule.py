@@ -1,0 +1,135 @@
+"""Semantic checks of a DestinationRule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from protos import destination_rule_pb2 as dr_pb2
+from xds_server.config.checks_common import Finding, optional_duration, port_ok
+from xds_server.config.yaml_lines import Path
+
+_LB = dr_pb2.LoadBalancerSettings
+
+
+def _load_balancer(lb: dr_pb2.LoadBalancerSettings, path: Path) -> Iterator[Finding]:
+    if lb.WhichOneof("lb_policy") == "simple" and lb.simple == _LB.PASSTHROUGH:
+        yield (
+            (*path, "simple"),
+            (
+                "PASSTHROUGH is not supported: without traffic capture there is no original "
+                "destination to pass through to"
+            ),
+        )
+    if lb.HasField("consistent_hash"):
+        hashing = lb.consistent_hash
+        hpath = (*path, "consistentHash")
+        key = hashing.WhichOneof("hash_key")
+        if key is None:
+            yield (
+                hpath,
+                (
+                    "required: one of httpHeaderName, httpCookie, useSourceIp, "
+                    "httpQueryParameterName"
+                ),
+            )
+        elif key == "http_cookie":
+            if not hashing.http_cookie.name:
+                yield (*hpath, "httpCookie", "name"), "required: cookie name"
+            yield from optional_duration(
+                hashing.http_cookie, "ttl", (*hpath, "httpCookie", "ttl"), 0
+            )
+        elif key == "use_source_ip" and not hashing.use_source_ip:
+            yield (*hpath, "useSourceIp"), "must be true when set"
+        if hashing.HasField("maglev") and hashing.maglev.table_size > 5000011:
+            yield (*hpath, "maglev", "tableSize"), "table size above 5000011"
+
+
+def _connection_pool(pool: dr_pb2.ConnectionPoolSettings, path: Path) -> Iterator[Finding]:
+    tcp, http = pool.tcp, pool.http
+    for name, value, at in (
+        ("maxConnections", tcp.max_connections, "tcp"),
+        ("http1MaxPendingRequests", http.http1_max_pending_requests, "http"),
+        ("http2MaxRequests", http.http2_max_requests, "http"),
+        ("maxRequestsPerConnection", http.max_requests_per_connection, "http"),
+        ("maxRetries", http.max_retries, "http"),
+        ("maxConcurrentStreams", http.max_concurrent_streams, "http"),
+    ):
+        if value < 0:
+            yield (*path, at, name), f"must not be negative, got {value}"
+    yield from optional_duration(tcp, "connect_timeout", (*path, "tcp", "connectTimeout"))
+    yield from optional_duration(tcp, "idle_timeout", (*path, "tcp", "idleTimeout"))
+    yield from optional_duration(
+        tcp, "max_connection_duration", (*path, "tcp", "maxConnectionDuration")
+    )
+    yield from optional_duration(http, "idle_timeout", (*path, "http", "idleTimeout"))
+    if tcp.HasField("tcp_keepalive"):
+        keepalive = tcp.tcp_keepalive
+        kpath = (*path, "tcp", "tcpKeepalive")
+        yield from optional_duration(keepalive, "time", (*kpath, "time"), 1000)
+        yield from optional_duration(keepalive, "interval", (*kpath, "interval"), 1000)
+
+
+def _outlier(outlier: dr_pb2.OutlierDetection, path: Path) -> Iterator[Finding]:
+    for name, value in (
+        ("maxEjectionPercent", outlier.max_ejection_percent),
+        ("minHealthPercent", outlier.min_health_percent),
+    ):
+        if not 0 <= value <= 100:
+            yield (*path, name), f"{value} out of range 0-100"
+    if outlier.consecutive_errors < 0:
+        yield (*path, "consecutiveErrors"), "must not be negative"
+    yield from optional_duration(outlier, "interval", (*path, "interval"))
+    yield from optional_duration(outlier, "base_ejection_time", (*path, "baseEjectionTime"))
+
+
+def _policy(policy: dr_pb2.TrafficPolicy, path: Path) -> Iterator[Finding]:
+    yield from _load_balancer(policy.load_balancer, (*path, "loadBalancer"))
+    yield from _connection_pool(policy.connection_pool, (*path, "connectionPool"))
+    yield from _outlier(policy.outlier_detection, (*path, "outlierDetection"))
+    seen: set[int] = set()
+    for i, entry in enumerate(policy.port_level_settings):
+        ppath = (*path, "portLevelSettings", i)
+        number = entry.port.number
+        if not port_ok(number):
+            yield (*ppath, "port", "number"), f"port {number} out of range 1-65535"
+        elif number in seen:
+            yield (*ppath, "port", "number"), f"duplicate port {number}"
+        seen.add(number)
+        yield from _load_balancer(entry.load_balancer, (*ppath, "loadBalancer"))
+        yield from _connection_pool(entry.connection_pool, (*ppath, "connectionPool"))
+        yield from _outlier(entry.outlier_detection, (*ppath, "outlierDetection"))
+
+
+def check_destination_rule(dr: dr_pb2.DestinationRule) -> Iterator[Finding]:
+    if not dr.host:
+        yield ("spec", "host"), "required: host"
+    yield from _policy(dr.traffic_policy, ("spec", "trafficPolicy"))
+    seen: set[str] = set()
+    for i, subset in enumerate(dr.subsets):
+        if not subset.name:
+            yield ("spec", "subsets", i, "name"), "required: subset name"
+        elif subset.name in seen:
+            yield ("spec", "subsets", i, "name"), f'duplicate subset name "{subset.name}"'
+        seen.add(subset.name)
+        yield from _policy(subset.traffic_policy, ("spec", "subsets", i, "trafficPolicy"))
+
+
+def _deprecated(policy: dr_pb2.TrafficPolicy, path: Path) -> Iterator[Finding]:
+    outlier = policy.outlier_detection
+    if outlier.consecutive_errors:
+        applied = not (
+            outlier.HasField("consecutive_5xx_errors")
+            or outlier.HasField("consecutive_gateway_errors")
+        )
+        how = (
+            "applied as consecutiveGatewayErrors (502/503/504), as Istio 1.0-1.6 did"
+            if applied
+            else "ignored because consecutive5xxErrors or consecutiveGatewayErrors is set"
+        )
+        yield (*path, "outlierDetection", "consecutiveErrors"), f"deprecated; {how}"
+
+
+def destination_rule_warnings(dr: dr_pb2.DestinationRule) -> Iterator[Finding]:
+    yield from _deprecated(dr.traffic_policy, ("spec", "trafficPolicy"))
+    for i, subset in enumerate(dr.subsets):
+        yield from _deprecated(subset.traffic_policy, ("spec", "subsets", i, "trafficPolicy"))

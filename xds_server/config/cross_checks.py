@@ -1,0 +1,116 @@
+"""Checks that need several resources: references and conflicts between them.
+
+They run on every assembled snapshot, because either side of a reference can change in
+a different file. Their findings are reported but do not roll any file back: which of
+two files is "wrong" is the user's call, and Istio itself applies both (a route to an
+unknown subset answers 503, the oldest of two VirtualServices for one host wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from translators import model
+from translators.destination_rules import DestinationRuleIndex
+from translators.naming import fqdn
+from xds_server.config.yaml_lines import Path
+
+
+@dataclass(frozen=True)
+class CrossFinding:
+    resource: model.ConfigResource
+    path: Path
+    message: str
+    severity: str = "error"
+
+
+def _subset_references(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    rules = DestinationRuleIndex(config)
+    for vs in config.of_kind(model.VIRTUAL_SERVICE):
+        for i, rule in enumerate(vs.spec.http):
+            places = [
+                (("route", j, "destination"), d.destination) for j, d in enumerate(rule.route)
+            ]
+            if rule.HasField("mirror"):
+                places.append((("mirror",), rule.mirror))
+            places += [
+                (("mirrors", j, "destination"), m.destination) for j, m in enumerate(rule.mirrors)
+            ]
+            for where, dest in places:
+                if not dest.subset:
+                    continue
+                host = fqdn(dest.host, vs.namespace)
+                dr = rules.lookup(host, vs.namespace, host.split(".")[1] if "." in host else "")
+                if dr is None:
+                    yield CrossFinding(
+                        vs,
+                        ("spec", "http", i, *where, "subset"),
+                        f'no DestinationRule for {host} defines subset "{dest.subset}" yet; '
+                        "requests routed there get 503 until one does",
+                        "warning",
+                    )
+                elif all(s.name != dest.subset for s in dr.subsets):
+                    known = ", ".join(s.name for s in dr.subsets) or "none"
+                    yield CrossFinding(
+                        vs,
+                        ("spec", "http", i, *where, "subset"),
+                        f'unknown subset "{dest.subset}" of {host} (its DestinationRule '
+                        f"defines: {known}); requests routed there get 503",
+                    )
+
+
+def _host_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    owners: dict[str, model.ConfigResource] = {}
+    for vs in config.of_kind(model.VIRTUAL_SERVICE):
+        if vs.spec.gateways and "mesh" not in vs.spec.gateways:
+            continue  # gateways merge VirtualServices for one host
+        for i, raw in enumerate(vs.spec.hosts):
+            host = fqdn(raw, vs.namespace)
+            first = owners.setdefault(host, vs)
+            if first is not vs:
+                yield CrossFinding(
+                    vs,
+                    ("spec", "hosts", i),
+                    f"{host} is already routed by {first.ref} ({first.origin}); the oldest "
+                    "VirtualService wins for sidecars, as in Istio",
+                    "warning",
+                )
+    split_hosts: dict[str, model.ConfigResource] = {}
+    for split in config.of_kind(model.TRAFFIC_SPLIT):
+        host = fqdn(split.spec.service, split.namespace)
+        owner = owners.get(host)
+        if owner is not None:
+            yield CrossFinding(
+                split,
+                ("spec", "service"),
+                f"{host} is routed by {owner.ref} ({owner.origin}), which takes precedence",
+                "warning",
+            )
+        first = split_hosts.setdefault(host, split)
+        if first is not split:
+            yield CrossFinding(
+                split,
+                ("spec", "service"),
+                f"{host} is already split by {first.ref} ({first.origin}); the oldest wins",
+                "warning",
+            )
+
+
+def _gateway_references(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    known = {f"{gw.namespace}/{gw.name}" for gw in config.of_kind(model.GATEWAY)}
+    for vs in config.of_kind(model.VIRTUAL_SERVICE):
+        for i, name in enumerate(vs.spec.gateways):
+            ref = name if "/" in name else f"{vs.namespace}/{name}"
+            if name != "mesh" and ref not in known:
+                yield CrossFinding(
+                    vs, ("spec", "gateways", i), f"no Gateway {ref}; this binding does nothing"
+                )
+
+
+def cross_check(config: model.MeshConfig) -> list[CrossFinding]:
+    return [
+        *_subset_references(config),
+        *_host_conflicts(config),
+        *_gateway_references(config),
+    ]
