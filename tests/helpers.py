@@ -25,8 +25,27 @@ spec:
 """
 
 
+PLAIN_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: %(name)s}
+spec:
+  selector: {app: %(selector)s}
+  ports: [{name: http, port: 9080}]
+"""
+
+
 def service_yaml(*names: str) -> str:
+    """Services with a DestinationRule defining subsets v1, v2, v3."""
     return "\n---\n".join(SERVICES % {"name": n} for n in names)
+
+
+def plain_service_yaml(*names: str, selectors: dict[str, str] | None = None) -> str:
+    """Services without a DestinationRule (the test brings its own)."""
+    selectors = selectors or {}
+    return "\n---\n".join(
+        PLAIN_SERVICE % {"name": n, "selector": selectors.get(n, n)} for n in names
+    )
 
 
 def config_from(*texts: str) -> model.MeshConfig:

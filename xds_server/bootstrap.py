@@ -30,6 +30,7 @@ class BootstrapOptions:
     ip: str = ""  # empty: the server uses the address the sidecar connects from
     bind_address: str = ""  # inbound listeners; empty: the workload IP
     cluster: str = ""
+    role: str = "sidecar"  # or "gateway": an ingress proxy Gateway resources select
 
 
 def workload_ports(app_ports: list[int], inbound_ports: list[int]) -> list[model.WorkloadPort]:
@@ -68,7 +69,7 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         node.NAMESPACE: options.namespace,
         node.LABELS: dict(options.labels),
         node.SERVICE_ACCOUNT: options.service_account,
-        node.ROLE: "sidecar",
+        node.ROLE: options.role,
         node.OUTBOUND_ADDRESS: options.outbound_address,
         node.OUTBOUND_PORT: str(options.outbound_port),
         node.WORKLOAD_PORTS: node.format_ports(ports),
@@ -142,6 +143,7 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
 
 def render(options: BootstrapOptions) -> str:
     header = (
-        f"# Envoy bootstrap for sidecar {options.node_id}, written by `xds-server bootstrap`.\n"
+        f"# Envoy bootstrap for {options.role} {options.node_id}, "
+        "written by `xds-server bootstrap`.\n"
     )
     return header + yaml.safe_dump(bootstrap(options), sort_keys=False)

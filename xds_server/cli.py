@@ -86,7 +86,11 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         ip=args.ip,
         bind_address=args.bind_address,
         cluster=args.cluster,
+        role=args.role,
     )
+    if args.role == "gateway" and options.app_ports:
+        print("error: a gateway has no app: drop --app-port", file=sys.stderr)
+        return 2
     try:
         text = render(options)
     except ValueError as exc:
@@ -125,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("config_dir")
     validate.set_defaults(func=cmd_validate)
 
-    boot = sub.add_parser("bootstrap", help="write an Envoy bootstrap for one sidecar")
+    boot = sub.add_parser("bootstrap", help="write an Envoy bootstrap for one sidecar or gateway")
     boot.add_argument("--node-id", required=True)
     boot.add_argument("--namespace", default="default")
     boot.add_argument("--labels", type=_labels, default={}, help="app=reviews,version=v2")
@@ -160,6 +164,13 @@ def parser() -> argparse.ArgumentParser:
         help="address for inbound listeners (default: the workload IP)",
     )
     boot.add_argument("--cluster", default="", help="node.cluster (default: the app label)")
+    boot.add_argument(
+        "--role",
+        choices=("sidecar", "gateway"),
+        default="sidecar",
+        help="gateway: an ingress proxy; Gateways select it by --labels and it listens on "
+        "their server ports at --bind-address",
+    )
     boot.add_argument("-o", "--output", default="-")
     boot.set_defaults(func=cmd_bootstrap)
 

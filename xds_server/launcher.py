@@ -38,9 +38,12 @@ class Workload:
     namespace: str = "default"
     app_port: int | None = APP_PORT
     ip: str = ""  # filled in by the launcher
+    role: str = "sidecar"  # "gateway": an ingress proxy, no app behind it
 
     @property
     def labels(self) -> dict[str, str]:
+        if self.role == "gateway":
+            return {"app": self.app, "istio": "ingressgateway"}
         return {"app": self.app, "version": self.version}
 
 
@@ -244,6 +247,7 @@ class LocalMesh:
             outbound_port=OUTBOUND_PORT,
             ip=workload.ip,
             bind_address=workload.ip,
+            role=workload.role,
         )
 
     def workload(self, name: str) -> Workload:

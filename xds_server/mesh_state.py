@@ -98,6 +98,10 @@ class MeshState:
                 conn.versions, conn.resources = versions, resources
                 conn.on_resources(resources, self.generation)
                 notified += 1
+            else:
+                # Nothing to send, but the proxy is now current as of this generation
+                # (a gateway is untouched by most sidecar route edits).
+                conn.on_resources(conn.resources, self.generation)
         self.last_push_seconds = time.perf_counter() - started
         log.debug(
             "push %d: %d of %d proxies changed in %.1f ms",
