@@ -122,11 +122,12 @@ def destination_cluster(
 def _forward_action(
     rule: vs_pb2.HTTPRoute, vs_ns: str, ctx: RouteContext, port: int | None, edits: HeaderEdits
 ) -> rc.RouteAction:
-    timeout = rule.timeout if rule.HasField("timeout") else ZERO
-    action = rc.RouteAction(
-        timeout=timeout,
-        max_stream_duration=rc.RouteAction.MaxStreamDuration(grpc_timeout_header_max=timeout),
-    )
+    action = rc.RouteAction(timeout=rule.timeout if rule.HasField("timeout") else ZERO)
+    if not rule.HasField("timeout"):
+        # Istio lets gRPC clients' grpc-timeout header apply, uncapped, when the route has
+        # no timeout. Envoy 1.40 ignores the route timeout whenever max_stream_duration is
+        # set (measured: a 1s route timeout did not fire), so it is left out otherwise.
+        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(ZERO)
     destinations = list(rule.route)
     hashed = False
     for dest in destinations:
