@@ -50,11 +50,15 @@ def plain_service_yaml(*names: str, selectors: dict[str, str] | None = None) -> 
 
 def config_from(*texts: str) -> model.MeshConfig:
     resources = []
+    mesh = None
     for index, text in enumerate(texts):
         parsed = parse_file(f"test{index}.yaml", text)
         assert parsed.ok, [str(i) for i in parsed.issues]
         resources += parsed.resources
-    return model.MeshConfig(resources=tuple(resources))
+        mesh = parsed.mesh or mesh
+    if mesh is None:
+        return model.MeshConfig(resources=tuple(resources))
+    return model.MeshConfig(resources=tuple(resources), mesh=model.with_mesh_defaults(mesh))
 
 
 def sidecar(

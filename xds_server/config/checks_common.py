@@ -56,5 +56,6 @@ def percentage(value: float, path: Path) -> Iterator[Finding]:
 
 
 def optional_duration(message, name: str, path: Path, minimum_ms: int = 1) -> Iterator[Finding]:
+    """Check field `name` of `message` when set; `path` is that field's path."""
     if message.HasField(name):
-        yield from duration(getattr(message, name), (*path, name), minimum_ms)
+        yield from duration(getattr(message, name), path, minimum_ms)

@@ -149,7 +149,7 @@ def _http_rule(rule: vs_pb2.HTTPRoute, path: Path) -> Iterator[Finding]:
         yield from _match(match, (*path, "match", j))
     yield from _actions(rule, path)
     yield from _weights(rule.route, (*path, "route"))
-    yield from optional_duration(rule, "timeout", (*path, "timeout"))
+    yield from optional_duration(rule, "timeout", (*path, "timeout"), 0)  # 0s: disabled
     if rule.HasField("retries"):
         yield from _retries(rule.retries, (*path, "retries"))
     if rule.HasField("fault"):
