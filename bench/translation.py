@@ -1,11 +1,14 @@
 """Translation time for one sidecar with 10 / 100 / 1000 services.
 
 Each service has a Kubernetes Service, a two-subset DestinationRule and a VirtualService
-with a header match and a weighted split, and two connected workloads. Prints the median
-of several runs of the full translation for one sidecar (clusters, endpoints, listeners,
-routes, packed and hashed), and the size of what that sidecar receives.
+with a header match and a weighted split, and two connected workloads. With --full, the
+DestinationRule also has a connection pool, outlier detection, cookie hashing and a subset
+override, and the VirtualService retries, a fault, a timeout, header edits, CORS and a
+mirror. Prints the median of several runs of the full translation for one sidecar
+(clusters, endpoints, listeners, routes, packed and hashed), and the size of what that
+sidecar receives.
 
-    python bench/translation.py [--sizes 10,100,1000] [--runs 5]
+    python bench/translation.py [--sizes 10,100,1000] [--runs 5] [--full]
 """
 
 from __future__ import annotations
@@ -48,8 +51,67 @@ spec:
 """
 
 
-def build_world(count: int) -> World:
-    text = "\n---\n".join(TEMPLATE % {"i": i, "ns": i % 10} for i in range(count))
+FULL_TEMPLATE = """apiVersion: v1
+kind: Service
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  selector: {app: svc-%(i)d}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  host: svc-%(i)d
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpCookie: {name: session, ttl: 3600s}}
+    connectionPool:
+      tcp: {maxConnections: 100, connectTimeout: 2s}
+      http: {http1MaxPendingRequests: 50, maxRequestsPerConnection: 10, idleTimeout: 60s}
+    outlierDetection:
+      consecutive5xxErrors: 5
+      interval: 10s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 50
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool: {tcp: {maxConnections: 10}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  hosts: [svc-%(i)d]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    fault:
+      delay: {fixedDelay: 1s, percentage: {value: 5}}
+      abort: {httpStatus: 503, percentage: {value: 1}}
+    route: [{destination: {host: svc-%(i)d, subset: v2}}]
+  - timeout: 10s
+    retries: {attempts: 3, perTryTimeout: 2s, retryOn: "gateway-error,connect-failure,503"}
+    headers:
+      request: {set: {x-mesh: bench}, remove: [x-debug]}
+      response: {add: {x-served: mesh}}
+    corsPolicy:
+      allowOrigins: [{exact: "https://example.com"}]
+      allowMethods: [GET, POST]
+      maxAge: 24h
+    mirror: {host: svc-%(i)d, subset: v1}
+    mirrorPercentage: {value: 10}
+    route:
+    - {destination: {host: svc-%(i)d, subset: v1}, weight: 90}
+    - {destination: {host: svc-%(i)d, subset: v2}, weight: 10}
+"""
+
+
+def build_world(count: int, full: bool = False) -> World:
+    template = FULL_TEMPLATE if full else TEMPLATE
+    text = "\n---\n".join(template % {"i": i, "ns": i % 10} for i in range(count))
     parsed = parse_file("bench.yaml", text)
     assert parsed.ok, parsed.issues[:3]
     proxies = tuple(
@@ -66,8 +128,8 @@ def build_world(count: int) -> World:
     return World(model.MeshConfig(resources=tuple(parsed.resources)), proxies)
 
 
-def measure(count: int, runs: int) -> dict[str, float]:
-    world = build_world(count)
+def measure(count: int, runs: int, full: bool = False) -> dict[str, float]:
+    world = build_world(count, full)
     _ = world.services  # the registry is built once per world, shared by all proxies
     proxy = world.proxies[0]
     times = []
@@ -93,13 +155,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--full", action="store_true", help="full DestinationRules and VSs")
     args = parser.parse_args()
     print(
         f"{'services':>8} {'translate ms':>13} {'(min)':>8} {'registry ms':>12} "
         f"{'clusters':>9} {'CLAs':>6} {'vhosts':>7} {'bytes':>10}"
     )
     for count in (int(s) for s in args.sizes.split(",")):
-        r = measure(count, args.runs)
+        r = measure(count, args.runs, args.full)
         print(
             f"{count:>8} {r['median_ms']:>13.1f} {r['min_ms']:>8.1f} {r['registry_ms']:>12.1f} "
             f"{r['Cluster']:>9} {r['ClusterLoadAssignment']:>6} {count:>7} {r['bytes']:>10}"

@@ -1,9 +1,10 @@
 """Write the Envoy bootstraps in this directory (run after changing xds_server/bootstrap.py).
 
 `sidecar-local.yaml` is a sidecar on this machine, against `xds-server serve` defaults.
-The others are the docker-compose sidecars: each shares its app container's network
-namespace, reaches the server by its service name, and listens on every address so that
-other containers can reach it; the app itself listens on 127.0.0.1 only.
+The compose-* sidecars share their app container's network namespace, reach the server by
+its service name, and listen on every address so that other containers can reach them;
+the app itself listens on 127.0.0.1 only. compose-ingressgateway.yaml is the ingress
+gateway (role gateway), which needs no app.
 tests/test_envoy_configs.py fails when these files are stale or Envoy refuses them.
 """
 
@@ -42,6 +43,15 @@ BOOTSTRAPS = {
     "compose-reviews-v1.yaml": compose_sidecar("reviews-v1", "reviews", "v1", 9080),
     "compose-reviews-v2.yaml": compose_sidecar("reviews-v2", "reviews", "v2", 9080),
     "compose-reviews-v3.yaml": compose_sidecar("reviews-v3", "reviews", "v3", 9080),
+    # The ingress gateway: Gateways select it by label; it listens on their server ports.
+    "compose-ingressgateway.yaml": BootstrapOptions(
+        node_id="ingressgateway",
+        labels={"app": "istio-ingressgateway", "istio": "ingressgateway"},
+        service_account="istio-ingressgateway",
+        xds_address="xds-server:15010",
+        bind_address="0.0.0.0",
+        role="gateway",
+    ),
 }
 
 

@@ -133,3 +133,9 @@ def test_docker_compose_config_parses():
             assert service["network_mode"] == f"service:{name.removesuffix('-sidecar')}"
             boot = yaml.safe_load(Path(source).read_text())
             assert boot["node"]["id"] == name.removesuffix("-sidecar")
+    gateway = services["ingressgateway"]
+    mounted = gateway["volumes"][0]
+    source = mounted["source"] if isinstance(mounted, dict) else mounted.split(":")[0]
+    boot = yaml.safe_load(Path(source).read_text())
+    assert boot["node"]["metadata"]["ROLE"] == "gateway"
+    assert boot["node"]["metadata"]["LABELS"]["istio"] == "ingressgateway"

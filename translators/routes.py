@@ -204,8 +204,11 @@ def http_routes(
                 continue
             if template is None:
                 template = http_route_template(rule, vs_ns, ctx, port)
-            route = rc.Route()
-            route.CopyFrom(template)
+                route = template  # most rules have one match: no copy needed
+            else:
+                route = rc.Route()
+                route.CopyFrom(template)
+                route.ClearField("match")
             route.name = rule.name
             if match is not None:
                 if match.name:

@@ -21,38 +21,39 @@ def _port_level(policy: TrafficPolicy, port: int | None):
 
 
 def _resolve_port(policy: TrafficPolicy, port: int | None) -> TrafficPolicy:
-    """`policy` without its port_level_settings, the entry for `port` applied."""
+    """`policy` with the port_level_settings entry for `port` applied. Returned messages
+    are read-only: without an entry for the port, this is `policy` itself."""
+    entry = _port_level(policy, port)
+    if entry is None:
+        return policy
     out = TrafficPolicy()
     for name in _PORT_BLOCKS:
-        if policy.HasField(name):
-            getattr(out, name).CopyFrom(getattr(policy, name))
-    entry = _port_level(policy, port)
-    if entry is not None:
-        for name in _PORT_BLOCKS:
-            out.ClearField(name)
-            if entry.HasField(name):
-                getattr(out, name).CopyFrom(getattr(entry, name))
+        if entry.HasField(name):
+            getattr(out, name).CopyFrom(getattr(entry, name))
     return out
 
 
 def effective_policy(
     rule: Rule | None, subset: dr_pb2.Subset | None = None, port: int | None = None
 ) -> TrafficPolicy:
-    """The merged policy for `port` of the rule's host, or of one of its subsets."""
+    """The merged policy for `port` of the rule's host, or of one of its subsets.
+    Read-only: it may be the rule's own message."""
     if rule is None:
         return _EMPTY
     merged = _resolve_port(rule.traffic_policy, port)
-    if subset is not None and subset.HasField("traffic_policy"):
-        own = subset.traffic_policy
-        entry = _port_level(own, port)
-        for name in _PORT_BLOCKS:
-            if entry is not None:
-                merged.ClearField(name)
-                if entry.HasField(name):
-                    getattr(merged, name).CopyFrom(getattr(entry, name))
-            elif own.HasField(name):
-                getattr(merged, name).CopyFrom(getattr(own, name))
-    return merged
+    if subset is None or not subset.HasField("traffic_policy"):
+        return merged
+    own = subset.traffic_policy
+    entry = _port_level(own, port)
+    out = TrafficPolicy()
+    for name in _PORT_BLOCKS:
+        if entry is not None:
+            source = entry if entry.HasField(name) else None
+        else:
+            source = own if own.HasField(name) else merged
+        if source is not None and source.HasField(name):
+            getattr(out, name).CopyFrom(getattr(source, name))
+    return out
 
 
 def find_subset(rule: Rule | None, name: str) -> dr_pb2.Subset | None:

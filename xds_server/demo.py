@@ -13,6 +13,7 @@ from xds_server.launcher import OUTBOUND_PORT, LocalMesh, Workload
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo_mesh"
 SUBNET = "127.0.10"
+GATEWAY_PORT = 8080  # the demo Gateway's server port
 
 
 def demo_workloads() -> list[Workload]:
@@ -21,6 +22,8 @@ def demo_workloads() -> list[Workload]:
         Workload("reviews-v1", "reviews", "v1"),
         Workload("reviews-v2", "reviews", "v2"),
         Workload("reviews-v3", "reviews", "v3"),
+        # Gateways select it by its label istio=ingressgateway (demo_mesh/gateway.yaml).
+        Workload("ingressgateway", "istio-ingressgateway", app_port=None, role="gateway"),
     ]
 
 
@@ -52,9 +55,10 @@ def run_demo(directory: Path, base_port: int = 15010) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print("starting the control plane, 4 Envoy sidecars and 3 sample apps ...")
+    print("starting the control plane, 4 Envoy sidecars, an ingress gateway and 3 apps ...")
     with mesh:
         sleep_ip = mesh.workload("sleep").ip
+        gateway_ip = mesh.workload("ingressgateway").ip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(_sample(sleep_ip).items()))
         print(
             f"""
@@ -67,6 +71,10 @@ Send requests through the sleep workload's sidecar, whose outbound proxy is
   curl -s -x http://{sleep_ip}:{OUTBOUND_PORT} http://reviews:9080/        # as an HTTP proxy
   for i in $(seq 10); do curl -s -o /dev/null -D - -H 'Host: reviews' \\
       http://{sleep_ip}:{OUTBOUND_PORT}/ | grep -i x-served-by; done
+
+From outside the mesh, through the ingress gateway (Gateway + VirtualService in
+{directory}/gateway.yaml):
+  curl -s http://{gateway_ip}:{GATEWAY_PORT}/reviews
 
 Edit {directory}/reviews-virtualservice.yaml and save: routing changes at once.
   xds-server validate {directory}                      # check the files
