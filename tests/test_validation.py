@@ -148,7 +148,11 @@ spec:
   tcp:
   - route: [{destination: {host: db}}]
 """
-    assert "not translated yet" in found(tcp)["spec.tcp[0]"][1]
+    assert not found(tcp)
+    subnets = tcp.replace(
+        "  - route:", "  - match: [{destinationSubnets: [10.0.0.0/8]}]\n    route:"
+    )
+    assert "not supported" in found(subnets)["spec.tcp[0].match[0].destinationSubnets"][1]
     delegate = tcp.replace(
         "  tcp:\n  - route: [{destination: {host: db}}]", "  http:\n  - delegate: {name: other}"
     )
@@ -193,3 +197,17 @@ def test_two_virtual_services_for_one_host_warn_and_the_oldest_wins(tmp_path: Pa
         and "already routed by VirtualService default/reviews" in i.message
         for i in warnings
     ), [str(w) for w in warnings]
+
+
+def test_two_tcp_services_on_one_port_warn(tmp_path: Path):
+    tcp = (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: %s}\n"
+        "spec:\n  selector: {app: %s}\n  ports: [{name: tcp-db, port: 5432}]\n"
+    )
+    (tmp_path / "a.yaml").write_text(tcp % ("db-a", "db-a"))
+    (tmp_path / "b.yaml").write_text(tcp % ("db-b", "db-b"))
+    store = ConfigStore(tmp_path)
+    store.load_all()
+    (warning,) = [i for i in store.all_issues() if i.severity == "warning"]
+    assert warning.file.endswith("b.yaml") and warning.field == "spec.ports[0]"
+    assert "db-a.default.svc.cluster.local" in warning.message

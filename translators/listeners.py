@@ -7,6 +7,8 @@ workload on its inbound listeners, which forward to the app.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -20,6 +22,7 @@ from translators import model
 from translators.clusters import ADS_SOURCE, socket_address
 from translators.http_filters import INBOUND_FILTERS, OUTBOUND_FILTERS
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
+from translators.tcp_routes import inbound_tcp_listener
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ZERO = duration_pb2.Duration()
@@ -94,5 +97,15 @@ def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_p
     return _listener(name, proxy.bind_address, port.inbound_port, hcm, base_pb2.INBOUND)
 
 
-def sidecar_listeners(proxy: model.Proxy) -> list[listener_pb2.Listener]:
-    return [outbound_listener(proxy)] + [inbound_listener(proxy, p) for p in proxy.ports]
+def sidecar_listeners(
+    proxy: model.Proxy, tcp_app_ports: Collection[int] = ()
+) -> list[listener_pb2.Listener]:
+    """The outbound HTTP proxy, and an inbound listener per app port (tcp_proxy for the
+    ports only TCP services reach)."""
+    inbound = [
+        inbound_tcp_listener(proxy, p)
+        if p.app_port in tcp_app_ports
+        else inbound_listener(proxy, p)
+        for p in proxy.ports
+    ]
+    return [outbound_listener(proxy), *inbound]

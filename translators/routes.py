@@ -296,7 +296,7 @@ class RouteSource:
     ref: str
 
 
-def _sidecar_virtual_services(config: model.MeshConfig) -> list[model.ConfigResource]:
+def sidecar_virtual_services(config: model.MeshConfig) -> list[model.ConfigResource]:
     """VirtualServices bound to sidecars: no `gateways`, or one that names `mesh`."""
     return [
         vs
@@ -364,7 +364,7 @@ def outbound_route_config(
     """The sidecar's one route configuration: a vhost per HTTP service port, the VS hosts
     outside the registry, and the catch-all for everything else."""
     services = ctx.services
-    owner, unbound = bind_hosts(_sidecar_virtual_services(config), services)
+    owner, unbound = bind_hosts(sidecar_virtual_services(config), services)
     sources = {host: _source(vs) for host, vs in owner.items()}
     for host, source in (extra_sources or {}).items():
         sources.setdefault(host, source)

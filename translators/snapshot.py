@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from translators import gateways, linkerd, model, sidecar_scope
 from translators.clusters import inbound_clusters, outbound_clusters
@@ -12,9 +13,18 @@ from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import outbound_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
-from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, Resources, pack_all
-from translators.routes import RouteContext, RouteSource, outbound_route_config
+from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources, pack_all
+from translators.routes import (
+    RouteContext,
+    RouteSource,
+    bind_hosts,
+    outbound_route_config,
+    sidecar_virtual_services,
+)
 from translators.services import Service, build_services
+from translators.tcp_routes import outbound_tcp_listeners, outbound_tcp_routes, tcp_app_ports
+
+TCP_ROUTES = "tcp_routes"  # shared per proxy view; wrapped into listeners per proxy
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class Translator:
     """Translates for many proxies of one World, computing shared outbound parts once."""
 
     world: World
-    _shared: dict[tuple, Mapping[str, dict[str, Packed]]] = field(default_factory=dict)
+    _shared: dict[tuple, Mapping[str, Any]] = field(default_factory=dict)
 
     def _outbound(self, proxy: model.Proxy) -> Mapping[str, dict]:
         # Routes depend on the proxy's labels only through sourceLabels matches.
@@ -82,10 +92,12 @@ class Translator:
                 allow_any=sidecar_scope.allow_any(config, sidecar),
                 host_visible=lambda host: sidecar_scope.host_visible(host, sidecar),
             )
+            owners, _ = bind_hosts(sidecar_virtual_services(config), services)
             shared = {
                 CLUSTER: pack_all(clusters),
                 ENDPOINT: pack_all(outbound_endpoints(services, rules, proxy.namespace)),
                 ROUTE: pack_all([route_config]),
+                TCP_ROUTES: outbound_tcp_routes(ctx, owners),
             }
             self._shared[key] = shared
         return shared
@@ -96,10 +108,12 @@ class Translator:
         shared = self._outbound(proxy)
         clusters = dict(shared[CLUSTER])
         clusters.update(pack_all(inbound_clusters(self.world.config, proxy)))
+        listeners = sidecar_listeners(proxy, tcp_app_ports(proxy, self.world.services))
+        listeners += outbound_tcp_listeners(proxy, shared[TCP_ROUTES])
         return {
             CLUSTER: clusters,
             ENDPOINT: shared[ENDPOINT],
-            LISTENER: pack_all(sidecar_listeners(proxy)),
+            LISTENER: pack_all(listeners),
             ROUTE: shared[ROUTE],
         }
 

@@ -36,6 +36,7 @@ def workloads() -> list[Workload]:
     out += [Workload(f"productpage-{v}", "productpage", v) for v in ("v1", "v2")]
     out += [Workload("web-svc-v1", "web-svc-v1"), Workload("web-svc-v2", "web-svc-v2")]
     out += [Workload("webapp-v1", "webapp")]
+    out += [Workload(f"tcp-echo-{v}", "tcp-echo", v) for v in ("v1", "v2")]
     out += [Workload("ingress", "istio-ingressgateway", app_port=None, role="gateway")]
     return out
 

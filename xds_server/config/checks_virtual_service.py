@@ -36,10 +36,6 @@ RETRY_CONDITIONS = {
     "unavailable",
 }
 MAX_DIRECT_BODY = 1 << 20
-TCP_UNSUPPORTED = (
-    "tcp routes are not translated yet: sidecars here have no traffic capture, so TCP "
-    "services have no outbound listener"
-)
 
 
 def _destination(dest: vs_pb2.Destination, path: Path) -> Iterator[Finding]:
@@ -181,7 +177,6 @@ def check_virtual_service(vs: vs_pb2.VirtualService) -> Iterator[Finding]:
         yield from _http_rule(rule, ("spec", "http", i))
     for i, rule in enumerate(vs.tcp):
         path: Path = ("spec", "tcp", i)
-        yield path, TCP_UNSUPPORTED
         if not rule.route:
             yield (*path, "route"), "required: at least one destination"
         yield from _weights(rule.route, (*path, "route"))

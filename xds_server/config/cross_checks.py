@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from translators import model
 from translators.destination_rules import DestinationRuleIndex
 from translators.naming import fqdn
+from translators.services import HTTP_PROTOCOLS, port_protocol
 from xds_server.config.yaml_lines import Path
 
 
@@ -108,9 +109,39 @@ def _gateway_references(config: model.MeshConfig) -> Iterator[CrossFinding]:
                 )
 
 
+def _tcp_port_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    """Sidecars reach TCP services at their outbound address and the service port, so one
+    port can serve one TCP service (plain TCP has no host name to tell them apart)."""
+    first: dict[int, tuple[str, model.ConfigResource]] = {}
+    ports = [
+        (res, i, p.port, fqdn(res.name, res.namespace), port_protocol(p.name, p.app_protocol))
+        for res in config.of_kind(model.SERVICE)
+        for i, p in enumerate(res.spec.ports)
+    ]
+    ports += [
+        (res, i, p.number, host, port_protocol(p.name, p.protocol))
+        for res in config.of_kind(model.SERVICE_ENTRY)
+        for i, p in enumerate(res.spec.ports)
+        for host in res.spec.hosts[:1]
+    ]
+    for res, i, number, host, protocol in sorted(ports, key=lambda item: item[3]):
+        if protocol in HTTP_PROTOCOLS:
+            continue
+        owner = first.setdefault(number, (host, res))
+        if owner[0] != host:
+            yield CrossFinding(
+                res,
+                ("spec", "ports", i),
+                f"TCP port {number} is also {owner[0]}'s; sidecars serve it for "
+                f"{owner[0]} only (plain TCP has no host name to route on)",
+                "warning",
+            )
+
+
 def cross_check(config: model.MeshConfig) -> list[CrossFinding]:
     return [
         *_subset_references(config),
         *_host_conflicts(config),
         *_gateway_references(config),
+        *_tcp_port_conflicts(config),
     ]

@@ -1,0 +1,184 @@
+"""TCP service ports: VirtualService `tcp` rules as tcp_proxy filters (Istio §3).
+
+Without traffic capture, an app reaches a TCP service through its sidecar's outbound
+address at the service's port (like a local ambassador): `127.0.0.1:3306` for a mysql
+Service on 3306. Plain TCP carries no host name, so one port means one service on a
+sidecar: when two visible services share a TCP port, the first by host name gets it (the
+config check warns). On the serving side, an app port that only TCP service ports target
+gets a tcp_proxy inbound listener instead of an HTTP one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import any_pb2
+
+from protos import virtual_service_pb2 as vs_pb2
+from translators import model
+from translators.clusters import socket_address
+from translators.naming import inbound_cluster, listener_name, outbound_cluster
+from translators.routes import MESH_GATEWAY, RouteContext, resolve_destination
+from translators.services import Service
+from translators.traffic_policy import effective_policy, find_subset
+
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+
+
+@dataclass(frozen=True)
+class TcpRoute:
+    """One outbound TCP service port and the tcp_proxy that serves it."""
+
+    port: int
+    host: str
+    proxy: tcp_proxy_pb2.TcpProxy
+
+
+def _pack(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _applies(match: vs_pb2.L4MatchAttributes, port: int, ctx: RouteContext, ns: str) -> bool:
+    if match.port and match.port != port:
+        return False
+    if match.gateways:
+        return any(
+            (g if g == MESH_GATEWAY or "/" in g else f"{ns}/{g}") in ctx.gateways
+            for g in match.gateways
+        )
+    if any(ctx.proxy_labels.get(k) != v for k, v in match.source_labels.items()):
+        return False
+    return not (match.source_namespace and match.source_namespace != ctx.proxy_ns)
+
+
+def _rule_for(vs: model.ConfigResource | None, port: int, ctx: RouteContext):
+    """The first `tcp` rule that applies to this port and proxy (no match: always)."""
+    if vs is None:
+        return None
+    for rule in vs.spec.tcp:
+        if not rule.match or any(_applies(m, port, ctx, vs.namespace) for m in rule.match):
+            return rule
+    return None
+
+
+def tcp_proxy(
+    service: Service, port: int, vs: model.ConfigResource | None, ctx: RouteContext
+) -> tcp_proxy_pb2.TcpProxy:
+    rule = _rule_for(vs, port, ctx)
+    out = tcp_proxy_pb2.TcpProxy()
+    destinations = list(rule.route) if rule is not None else []
+    targets = []
+    for dest in destinations:
+        if len(destinations) > 1 and dest.weight <= 0:
+            continue
+        host, dest_port, subset = resolve_destination(
+            dest.destination, vs.namespace, ctx.services, port
+        )
+        targets.append((outbound_cluster(dest_port, host, subset), dest.weight, host, subset))
+    if not targets:
+        targets = [(outbound_cluster(port, service.hostname), 0, service.hostname, "")]
+    if len(targets) == 1:
+        out.cluster = targets[0][0]
+        out.stat_prefix = targets[0][0]
+    else:
+        out.stat_prefix = f"{vs.name}.{vs.namespace}"
+        for name, weight, _, _ in targets:
+            out.weighted_clusters.clusters.append(
+                tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=name, weight=weight)
+            )
+    # DestinationRule settings that live on the tcp_proxy (of the first destination).
+    _, _, host, subset = targets[0]
+    target = ctx.services.get(host)
+    rule_dr = ctx.rules.lookup(host, ctx.proxy_ns, target.namespace if target else ctx.proxy_ns)
+    policy = effective_policy(rule_dr, find_subset(rule_dr, subset), port)
+    tcp = policy.connection_pool.tcp
+    if tcp.HasField("idle_timeout"):
+        out.idle_timeout.CopyFrom(tcp.idle_timeout)
+    if tcp.HasField("max_connection_duration"):
+        out.max_downstream_connection_duration.CopyFrom(tcp.max_connection_duration)
+    hashing = policy.load_balancer.consistent_hash
+    if policy.load_balancer.HasField("consistent_hash") and hashing.use_source_ip:
+        out.hash_policy.add().source_ip.SetInParent()
+    return out
+
+
+def outbound_tcp_routes(
+    ctx: RouteContext, owners: Mapping[str, model.ConfigResource]
+) -> list[TcpRoute]:
+    """One tcp_proxy per TCP port among the visible services; the first host claims a port."""
+    routes: dict[int, TcpRoute] = {}
+    for host in sorted(ctx.services):
+        service = ctx.services[host]
+        for port in service.ports:
+            if port.is_http or port.port in routes or "*" in host:
+                continue
+            proxy = tcp_proxy(service, port.port, owners.get(host), ctx)
+            routes[port.port] = TcpRoute(port.port, host, proxy)
+    return [routes[p] for p in sorted(routes)]
+
+
+def _tcp_listener(
+    name: str, address: str, port: int, proxy: tcp_proxy_pb2.TcpProxy, direction: int
+) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(address, port),
+        traffic_direction=direction,
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=_pack(proxy))]
+            )
+        ],
+    )
+
+
+def outbound_tcp_listeners(
+    proxy: model.Proxy, routes: list[TcpRoute]
+) -> list[listener_pb2.Listener]:
+    """Listeners on the sidecar's outbound address, except on ports it already uses."""
+    taken = {proxy.outbound_port}
+    if proxy.outbound_address == proxy.bind_address or proxy.bind_address in ("0.0.0.0", ""):
+        taken |= {p.inbound_port for p in proxy.ports}
+    if proxy.outbound_address == proxy.app_address:
+        taken |= {p.app_port for p in proxy.ports}
+    return [
+        _tcp_listener(
+            listener_name(proxy.outbound_address, r.port),
+            proxy.outbound_address,
+            r.port,
+            r.proxy,
+            base_pb2.OUTBOUND,
+        )
+        for r in routes
+        if r.port not in taken
+    ]
+
+
+def tcp_app_ports(proxy: model.Proxy, services: Mapping[str, Service]) -> set[int]:
+    """App ports of `proxy` that only TCP service ports reach (so inbound is tcp_proxy)."""
+    inbound_to_app = {p.inbound_port: p.app_port for p in proxy.ports}
+    protocols: dict[int, set[bool]] = {}
+    for service in services.values():
+        for port in service.ports:
+            for endpoint in service.endpoints.get(port.port, ()):
+                if endpoint.address == proxy.ip and endpoint.port in inbound_to_app:
+                    app = inbound_to_app[endpoint.port]
+                    protocols.setdefault(app, set()).add(port.is_http)
+    return {app for app, kinds in protocols.items() if kinds == {False}}
+
+
+def inbound_tcp_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
+    cluster = inbound_cluster(port.app_port)
+    return _tcp_listener(
+        listener_name(proxy.bind_address, port.inbound_port),
+        proxy.bind_address,
+        port.inbound_port,
+        tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster),
+        base_pb2.INBOUND,
+    )
