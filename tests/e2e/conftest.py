@@ -183,3 +183,21 @@ def mesh(tmp_path_factory) -> Mesh:
     local = LocalMesh(config_dir, workloads(), root / "work")
     with local:
         yield Mesh(local)
+        rejected = rejections(local)
+    # Every config any test produced was accepted by every Envoy: a NACK fails the run.
+    assert not rejected, f"Envoy rejected configuration: {rejected}"
+
+
+def rejections(local: LocalMesh) -> dict[str, str]:
+    """NACKs seen by the server and update_rejected counters of every Envoy."""
+    found = {}
+    for proxy in local.debug_json("/debug/syncz")["proxies"]:
+        for name, state in proxy["types"].items():
+            if state["nacks"]:
+                found[f"{proxy['proxy']} {name}"] = state["nack_error"]
+    for workload in local.workloads:
+        stats = local.envoy_stats(workload.name, r"update_rejected$")
+        for key, value in stats.items():
+            if value != "0":
+                found[f"{workload.name} {key}"] = value
+    return found
