@@ -21,14 +21,17 @@ from translators import model
 from translators.snapshot import Translator, World
 from xds_server.config.loader import parse_file
 
-TEMPLATE = """apiVersion: v1
+SERVICE = """apiVersion: v1
 kind: Service
 metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
 spec:
   selector: {app: svc-%(i)d}
   ports: [{name: http, port: 8080}]
 ---
-apiVersion: networking.istio.io/v1beta1
+"""
+TEMPLATE = (
+    SERVICE
+    + """apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
 metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
 spec:
@@ -49,16 +52,10 @@ spec:
     - {destination: {host: svc-%(i)d, subset: v1}, weight: 90}
     - {destination: {host: svc-%(i)d, subset: v2}, weight: 10}
 """
-
-
-FULL_TEMPLATE = """apiVersion: v1
-kind: Service
-metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
-spec:
-  selector: {app: svc-%(i)d}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: networking.istio.io/v1beta1
+)
+FULL_TEMPLATE = (
+    SERVICE
+    + """apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
 metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
 spec:
@@ -107,6 +104,7 @@ spec:
     - {destination: {host: svc-%(i)d, subset: v1}, weight: 90}
     - {destination: {host: svc-%(i)d, subset: v2}, weight: 10}
 """
+)
 
 
 def build_world(count: int, full: bool = False) -> World:

@@ -5,14 +5,15 @@ from __future__ import annotations
 from translators import model
 from xds_server.config.loader import parse_file
 
-SERVICES = """
+PLAIN_SERVICE = """
 apiVersion: v1
 kind: Service
 metadata: {name: %(name)s}
 spec:
-  selector: {app: %(name)s}
+  selector: {app: %(selector)s}
   ports: [{name: http, port: 9080}]
----
+"""
+SUBSETS = """---
 apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
 metadata: {name: %(name)s}
@@ -25,19 +26,9 @@ spec:
 """
 
 
-PLAIN_SERVICE = """
-apiVersion: v1
-kind: Service
-metadata: {name: %(name)s}
-spec:
-  selector: {app: %(selector)s}
-  ports: [{name: http, port: 9080}]
-"""
-
-
 def service_yaml(*names: str) -> str:
     """Services with a DestinationRule defining subsets v1, v2, v3."""
-    return "\n---\n".join(SERVICES % {"name": n} for n in names)
+    return "\n---\n".join((PLAIN_SERVICE + SUBSETS) % {"name": n, "selector": n} for n in names)
 
 
 def plain_service_yaml(*names: str, selectors: dict[str, str] | None = None) -> str:

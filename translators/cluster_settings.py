@@ -9,9 +9,9 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
-from google.protobuf import any_pb2
 
 from protos import destination_rule_pb2 as dr_pb2
+from translators.resources import to_any
 from translators.services import ServicePort
 
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -115,9 +115,7 @@ def apply_http_options(
 ) -> None:
     options = http_protocol_options(pool, port)
     if options is not None:
-        packed = any_pb2.Any()
-        packed.Pack(options)
-        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(packed)
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(to_any(options))
 
 
 def apply_outlier_detection(cluster: Cluster, outlier: dr_pb2.OutlierDetection) -> None:

@@ -24,7 +24,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import gateway_pb2
 from translators import model
@@ -32,7 +32,7 @@ from translators.clusters import ADS_SOURCE, outbound_clusters, socket_address
 from translators.endpoints import outbound_endpoints
 from translators.http_filters import GATEWAY_FILTERS
 from translators.naming import fqdn, host_matches, listener_name
-from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources, pack_all
+from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources, pack_all, to_any
 from translators.routes import RouteContext, http_routes
 
 if TYPE_CHECKING:
@@ -50,12 +50,6 @@ _TLS_VERSIONS = {
     TLS.TLSV1_3: common_pb2.TlsParameters.TLSv1_3,
 }
 ZERO = duration_pb2.Duration()
-
-
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 @dataclass
@@ -185,7 +179,9 @@ def _tls_socket(tls: gateway_pb2.ServerTLSSettings) -> base_pb2.TransportSocket:
     if tls.max_protocol_version:
         common.tls_params.tls_maximum_protocol_version = _TLS_VERSIONS[tls.max_protocol_version]
     common.tls_params.cipher_suites.extend(tls.cipher_suites)
-    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
+    return base_pb2.TransportSocket(
+        name="envoy.transport_sockets.tls", typed_config=to_any(context)
+    )
 
 
 def gateway_resources(
@@ -207,7 +203,7 @@ def gateway_resources(
                 listener_components_pb2.FilterChain(
                     filters=[
                         listener_components_pb2.Filter(
-                            name=HCM_FILTER, typed_config=_pack(_hcm(f"{name}_http", route_name))
+                            name=HCM_FILTER, typed_config=to_any(_hcm(f"{name}_http", route_name))
                         )
                     ]
                 )
@@ -227,7 +223,7 @@ def gateway_resources(
                 filters=[
                     listener_components_pb2.Filter(
                         name=HCM_FILTER,
-                        typed_config=_pack(_hcm(f"{name}_https", route_name)),
+                        typed_config=to_any(_hcm(f"{name}_https", route_name)),
                     )
                 ],
                 transport_socket=_tls_socket(server.tls),
@@ -238,7 +234,7 @@ def gateway_resources(
             listener.listener_filters.append(
                 listener_components_pb2.ListenerFilter(
                     name="envoy.filters.listener.tls_inspector",
-                    typed_config=_pack(tls_inspector_pb2.TlsInspector()),
+                    typed_config=to_any(tls_inspector_pb2.TlsInspector()),
                 )
             )
         listeners.append(listener)

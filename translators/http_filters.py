@@ -20,8 +20,9 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 
+from translators.resources import to_any
 from translators.route_policies import CORS_FILTER, FAULT_FILTER
 
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
@@ -31,14 +32,8 @@ _DNS_CACHE = dns_cache_pb2.DnsCacheConfig(
 )
 
 
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 def _filter(name: str, config) -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name=name, typed_config=_pack(config))
+    return hcm_pb2.HttpFilter(name=name, typed_config=to_any(config))
 
 
 def _build(with_forward_proxy: bool) -> tuple[hcm_pb2.HttpFilter, ...]:

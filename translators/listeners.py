@@ -16,34 +16,33 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from translators import model
 from translators.clusters import ADS_SOURCE, socket_address
 from translators.http_filters import INBOUND_FILTERS, OUTBOUND_FILTERS
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
-from translators.tcp_routes import inbound_tcp_listener
+from translators.resources import to_any
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 ZERO = duration_pb2.Duration()
 
 
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-def _listener(
-    name: str, address: str, port: int, hcm: hcm_pb2.HttpConnectionManager, direction: int
+def network_listener(
+    name: str, address: str, port: int, filter_name: str, config, direction: int
 ) -> listener_pb2.Listener:
+    """A listener with one filter chain holding one network filter."""
     return listener_pb2.Listener(
         name=name,
         address=socket_address(address, port),
         traffic_direction=direction,
         filter_chains=[
             listener_components_pb2.FilterChain(
-                filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=_pack(hcm))]
+                filters=[
+                    listener_components_pb2.Filter(name=filter_name, typed_config=to_any(config))
+                ]
             )
         ],
     )
@@ -63,7 +62,9 @@ def outbound_listener(proxy: model.Proxy) -> listener_pb2.Listener:
         ),
         stream_idle_timeout=ZERO,
     )
-    return _listener(name, proxy.outbound_address, proxy.outbound_port, hcm, base_pb2.OUTBOUND)
+    return network_listener(
+        name, proxy.outbound_address, proxy.outbound_port, HCM_FILTER, hcm, base_pb2.OUTBOUND
+    )
 
 
 def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
@@ -94,7 +95,22 @@ def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_p
         http_filters=INBOUND_FILTERS,
         stream_idle_timeout=ZERO,
     )
-    return _listener(name, proxy.bind_address, port.inbound_port, hcm, base_pb2.INBOUND)
+    return network_listener(
+        name, proxy.bind_address, port.inbound_port, HCM_FILTER, hcm, base_pb2.INBOUND
+    )
+
+
+def inbound_tcp_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
+    """<bind>:<inbound port> -> the app, as opaque TCP (an app port only TCP services reach)."""
+    cluster = inbound_cluster(port.app_port)
+    return network_listener(
+        listener_name(proxy.bind_address, port.inbound_port),
+        proxy.bind_address,
+        port.inbound_port,
+        TCP_PROXY_FILTER,
+        tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster),
+        base_pb2.INBOUND,
+    )
 
 
 def sidecar_listeners(

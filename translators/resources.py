@@ -32,6 +32,13 @@ class Packed:
     hash: str
 
 
+def to_any(message: Message) -> any_pb2.Any:
+    """`message` as a google.protobuf.Any, for typed_config fields."""
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
 def pack(name: str, message: Message) -> Packed:
     packed = any_pb2.Any(
         type_url=_PREFIX + message.DESCRIPTOR.full_name,

@@ -20,6 +20,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 
 from protos import destination_rule_pb2 as dr_pb2
 from protos import virtual_service_pb2 as vs_pb2
+from translators.resources import to_any
 
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 FAULT_FILTER = "envoy.filters.http.fault"
@@ -45,16 +46,10 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 
 
-def _packed(message) -> any_pb2.Any:
-    out = any_pb2.Any()
-    out.Pack(message)
-    return out
-
-
 def _build_previous_hosts() -> rc.RetryPolicy.RetryHostPredicate:
     return rc.RetryPolicy.RetryHostPredicate(
         name="envoy.retry_host_predicates.previous_hosts",
-        typed_config=_packed(previous_hosts_pb2.PreviousHostsPredicate()),
+        typed_config=to_any(previous_hosts_pb2.PreviousHostsPredicate()),
     )
 
 
@@ -71,7 +66,7 @@ _DEFAULT_RETRY = _build_default_retry(True)
 _DEFAULT_RETRY_HASHED = _build_default_retry(False)
 _PREVIOUS_PRIORITIES = rc.RetryPolicy.RetryPriority(
     name="envoy.retry_priorities.previous_priorities",
-    typed_config=_packed(
+    typed_config=to_any(
         previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2)
     ),
 )
@@ -148,7 +143,7 @@ def fault_config(fault: vs_pb2.HTTPFaultInjection) -> any_pb2.Any | None:
             out.abort.percentage.CopyFrom(fractional(abort.percentage))
     if not (out.HasField("delay") or out.HasField("abort")):
         return None
-    return _packed(out)
+    return to_any(out)
 
 
 def _string_match(match: vs_pb2.StringMatch) -> string_pb2.StringMatcher:
@@ -177,7 +172,7 @@ def cors_config(cors: vs_pb2.CorsPolicy) -> any_pb2.Any:
         out.max_age = str(cors.max_age.seconds)
     if cors.HasField("allow_credentials"):
         out.allow_credentials.value = cors.allow_credentials.value
-    return _packed(out)
+    return to_any(out)
 
 
 def mirror_policies(rule: vs_pb2.HTTPRoute, cluster_of) -> list[rc.RouteAction.RequestMirrorPolicy]:

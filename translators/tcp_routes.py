@@ -14,19 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2
 
 from protos import virtual_service_pb2 as vs_pb2
 from translators import model
-from translators.clusters import socket_address
-from translators.naming import inbound_cluster, listener_name, outbound_cluster
+from translators.listeners import TCP_PROXY_FILTER, network_listener
+from translators.naming import listener_name, outbound_cluster
 from translators.routes import MESH_GATEWAY, RouteContext, resolve_destination
 from translators.services import Service
 from translators.traffic_policy import effective_policy, find_subset
-
-TCP_PROXY = "envoy.filters.network.tcp_proxy"
 
 
 @dataclass(frozen=True)
@@ -36,12 +33,6 @@ class TcpRoute:
     port: int
     host: str
     proxy: tcp_proxy_pb2.TcpProxy
-
-
-def _pack(message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def _applies(match: vs_pb2.L4MatchAttributes, port: int, ctx: RouteContext, ns: str) -> bool:
@@ -123,21 +114,6 @@ def outbound_tcp_routes(
     return [routes[p] for p in sorted(routes)]
 
 
-def _tcp_listener(
-    name: str, address: str, port: int, proxy: tcp_proxy_pb2.TcpProxy, direction: int
-) -> listener_pb2.Listener:
-    return listener_pb2.Listener(
-        name=name,
-        address=socket_address(address, port),
-        traffic_direction=direction,
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=_pack(proxy))]
-            )
-        ],
-    )
-
-
 def outbound_tcp_listeners(
     proxy: model.Proxy, routes: list[TcpRoute]
 ) -> list[listener_pb2.Listener]:
@@ -148,10 +124,11 @@ def outbound_tcp_listeners(
     if proxy.outbound_address == proxy.app_address:
         taken |= {p.app_port for p in proxy.ports}
     return [
-        _tcp_listener(
+        network_listener(
             listener_name(proxy.outbound_address, r.port),
             proxy.outbound_address,
             r.port,
+            TCP_PROXY_FILTER,
             r.proxy,
             base_pb2.OUTBOUND,
         )
@@ -171,14 +148,3 @@ def tcp_app_ports(proxy: model.Proxy, services: Mapping[str, Service]) -> set[in
                     app = inbound_to_app[endpoint.port]
                     protocols.setdefault(app, set()).add(port.is_http)
     return {app for app, kinds in protocols.items() if kinds == {False}}
-
-
-def inbound_tcp_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
-    cluster = inbound_cluster(port.app_port)
-    return _tcp_listener(
-        listener_name(proxy.bind_address, port.inbound_port),
-        proxy.bind_address,
-        port.inbound_port,
-        tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster),
-        base_pb2.INBOUND,
-    )
