@@ -53,12 +53,12 @@ class World:
 
     @cached_property
     def uses_source_labels(self) -> bool:
-        return any(
-            m.source_labels
-            for vs in self.config.of_kind(model.VIRTUAL_SERVICE)
-            for rule in vs.spec.http
-            for m in rule.match
-        )
+        """Whether any route depends on the labels of the proxy it is built for."""
+        for vs in self.config.of_kind(model.VIRTUAL_SERVICE):
+            rules = [*vs.spec.http, *vs.spec.tcp]
+            if any(m.source_labels for rule in rules for m in rule.match):
+                return True
+        return False
 
 
 @dataclass
