@@ -18,9 +18,14 @@ def _yaml_only(_: watchfiles.Change, path: str) -> bool:
     return path.endswith(YAML_SUFFIXES)
 
 
-def log_issues(store: ConfigStore, names: set[str] | None = None) -> None:
+def log_issues(
+    store: ConfigStore, names: set[str] | None = None, known: list | None = None
+) -> None:
+    """Log the issues of the files in `names` (all when None), and the cross-resource ones
+    not in `known` (an edit to one file can break a reference in another)."""
     for issue in store.all_issues():
-        if names is None or issue.file in names:
+        fresh_reference = issue in store.reference_issues and issue not in (known or [])
+        if names is None or issue.file in names or fresh_reference:
             (log.error if issue.severity == "error" else log.warning)("%s", issue)
 
 
@@ -40,9 +45,9 @@ async def watch(
         stop_event=stop_event,
     ):
         paths = {Path(p) for _, p in changes}
-        before = store.snapshot.version
+        before, known = store.snapshot.version, list(store.reference_issues)
         snapshot = store.update(paths)
-        log_issues(store, {store.display_name(p) for p in paths})
+        log_issues(store, {store.display_name(p) for p in paths}, known)
         if snapshot.version != before:
             log.info(
                 "config changed (%d files touched): version %s, %d resources",
