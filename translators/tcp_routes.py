@@ -25,6 +25,9 @@ from translators.routes import MESH_GATEWAY, RouteContext, resolve_destination
 from translators.services import Service
 from translators.traffic_policy import effective_policy, find_subset
 
+# Ports Istio reserves for the proxy itself (admin, outbound, inbound, agent, stats).
+PROXY_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090})
+
 
 @dataclass(frozen=True)
 class TcpRoute:
@@ -118,7 +121,7 @@ def outbound_tcp_listeners(
     proxy: model.Proxy, routes: list[TcpRoute]
 ) -> list[listener_pb2.Listener]:
     """Listeners on the sidecar's outbound address, except on ports it already uses."""
-    taken = {proxy.outbound_port}
+    taken = {proxy.outbound_port, *PROXY_PORTS}
     if proxy.outbound_address == proxy.bind_address or proxy.bind_address in ("0.0.0.0", ""):
         taken |= {p.inbound_port for p in proxy.ports}
     if proxy.outbound_address == proxy.app_address:
