@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from tests.e2e.test_seed_routing import assert_split
+from xds_server.launcher import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -140,3 +141,78 @@ def test_service_profile_retries_stay_within_the_budget(mesh):
     retries = mesh.stat("caller", f"{cluster}.upstream_rq_retry") - retries_before
     assert overflow > 0 and retries < 30 * 3, (overflow, retries)
     mesh.remove("serviceprofile.yaml")
+
+
+HTTP_FEATURES = """apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: my-app-features}
+spec:
+  hosts: [my-app]
+  http:
+  - name: moved
+    match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 302}
+  - name: teapot
+    match: [{uri: {exact: /teapot}}]
+    directResponse: {status: 418, body: {string: "short and stout"}}
+  - name: main
+    match: [{uri: {prefix: /api/}}]
+    rewrite: {uri: /v2/}
+    headers:
+      request:
+        set: {x-mesh: "yes"}
+        remove: [x-secret]
+      response:
+        add: {x-route: main}
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.example.com"}]
+      allowMethods: [GET, POST]
+      maxAge: 1h
+    mirror: {host: my-app, subset: v2}
+    mirrorPercentage: {value: 100}
+    route: [{destination: {host: my-app, subset: v1}}]
+"""
+
+
+def test_redirect_direct_response_rewrite_headers_cors_and_mirror(mesh):
+    mesh.apply("vs-my-app-features.yaml", HTTP_FEATURES)
+    try:
+        moved = mesh.request("my-app", path="/old/page")
+        assert (moved.status, moved.headers["location"]) == (302, "http://my-app/new")
+        teapot = mesh.request("my-app", path="/teapot")
+        assert (teapot.status, teapot.body) == (418, "short and stout")
+
+        mirrored_before = mesh.app("my-app-v2", "/admin/count")["served"]
+        reply = mesh.request("my-app", path="/api/items", headers={"x-secret": "s"})
+        assert reply.status == 200 and reply.headers["x-served-by"] == "my-app-v1"
+        seen = reply.json
+        assert seen["path"] == "/v2/items"  # the prefix rewrite
+        assert seen["headers"]["x-mesh"] == "yes" and "x-secret" not in seen["headers"]
+        assert reply.headers["x-route"] == "main"
+        # The mirror got a copy (fire and forget: wait for it, bounded).
+        wait_until(
+            lambda: mesh.app("my-app-v2", "/admin/count")["served"] > mirrored_before,
+            10,
+            "the mirrored request",
+        )
+
+        preflight = mesh.request(
+            "my-app",
+            path="/api/items",
+            method="OPTIONS",
+            headers={
+                "origin": "https://shop.example.com",
+                "access-control-request-method": "POST",
+            },
+        )
+        assert preflight.headers["access-control-allow-origin"] == "https://shop.example.com"
+        assert preflight.headers["access-control-max-age"] == "3600"
+        other = mesh.request(
+            "my-app",
+            path="/api/items",
+            method="OPTIONS",
+            headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+        )
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        mesh.remove("vs-my-app-features.yaml")
