@@ -81,6 +81,25 @@ def test_seed_10_session_affinity(mesh):
     assert len(spread) > 1, spread
 
 
+def eject(mesh, workload: str, host: str, cluster: str, status: int) -> str:
+    """Make `workload`'s app answer `status` and send requests to `host` until the caller's
+    Envoy reports an ejection in `cluster`; the app is healthy again on return. Returns
+    the endpoint (ip:port), which an ejected host no longer is among responders."""
+    active = f"cluster.{cluster}.outlier_detection.ejections_active"
+    assert mesh.stat("caller", active) == 0
+    mesh.app(workload, f"/admin/fail?status={status}")
+    try:
+        wait_until(
+            lambda: mesh.request(host).status and mesh.stat("caller", active) == 1,
+            15,
+            f"{workload} to be ejected",
+            interval=0.05,
+        )
+    finally:
+        mesh.app(workload, "/admin/ok")
+    return f"{mesh.local.workload(workload).ip}:9080"
+
+
 def overflowed(replies) -> list:
     return [r for r in replies if r.status == 503 and r.headers.get("x-envoy-overloaded")]
 
@@ -90,7 +109,7 @@ def test_seed_20_circuit_breaking_and_ejection(mesh):
     mesh.apply_seed(
         "dr-my-service.yaml",
         "20-exercise-circuit-breaking.yaml",
-        **{"interval: 30s": "interval: 200ms", "baseEjectionTime: 1m": "baseEjectionTime: 2s"},
+        **{"interval: 30s": "interval: 200ms", "baseEjectionTime: 1m": "baseEjectionTime: 5s"},
     )
     cluster = mesh.cluster("caller", f"outbound|9080||{MY_SERVICE}")
     limits = thresholds(cluster)
@@ -111,21 +130,9 @@ def test_seed_20_circuit_breaking_and_ejection(mesh):
     after = mesh.stat("caller", f"cluster.{name}.upstream_rq_pending_overflow")
     assert after - before == len(fast_503)
 
-    # Ejection: one endpoint starts failing with 503 and stops receiving traffic ...
-    mesh.app("my-service-a", "/admin/fail?status=503")
-    bad = f"{mesh.local.workload('my-service-a').ip}:9080"
-    try:
-
-        def ejected() -> bool:
-            replies = [mesh.request("my-service") for _ in range(12)]
-            return bad not in instances(replies) and all(r.status == 200 for r in replies[-6:])
-
-        wait_until(ejected, 15, "the failing endpoint to be ejected", interval=0.1)
-        assert (
-            mesh.stat("caller", f"cluster.{name}.outlier_detection.ejections_enforced_total") >= 1
-        )
-    finally:
-        mesh.app("my-service-a", "/admin/ok")
+    # Ejection: one endpoint fails three times in a row (503) and is ejected ...
+    bad = eject(mesh, "my-service-a", "my-service", name, 503)
+    assert bad not in instances(mesh.request("my-service") for _ in range(12))
     # ... and gets traffic again once the ejection time is over.
     wait_until(
         lambda: bad in instances(mesh.request("my-service") for _ in range(12)),
@@ -153,15 +160,5 @@ def test_seed_04_circuit_breaker_httpbin(mesh):
     assert mesh.stat("caller", f"cluster.{name}.upstream_rq_pending_overflow") >= 1
 
     # One gateway error is enough to eject a host for the seed's 3 minutes.
-    mesh.app("httpbin-a", "/admin/fail?status=502")
-    bad = f"{mesh.local.workload('httpbin-a').ip}:9080"
-    try:
-        wait_until(
-            lambda: bad not in instances(mesh.request("httpbin") for _ in range(8)),
-            15,
-            "httpbin-a to be ejected",
-            interval=0.2,
-        )
-    finally:
-        mesh.app("httpbin-a", "/admin/ok")
+    bad = eject(mesh, "httpbin-a", "httpbin", name, 502)
     assert bad not in instances(mesh.request("httpbin") for _ in range(10))
