@@ -130,34 +130,45 @@ def _cluster(
     return cluster
 
 
+RetryBudget = circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget
+
+
+def service_clusters(
+    service: Service,
+    rule: destination_rule_pb2.DestinationRule | None,
+    connect_timeout: duration_pb2.Duration,
+    budget: RetryBudget | None = None,
+) -> list[cluster_pb2.Cluster]:
+    """One cluster per port of `service`, plus one per subset of its DestinationRule."""
+    clusters = []
+    host = service.hostname
+    for port in service.ports:
+        variants = [(outbound_cluster(port.port, host), None, {})]
+        for subset in rule.subsets if rule and service.resolution != PASSTHROUGH else ():
+            variants.append((outbound_cluster(port.port, host, subset.name), subset, subset.labels))
+        for name, subset, labels in variants:
+            policy = effective_policy(rule, subset, port.port)
+            cluster = _cluster(name, service, port, policy, connect_timeout, labels)
+            if budget is not None:
+                cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
+            clusters.append(cluster)
+    return clusters
+
+
 def outbound_clusters(
     config: model.MeshConfig,
     services: dict[str, Service],
     rules: DestinationRuleIndex,
     proxy_namespace: str,
-    retry_budgets: Mapping[str, circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget]
-    | None = None,
+    retry_budgets: Mapping[str, RetryBudget] | None = None,
 ) -> list[cluster_pb2.Cluster]:
-    """One cluster per service port, plus one per DestinationRule subset and port."""
+    """Every service's clusters, with the DestinationRules this namespace sees."""
     clusters = []
-    timeout = config.mesh.connect_timeout
     budgets = retry_budgets or {}
     for host in sorted(services):
         service = services[host]
         rule = rules.lookup(host, proxy_namespace, service.namespace)
-        budget = budgets.get(host)
-        for port in service.ports:
-            variants = [(outbound_cluster(port.port, host), None, {})]
-            for subset in rule.subsets if rule and service.resolution != PASSTHROUGH else ():
-                variants.append(
-                    (outbound_cluster(port.port, host, subset.name), subset, subset.labels)
-                )
-            for name, subset, labels in variants:
-                policy = effective_policy(rule, subset, port.port)
-                cluster = _cluster(name, service, port, policy, timeout, labels)
-                if budget is not None:
-                    cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
-                clusters.append(cluster)
+        clusters += service_clusters(service, rule, config.mesh.connect_timeout, budgets.get(host))
     return clusters
 
 

@@ -4,10 +4,31 @@ from __future__ import annotations
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from protos import destination_rule_pb2 as dr_pb2
 from translators.clusters import load_assignment, subset_endpoints
 from translators.destination_rules import DestinationRuleIndex
 from translators.naming import outbound_cluster
 from translators.services import EDS, Service
+
+
+def service_endpoints(
+    service: Service, rule: dr_pb2.DestinationRule | None
+) -> list[endpoint_pb2.ClusterLoadAssignment]:
+    """Assignments for the EDS clusters of one service: its ports and their subsets."""
+    if service.resolution != EDS:
+        return []
+    assignments = []
+    for port in service.ports:
+        name = outbound_cluster(port.port, service.hostname)
+        assignments.append(load_assignment(name, service.endpoints.get(port.port, ())))
+        for subset in rule.subsets if rule else ():
+            assignments.append(
+                load_assignment(
+                    outbound_cluster(port.port, service.hostname, subset.name),
+                    subset_endpoints(service, port, subset.labels),
+                )
+            )
+    return assignments
 
 
 def outbound_endpoints(
@@ -16,17 +37,6 @@ def outbound_endpoints(
     assignments = []
     for host in sorted(services):
         service = services[host]
-        if service.resolution != EDS:
-            continue
         rule = rules.lookup(host, proxy_namespace, service.namespace)
-        for port in service.ports:
-            name = outbound_cluster(port.port, host)
-            assignments.append(load_assignment(name, service.endpoints.get(port.port, ())))
-            for subset in rule.subsets if rule else ():
-                assignments.append(
-                    load_assignment(
-                        outbound_cluster(port.port, host, subset.name),
-                        subset_endpoints(service, port, subset.labels),
-                    )
-                )
+        assignments += service_endpoints(service, rule)
     return assignments

@@ -8,12 +8,12 @@ from functools import cached_property
 from typing import Any
 
 from translators import gateways, linkerd, model, sidecar_scope
-from translators.clusters import inbound_clusters, outbound_clusters
+from translators.clusters import inbound_clusters, service_clusters
 from translators.destination_rules import DestinationRuleIndex
-from translators.endpoints import outbound_endpoints
+from translators.endpoints import service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
-from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources, pack_all
+from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, Resources, pack_all
 from translators.routes import (
     RouteContext,
     RouteSource,
@@ -52,6 +52,27 @@ class World:
         return linkerd.retry_budgets(self.config)
 
     @cached_property
+    def _service_cache(self) -> dict[tuple, tuple[dict[str, Packed], dict[str, Packed]]]:
+        return {}
+
+    def service_resources(self, host: str, proxy_namespace: str) -> tuple[dict, dict]:
+        """(clusters, assignments) of one service as a namespace sees it, packed. Views
+        whose DestinationRule lookup gives the same rule share them within this world."""
+        service = self.services[host]
+        rule = self.destination_rules.lookup(host, proxy_namespace, service.namespace)
+        key = (host, id(rule))
+        found = self._service_cache.get(key)
+        if found is None:
+            timeout = self.config.mesh.connect_timeout
+            budget = self.retry_budgets.get(host)
+            found = (
+                pack_all(service_clusters(service, rule, timeout, budget)),
+                pack_all(service_endpoints(service, rule)),
+            )
+            self._service_cache[key] = found
+        return found
+
+    @cached_property
     def uses_source_labels(self) -> bool:
         """Whether any route depends on the labels of the proxy it is built for."""
         for vs in self.config.of_kind(model.VIRTUAL_SERVICE):
@@ -81,10 +102,15 @@ class Translator:
             services = sidecar_scope.visible_services(world.services, sidecar)
             rules = world.destination_rules
             ctx = RouteContext(services, rules, proxy.namespace, labels)
-            clusters = outbound_clusters(
-                config, services, rules, proxy.namespace, world.retry_budgets
-            )
-            clusters.append(passthrough_cluster(config.mesh.connect_timeout))
+            clusters: dict[str, Packed] = {}
+            assignments: dict[str, Packed] = {}
+            for host in sorted(services):
+                service_clusters_, service_assignments = world.service_resources(
+                    host, proxy.namespace
+                )
+                clusters.update(service_clusters_)
+                assignments.update(service_assignments)
+            clusters.update(pack_all([passthrough_cluster(config.mesh.connect_timeout)]))
             route_config = outbound_route_config(
                 config,
                 ctx,
@@ -94,8 +120,8 @@ class Translator:
             )
             owners, _ = bind_hosts(sidecar_virtual_services(config), services)
             shared = {
-                CLUSTER: pack_all(clusters),
-                ENDPOINT: pack_all(outbound_endpoints(services, rules, proxy.namespace)),
+                CLUSTER: clusters,
+                ENDPOINT: assignments,
                 ROUTE: pack_all([route_config]),
                 TCP_ROUTES: outbound_tcp_routes(ctx, owners),
             }
