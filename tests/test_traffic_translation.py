@@ -12,7 +12,7 @@ from envoy.type.v3 import percent_pb2
 
 from tests.helpers import config_from, plain_service_yaml, sidecar
 from translators.resources import CLUSTER, ROUTE
-from translators.snapshot import World, translate
+from translators.snapshot import World, translate, translate_many
 
 HOST = "reviews.default.svc.cluster.local"
 CALLER = sidecar("caller", "caller")
@@ -309,3 +309,20 @@ def test_traffic_split_and_service_profile_share_one_vhost():
     }
     assert fallback.route.timeout.seconds == 10  # Linkerd's default route timeout
     assert not fallback.route.HasField("retry_policy")
+
+
+def test_a_namespace_with_its_own_rule_gets_its_own_routes():
+    """Routes are shared between namespace views unless something differs for a view:
+    here the other namespace's own DestinationRule adds hashing for its proxies only."""
+    own_rule = (
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+        "metadata: {name: reviews-hash, namespace: other}\n"
+        "spec:\n  host: reviews.default.svc.cluster.local\n"
+        "  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n"
+    )
+    config = config_from(plain_service_yaml("reviews"), own_rule)
+    elsewhere = sidecar("caller2", "caller", namespace="other")
+    third = sidecar("caller3", "caller", namespace="third")
+    out = translate_many(World(config, (*WORKLOADS, elsewhere, third)), [CALLER, elsewhere, third])
+    hashed = {node: bool(vhost_routes(res)[0].route.hash_policy) for node, res in out.items()}
+    assert hashed == {"caller": False, "caller2": True, "caller3": False}

@@ -37,3 +37,12 @@ class DestinationRuleIndex:
                 if host_matches(pattern, host):
                     return candidate
         return None
+
+    def proxy_override(self, host: str, proxy_namespace: str, service_namespace: str) -> bool:
+        """Whether the proxy's namespace has its own rule for `host`, so that its lookup
+        differs from other namespaces' (which all fall through to the service's)."""
+        if proxy_namespace == service_namespace:
+            return False
+        if host in self.exact.get(proxy_namespace, {}):
+            return True
+        return any(host_matches(p, host) for p, _ in self.wildcard.get(proxy_namespace, ()))

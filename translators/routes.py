@@ -55,7 +55,36 @@ class RouteContext:
     proxy_ns: str
     proxy_labels: Mapping[str, str] = field(default_factory=dict)
     gateways: frozenset[str] = frozenset({MESH_GATEWAY})
+    # Route lists shared between views of one push (see routes_key); None: no sharing.
+    shared: dict[tuple, list[rc.Route]] | None = None
     _hashing: dict[tuple[str, str, int], ConsistentHash | None] = field(default_factory=dict)
+
+    def routes_key(self, host: str, port: int, source: RouteSource | None) -> tuple:
+        """What a vhost's routes depend on besides the config: views with equal keys get
+        equal routes. The proxy's namespace only counts when a match names a source
+        namespace or the namespace has its own DestinationRule for a destination."""
+        rules = source.rules if source is not None else ()
+        namespace = source.namespace if source is not None else self.proxy_ns
+        destinations = {host} if source is None else set()
+        for rule in rules:
+            destinations.update(fqdn(d.destination.host, namespace) for d in rule.route)
+        overrides = any(
+            h not in self.services  # looked up from the proxy's namespace first
+            or self.rules.proxy_override(h, self.proxy_ns, self.services[h].namespace)
+            for h in destinations
+        )
+        matches = [m for rule in rules for m in rule.match]
+        by_namespace = overrides or any(m.source_namespace for m in matches)
+        by_labels = any(m.source_labels for m in matches)
+        return (
+            host,
+            port,
+            source.ref if source is not None else None,
+            id(self.services),
+            self.gateways,
+            self.proxy_ns if by_namespace else None,
+            tuple(sorted(self.proxy_labels.items())) if by_labels else None,
+        )
 
     def consistent_hash(self, host: str, subset: str, port: int) -> ConsistentHash | None:
         """The destination's DR consistentHash (subset and port settings applied), if any."""
@@ -354,6 +383,21 @@ def claim_domains(vhosts: Sequence[_VHost]) -> list[rc.VirtualHost]:
     ]
 
 
+def _vhost_routes(
+    host: str, port: int, source: RouteSource | None, ctx: RouteContext
+) -> list[rc.Route]:
+    key = ctx.routes_key(host, port, source) if ctx.shared is not None else None
+    if key is not None and key in ctx.shared:
+        return ctx.shared[key]
+    if source is not None:
+        routes = http_routes(source.rules, source.namespace, ctx, port)
+    else:
+        routes = [default_route(host, port, ctx)]
+    if key is not None:
+        ctx.shared[key] = routes
+    return routes
+
+
 def outbound_route_config(
     config: model.MeshConfig,
     ctx: RouteContext,
@@ -375,10 +419,7 @@ def outbound_route_config(
         for port in service.ports:
             if not port.is_http:
                 continue
-            if source is not None:
-                routes = http_routes(source.rules, source.namespace, ctx, port.port)
-            else:
-                routes = [default_route(host, port.port, ctx)]
+            routes = _vhost_routes(host, port.port, source, ctx)
             domains = _service_domains(service, port.port, ctx.proxy_ns)
             vhosts.append(_VHost(f"{host}:{port.port}", routes, domains))
     seen_unbound: set[str] = set()

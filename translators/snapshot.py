@@ -52,6 +52,11 @@ class World:
         return linkerd.retry_budgets(self.config)
 
     @cached_property
+    def route_cache(self) -> dict[tuple, list]:
+        """Virtual host routes shared between the namespace views of this world."""
+        return {}
+
+    @cached_property
     def _service_cache(self) -> dict[tuple, tuple[dict[str, Packed], dict[str, Packed]]]:
         return {}
 
@@ -101,7 +106,7 @@ class Translator:
             config = world.config
             services = sidecar_scope.visible_services(world.services, sidecar)
             rules = world.destination_rules
-            ctx = RouteContext(services, rules, proxy.namespace, labels)
+            ctx = RouteContext(services, rules, proxy.namespace, labels, shared=world.route_cache)
             clusters: dict[str, Packed] = {}
             assignments: dict[str, Packed] = {}
             for host in sorted(services):
