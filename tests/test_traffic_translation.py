@@ -326,3 +326,39 @@ def test_a_namespace_with_its_own_rule_gets_its_own_routes():
     out = translate_many(World(config, (*WORKLOADS, elsewhere, third)), [CALLER, elsewhere, third])
     hashed = {node: bool(vhost_routes(res)[0].route.hash_policy) for node, res in out.items()}
     assert hashed == {"caller": False, "caller2": True, "caller3": False}
+
+
+def test_shared_routes_equal_a_cold_translation_per_proxy():
+    """Sharing between views changes no byte: two Sidecars in one namespace import
+    different hosts (the destination's port is inferred only where it is visible), a
+    sourceNamespace match and a namespace's own rule, translated together and alone."""
+    text = (
+        plain_service_yaml("reviews")
+        + "\n---\napiVersion: v1\nkind: Service\nmetadata: {name: ratings}\n"
+        "spec: {selector: {app: ratings}, ports: [{name: http, port: 7070}]}\n"
+        "---\napiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
+        "metadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n"
+        "  - match: [{sourceNamespace: other}]\n    route: [{destination: {host: ratings}}]\n"
+        "  - route: [{destination: {host: ratings}}]\n"
+        "---\napiVersion: networking.istio.io/v1beta1\nkind: Sidecar\n"
+        "metadata: {name: narrow}\nspec:\n  workloadSelector: {labels: {app: narrow}}\n"
+        "  egress: [{hosts: ['./reviews.default.svc.cluster.local']}]\n"
+        "---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+        "metadata: {name: hash, namespace: other}\n"
+        "spec:\n  host: ratings.default.svc.cluster.local\n"
+        "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}\n"
+    )
+    proxies = [
+        CALLER,
+        sidecar("narrow", "narrow"),
+        sidecar("o1", "caller", namespace="other"),
+        sidecar("t1", "caller", namespace="third"),
+    ]
+    world = World(config_from(text), (*WORKLOADS, *proxies[1:]))
+    together = translate_many(world, proxies)
+    for proxy in proxies:
+        alone = translate(World(config_from(text), (*WORKLOADS, *proxies[1:])), proxy)
+        for type_url, resources in alone.items():
+            assert {n: p.hash for n, p in resources.items()} == {
+                n: p.hash for n, p in together[proxy.node_id][type_url].items()
+            }, (proxy.node_id, type_url)

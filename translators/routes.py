@@ -57,6 +57,9 @@ class RouteContext:
     gateways: frozenset[str] = frozenset({MESH_GATEWAY})
     # Route lists shared between views of one push (see routes_key); None: no sharing.
     shared: dict[tuple, list[rc.Route]] | None = None
+    # Names what `services` was filtered by (the Sidecar's key): views that share routes
+    # must see the same services.
+    scope: tuple | None = None
     _hashing: dict[tuple[str, str, int], ConsistentHash | None] = field(default_factory=dict)
 
     def routes_key(self, host: str, port: int, source: RouteSource | None) -> tuple:
@@ -80,7 +83,7 @@ class RouteContext:
             host,
             port,
             source.ref if source is not None else None,
-            id(self.services),
+            self.scope,
             self.gateways,
             self.proxy_ns if by_namespace else None,
             tuple(sorted(self.proxy_labels.items())) if by_labels else None,

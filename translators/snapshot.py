@@ -106,7 +106,14 @@ class Translator:
             config = world.config
             services = sidecar_scope.visible_services(world.services, sidecar)
             rules = world.destination_rules
-            ctx = RouteContext(services, rules, proxy.namespace, labels, shared=world.route_cache)
+            ctx = RouteContext(
+                services,
+                rules,
+                proxy.namespace,
+                labels,
+                shared=world.route_cache,
+                scope=sidecar.key if sidecar else None,
+            )
             clusters: dict[str, Packed] = {}
             assignments: dict[str, Packed] = {}
             for host in sorted(services):
