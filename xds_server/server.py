@@ -32,6 +32,16 @@ class ServerOptions:
     debug_port: int = 15014
     max_message_mb: int = 64
     debounce_ms: int = 50
+    # Where the server remembers connected workloads across restarts; None: <config_dir>/.xds-server
+    state_dir: Path | None = None
+    # After a start, remembered workloads stay endpoints this long unless they reconnect.
+    restart_grace_s: float = 30.0
+    # Files larger than this are refused (not read).
+    max_file_bytes: int = 8 * 1024 * 1024
+    # A file that turns empty or unparsable is given this long to be written in full.
+    settle_ms: int = 1000
+    # serve refuses a missing config directory unless this is set.
+    create_config_dir: bool = False
 
 
 class ControlPlane:
