@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import service_yaml
+
 SEED = Path(__file__).resolve().parents[1] / "examples" / "seed"
 
 
@@ -30,6 +32,17 @@ def test_validate_refuses_seed_bad_example_with_file_and_line():
 def test_validate_accepts_good_files(tmp_path: Path):
     for name in ("01-traffic-split-reviews.yaml", "05-canary-helloworld.yaml"):
         (tmp_path / name).write_text((SEED / name).read_text())
+    # The seeds route to subsets v1 and v2: their DestinationRules come with the services.
+    (tmp_path / "services.yaml").write_text(service_yaml("reviews", "helloworld"))
     result = validate(tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "2 resources valid, 0 errors" in result.stdout
+    assert "6 resources valid, 0 errors" in result.stdout
+
+
+def test_validate_refuses_a_route_to_a_subset_no_rule_defines(tmp_path: Path):
+    (tmp_path / "vs.yaml").write_text((SEED / "01-traffic-split-reviews.yaml").read_text())
+    result = validate(tmp_path)
+    assert result.returncode == 1
+    assert 'no DestinationRule for reviews.default.svc.cluster.local defines subset "v1"' in (
+        result.stderr
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers import plain_service_yaml, service_yaml
-from xds_server.config.loader import ConfigStore, parse_file
-from xds_server.config.watcher import log_issues
+from xds_server.config.loader import parse_file
+from xds_server.config.store import ConfigStore
 
 
 def found(text: str) -> dict[str, tuple[int, str]]:
@@ -212,19 +212,3 @@ def test_two_tcp_services_on_one_port_warn(tmp_path: Path):
     (warning,) = [i for i in store.all_issues() if i.severity == "warning"]
     assert warning.file.endswith("b.yaml") and warning.field == "spec.ports[0]"
     assert "db-a.default.svc.cluster.local" in warning.message
-
-
-def test_editing_a_rule_logs_the_reference_it_breaks_in_another_file(tmp_path: Path, caplog):
-    (tmp_path / "services.yaml").write_text(plain_service_yaml("reviews"))
-    (tmp_path / "vs.yaml").write_text(UNKNOWN_SUBSET.replace("v9", "v2"))
-    dr = service_yaml("reviews").split("---", 1)[1]
-    (tmp_path / "dr.yaml").write_text(dr)
-    store = ConfigStore(tmp_path)
-    store.load_all()
-    assert not [i for i in store.all_issues() if i.severity == "error"]
-    known = list(store.reference_issues)
-    (tmp_path / "dr.yaml").write_text(dr.replace("  - {name: v2, labels: {version: v2}}\n", ""))
-    store.update([tmp_path / "dr.yaml"])
-    with caplog.at_level("WARNING"):
-        log_issues(store, {store.display_name(tmp_path / "dr.yaml")}, known)
-    assert "vs.yaml:8: error" in caplog.text and 'unknown subset "v2"' in caplog.text

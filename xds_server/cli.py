@@ -51,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from xds_server.config.loader import ConfigStore
+    from xds_server.config.store import ConfigStore
 
     directory = Path(args.config_dir)
     if not directory.is_dir():

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
 
 from xds_server import status
 from xds_server.ads.servicer import AdsServicer
-from xds_server.config.loader import ConfigStore
+from xds_server.config.store import ConfigStore
 from xds_server.mesh_state import MeshState
 
 
-def make_app(mesh: MeshState, servicer: AdsServicer, store: ConfigStore) -> web.Application:
+def make_app(
+    mesh: MeshState,
+    servicer: AdsServicer,
+    store: ConfigStore,
+    extra: Callable[[], dict[str, Any]] = dict,
+) -> web.Application:
+    """`extra` adds the control plane's own state (readiness, rollbacks, watcher) to
+    syncz and configz."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    async def readyz(_: web.Request) -> web.Response:
+        if mesh.ready:
+            return web.Response(text="ready\n")
+        return web.Response(text="loading the configuration\n", status=503)
+
     async def syncz(_: web.Request) -> web.Response:
-        return web.json_response(status.syncz(servicer.latest_streams(), mesh.generation))
+        body = status.syncz(servicer.latest_streams(), mesh.generation)
+        return web.json_response({**body, **extra()})
 
     async def config_dump(request: web.Request) -> web.Response:
         node_id = request.query.get("proxy", "")
@@ -46,11 +63,15 @@ def make_app(mesh: MeshState, servicer: AdsServicer, store: ConfigStore) -> web.
                     for r in snapshot.resources
                 ],
                 "issues": [issue.as_dict() for issue in store.all_issues()],
+                "settling": sorted(store.settling),
+                "held_by_envoy": sorted(store.rejected),
+                **extra(),
             }
         )
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/debug/syncz", syncz)
     app.router.add_get("/debug/config_dump", config_dump)
     app.router.add_get("/debug/configz", configz)

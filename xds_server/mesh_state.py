@@ -2,7 +2,9 @@
 
 Any change (new config, a proxy connecting or leaving) marks the state dirty; one push
 task coalesces bursts, translates once for every proxy (sharing per-namespace work) and
-hands new resources only to the proxies whose resources changed.
+hands new resources only to the proxies whose resources changed. Nothing is pushed before
+the first configuration is loaded (`ready`). Workloads remembered from before a restart
+count as endpoints until they reconnect or the grace window ends (workload_memory.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -17,9 +20,12 @@ from typing import TypeVar
 from translators import model
 from translators.resources import Resources, version_of
 from translators.snapshot import Translator, World
+from xds_server.text import safe_text
+from xds_server.workload_memory import WorkloadMemory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+GENERATIONS_KEPT = 4096  # generation -> config version, for tracing a NACK to its files
 
 Listener = Callable[[Resources, int], None]
 
@@ -45,7 +51,14 @@ class Connection:
 
 
 class MeshState:
-    def __init__(self, config: model.MeshConfig, debounce: float = 0.01) -> None:
+    def __init__(
+        self,
+        config: model.MeshConfig,
+        debounce: float = 0.01,
+        memory: WorkloadMemory | None = None,
+        restart_grace: float = 0.0,
+        ready: bool = True,
+    ) -> None:
         self.config = config
         self.generation = 0
         self.world = World(config, (), 0)
@@ -54,7 +67,15 @@ class MeshState:
         self.last_push_seconds = 0.0
         self.pushed_config_version = ""
         self.config_generation = 0  # the first generation computed from the current config
+        self.memory = memory or WorkloadMemory(None)
+        self.restart_grace = restart_grace
+        # Workloads connected before a restart that have not reconnected yet.
+        self.remembered: dict[str, model.Proxy] = {}
+        self._configs: OrderedDict[int, str] = OrderedDict()
         self._dirty = asyncio.Event()
+        self._ready = asyncio.Event()
+        if ready:
+            self._ready.set()
         self._next_id = 0
 
     # ---- changes ------------------------------------------------------------------------
@@ -63,6 +84,41 @@ class MeshState:
         if config.version != self.config.version:
             self.config = config
             self._dirty.set()
+
+    def start(self, config: model.MeshConfig) -> None:
+        """The first configuration is loaded: pushes may begin."""
+        self.config = config
+        self._ready.set()
+        self._dirty.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def remember(self) -> None:
+        """Count the workloads saved before a restart as endpoints for the grace window."""
+        if self.restart_grace <= 0:
+            return
+        self.remembered = {p.node_id: p for p in self.memory.load()}
+        if self.remembered:
+            log.info(
+                "%d workloads remembered from before the restart stay endpoints for %gs "
+                "unless they reconnect",
+                len(self.remembered),
+                self.restart_grace,
+            )
+
+    def forget_remembered(self) -> None:
+        """The grace window ended: workloads that did not reconnect are gone."""
+        gone = [n for n in self.remembered if n not in self._connected_ids()]
+        if gone:
+            log.info(
+                "%d remembered workloads did not reconnect: %s",
+                len(gone),
+                safe_text(", ".join(sorted(gone)[:10])),
+            )
+            self._dirty.set()
+        self.remembered = {}
 
     def connect(self, proxy: model.Proxy, on_resources: Listener) -> int:
         self._next_id += 1
@@ -74,10 +130,21 @@ class MeshState:
         if self.connections.pop(handle, None) is not None:
             self._dirty.set()
 
+    def _connected_ids(self) -> set[str]:
+        return {c.proxy.node_id for c in self.connections.values()}
+
     def proxies(self) -> list[model.Proxy]:
-        """Connected proxies, one per node id (the newest stream wins)."""
+        """Connected proxies, one per node id (the newest stream wins), and remembered
+        ones that have not reconnected yet."""
         newest = newest_per_node(self.connections.values(), lambda c: c.proxy.node_id)
-        return [conn.proxy for conn in newest.values()]
+        proxies = {node_id: conn.proxy for node_id, conn in newest.items()}
+        for node_id, proxy in self.remembered.items():
+            proxies.setdefault(node_id, proxy)
+        return list(proxies.values())
+
+    def config_version_at(self, generation: int) -> str | None:
+        """The config version a generation was computed from, while remembered."""
+        return self._configs.get(generation)
 
     # ---- pushing ------------------------------------------------------------------------
 
@@ -89,6 +156,9 @@ class MeshState:
         if self.config.version != self.pushed_config_version:
             self.pushed_config_version = self.config.version
             self.config_generation = self.generation
+        self._configs[self.generation] = self.config.version
+        while len(self._configs) > GENERATIONS_KEPT:
+            self._configs.popitem(last=False)
         translator = Translator(self.world)
         notified = 0
         for conn in list(self.connections.values()):
@@ -103,6 +173,7 @@ class MeshState:
                 # (a gateway is untouched by most sidecar route edits).
                 conn.on_resources(conn.resources, self.generation)
         self.last_push_seconds = time.perf_counter() - started
+        self.memory.save(self.world.proxies)  # remembered ones too: a second restart
         log.debug(
             "push %d: %d of %d proxies changed in %.1f ms",
             self.generation,
@@ -114,6 +185,9 @@ class MeshState:
 
     async def run(self) -> None:
         """Push whenever something changed, coalescing changes that arrive together."""
+        await self._ready.wait()
+        if self.remembered:
+            asyncio.get_running_loop().call_later(self.restart_grace, self.forget_remembered)
         while True:
             await self._dirty.wait()
             await asyncio.sleep(self.debounce)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,13 +16,17 @@ from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from xds_server.ads.servicer import AdsServicer
-from xds_server.config.loader import ConfigStore
-from xds_server.config.watcher import log_issues, watch
+from translators import model
+from translators.resources import SHORT_NAMES
+from xds_server.ads.servicer import AdsServicer, Nack
+from xds_server.config.store import ConfigStore
+from xds_server.config.watcher import ConfigWatcher
 from xds_server.debug_http import make_app
 from xds_server.mesh_state import MeshState
+from xds_server.workload_memory import WorkloadMemory
 
 log = logging.getLogger(__name__)
+STATE_DIR_NAME = ".xds-server"  # under the config dir by default; hidden, so never config
 
 
 @dataclass
@@ -47,16 +53,33 @@ class ServerOptions:
 class ControlPlane:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.store = ConfigStore(options.config_dir)
-        self.mesh = MeshState(self.store.load_all())
-        log_issues(self.store)
-        self.servicer = AdsServicer(self.mesh)
+        self.store = ConfigStore(
+            options.config_dir,
+            max_file_bytes=options.max_file_bytes,
+            settle_seconds=options.settle_ms / 1000,
+        )
+        state_dir = options.state_dir or options.config_dir / STATE_DIR_NAME
+        self.mesh = MeshState(
+            model.MeshConfig(),
+            memory=WorkloadMemory(state_dir),
+            restart_grace=options.restart_grace_s,
+            ready=False,
+        )
+        self.watcher = ConfigWatcher(self.store, self.mesh.set_config, options.debounce_ms)
+        self.servicer = AdsServicer(self.mesh, on_nack=self.on_nack)
+        self.rollbacks: deque[dict] = deque(maxlen=50)
         self.grpc_server: grpc.aio.Server | None = None
         self.http_runner: web.AppRunner | None = None
         self.xds_port = options.xds_port
+        self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        """Serve at once (health answers; xDS streams wait), then load the config in a
+        worker thread and let pushes begin."""
+        if self.options.create_config_dir:
+            self.options.config_dir.mkdir(parents=True, exist_ok=True)
+        self.mesh.remember()
         limit = self.options.max_message_mb * 1024 * 1024
         server = grpc.aio.server(
             options=[
@@ -67,9 +90,9 @@ class ControlPlane:
             ]
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection(
             (
                 ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
@@ -83,16 +106,12 @@ class ControlPlane:
         )
         await server.start()
         self.grpc_server = server
-        runner = web.AppRunner(make_app(self.mesh, self.servicer, self.store), access_log=None)
+        app = make_app(self.mesh, self.servicer, self.store, self.status_extra)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.options.debug_address, self.options.debug_port).start()
         self.http_runner = runner
-        self._tasks = [
-            asyncio.create_task(self.mesh.run(), name="push"),
-            asyncio.create_task(
-                watch(self.store, self.mesh.set_config, self.options.debounce_ms), name="watch"
-            ),
-        ]
+        self._tasks = [asyncio.create_task(self.mesh.run(), name="push")]
         log.info(
             "xDS (ADS, gRPC) on %s:%d, debug HTTP on http://%s:%d, config from %s",
             self.options.xds_address,
@@ -101,12 +120,58 @@ class ControlPlane:
             self.options.debug_port,
             self.options.config_dir,
         )
+        snapshot = await self.watcher.load()
+        self.mesh.start(snapshot)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self.watcher.run(), name="watch"))
+        log.info(
+            "config loaded: version %s, %d resources", snapshot.version, len(snapshot.resources)
+        )
+
+    def on_nack(self, nack: Nack) -> None:
+        """Envoy refused a push: roll back the files that changed since what it accepted."""
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.create_task(self._roll_back(nack), name="rollback"))
+
+    async def _roll_back(self, nack: Nack) -> None:
+        rejected = self.mesh.config_version_at(nack.rejected_generation)
+        accepted = self.mesh.config_version_at(nack.accepted_generation)
+        files: list[str] = []
+        if rejected and accepted and rejected != accepted:
+            files = await self.watcher.rollback(accepted, rejected, nack.message)
+        self.rollbacks.append(
+            {
+                "time": time.time(),
+                "proxy": nack.node_id,
+                "type": SHORT_NAMES.get(nack.type_url, nack.type_url),
+                "message": nack.message,
+                "rolled_back": files,
+            }
+        )
+        if not files:
+            log.error(
+                "%s rejected %s; no file changed since what it last accepted could be "
+                "rolled back (the cause is not a config edit, or it was edited again): %s",
+                nack.node_id,
+                SHORT_NAMES.get(nack.type_url, nack.type_url),
+                nack.message,
+            )
+
+    def status_extra(self) -> dict:
+        return {
+            "ready": self.mesh.ready,
+            "rollbacks": list(self.rollbacks),
+            "watcher_restarts": self.watcher.restarts,
+            "watcher_error": self.watcher.last_error,
+            "remembered_workloads": sorted(self.mesh.remembered),
+        }
 
     async def stop(self) -> None:
+        self.watcher.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1)
@@ -116,8 +181,8 @@ class ControlPlane:
 
 async def serve(options: ServerOptions, stop: asyncio.Event | None = None) -> None:
     plane = ControlPlane(options)
-    await plane.start()
     try:
+        await plane.start()
         await (stop or asyncio.Event()).wait()
     finally:
         await plane.stop()

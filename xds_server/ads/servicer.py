@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,6 +20,7 @@ from translators.resources import SHORT_NAMES
 from xds_server.ads.sotw import SotwStream
 from xds_server.mesh_state import MeshState, newest_per_node
 from xds_server.node import NodeError, proxy_from_node
+from xds_server.text import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,28 @@ class StreamInfo:
     connected_at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class Nack:
+    """Envoy refused a response: which proxy, type, message, and the generations of the
+    refused content and of what this proxy (or, failing that, any proxy) last accepted."""
+
+    node_id: str
+    type_url: str
+    message: str
+    rejected_generation: int
+    accepted_generation: int
+
+
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, mesh: MeshState, control_plane_id: str = "xds-server") -> None:
+    def __init__(
+        self,
+        mesh: MeshState,
+        control_plane_id: str = "xds-server",
+        on_nack: Callable[[Nack], None] | None = None,
+    ) -> None:
         self.mesh = mesh
         self.control_plane_id = control_plane_id
+        self.on_nack = on_nack
         self.streams: dict[int, StreamInfo] = {}
         self._stream_ids = 0
 
@@ -71,7 +91,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         try:
                             proxy = proxy_from_node(item.node, peer)
                         except NodeError as exc:
-                            log.warning("refusing ADS stream from %s: %s", peer, exc)
+                            log.warning("refusing ADS stream from %s: %s", safe_text(peer), exc)
                             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                             return
                         protocol = SotwStream(proxy.node_id, self.control_plane_id)
@@ -85,7 +105,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     if protocol.generation < 0:
                         waiting.append(item)  # answer once this proxy's resources exist
                         continue
+                    nacks = self._nacks(protocol, item.type_url)
                     responses = protocol.on_request(item)
+                    if self._nacks(protocol, item.type_url) > nacks:
+                        self._report_nack(protocol, item.type_url)
                 else:
                     responses = protocol.set_resources(*item)
                     for request in waiting:
@@ -116,23 +139,51 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         )
 
     @staticmethod
+    def _nacks(protocol: SotwStream, type_url: str) -> int:
+        state = protocol.types.get(type_url)
+        return state.nacks if state is not None else 0
+
+    def _report_nack(self, protocol: SotwStream, type_url: str) -> None:
+        state = protocol.types[type_url]
+        accepted = state.acked_generation
+        if accepted < 0:  # this proxy never accepted this type: what others accepted
+            accepted = max(
+                (
+                    other.acked_generation
+                    for info in self.streams.values()
+                    if (other := info.protocol.types.get(type_url)) is not None
+                ),
+                default=-1,
+            )
+        if self.on_nack is not None:
+            self.on_nack(
+                Nack(
+                    protocol.node_id,
+                    type_url,
+                    state.nack_message,
+                    state.nacked_generation,
+                    accepted,
+                )
+            )
+
+    @staticmethod
     def _log_request(node_id: str, request: discovery_pb2.DiscoveryRequest) -> None:
         if request.HasField("error_detail"):
             log.warning(
                 "%s rejected %s version %s: %s",
-                node_id,
+                safe_text(node_id, 256),
                 _short(request.type_url),
-                request.version_info or "-",
-                request.error_detail.message,
+                safe_text(request.version_info or "-", 64),
+                safe_text(request.error_detail.message),
             )
         elif log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "<- %s %s v=%s nonce=%s names=%s",
-                node_id,
-                _short(request.type_url),
-                request.version_info,
-                request.response_nonce,
-                list(request.resource_names)[:5],
+                safe_text(node_id, 256),
+                safe_text(_short(request.type_url), 200),
+                safe_text(request.version_info, 64),
+                safe_text(request.response_nonce, 64),
+                safe_text(str(list(request.resource_names)[:5]), 500),
             )
 
     def latest_streams(self) -> dict[str, StreamInfo]:

@@ -27,6 +27,7 @@ from translators.resources import (
     Resources,
     version_of,
 )
+from xds_server.text import safe_text
 
 SYNCED, NOT_SENT, STALE, ERROR = "SYNCED", "NOT SENT", "STALE", "ERROR"
 
@@ -46,8 +47,10 @@ class TypeState:
     pending: bool = False  # a response is out and neither ACKed nor NACKed
     acked_version: str = ""
     acked_nonce: str = ""
+    acked_generation: int = -1  # the generation of what the client last accepted
     nacked_version: str | None = None
-    nack_message: str = ""
+    nacked_generation: int = -1
+    nack_message: str = ""  # Envoy's text, escaped and cut (xds_server.text)
     nacks: int = 0
 
     def status(self) -> str:
@@ -96,13 +99,15 @@ class SotwStream:
         elif request.HasField("error_detail"):
             state.pending = False
             state.nacked_version = state.sent_version
-            state.nack_message = request.error_detail.message
+            state.nacked_generation = state.sent_generation
+            state.nack_message = safe_text(request.error_detail.message)
             state.nacks += 1
             if changed:
                 out += self._respond_if_needed(state)
         elif state.pending:
             state.pending = False
             state.acked_version = request.version_info
+            state.acked_generation = state.sent_generation
             state.acked_nonce = nonce
             state.nacked_version = None
             out += self._respond_if_needed(state)

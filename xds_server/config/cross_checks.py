@@ -1,15 +1,17 @@
 """Checks that need several resources: references and conflicts between them.
 
 They run on every assembled snapshot, because either side of a reference can change in
-a different file. Their findings are reported but do not roll any file back: which of
-two files is "wrong" is the user's call, and Istio itself applies both (a route to an
-unknown subset answers 503, the oldest of two VirtualServices for one host wins).
+a different file. A reference to a subset that no DestinationRule defines is the one that
+fails requests (503): the store holds back the change that creates one (store.py). The
+other findings are reported only: Istio itself applies both sides (the oldest of two
+VirtualServices for one host wins).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from translators import model
 from translators.destination_rules import DestinationRuleIndex
@@ -24,41 +26,50 @@ class CrossFinding:
     path: Path
     message: str
     severity: str = "error"
+    # For a dangling subset reference: (destination host, subset).
+    subset_of: tuple[str, str] | None = None
 
 
-def _subset_references(config: model.MeshConfig) -> Iterator[CrossFinding]:
+def _destinations(vs: model.ConfigResource) -> Iterator[tuple[Path, Any]]:
+    """(field path, Destination) of every destination a VirtualService sends traffic to."""
+    for i, rule in enumerate(vs.spec.http):
+        base = ("spec", "http", i)
+        for j, d in enumerate(rule.route):
+            yield (*base, "route", j, "destination"), d.destination
+        if rule.HasField("mirror"):
+            yield (*base, "mirror"), rule.mirror
+        for j, m in enumerate(rule.mirrors):
+            yield (*base, "mirrors", j, "destination"), m.destination
+    for i, rule in enumerate(vs.spec.tcp):
+        for j, d in enumerate(rule.route):
+            yield ("spec", "tcp", i, "route", j, "destination"), d.destination
+
+
+def dangling_subsets(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    """Routes to a subset that no DestinationRule defines (Envoy answers 503 there)."""
     rules = DestinationRuleIndex(config)
     for vs in config.of_kind(model.VIRTUAL_SERVICE):
-        for i, rule in enumerate(vs.spec.http):
-            places = [
-                (("route", j, "destination"), d.destination) for j, d in enumerate(rule.route)
-            ]
-            if rule.HasField("mirror"):
-                places.append((("mirror",), rule.mirror))
-            places += [
-                (("mirrors", j, "destination"), m.destination) for j, m in enumerate(rule.mirrors)
-            ]
-            for where, dest in places:
-                if not dest.subset:
-                    continue
-                host = fqdn(dest.host, vs.namespace)
-                dr = rules.lookup(host, vs.namespace, host.split(".")[1] if "." in host else "")
-                if dr is None:
-                    yield CrossFinding(
-                        vs,
-                        ("spec", "http", i, *where, "subset"),
-                        f'no DestinationRule for {host} defines subset "{dest.subset}" yet; '
-                        "requests routed there get 503 until one does",
-                        "warning",
-                    )
-                elif all(s.name != dest.subset for s in dr.subsets):
-                    known = ", ".join(s.name for s in dr.subsets) or "none"
-                    yield CrossFinding(
-                        vs,
-                        ("spec", "http", i, *where, "subset"),
-                        f'unknown subset "{dest.subset}" of {host} (its DestinationRule '
-                        f"defines: {known}); requests routed there get 503",
-                    )
+        for where, dest in _destinations(vs):
+            if not dest.subset:
+                continue
+            host = fqdn(dest.host, vs.namespace)
+            dr = rules.lookup(host, vs.namespace, host.split(".")[1] if "." in host else "")
+            at = (*where, "subset")
+            reference = (host, dest.subset)
+            if dr is None:
+                message = (
+                    f'no DestinationRule for {host} defines subset "{dest.subset}"; '
+                    "requests routed there get 503"
+                )
+            elif all(s.name != dest.subset for s in dr.subsets):
+                known = ", ".join(s.name for s in dr.subsets) or "none"
+                message = (
+                    f'unknown subset "{dest.subset}" of {host} (its DestinationRule '
+                    f"defines: {known}); requests routed there get 503"
+                )
+            else:
+                continue
+            yield CrossFinding(vs, at, message, subset_of=reference)
 
 
 def _host_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
@@ -140,7 +151,7 @@ def _tcp_port_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
 
 def cross_check(config: model.MeshConfig) -> list[CrossFinding]:
     return [
-        *_subset_references(config),
+        *dangling_subsets(config),
         *_host_conflicts(config),
         *_gateway_references(config),
         *_tcp_port_conflicts(config),

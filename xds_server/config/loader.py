@@ -1,17 +1,18 @@
-"""Turn a directory of Istio-style YAML files into a MeshConfig, keeping the last good one.
+"""Parse one file's text into typed resources and issues (pure; never raises).
 
-Parsing is per file: a file whose every document is valid replaces that file's previous
-version; a file with any error keeps its previous valid version in force and reports the
-error with file, line, resource and field. Two files defining the same kind/namespace/name
-are an error naming both; the file that changed last loses.
+Every problem, including input no one would write on purpose (a scalar where a mapping
+belongs, a timestamp where a string belongs, a document too deep or too aliased), becomes
+a ConfigIssue with file, line, resource and field. Which version of each file is in force
+is the store's business (store.py).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
-from collections.abc import Iterable
+import logging
+import re
 from dataclasses import dataclass, field
-from pathlib import Path as FsPath
 from typing import Any
 
 from google.protobuf import json_format
@@ -32,7 +33,6 @@ from protos import (
 )
 from translators import model
 from xds_server.config import validation
-from xds_server.config.cross_checks import cross_check
 from xds_server.config.schema import SchemaError, to_message
 from xds_server.config.yaml_lines import Path, YamlDocument, YamlSyntaxError, read_documents
 
@@ -65,7 +65,11 @@ VERSIONS = {
 }
 # Istio reads mesh config from this ConfigMap (key "mesh").
 MESH_CONFIGMAP = ("istio-system", "istio")
-YAML_SUFFIXES = (".yaml", ".yml")
+# Kubernetes object names (DNS-1123 subdomain) and namespaces (DNS-1123 label).
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,10 +113,19 @@ class ParsedFile:
     mesh: mesh_config_pb2.MeshConfig | None = None
     issues: list[ConfigIssue] = field(default_factory=list)
     documents: dict[tuple[str, str, str], YamlDocument] = field(default_factory=dict)
+    mtime_ns: int = 0
+    # The text is not YAML at all (or could not be read): perhaps a write in progress.
+    unparsable: bool = False
+    # No document with any content: perhaps truncated by a write in progress.
+    blank: bool = True
 
     @property
     def ok(self) -> bool:
         return not any(issue.severity == "error" for issue in self.issues)
+
+    @property
+    def has_content(self) -> bool:
+        return bool(self.resources) or self.mesh is not None
 
 
 def format_path(path: Path) -> str:
@@ -146,17 +159,30 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
     if not isinstance(api_version, str) or not isinstance(kind, str):
         issue("required: apiVersion and kind", ("apiVersion",) if not api_version else ("kind",))
         return
-    try:
-        meta = json_format.ParseDict(
-            value.get("metadata") or {}, meta_pb2.ObjectMeta(), ignore_unknown_fields=True
-        )
-    except json_format.ParseError as exc:
-        issue(f"invalid metadata: {exc}", ("metadata",))
+    meta, problem = _metadata(value.get("metadata"))
+    if meta is None:
+        issue(problem[1], ("metadata", *problem[0]))
         return
     namespace = meta.namespace or model.DEFAULT_NAMESPACE
     ref = f"{kind} {namespace}/{meta.name or '<unnamed>'}"
     if not meta.name:
         issue("required: metadata.name", ("metadata",), ref)
+        return
+    if not _NAME.fullmatch(meta.name):
+        issue(
+            "must be a Kubernetes name: lower case letters, digits, '-' and '.', "
+            "at most 253 characters, starting and ending with a letter or digit",
+            ("metadata", "name"),
+            f"{kind} {namespace}/<invalid name>",
+        )
+        return
+    if not _NAMESPACE.fullmatch(namespace):
+        issue(
+            "must be a Kubernetes namespace: lower case letters, digits and '-', "
+            "at most 63 characters, starting and ending with a letter or digit",
+            ("metadata", "namespace"),
+            f"{kind} <invalid namespace>/{meta.name}",
+        )
         return
     group, version = _group_and_version(api_version)
 
@@ -208,6 +234,43 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
     )
 
 
+def _plain(value: Any) -> Any:
+    """YAML timestamps as the strings Kubernetes keeps them as."""
+    if isinstance(value, datetime.datetime | datetime.date):
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def _metadata(value: Any) -> tuple[meta_pb2.ObjectMeta | None, tuple[Path, str]]:
+    """ObjectMeta, or None and (path inside metadata, message)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        return None, ((), f"metadata must be a mapping, got {type(value).__name__}")
+    for key in ("name", "namespace", "creationTimestamp"):
+        item = value.get(key)
+        if item is not None and not isinstance(_plain(item), str):
+            return None, ((key,), f"{key} must be a string, got {type(item).__name__}")
+    for key in ("labels", "annotations"):
+        item = value.get(key)
+        if item is None:
+            continue
+        if not isinstance(item, dict):
+            return None, ((key,), f"{key} must be a mapping, got {type(item).__name__}")
+        for k, v in item.items():
+            if not isinstance(k, str) or not isinstance(_plain(v), str):
+                return None, ((key, str(k)), f"{key} keys and values must be strings")
+    known = {"name", "namespace", "labels", "annotations", "creationTimestamp"}
+    plain = {k: _plain(v) for k, v in value.items() if k in known and v is not None}
+    for key in ("labels", "annotations"):
+        if key in plain:
+            plain[key] = {k: _plain(v) for k, v in plain[key].items()}
+    try:
+        return json_format.ParseDict(plain, meta_pb2.ObjectMeta()), ((), "")
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        return None, ((), f"invalid metadata: {exc}")
+
+
 def _check(kind: str, spec: Message, issue: Any, ref: str) -> None:
     for at, message in validation.check(kind, spec):
         issue(message, at, ref)
@@ -216,7 +279,13 @@ def _check(kind: str, spec: Message, issue: Any, ref: str) -> None:
 
 
 def _parse_mesh(value: dict, doc: YamlDocument, ref: str, out: ParsedFile, issue: Any) -> None:
-    text = (value.get("data") or {}).get("mesh")
+    data = value.get("data")
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        issue(f"data must be a mapping, got {type(data).__name__}", ("data",), ref)
+        return
+    text = data.get("mesh")
     if text is None:
         return
     if not isinstance(text, str):
@@ -239,14 +308,25 @@ def _parse_mesh(value: dict, doc: YamlDocument, ref: str, out: ParsedFile, issue
     out.mesh = mesh
 
 
-def parse_file(path: str, text: str) -> ParsedFile:
-    """Parse one file's text into resources and issues (pure)."""
-    out = ParsedFile(path=path, digest=hashlib.sha256(text.encode()).hexdigest())
+def parse_file(path: str, text: str, mtime_ns: int = 0) -> ParsedFile:
+    """Parse one file's text into resources and issues (pure; never raises)."""
+    out = ParsedFile(path=path, digest=hashlib.sha256(text.encode()).hexdigest(), mtime_ns=mtime_ns)
     try:
         for doc in read_documents(text):
-            _parse_document(path, doc, out)
+            if doc.value is not None:
+                out.blank = False
+            try:
+                _parse_document(path, doc, out)
+            except Exception as exc:  # a loader bug must cost one document, not the server
+                log.exception("internal error loading %s:%d", path, doc.line)
+                out.issues.append(ConfigIssue(path, doc.line, _internal(exc)))
     except YamlSyntaxError as exc:
+        out.unparsable = True
         out.issues.append(ConfigIssue(path, exc.line, str(exc)))
+    except Exception as exc:
+        log.exception("internal error loading %s", path)
+        out.unparsable = True
+        out.issues.append(ConfigIssue(path, 1, _internal(exc)))
     if out.ok:
         seen: dict[tuple[str, str, str], model.ConfigResource] = {}
         for res in out.resources:
@@ -263,131 +343,15 @@ def parse_file(path: str, text: str) -> ParsedFile:
     return out
 
 
-def yaml_files(directory: FsPath) -> list[FsPath]:
-    if not directory.is_dir():
-        return []
-    return sorted(
-        p
-        for p in directory.rglob("*")
-        if p.suffix in YAML_SUFFIXES and p.is_file() and not p.name.startswith(".")
+def unreadable_file(path: str, message: str, line: int = 1) -> ParsedFile:
+    """A file that could not be read as text: it counts as unparsable."""
+    return ParsedFile(
+        path=path,
+        digest="",
+        issues=[ConfigIssue(path, line, message)],
+        unparsable=True,
     )
 
 
-class ConfigStore:
-    """The accepted version of every file, and the issues of the latest attempt at each."""
-
-    def __init__(self, directory: FsPath) -> None:
-        self.directory = directory
-        self._root = directory.resolve()
-        self.accepted: dict[str, ParsedFile] = {}
-        self.issues: dict[str, list[ConfigIssue]] = {}
-        self.digests: dict[str, str] = {}  # latest seen content of each file
-        self.snapshot = model.MeshConfig()
-        self.reference_issues: list[ConfigIssue] = []
-
-    def display_name(self, path: FsPath) -> str:
-        """The file as the user named its directory: `mesh/reviews.yaml`."""
-        try:
-            return str(self.directory / path.resolve().relative_to(self._root))
-        except ValueError:
-            return str(path)
-
-    def load_all(self) -> model.MeshConfig:
-        return self.update(yaml_files(self.directory), rescan=True)
-
-    def update(self, paths: Iterable[FsPath], rescan: bool = False) -> model.MeshConfig:
-        """Re-read `paths` (created, modified or deleted); returns the new snapshot."""
-        changed = {self.display_name(p): p for p in map(FsPath, paths) if p.suffix in YAML_SUFFIXES}
-        if rescan:
-            present = {self.display_name(p) for p in yaml_files(self.directory)}
-            for gone in set(self.accepted) - present:
-                changed.setdefault(gone, FsPath(gone))
-        for name in sorted(changed):
-            self._update_file(name, changed[name])
-        self.snapshot = self._assemble()
-        self.reference_issues = self._cross_check(self.snapshot)
-        return self.snapshot
-
-    def _update_file(self, name: str, path: FsPath) -> None:
-        previous = self.accepted.pop(name, None)
-        try:
-            text = path.read_text()
-        except (FileNotFoundError, IsADirectoryError):
-            self.issues.pop(name, None)
-            self.digests.pop(name, None)
-            return
-        except (OSError, UnicodeDecodeError) as exc:
-            self.issues[name] = [ConfigIssue(name, 1, f"cannot read file: {exc}")]
-            if previous:
-                self.accepted[name] = previous
-            return
-        parsed = parse_file(name, text)
-        self.digests[name] = parsed.digest
-        conflicts = self._conflicts(parsed) if parsed.ok else []
-        self.issues[name] = parsed.issues + conflicts
-        if parsed.ok and not conflicts:
-            self.accepted[name] = parsed
-        elif previous is not None:
-            self.accepted[name] = previous
-            self.issues[name].append(
-                ConfigIssue(
-                    name,
-                    1,
-                    "the previous valid version of this file stays in force",
-                    severity="warning",
-                )
-            )
-
-    def _conflicts(self, parsed: ParsedFile) -> list[ConfigIssue]:
-        taken = {res.key: res for other in self.accepted.values() for res in other.resources}
-        issues = []
-        for res in parsed.resources:
-            other = taken.get(res.key)
-            if other is not None:
-                issues.append(
-                    ConfigIssue(
-                        parsed.path, res.origin.line, f"already defined at {other.origin}", res.ref
-                    )
-                )
-        if parsed.mesh is not None:
-            for other in self.accepted.values():
-                if other.mesh is not None:
-                    issues.append(
-                        ConfigIssue(parsed.path, 1, f"mesh config already defined in {other.path}")
-                    )
-        return issues
-
-    def _assemble(self) -> model.MeshConfig:
-        resources: list[model.ConfigResource] = []
-        mesh = mesh_config_pb2.MeshConfig()
-        for name in sorted(self.accepted):
-            parsed = self.accepted[name]
-            resources.extend(parsed.resources)
-            if parsed.mesh is not None:
-                mesh = parsed.mesh
-        return model.MeshConfig(resources=tuple(resources), mesh=model.with_mesh_defaults(mesh))
-
-    def _cross_check(self, snapshot: model.MeshConfig) -> list[ConfigIssue]:
-        documents = {
-            key: doc for parsed in self.accepted.values() for key, doc in parsed.documents.items()
-        }
-        issues = []
-        for finding in cross_check(snapshot):
-            res = finding.resource
-            doc = documents.get(res.key)
-            line = doc.line_of(finding.path) if doc else res.origin.line
-            issues.append(
-                ConfigIssue(
-                    res.origin.file,
-                    line,
-                    finding.message,
-                    res.ref,
-                    format_path(finding.path),
-                    finding.severity,
-                )
-            )
-        return issues
-
-    def all_issues(self) -> list[ConfigIssue]:
-        issues = [issue for name in sorted(self.issues) for issue in self.issues[name]]
-        return issues + self.reference_issues
+def _internal(exc: Exception) -> str:
+    return f"could not be loaded ({type(exc).__name__}: {exc}); please report this"

@@ -1,58 +1,155 @@
-"""Watch the config directory and feed changed files to the store (debounced by watchfiles)."""
+"""Watch the config directory and feed changes to the store, without ever stopping.
+
+Reading and parsing run in a worker thread, so a large file or thousands of files at once
+leave the event loop free for health checks and xDS. One lock orders every store update
+(file changes, settle windows ending, rollbacks). If watching fails, the failure is
+logged, the directory rescanned (changes may have been missed) and watching resumed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import watchfiles
 
 from translators import model
-from xds_server.config.loader import YAML_SUFFIXES, ConfigStore
+from xds_server.config.loader import ConfigIssue
+from xds_server.config.store import ConfigStore
+from xds_server.text import safe_text
 
 log = logging.getLogger(__name__)
 
-
-def _yaml_only(_: watchfiles.Change, path: str) -> bool:
-    return path.endswith(YAML_SUFFIXES)
+MAX_RESTART_DELAY = 30.0
 
 
-def log_issues(
-    store: ConfigStore, names: set[str] | None = None, known: list | None = None
-) -> None:
-    """Log the issues of the files in `names` (all when None), and the cross-resource ones
-    not in `known` (an edit to one file can break a reference in another)."""
-    for issue in store.all_issues():
-        fresh_reference = issue in store.reference_issues and issue not in (known or [])
-        if names is None or issue.file in names or fresh_reference:
-            (log.error if issue.severity == "error" else log.warning)("%s", issue)
+def log_issues(issues: Iterable[ConfigIssue]) -> None:
+    for issue in issues:
+        (log.error if issue.severity == "error" else log.warning)("%s", safe_text(str(issue)))
 
 
-async def watch(
-    store: ConfigStore,
-    on_config: Callable[[model.MeshConfig], None],
-    debounce_ms: int = 50,
-    stop_event=None,
-) -> None:
-    """Reload changed files until cancelled; every new snapshot goes to `on_config`."""
-    store.directory.mkdir(parents=True, exist_ok=True)
-    async for changes in watchfiles.awatch(
-        store.directory,
-        watch_filter=_yaml_only,
-        debounce=debounce_ms,
-        step=10,
-        stop_event=stop_event,
-    ):
-        paths = {Path(p) for _, p in changes}
-        before, known = store.snapshot.version, list(store.reference_issues)
-        snapshot = store.update(paths)
-        log_issues(store, {store.display_name(p) for p in paths}, known)
-        if snapshot.version != before:
+class ConfigWatcher:
+    """Owns every update of the store; new snapshots go to `on_config`."""
+
+    def __init__(
+        self,
+        store: ConfigStore,
+        on_config: Callable[[model.MeshConfig], None],
+        debounce_ms: int = 50,
+        restart_delay: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.on_config = on_config
+        self.debounce_ms = debounce_ms
+        self.restart_delay = restart_delay
+        self.restarts = 0
+        self.last_error = ""
+        self._lock = asyncio.Lock()
+        self._settle: asyncio.TimerHandle | None = None
+
+    async def load(self) -> model.MeshConfig:
+        """The first load: every file, every issue logged."""
+        async with self._lock:
+            snapshot = await asyncio.to_thread(self.store.load_all)
+            log_issues(self.store.all_issues())
+            self._schedule_settle()
+        return snapshot
+
+    async def apply(self, paths: Iterable[Path] = (), rescan: bool = False) -> None:
+        """Update the store with these changed paths (or decide again, or rescan) and
+        hand on a changed snapshot. Never raises: the configuration in force stays."""
+        paths = list(paths)
+        async with self._lock:
+            await self._update(lambda: self.store.update(paths, rescan), paths)
+
+    async def rollback(self, good_version: str, bad_version: str, message: str) -> list[str]:
+        """Envoy rejected what `bad_version` produced: hold back the files changed since
+        `good_version` and push what remains. Returns the files rolled back."""
+        async with self._lock:
+            files = self.store.rollback(good_version, bad_version, message)
+            if files:
+                await self._update(self.store.update, ())
+        return files
+
+    async def _update(self, update: Callable[[], model.MeshConfig], paths: list[Path]) -> None:
+        store = self.store
+        before_version = store.snapshot.version
+        before = set(store.all_issues())
+        try:
+            snapshot = await asyncio.to_thread(update)
+        except Exception:
+            log.exception("config update failed; the configuration in force stays")
+            return
+        touched = {store.display_name(p) for p in paths}
+        log_issues(i for i in store.all_issues() if i not in before or i.file in touched)
+        self._schedule_settle()
+        if snapshot.version != before_version:
             log.info(
                 "config changed (%d files touched): version %s, %d resources",
                 len(paths),
                 snapshot.version,
                 len(snapshot.resources),
             )
-            on_config(snapshot)
+            self.on_config(snapshot)
+
+    def _schedule_settle(self) -> None:
+        """Decide again when the earliest settle window ends."""
+        if self._settle is not None:
+            self._settle.cancel()
+            self._settle = None
+        deadline = self.store.next_deadline()
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self.store.clock()) + 0.01
+        loop = asyncio.get_running_loop()
+        self._settle = loop.call_later(delay, lambda: loop.create_task(self.apply()))
+
+    def _interesting(self, _: watchfiles.Change, path: str) -> bool:
+        # Config files, and directories (a renamed or deleted directory takes files along).
+        if self.store.is_config(path):
+            return True
+        return not Path(path).suffix and not self.store.is_hidden(path)
+
+    async def run(self, stop_event: asyncio.Event | None = None) -> None:
+        """Watch until cancelled (or `stop_event`); restart after any failure."""
+        delay = self.restart_delay
+        while stop_event is None or not stop_event.is_set():
+            try:
+                async for changes in watchfiles.awatch(
+                    self.store.directory,
+                    watch_filter=self._interesting,
+                    debounce=self.debounce_ms,
+                    step=10,
+                    stop_event=stop_event,
+                ):
+                    paths = {Path(p) for _, p in changes}
+                    if all(self.store.is_config(p) for p in paths):
+                        await self.apply(paths)
+                    else:
+                        await self.apply(paths, rescan=True)
+                    delay = self.restart_delay
+                if stop_event is not None and stop_event.is_set():
+                    return
+                raise RuntimeError("the file watcher stopped")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts += 1
+                self.last_error = safe_text(f"{type(exc).__name__}: {exc}")
+                log.error(
+                    "watching %s failed (%s); rescanning and watching again in %.0fs",
+                    self.store.directory,
+                    self.last_error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RESTART_DELAY)
+                with contextlib.suppress(Exception):
+                    await self.apply(rescan=True)
+
+    def close(self) -> None:
+        if self._settle is not None:
+            self._settle.cancel()

@@ -1,0 +1,334 @@
+"""Which version of each file is in force, decided over the whole directory: duplicates,
+held-back references, settle windows, rollbacks, and files no one writes on purpose."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import plain_service_yaml
+from translators import model
+from xds_server.config.store import ConfigStore
+
+VS = """apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: %s}
+"""
+DR = """apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+%s"""
+
+
+def dr(*subsets: str) -> str:
+    return DR % "".join(f"  - {{name: {s}, labels: {{version: {s}}}}}\n" for s in subsets)
+
+
+def subset(store: ConfigStore) -> str:
+    (vs,) = store.snapshot.of_kind(model.VIRTUAL_SERVICE)
+    return vs.spec.http[0].route[0].destination.subset
+
+
+def subsets(store: ConfigStore) -> list[str]:
+    (rule,) = store.snapshot.of_kind(model.DESTINATION_RULE)
+    return [s.name for s in rule.spec.subsets]
+
+
+def errors(store: ConfigStore) -> list[str]:
+    return [str(i) for i in store.all_issues() if i.severity == "error"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write(path: Path, text: str, mtime: int | None = None) -> Path:
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, ns=(mtime * 10**9, mtime * 10**9))
+    return path
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Path:
+    write(tmp_path / "services.yaml", plain_service_yaml("reviews"))
+    return tmp_path
+
+
+# ---- duplicates ---------------------------------------------------------------------
+
+
+def test_the_most_recently_modified_duplicate_wins_and_deleting_it_restores_the_other(mesh):
+    write(mesh / "a.yaml", VS % "v1", mtime=100)
+    write(mesh / "b.yaml", VS % "v2", mtime=200)
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    store = ConfigStore(mesh)
+    store.load_all()
+    assert subset(store) == "v2"
+    (warning,) = [i for i in store.all_issues() if "also defined" in i.message]
+    assert warning.file.endswith("a.yaml") and warning.severity == "warning"
+    assert "b.yaml:1" in warning.message
+    (mesh / "b.yaml").unlink()
+    store.update([mesh / "b.yaml"])
+    assert subset(store) == "v1"
+    assert not store.all_issues()
+
+
+def test_duplicates_resolve_the_same_after_a_restart_and_in_validate(mesh):
+    write(mesh / "a.yaml", VS % "v1", mtime=300)
+    write(mesh / "b.yaml", VS % "v2", mtime=200)
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    live = ConfigStore(mesh)
+    live.load_all()
+    write(mesh / "b.yaml", VS % "v2", mtime=400)  # `kubectl apply -f b.yaml` again
+    live.update([mesh / "b.yaml"])
+    fresh = ConfigStore(mesh)
+    fresh.load_all()
+    assert subset(live) == subset(fresh) == "v2"
+    assert live.snapshot.version == fresh.snapshot.version
+
+
+def test_rename_and_replace_end_with_the_file_on_disk(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "old.yaml", VS % "v1")
+    store = ConfigStore(mesh)
+    store.load_all()
+    os.rename(mesh / "old.yaml", mesh / "new.yaml")  # mv
+    store.update([mesh / "old.yaml", mesh / "new.yaml"])
+    assert subset(store) == "v1" and not store.all_issues()
+    (mesh / "new.yaml").unlink()  # rm, then cp another sample
+    store.update([mesh / "new.yaml"])
+    write(mesh / "sample.yaml", VS % "v2")
+    store.update([mesh / "sample.yaml"])
+    assert subset(store) == "v2" and not store.all_issues()
+
+
+# ---- references held back until they resolve -----------------------------------------
+
+
+def test_a_route_to_a_subset_not_defined_yet_is_held_until_the_rule_defines_it(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", VS % "v1")
+    store = ConfigStore(mesh)
+    store.load_all()
+    write(mesh / "vs.yaml", VS % "v3")  # the wrong order: the route first
+    store.update([mesh / "vs.yaml"])
+    assert subset(store) == "v1"
+    (held,) = errors(store)
+    assert "vs.yaml:8: error" in held and "held back" in held and '"v3"' in held
+    write(mesh / "dr.yaml", dr("v1", "v2", "v3"))
+    store.update([mesh / "dr.yaml"])
+    assert subset(store) == "v3" and subsets(store) == ["v1", "v2", "v3"]
+    assert not errors(store)
+
+
+def test_a_rule_that_drops_a_subset_in_use_is_held_until_no_route_uses_it(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", VS % "v2")
+    store = ConfigStore(mesh)
+    store.load_all()
+    write(mesh / "dr.yaml", dr("v1"))  # the wrong order: the rule first
+    store.update([mesh / "dr.yaml"])
+    assert subsets(store) == ["v1", "v2"]
+    (held,) = errors(store)
+    assert "dr.yaml:1: error" in held and "VirtualService default/reviews" in held
+    assert "vs.yaml:1" in held
+    write(mesh / "vs.yaml", VS % "v1")
+    store.update([mesh / "vs.yaml"])
+    assert subset(store) == "v1" and subsets(store) == ["v1"]
+    assert not errors(store)
+
+
+def test_deleting_a_rule_in_use_is_held_too(mesh):
+    write(mesh / "dr.yaml", dr("v1"))
+    write(mesh / "vs.yaml", VS % "v1")
+    store = ConfigStore(mesh)
+    store.load_all()
+    (mesh / "dr.yaml").unlink()
+    store.update([mesh / "dr.yaml"])
+    assert subsets(store) == ["v1"]
+    (mesh / "vs.yaml").unlink()
+    store.update([mesh / "vs.yaml"])
+    assert not store.snapshot.of_kind(model.DESTINATION_RULE)
+    assert not store.all_issues()
+
+
+def test_on_a_fresh_start_a_dangling_subset_is_an_error_and_the_route_applies(mesh):
+    write(mesh / "dr.yaml", dr("v1"))
+    write(mesh / "vs.yaml", VS % "v9")
+    store = ConfigStore(mesh)
+    store.load_all()
+    assert subset(store) == "v9"
+    (error,) = errors(store)
+    assert 'unknown subset "v9"' in error and "held" not in error
+
+
+def test_an_unrelated_edit_is_not_held_by_a_dangling_reference_already_there(mesh):
+    write(mesh / "dr.yaml", dr("v1"))
+    write(mesh / "vs.yaml", VS % "v9")
+    store = ConfigStore(mesh)
+    store.load_all()
+    write(mesh / "services.yaml", plain_service_yaml("reviews", "ratings"))
+    store.update([mesh / "services.yaml"])
+    assert len(store.snapshot.of_kind(model.SERVICE)) == 2
+
+
+# ---- writes in progress --------------------------------------------------------------
+
+
+def test_a_truncated_file_keeps_its_previous_version_for_the_settle_window(mesh):
+    clock = Clock()
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", VS % "v1")
+    store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
+    store.load_all()
+    write(mesh / "vs.yaml", "")  # `generate > vs.yaml` truncates first
+    store.update([mesh / "vs.yaml"])
+    assert subset(store) == "v1" and store.next_deadline() == 1001.0
+    assert not errors(store)
+    clock.now += 0.2
+    write(mesh / "vs.yaml", VS % "v2")  # ... and writes 200 ms later
+    store.update([mesh / "vs.yaml"])
+    assert subset(store) == "v2" and store.next_deadline() is None
+
+
+def test_a_file_left_empty_counts_once_the_window_ends(mesh):
+    clock = Clock()
+    write(mesh / "dr.yaml", dr("v1"))
+    write(mesh / "vs.yaml", VS % "v1")
+    store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
+    store.load_all()
+    write(mesh / "vs.yaml", "# nothing here any more\n")
+    store.update([mesh / "vs.yaml"])
+    assert store.snapshot.of_kind(model.VIRTUAL_SERVICE)
+    clock.now += 1.5
+    store.update()
+    assert not store.snapshot.of_kind(model.VIRTUAL_SERVICE)
+
+
+def test_a_half_written_file_waits_then_reports_its_error_and_keeps_the_last_good(mesh):
+    clock = Clock()
+    write(mesh / "dr.yaml", dr("v1"))
+    write(mesh / "vs.yaml", VS % "v1")
+    store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
+    store.load_all()
+    write(mesh / "vs.yaml", (VS % "v1")[:70] + "  [")
+    store.update([mesh / "vs.yaml"])
+    assert not errors(store)
+    clock.now += 2
+    store.update()
+    assert subset(store) == "v1"
+    assert any("invalid YAML" in e for e in errors(store))
+
+
+# ---- Envoy's rejections --------------------------------------------------------------
+
+
+def test_rollback_holds_the_changed_files_until_they_change_again(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", VS % "v1")
+    store = ConfigStore(mesh)
+    good = store.load_all().version
+    write(mesh / "vs.yaml", VS % "v2")
+    bad = store.update([mesh / "vs.yaml"]).version
+    assert store.rollback(good, bad, "Proto constraint validation failed") == [
+        str(mesh / "vs.yaml")
+    ]
+    assert store.update().version == good
+    (error,) = errors(store)
+    assert "vs.yaml:1: error: VirtualService default/reviews" in error
+    assert "Envoy rejected" in error and "Proto constraint" in error
+    assert store.rollback(good, bad, "again") == []  # another proxy's NACK: nothing new
+    write(mesh / "vs.yaml", VS % "v2" + "  - route: [{destination: {host: reviews}}]\n")
+    store.update([mesh / "vs.yaml"])
+    assert store.snapshot.version not in (good, bad) and not errors(store)
+
+
+def test_rollback_skips_a_file_edited_again_since_the_rejected_push(mesh):
+    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    store = ConfigStore(mesh)
+    good = store.load_all().version
+    write(mesh / "vs.yaml", VS % "v2")
+    bad = store.update([mesh / "vs.yaml"]).version
+    write(mesh / "vs.yaml", VS % "v1" + "  - route: [{destination: {host: reviews}}]\n")
+    store.update([mesh / "vs.yaml"])
+    assert store.rollback(good, bad, "rejected") == []
+
+
+# ---- files no one writes on purpose --------------------------------------------------
+
+
+def test_a_fifo_a_device_and_an_oversized_file_are_refused_without_blocking(mesh):
+    os.mkfifo(mesh / "fifo.yaml")
+    os.symlink("/dev/zero", mesh / "zero.yaml")
+    write(mesh / "big.yaml", "# " + "x" * 2000 + "\n")
+    store = ConfigStore(mesh, max_file_bytes=1000)
+    store.load_all()
+    found = {Path(i.file).name: i.message for i in store.all_issues()}
+    assert "FIFO" in found["fifo.yaml"]
+    assert "character device" in found["zero.yaml"]
+    assert "over the 1000-byte limit" in found["big.yaml"]
+
+
+def test_hidden_files_and_backups_are_never_config_at_start_or_on_change(mesh):
+    write(mesh / ".vs.yaml", VS % "v1")
+    (mesh / ".git").mkdir()
+    write(mesh / ".git" / "x.yaml", VS % "v1")
+    write(mesh / "vs.yaml~", VS % "v1")
+    store = ConfigStore(mesh)
+    store.load_all()
+    store.update([mesh / ".vs.yaml", mesh / ".git" / "x.yaml", mesh / "vs.yaml~"])
+    assert not store.snapshot.of_kind(model.VIRTUAL_SERVICE)
+    assert list(store.latest) == [str(mesh / "services.yaml")]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("apiVersion: v1\nkind: Service\nmetadata: 1\nspec: {}\n", "metadata", "mapping"),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n"
+            "data: [1, 2]\n",
+            "data",
+            "mapping",
+        ),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: [a]}\n", "metadata.name", "string"),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: A_b}\n", "metadata.name", "name"),
+        ("a: " + "[" * 600 + "]" * 600 + "\n", "", "nest"),
+        ("a: &a [*a]\n", "", "nested deeper"),
+    ],
+)
+def test_odd_documents_are_file_line_errors(mesh, text, field, words):
+    write(mesh / "odd.yaml", text)
+    store = ConfigStore(mesh)
+    store.load_all()
+    (issue,) = [i for i in store.all_issues() if i.file.endswith("odd.yaml")]
+    assert issue.severity == "error" and issue.field == field and words in issue.message
+
+
+def test_an_alias_bomb_is_refused_quickly(mesh):
+    bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    previous = "a"
+    for name in "bcdefghi":
+        bomb += f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]\n"
+        previous = name
+    write(mesh / "bomb.yaml", bomb)
+    store = ConfigStore(mesh)
+    store.load_all()
+    (issue,) = [i for i in store.all_issues() if i.file.endswith("bomb.yaml")]
+    assert "aliases expand to more than" in issue.message

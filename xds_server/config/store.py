@@ -1,0 +1,434 @@
+"""The configuration in force: which version of each file counts, decided over the whole
+directory on every change (so the answer never depends on the order of past edits).
+
+- A file whose every document is valid replaces its previous version. A file with an
+  error keeps its previous valid version in force, and the error names file:line.
+- A file that turns blank or unparsable (`generate > f.yaml` truncates before it writes)
+  keeps its previous version for a settle window; only then does it count.
+- Two files defining one kind/namespace/name: the most recently modified file wins, as
+  the last `kubectl apply` would (ties: the path that sorts first); the other definition
+  is ignored with a warning naming both. Deleting the winner brings the other back.
+- After the first load, a change that makes a route point at a subset no
+  DestinationRule defines is held back like an error: the changed file's previous
+  version stays in force until the reference resolves, so a VirtualService and its
+  DestinationRule can be edited in either order without a failed request. On the first
+  load there is nothing to fall back to: it is an error, and the routes apply as Istio
+  would apply them (503 for that subset).
+- A file version that Envoy rejected (rollback()) is held back the same way until the
+  file changes again.
+
+Reading and parsing happen in update(), which the watcher runs in a worker thread; the
+results replace the store's attributes at the end, so readers on the event loop see one
+state or the next, never a half-made one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePath
+
+from protos import mesh_config_pb2
+from translators import model
+from translators.naming import fqdn, host_matches
+from xds_server.config.cross_checks import CrossFinding, cross_check, dangling_subsets
+from xds_server.config.files import (
+    DEFAULT_MAX_BYTES,
+    FileGone,
+    UnreadableFile,
+    config_files,
+    is_config_file,
+    read_config_file,
+)
+from xds_server.config.loader import (
+    ConfigIssue,
+    ParsedFile,
+    format_path,
+    parse_file,
+    unreadable_file,
+)
+
+HISTORY = 32  # config versions whose files are remembered, for rolling back a NACK
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A file version Envoy refused, and what stays in force instead."""
+
+    digest: str  # "" when the rejected change was the file's deletion
+    group: int  # files rolled back together are retried together
+    fallback: ParsedFile | None
+    issues: tuple[ConfigIssue, ...]
+
+
+class ConfigStore:
+    """The version in force of every file, the latest read of each, and their issues."""
+
+    def __init__(
+        self,
+        directory: Path,
+        max_file_bytes: int = DEFAULT_MAX_BYTES,
+        settle_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = Path(directory)
+        self._root = os.path.abspath(self.directory)
+        self.max_file_bytes = max_file_bytes
+        self.settle_seconds = settle_seconds
+        self.clock = clock
+        self.latest: dict[str, ParsedFile] = {}  # the newest read of every present file
+        self.accepted: dict[str, ParsedFile] = {}  # the version in force of every file
+        self.issues: dict[str, list[ConfigIssue]] = {}
+        self.reference_issues: list[ConfigIssue] = []
+        self.snapshot = model.MeshConfig()
+        self.settling: dict[str, float] = {}  # file -> when its settle window ends
+        self.rejected: dict[str, Rejection] = {}
+        self.history: OrderedDict[str, dict[str, ParsedFile]] = OrderedDict()
+        self.loaded = False
+        self._groups = itertools.count(1)
+
+    # ---- names --------------------------------------------------------------------------
+
+    def display_name(self, path: Path | str) -> str:
+        """The file as the user named its directory: `mesh/reviews.yaml`."""
+        relative = os.path.relpath(os.path.abspath(path), self._root)
+        if relative == ".." or relative.startswith(".." + os.sep):
+            return str(path)
+        return str(self.directory / relative)
+
+    def _relative(self, path: Path | str) -> PurePath | None:
+        relative = os.path.relpath(os.path.abspath(path), self._root)
+        if relative == ".." or relative.startswith(".." + os.sep):
+            return None
+        return PurePath(relative)
+
+    def is_config(self, path: Path | str) -> bool:
+        relative = self._relative(path)
+        return relative is not None and is_config_file(relative)
+
+    def is_hidden(self, path: Path | str) -> bool:
+        """Outside the directory, or under a part that starts with "." (never config)."""
+        relative = self._relative(path)
+        return relative is None or any(part.startswith(".") for part in relative.parts)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """The latest content seen of every present file."""
+        return {name: parsed.digest for name, parsed in self.latest.items()}
+
+    def next_deadline(self) -> float | None:
+        """When the earliest settle window ends (clock time), if any file is settling."""
+        return min(self.settling.values(), default=None)
+
+    # ---- changes ------------------------------------------------------------------------
+
+    def load_all(self) -> model.MeshConfig:
+        """Read the whole directory (the first load, or a rescan after a watcher restart)."""
+        return self.update((), rescan=True)
+
+    def update(self, paths: Iterable[Path | str] = (), rescan: bool = False) -> model.MeshConfig:
+        """Re-read `paths` (created, modified or deleted) and decide again what is in force.
+        With no paths, only decides again (a settle window ended, a rollback)."""
+        changed = {self.display_name(p): Path(p) for p in paths if self.is_config(p)}
+        if rescan:
+            present = {self.display_name(p): p for p in config_files(self.directory)}
+            for name in set(self.latest) - set(present):
+                changed.setdefault(name, Path(name))
+            for name, path in present.items():
+                changed.setdefault(name, path)
+        latest = dict(self.latest)
+        for name in sorted(changed):
+            parsed = self._read(name, changed[name], latest.get(name))
+            if parsed is None:
+                latest.pop(name, None)
+            else:
+                latest[name] = parsed
+        self._decide(latest)
+        return self.snapshot
+
+    def _read(self, name: str, path: Path, previous: ParsedFile | None) -> ParsedFile | None:
+        try:
+            content = read_config_file(path, self.max_file_bytes)
+        except FileGone:
+            return None
+        except UnreadableFile as exc:
+            return unreadable_file(name, str(exc), exc.line)
+        digest = hashlib.sha256(content.text.encode()).hexdigest()
+        if previous is not None and previous.digest == digest:
+            if previous.mtime_ns == content.mtime_ns:
+                return previous
+            return replace(previous, mtime_ns=content.mtime_ns)
+        return parse_file(name, content.text, content.mtime_ns)
+
+    def rollback(self, good_version: str, bad_version: str, message: str) -> list[str]:
+        """Envoy rejected what `bad_version` produced: hold back every file that differs
+        from `good_version` (the last configuration Envoy accepted) and is still as it was
+        then. Returns the files rolled back; call update() to apply."""
+        good, bad = self.history.get(good_version), self.history.get(bad_version)
+        if good is None or bad is None:
+            return []
+        group = next(self._groups)
+        rolled = []
+        for name in sorted(set(good) | set(bad)):
+            before, after = good.get(name), bad.get(name)
+            if before is after or (before and after and before.digest == after.digest):
+                continue
+            digest = after.digest if after is not None else ""
+            current = self.latest.get(name)
+            if (current.digest if current is not None else "") != digest:
+                continue  # edited again since: the new version gets its own chance
+            if name in self.rejected and self.rejected[name].digest == digest:
+                continue  # another proxy's NACK of the same push
+            issues = tuple(_rejection_issues(name, before, after, message))
+            self.rejected[name] = Rejection(digest, group, before, issues)
+            rolled.append(name)
+        return rolled
+
+    # ---- deciding -----------------------------------------------------------------------
+
+    def _decide(self, latest: dict[str, ParsedFile]) -> None:
+        first = not self.loaded
+        now = self.clock()
+        rejected = self._current_rejections(latest)
+        trial: dict[str, ParsedFile] = {}
+        issues: dict[str, list[ConfigIssue]] = {}
+        settling: dict[str, float] = {}
+        for name in sorted(set(latest) | {n for n, r in rejected.items() if not r.digest}):
+            parsed = latest.get(name)
+            previous = self.accepted.get(name)
+            rejection = rejected.get(name)
+            if rejection is not None:
+                if rejection.fallback is not None:
+                    trial[name] = rejection.fallback
+                issues[name] = list(rejection.issues)
+                continue
+            assert parsed is not None
+            transient = parsed.unparsable or (parsed.blank and parsed.ok)
+            if (
+                transient
+                and not first
+                and self.settle_seconds > 0
+                and previous is not None
+                and previous.has_content
+            ):
+                deadline = self.settling.get(name, now + self.settle_seconds)
+                if now < deadline:
+                    settling[name] = deadline
+                    trial[name] = previous
+                    what = "empty" if parsed.blank and parsed.ok else "not readable as YAML"
+                    issues[name] = [
+                        ConfigIssue(
+                            name,
+                            1,
+                            f"the file is {what}; its previous version stays in force for "
+                            f"{self.settle_seconds:g}s in case it is being written",
+                            severity="warning",
+                        )
+                    ]
+                    continue
+            issues[name] = list(parsed.issues)
+            if parsed.ok:
+                trial[name] = parsed
+            elif previous is not None:
+                trial[name] = previous
+                issues[name].append(
+                    ConfigIssue(
+                        name,
+                        1,
+                        "the previous valid version of this file stays in force",
+                        severity="warning",
+                    )
+                )
+        if not first:
+            for name, held in self._hold_dangling(trial).items():
+                issues.setdefault(name, []).extend(held)
+        snapshot, duplicates = assemble(trial)
+        for issue in duplicates:
+            issues.setdefault(issue.file, []).append(issue)
+        references = [_issue(f, trial) for f in cross_check(snapshot)]
+
+        self.latest = latest
+        self.accepted = trial
+        self.rejected = rejected
+        self.settling = settling
+        self.issues = {name: found for name, found in issues.items() if found}
+        self.reference_issues = references
+        self.snapshot = snapshot
+        self.loaded = True
+        self.history[snapshot.version] = dict(trial)
+        self.history.move_to_end(snapshot.version)
+        while len(self.history) > HISTORY:
+            self.history.popitem(last=False)
+
+    def _current_rejections(self, latest: Mapping[str, ParsedFile]) -> dict[str, Rejection]:
+        """Rejections still standing: a group ends when any of its files changes."""
+        ended = {
+            r.group
+            for name, r in self.rejected.items()
+            if (latest[name].digest if name in latest else "") != r.digest
+        }
+        return {n: r for n, r in self.rejected.items() if r.group not in ended}
+
+    def _hold_dangling(self, trial: dict[str, ParsedFile]) -> dict[str, list[ConfigIssue]]:
+        """Hold back changed files (in `trial`, in place) until no subset reference
+        dangles that did not already dangle in the configuration in force."""
+        before = {_reference_key(f) for f in dangling_subsets(self.snapshot)}
+        changed = {
+            n for n in set(trial) | set(self.accepted) if trial.get(n) is not self.accepted.get(n)
+        }
+        held: dict[str, list[ConfigIssue]] = {}
+        for _ in range(len(changed) + 1):
+            new = [
+                f for f in dangling_subsets(assemble(trial)[0]) if _reference_key(f) not in before
+            ]
+            blamed: dict[str, list[ConfigIssue]] = {}
+            for finding in new:
+                source = finding.resource.origin.file
+                if source in changed:
+                    issue = _issue(finding, trial)
+                    blamed.setdefault(source, []).append(
+                        replace(
+                            issue,
+                            message=f"{issue.message}; this change is held back and the "
+                            "previous version of this file stays in force until it resolves",
+                        )
+                    )
+                    continue
+                host, subset = finding.subset_of or ("", "")
+                for name in changed:
+                    if _defines_rule_for(trial.get(name), host) or _defines_rule_for(
+                        self.accepted.get(name), host
+                    ):
+                        blamed.setdefault(name, []).append(
+                            ConfigIssue(
+                                name,
+                                _rule_line(trial.get(name) or self.accepted.get(name), host),
+                                f'this change leaves subset "{subset}" of {host} undefined, '
+                                f"but {finding.resource.ref} ({finding.resource.origin}) "
+                                "routes to it; the change is held back and the previous "
+                                "version of this file stays in force until nothing does",
+                            )
+                        )
+            if not blamed:
+                break
+            for name, found in blamed.items():
+                previous = self.accepted.get(name)
+                if previous is None:
+                    trial.pop(name, None)
+                else:
+                    trial[name] = previous
+                changed.discard(name)
+                held.setdefault(name, []).extend(found)
+        return held
+
+    # ---- reporting ----------------------------------------------------------------------
+
+    def all_issues(self) -> list[ConfigIssue]:
+        issues = [issue for name in sorted(self.issues) for issue in self.issues[name]]
+        return issues + self.reference_issues
+
+
+def assemble(files: Mapping[str, ParsedFile]) -> tuple[model.MeshConfig, list[ConfigIssue]]:
+    """The MeshConfig of these file versions, resolving duplicates: the most recently
+    modified file's definition wins, ties going to the path that sorts first."""
+    winners: dict[tuple[str, str, str], tuple[ParsedFile, model.ConfigResource]] = {}
+    mesh_owner: ParsedFile | None = None
+    ordered = sorted(files.items())
+    for _, parsed in ordered:
+        for res in parsed.resources:
+            current = winners.get(res.key)
+            if current is None or parsed.mtime_ns > current[0].mtime_ns:
+                winners[res.key] = (parsed, res)
+        if parsed.mesh is not None and (
+            mesh_owner is None or parsed.mtime_ns > mesh_owner.mtime_ns
+        ):
+            mesh_owner = parsed
+    issues: list[ConfigIssue] = []
+    resources: list[model.ConfigResource] = []
+    for name, parsed in ordered:
+        for res in parsed.resources:
+            owner, winner = winners[res.key]
+            if owner is parsed:
+                resources.append(res)
+            else:
+                issues.append(
+                    ConfigIssue(
+                        name,
+                        res.origin.line,
+                        f"also defined at {winner.origin}, which wins (the most recently "
+                        "modified file does); this definition is ignored",
+                        res.ref,
+                        severity="warning",
+                    )
+                )
+        if parsed.mesh is not None and parsed is not mesh_owner and mesh_owner is not None:
+            issues.append(
+                ConfigIssue(
+                    name,
+                    1,
+                    f"mesh config also defined in {mesh_owner.path}, which wins (the most "
+                    "recently modified file does); this one is ignored",
+                    severity="warning",
+                )
+            )
+    mesh = mesh_owner.mesh if mesh_owner is not None else mesh_config_pb2.MeshConfig()
+    config = model.MeshConfig(resources=tuple(resources), mesh=model.with_mesh_defaults(mesh))
+    return config, issues
+
+
+def _issue(finding: CrossFinding, files: Mapping[str, ParsedFile]) -> ConfigIssue:
+    res = finding.resource
+    parsed = files.get(res.origin.file)
+    doc = parsed.documents.get(res.key) if parsed is not None else None
+    line = doc.line_of(finding.path) if doc else res.origin.line
+    return ConfigIssue(
+        res.origin.file, line, finding.message, res.ref, format_path(finding.path), finding.severity
+    )
+
+
+def _reference_key(finding: CrossFinding) -> tuple:
+    return (finding.resource.key, finding.path, finding.subset_of)
+
+
+def _rules_for(parsed: ParsedFile | None, host: str) -> list[model.ConfigResource]:
+    if parsed is None:
+        return []
+    return [
+        res
+        for res in parsed.resources
+        if res.kind == model.DESTINATION_RULE
+        and host_matches(fqdn(res.spec.host, res.namespace), host)
+    ]
+
+
+def _defines_rule_for(parsed: ParsedFile | None, host: str) -> bool:
+    return bool(_rules_for(parsed, host))
+
+
+def _rule_line(parsed: ParsedFile | None, host: str) -> int:
+    rules = _rules_for(parsed, host)
+    return rules[0].origin.line if rules else 1
+
+
+def _rejection_issues(
+    name: str, before: ParsedFile | None, after: ParsedFile | None, message: str
+) -> list[ConfigIssue]:
+    """One issue per resource the rejected version changed (or one for the file)."""
+    text = (
+        f"Envoy rejected the configuration this version of the file produced: {message}; "
+        "the version Envoy last accepted stays in force until the file changes"
+    )
+    old = {res.key: res for res in before.resources} if before is not None else {}
+    changed = [
+        res
+        for res in (after.resources if after is not None else [])
+        if res.key not in old or old[res.key].spec != res.spec
+    ]
+    if not changed:
+        return [ConfigIssue(name, 1, text)]
+    return [ConfigIssue(name, res.origin.line, text, res.ref) for res in changed]
