@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
@@ -214,3 +215,157 @@ async def test_stream_without_node_id_is_refused(plane):
         await client.recv()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "node.id" in info.value.details()
+
+
+async def sync_all(client: Client) -> dict[str, discovery_pb2.DiscoveryResponse]:
+    """Subscribe to every type and ACK the first answers; returns them by type."""
+    got = {}
+    for type_url, names in (
+        (CLUSTER, ()),
+        (ENDPOINT, [REVIEWS]),
+        (LISTENER, ()),
+        (ROUTE, ["http_proxy"]),
+    ):
+        client.send(type_url, names)
+        got[type_url] = await client.recv()
+        client.ack(got[type_url], names)
+    return got
+
+
+VS_V2 = (
+    "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
+    "spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, "
+    "subset: v2}\n"
+)
+
+
+async def test_a_nack_rolls_back_the_file_and_later_edits_still_arrive(plane):
+    control, channel = plane
+    client = Client(channel)
+    first = await sync_all(client)
+    assert await client.silent(0.3)
+    (control.options.config_dir / "vs.yaml").write_text(VS_V2)
+    pushed = await client.recv(10)
+    assert pushed.type_url == ROUTE
+    client.send(ROUTE, ["http_proxy"], nonce=pushed.nonce, version="", error="bad\nroute")
+    rolled = await client.recv(10)  # the routes Envoy last accepted, pushed again
+    assert rolled.type_url == ROUTE and rolled.version_info == first[ROUTE].version_info
+    client.ack(rolled, ["http_proxy"])
+    issues = [str(i) for i in control.store.all_issues()]
+    assert any(
+        "vs.yaml:1: error: VirtualService default/r: Envoy rejected" in i and "bad\\nroute" in i
+        for i in issues
+    ), issues
+    (rollback,) = control.rollbacks
+    assert rollback["proxy"] == "caller" and rollback["type"] == "RDS"
+    assert rollback["rolled_back"] == [str(control.options.config_dir / "vs.yaml")]
+    # Another file's edit meanwhile is not held back by the rejected one.
+    (control.options.config_dir / "ratings-vs.yaml").write_text(
+        VS_V2.replace("name: r}", "name: ra}").replace("reviews", "ratings")
+    )
+    later = await client.recv(10)
+    assert later.type_url == ROUTE and later.version_info not in (
+        first[ROUTE].version_info,
+        pushed.version_info,
+    )
+    client.close()
+
+
+async def test_untrusted_node_metadata_is_refused_and_others_keep_working(plane):
+    control, channel = plane
+    good = Client(channel)
+    await sync_all(good)
+    for key, value in (
+        ("INSTANCE_IPS", "not-an-ip"),
+        ("NAMESPACE", "Bad_NS"),
+        ("LABELS", {"app": "x\ny"}),
+        ("WORKLOAD_PORTS", "9080:15006,9081:15006"),
+    ):
+        bad = Client(channel, node_id=f"bad-{key.lower()}")
+        bad.node.metadata.update({key: value})
+        bad.send(CLUSTER)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await bad.recv()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert key in info.value.details()
+        bad.close()
+    forged = Client(channel, node_id="evil\nINFO forged line")
+    forged.send(CLUSTER)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await forged.recv()
+    forged.close()
+    assert set(control.servicer.latest_streams()) == {"caller"}
+    assert await good.silent(0.3)
+    good.close()
+
+
+async def test_a_huge_nack_message_is_kept_short_and_escaped(plane):
+    control, channel = plane
+    client = Client(channel)
+    client.send(CLUSTER)
+    cds = await client.recv()
+    client.send(CLUSTER, nonce=cds.nonce, error="\x1b[31m" + "x" * 1_000_000)
+    assert await client.silent(0.5)
+    state = control.servicer.latest_streams()["caller"].protocol.types[CLUSTER]
+    assert len(state.nack_message) < 3000 and "\x1b" not in state.nack_message
+    client.close()
+
+
+async def test_workloads_remembered_across_a_restart_stay_endpoints_until_grace_ends(
+    tmp_path: Path,
+):
+    config_dir = tmp_path / "mesh"
+    config_dir.mkdir()
+    (config_dir / "svc.yaml").write_text(service_yaml("reviews"))
+
+    def options() -> ServerOptions:
+        return ServerOptions(
+            config_dir,
+            xds_port=free_port(),
+            debug_port=free_port(),
+            debounce_ms=10,
+            state_dir=tmp_path / "state",
+            restart_grace_s=1.0,
+        )
+
+    async def endpoints(control: ControlPlane, node_id: str):
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{control.xds_port}")
+        client = Client(channel, node_id)
+        client.send(ENDPOINT, [REVIEWS])
+        return client, channel, await client.recv()
+
+    def addresses(response) -> list[str]:
+        out = []
+        for packed in response.resources:
+            assignment = endpoint_pb2.ClusterLoadAssignment()
+            packed.Unpack(assignment)
+            for locality in assignment.endpoints:
+                out += [e.endpoint.address.socket_address.address for e in locality.lb_endpoints]
+        return sorted(out)
+
+    first = ControlPlane(options())
+    await first.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{first.xds_port}")
+    workload = Client(channel, "reviews-v1")
+    workload.node.metadata.update({"LABELS": {"app": "reviews", "version": "v1"}})
+    workload.node.metadata.update({"INSTANCE_IPS": "127.0.0.20"})
+    workload.send(CLUSTER)
+    await workload.recv()
+    for _ in range(100):  # saved after the push that counted it
+        if (tmp_path / "state" / "workloads.json").is_file():
+            break
+        await asyncio.sleep(0.02)
+    workload.close()
+    await channel.close()
+    await first.stop()
+
+    second = ControlPlane(options())
+    await second.start()
+    client, channel, response = await endpoints(second, "caller")
+    assert addresses(response) == ["127.0.0.20"]  # not withdrawn by the restart
+    client.ack(response, [REVIEWS])
+    after_grace = await client.recv(10)  # the workload never came back
+    assert addresses(after_grace) == []
+    client.close()
+    await channel.close()
+    await second.stop()
