@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
+import math
 import signal
 import sys
+import tomllib
 from pathlib import Path
 
 from xds_server.bootstrap import BootstrapOptions, render
+from xds_server.launcher import port_free
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -27,8 +31,9 @@ def _run_until_signal(coro_factory) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
+        # SIGHUP too: closing the terminal stops the server as cleanly as Ctrl-C.
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            with contextlib.suppress(NotImplementedError, TypeError):
                 loop.add_signal_handler(sig, stop.set)
         await coro_factory(stop)
 
@@ -37,15 +42,45 @@ def _run_until_signal(coro_factory) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config_dir = Path(args.config_dir)
+    if not config_dir.is_dir():
+        if config_dir.exists():
+            print(f"error: --config-dir {config_dir}: not a directory", file=sys.stderr)
+            return 2
+        if not args.create_config_dir:
+            print(
+                f"error: --config-dir {config_dir}: no such directory "
+                "(check the path, or pass --create-config-dir to start with an empty one)",
+                file=sys.stderr,
+            )
+            return 2
+        config_dir.mkdir(parents=True, exist_ok=True)
+    for flag, host, port in (
+        ("--xds-port", args.xds_address, args.xds_port),
+        ("--debug-port", args.debug_address, args.debug_port),
+    ):
+        if port and not port_free(host, port):
+            print(
+                f"error: {host}:{port} ({flag}) is in use (another xds-server running?); "
+                f"choose another port with {flag}",
+                file=sys.stderr,
+            )
+            return 2
+
     from xds_server.server import ServerOptions, serve
 
     options = ServerOptions(
-        config_dir=Path(args.config_dir),
+        config_dir=config_dir,
         xds_address=args.xds_address,
         xds_port=args.xds_port,
         debug_address=args.debug_address,
         debug_port=args.debug_port,
         max_message_mb=args.max_message_mb,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        restart_grace_s=args.restart_grace,
+        max_file_bytes=args.max_file_bytes,
+        settle_ms=args.settle_ms,
+        create_config_dir=args.create_config_dir,
     )
     return _run_until_signal(lambda stop: serve(options, stop))
 
@@ -106,57 +141,182 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from xds_server.demo import run_demo
 
-    return run_demo(Path(args.dir), base_port=args.xds_port)
+    return run_demo(
+        Path(args.dir),
+        base_port=args.xds_port,
+        debug_port=args.debug_port,
+        subnet=args.subnet,
+    )
+
+
+def version() -> str:
+    """The installed distribution's version, else the one in pyproject.toml (a source tree)."""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        return importlib.metadata.version("xds-server")
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
+    return "unknown"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option states its default: "(default: X)" unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)".strip()
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, "*"):
+            return text  # a positional argument has no default
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _non_negative(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text}")
+        return value
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative(int)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text}")
+    return value
+
+
+def _subnet(text: str) -> str:
+    """127.X.Y: the first three octets of a loopback /24."""
+    parts = text.split(".")
+    if (
+        len(parts) != 3
+        or parts[0] != "127"
+        or not all(p.isdigit() and int(p) <= 255 for p in parts)
+    ):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a loopback subnet like 127.0.11")
+    return ".".join(str(int(p)) for p in parts)
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="xds-server", description=__doc__)
-    top.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    top = argparse.ArgumentParser(
+        prog="xds-server", description=__doc__, formatter_class=_HelpFormatter
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    top.add_argument("--log-level", default="INFO", help="log level: DEBUG, INFO, WARNING or ERROR")
     sub = top.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve xDS for the YAML files in a directory")
-    serve.add_argument("--config-dir", default="mesh")
-    serve.add_argument("--xds-address", default="127.0.0.1")
-    serve.add_argument("--xds-port", type=int, default=15010)
-    serve.add_argument("--debug-address", default="127.0.0.1")
-    serve.add_argument("--debug-port", type=int, default=15014)
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
+    serve = command("serve", "serve xDS for the YAML files in a directory")
     serve.add_argument(
-        "--max-message-mb", type=int, default=64, help="gRPC message size limit in MiB (default 64)"
+        "--config-dir",
+        default="mesh",
+        help="directory of YAML files to serve; it must exist (see --create-config-dir)",
+    )
+    serve.add_argument(
+        "--create-config-dir",
+        action="store_true",
+        help="create --config-dir when it does not exist, instead of refusing to start",
+    )
+    serve.add_argument("--xds-address", default="127.0.0.1", help="address of the xDS gRPC port")
+    serve.add_argument("--xds-port", type=_port, default=15010, help="xDS (ADS, gRPC) port")
+    serve.add_argument(
+        "--debug-address", default="127.0.0.1", help="address of the debug/health HTTP port"
+    )
+    serve.add_argument("--debug-port", type=_port, default=15014, help="debug and health HTTP port")
+    serve.add_argument(
+        "--max-message-mb",
+        type=_positive_int,
+        default=64,
+        help="gRPC message size limit in MiB",
+    )
+    serve.add_argument(
+        "--state-dir",
+        default=None,
+        help="where the server remembers connected workloads across restarts "
+        "(default: <config-dir>/.xds-server)",
+    )
+    serve.add_argument(
+        "--restart-grace",
+        type=_non_negative(float),
+        default=30.0,
+        metavar="SECONDS",
+        help="after a start, remembered workloads stay endpoints this long unless they reconnect",
+    )
+    serve.add_argument(
+        "--max-file-bytes",
+        type=_positive_int,
+        default=8 * 1024 * 1024,
+        metavar="BYTES",
+        help="config files larger than this are refused, not read (default: 8388608, 8 MiB)",
+    )
+    serve.add_argument(
+        "--settle-ms",
+        type=_non_negative(int),
+        default=1000,
+        metavar="MS",
+        help="a file that turns empty or unparsable gets this long to be written in full "
+        "before its errors count",
     )
     serve.set_defaults(func=cmd_serve)
 
-    validate = sub.add_parser("validate", help="check a config directory; exit 1 on errors")
-    validate.add_argument("config_dir")
+    validate = command("validate", "check a config directory; exit 1 on errors")
+    validate.add_argument("config_dir", help="directory of YAML files to check")
     validate.set_defaults(func=cmd_validate)
 
-    boot = sub.add_parser("bootstrap", help="write an Envoy bootstrap for one sidecar or gateway")
-    boot.add_argument("--node-id", required=True)
-    boot.add_argument("--namespace", default="default")
-    boot.add_argument("--labels", type=_labels, default={}, help="app=reviews,version=v2")
-    boot.add_argument("--service-account", default="default")
+    boot = command("bootstrap", "write an Envoy bootstrap for one sidecar or gateway")
+    boot.add_argument("--node-id", required=True, help="node.id: the proxy's unique name")
+    boot.add_argument("--namespace", default="default", help="the workload's namespace")
+    boot.add_argument(
+        "--labels",
+        type=_labels,
+        default={},
+        help="the workload's labels, KEY=VALUE,... e.g. app=reviews,version=v2 (default: none)",
+    )
+    boot.add_argument("--service-account", default="default", help="the workload's service account")
     boot.add_argument(
         "--app-port",
-        type=int,
+        type=_port,
         action="append",
         default=[],
-        help="a port the app listens on (repeat for several)",
+        help="a port the app listens on; repeat for several (default: none)",
     )
     boot.add_argument(
         "--inbound-port",
-        type=int,
+        type=_port,
         action="append",
         default=[],
-        help="sidecar port for the matching --app-port (default 15006, 15007, ...)",
+        help="sidecar port for the matching --app-port (default: 15006, 15007, ...)",
     )
-    boot.add_argument("--xds-address", default="127.0.0.1:15010", help="HOST:PORT of the server")
-    boot.add_argument("--admin-address", default="127.0.0.1")
-    boot.add_argument("--admin-port", type=int, default=15000)
+    boot.add_argument(
+        "--xds-address", default="127.0.0.1:15010", help="HOST:PORT of the xDS server"
+    )
+    boot.add_argument("--admin-address", default="127.0.0.1", help="Envoy admin address")
+    boot.add_argument("--admin-port", type=_port, default=15000, help="Envoy admin port")
     boot.add_argument(
         "--outbound-address",
         default="127.0.0.1",
         help="where the app reaches the mesh (its HTTP proxy)",
     )
-    boot.add_argument("--outbound-port", type=int, default=15001)
+    boot.add_argument(
+        "--outbound-port", type=_port, default=15001, help="the outbound listener's port"
+    )
     boot.add_argument("--ip", default="", help="workload IP (default: as seen by the server)")
     boot.add_argument(
         "--bind-address",
@@ -171,16 +331,24 @@ def parser() -> argparse.ArgumentParser:
         help="gateway: an ingress proxy; Gateways select it by --labels and it listens on "
         "their server ports at --bind-address",
     )
-    boot.add_argument("-o", "--output", default="-")
+    boot.add_argument("-o", "--output", default="-", help="file to write, - for standard output")
     boot.set_defaults(func=cmd_bootstrap)
 
-    demo = sub.add_parser("demo", help="run a local mesh: server, Envoy sidecars, sample apps")
+    demo = command("demo", "run a local mesh: server, Envoy sidecars, sample apps")
     demo.add_argument("--dir", default="demo-mesh", help="where the demo's YAML goes")
+    demo.add_argument("--xds-port", type=_port, default=15010, help="the control plane's xDS port")
     demo.add_argument(
-        "--xds-port",
-        type=int,
-        default=15010,
-        help="xDS port; the debug port is this + 4 (default 15010, 15014)",
+        "--debug-port",
+        type=_port,
+        default=None,
+        help="the control plane's debug HTTP port (default: --xds-port + 4, 15014)",
+    )
+    demo.add_argument(
+        "--subnet",
+        type=_subnet,
+        default="127.0.10",
+        help="loopback /24 for the workloads (127.X.Y); each gets 127.X.Y.N and Istio's "
+        "ports there, so a second demo needs another subnet",
     )
     demo.set_defaults(func=cmd_demo)
     return top

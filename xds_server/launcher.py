@@ -9,15 +9,18 @@ pod. The demo and the end-to-end tests both use this launcher. Every wait is bou
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,54 @@ from xds_server.bootstrap import BootstrapOptions, render
 from xds_server.envoy_binary import find_envoy
 
 ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, APP_PORT = 15000, 15001, 15006, 9080
+WORKLOAD_PORTS = {
+    ADMIN_PORT: "Envoy admin",
+    OUTBOUND_PORT: "outbound",
+    INBOUND_PORT: "inbound",
+    APP_PORT: "app",
+}
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class PortsInUse(RuntimeError):
+    """Addresses the mesh needs are taken. `taken` holds (setting, "host:port", what), the
+    setting being the LocalMesh field to change: "xds_port", "debug_port" or "subnet"."""
+
+    def __init__(self, taken: list[tuple[str, str, str]]) -> None:
+        self.taken = taken
+        shown = ", ".join(f"{address} ({what})" for _, address, what in taken[:3])
+        more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
+        super().__init__(f"in use: {shown}{more}")
+
+
+_prctl: Any = None
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel SIGKILL the child when this process dies, even by
+    SIGKILL (PR_SET_PDEATHSIG, Linux only; None elsewhere).
+
+    The signal comes when the *thread* that started the child exits: start children from a
+    thread that lives as long as they should (the main thread, in the demo and the tests)."""
+    global _prctl
+    if not sys.platform.startswith("linux"):
+        return None
+    if _prctl is None:
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            return None
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+        _prctl = prctl
+    prctl, parent = _prctl, os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: keep it minimal
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 @dataclass
@@ -53,8 +104,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (nothing listening or bound there)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError):
+        return True  # not an address we can check; the server reports it
+    with socket.socket(family) as sock:
         # As servers bind: a port held only by TIME_WAIT connections counts as free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -107,29 +163,34 @@ class LocalMesh:
             raise
         return self
 
+    def taken(self) -> list[tuple[str, str, str]]:
+        """The fixed addresses this mesh needs (its set ports, its set subnet) that are in
+        use now, as PortsInUse lists them; empty when it can start."""
+        found = []
+        for setting, port, what in (
+            ("xds_port", self.xds_port, "xDS"),
+            ("debug_port", self.debug_port, "debug HTTP"),
+        ):
+            if port and not port_free("127.0.0.1", port):
+                found.append((setting, f"127.0.0.1:{port}", what))
+        if self.subnet:
+            for i, workload in enumerate(self.workloads):
+                ip = f"{self.subnet}.{i + 1}"
+                for port, what in WORKLOAD_PORTS.items():
+                    if not port_free(ip, port):
+                        found.append(("subnet", f"{ip}:{port}", f"{workload.name} {what}"))
+        return found
+
     def _start(self, timeout: float) -> None:
+        taken = self.taken()
+        if taken:
+            raise PortsInUse(taken)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.xds_port = self.xds_port or free_port()
         self.debug_port = self.debug_port or free_port()
         self._assign_addresses()
-        self._spawn(
-            "xds-server",
-            [
-                sys.executable,
-                "-m",
-                "xds_server",
-                "--log-level",
-                self.log_level,
-                "serve",
-                "--config-dir",
-                str(self.config_dir),
-                "--xds-port",
-                str(self.xds_port),
-                "--debug-port",
-                str(self.debug_port),
-            ],
-        )
+        self._spawn("xds-server", self.server_command())
         wait_until(
             lambda: http_get(f"{self.debug_url}/healthz")[0] == 200 or self._check_alive(),
             timeout,
@@ -170,13 +231,32 @@ class LocalMesh:
         for workload in self.workloads:
             if workload.app_port:
                 wait_until(
-                    lambda w=workload: not _port_free(w.ip, w.app_port),
+                    lambda w=workload: not port_free(w.ip, w.app_port),
                     timeout,
                     f"app {workload.name}",
                 )
 
+    def server_command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "xds_server",
+            "--log-level",
+            self.log_level,
+            "serve",
+            "--config-dir",
+            str(self.config_dir),
+            "--xds-port",
+            str(self.xds_port),
+            "--debug-port",
+            str(self.debug_port),
+            # Remembered workloads stay with the run, out of the user's config directory.
+            "--state-dir",
+            str(self.work_dir / "state"),
+        ]
+
     def _assign_addresses(self) -> None:
-        ports = (ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, APP_PORT)
+        ports = tuple(WORKLOAD_PORTS)
         candidates = (
             [self.subnet]
             if self.subnet
@@ -184,12 +264,13 @@ class LocalMesh:
         )
         for subnet in candidates:
             ips = [f"{subnet}.{i + 1}" for i in range(len(self.workloads))]
-            if all(_port_free(ip, p) for ip in ips for p in ports):
+            if all(port_free(ip, p) for ip in ips for p in ports):
                 for workload, ip in zip(self.workloads, ips, strict=True):
                     workload.ip = ip
                 return
-        where = f"{self.subnet}.*" if self.subnet else "any loopback subnet tried"
-        raise RuntimeError(f"ports {ports} are in use on {where} (is another mesh running?)")
+        if self.subnet:
+            raise PortsInUse(self.taken())
+        raise RuntimeError(f"ports {ports} are in use on every loopback subnet tried")
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.work_dir / f"{name}.out", "wb")  # noqa: SIM115 (owned by the process)
@@ -198,7 +279,10 @@ class LocalMesh:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C or hangup of the terminal reaches only us, and we
+            # stop every child; if we die without stopping them, the kernel kills them.
             start_new_session=True,
+            preexec_fn=die_with_parent(),
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
