@@ -332,3 +332,25 @@ def test_an_alias_bomb_is_refused_quickly(mesh):
     store.load_all()
     (issue,) = [i for i in store.all_issues() if i.file.endswith("bomb.yaml")]
     assert "aliases expand to more than" in issue.message
+
+
+def test_files_rolled_back_together_are_retried_one_at_a_time(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", VS % "v1")
+    store = ConfigStore(mesh)
+    good = store.load_all().version
+    write(mesh / "dr.yaml", dr("v1", "v2", "v3"))  # innocent
+    write(mesh / "vs.yaml", VS % "v2")  # the one Envoy refuses
+    bad = store.update([mesh / "dr.yaml", mesh / "vs.yaml"]).version
+    assert len(store.rollback(good, bad, "rejected")) == 2
+    assert store.update().version == good
+    assert all("retried alone" in e for e in errors(store))
+    assert store.release_suspect() == str(mesh / "dr.yaml")
+    innocent = store.update().version
+    assert subsets(store) == ["v1", "v2", "v3"] and subset(store) == "v1"
+    assert store.release_suspect() == str(mesh / "vs.yaml")
+    culprit = store.update().version
+    assert store.rollback(innocent, culprit, "rejected again") == [str(mesh / "vs.yaml")]
+    assert store.update().version == innocent and not store.has_suspects()
+    (error,) = errors(store)
+    assert "vs.yaml" in error and "rejected again" in error and "retried" not in error

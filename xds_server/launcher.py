@@ -151,7 +151,10 @@ class LocalMesh:
     debug_port: int = 0
     subnet: str = ""  # "127.X.Y"; empty: a random one with free ports
     log_level: str = "INFO"
+    server_args: list[str] = field(default_factory=list)  # more `serve` flags
+    server_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _logs_started: set[str] = field(default_factory=set)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -190,12 +193,7 @@ class LocalMesh:
         self.xds_port = self.xds_port or free_port()
         self.debug_port = self.debug_port or free_port()
         self._assign_addresses()
-        self._spawn("xds-server", self.server_command())
-        wait_until(
-            lambda: http_get(f"{self.debug_url}/healthz")[0] == 200 or self._check_alive(),
-            timeout,
-            "xds-server /healthz",
-        )
+        self.start_server(timeout)
         apps = [f"{w.app}:{w.version}:{w.app_port}@{w.ip}" for w in self.workloads if w.app_port]
         if apps:
             self._spawn("apps", [sys.executable, "-m", "xds_server.sample_app", *apps])
@@ -236,6 +234,21 @@ class LocalMesh:
                     f"app {workload.name}",
                 )
 
+    def start_server(self, timeout: float = 30.0) -> None:
+        """Start the control plane (again) and wait until it answers /healthz."""
+        self._spawn("xds-server", self.server_command(), self.server_env)
+        wait_until(
+            lambda: http_get(f"{self.debug_url}/healthz")[0] == 200 or self._check_alive(),
+            timeout,
+            "xds-server /healthz",
+        )
+
+    def kill_server(self) -> None:
+        """SIGKILL the control plane, as a crash would end it."""
+        process = self.processes.pop("xds-server")
+        process.kill()
+        process.wait(timeout=10)
+
     def server_command(self) -> list[str]:
         return [
             sys.executable,
@@ -253,6 +266,7 @@ class LocalMesh:
             # Remembered workloads stay with the run, out of the user's config directory.
             "--state-dir",
             str(self.work_dir / "state"),
+            *self.server_args,
         ]
 
     def _assign_addresses(self) -> None:
@@ -272,8 +286,11 @@ class LocalMesh:
             raise PortsInUse(self.taken())
         raise RuntimeError(f"ports {ports} are in use on every loopback subnet tried")
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.work_dir / f"{name}.out", "wb")  # noqa: SIM115 (owned by the process)
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        # A restarted process appends to the log of its first run in this mesh.
+        mode = "ab" if name in self._logs_started else "wb"
+        self._logs_started.add(name)
+        log = open(self.work_dir / f"{name}.out", mode)  # noqa: SIM115 (owned by the process)
         self.processes[name] = subprocess.Popen(
             argv,
             stdout=log,
@@ -283,7 +300,7 @@ class LocalMesh:
             # stop every child; if we die without stopping them, the kernel kills them.
             start_new_session=True,
             preexec_fn=die_with_parent(),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         log.close()
 

@@ -5,10 +5,60 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from protos import destination_rule_pb2 as dr_pb2
-from xds_server.config.checks_common import Finding, optional_duration, port_ok
+from xds_server.config.checks_common import Finding, enabled, optional_duration, port_ok
 from xds_server.config.yaml_lines import Path
 
 _LB = dr_pb2.LoadBalancerSettings
+# Envoy's cluster.proto: MaglevLbConfig.table_size <= 5000011 (and prime, maglev_lb.cc),
+# RingHashLbConfig.minimum_ring_size <= 8388608 (its default maximum_ring_size too).
+MAGLEV_MAX_TABLE_SIZE = 5_000_011
+RING_HASH_MAX_SIZE = 8_388_608
+MAX_UINT32 = 0xFFFFFFFF
+# Linux refuses larger TCP_KEEPIDLE / TCP_KEEPINTVL (seconds) and TCP_KEEPCNT values.
+LINUX_MAX_KEEPALIVE_SECONDS = 32767
+LINUX_MAX_KEEPALIVE_PROBES = 127
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    divisor = 3
+    while divisor * divisor <= n:
+        if n % divisor == 0:
+            return False
+        divisor += 2
+    return True
+
+
+def _next_prime(n: int) -> int:
+    while not is_prime(n):
+        n += 1
+    return n
+
+
+def _hash_sizes(hashing: _LB.ConsistentHashLB, path: Path) -> Iterator[Finding]:
+    """What Envoy refuses in the table or ring the translation configures (the ring sizes
+    are ignored under maglev, the deprecated one under ringHash; 0 keeps the default)."""
+    if hashing.HasField("maglev"):
+        size = hashing.maglev.table_size
+        at = (*path, "maglev", "tableSize")
+        if size > MAGLEV_MAX_TABLE_SIZE:
+            yield at, f"maglev table size {size} above Envoy's maximum {MAGLEV_MAX_TABLE_SIZE}"
+        elif size and not is_prime(size):
+            yield (
+                at,
+                f"maglev table size {size} is not prime, which Envoy requires "
+                f"(the next prime is {_next_prime(size)})",
+            )
+        return
+    if hashing.HasField("ring_hash"):
+        size, at = hashing.ring_hash.minimum_ring_size, (*path, "ringHash", "minimumRingSize")
+    else:
+        size, at = hashing.minimum_ring_size, (*path, "minimumRingSize")
+    if size > RING_HASH_MAX_SIZE:
+        yield at, f"ring size {size} above Envoy's maximum {RING_HASH_MAX_SIZE}"
 
 
 def _load_balancer(lb: dr_pb2.LoadBalancerSettings, path: Path) -> Iterator[Finding]:
@@ -40,8 +90,12 @@ def _load_balancer(lb: dr_pb2.LoadBalancerSettings, path: Path) -> Iterator[Find
             )
         elif key == "use_source_ip" and not hashing.use_source_ip:
             yield (*hpath, "useSourceIp"), "must be true when set"
-        if hashing.HasField("maglev") and hashing.maglev.table_size > 5000011:
-            yield (*hpath, "maglev", "tableSize"), "table size above 5000011"
+        if enabled("consistent-hash"):
+            if key == "http_header_name" and not hashing.http_header_name:
+                yield (*hpath, "httpHeaderName"), "must not be empty (Envoy refuses it)"
+            elif key == "http_query_parameter_name" and not hashing.http_query_parameter_name:
+                yield (*hpath, "httpQueryParameterName"), "must not be empty (Envoy refuses it)"
+            yield from _hash_sizes(hashing, hpath)
 
 
 def _connection_pool(pool: dr_pb2.ConnectionPoolSettings, path: Path) -> Iterator[Finding]:
@@ -67,6 +121,13 @@ def _connection_pool(pool: dr_pb2.ConnectionPoolSettings, path: Path) -> Iterato
         kpath = (*path, "tcp", "tcpKeepalive")
         yield from optional_duration(keepalive, "time", (*kpath, "time"), 1000)
         yield from optional_duration(keepalive, "interval", (*kpath, "interval"), 1000)
+        for name in ("time", "interval"):
+            seconds = getattr(keepalive, name).seconds
+            if enabled("tcp-keepalive") and seconds > MAX_UINT32:
+                yield (
+                    (*kpath, name),
+                    f"{seconds}s does not fit Envoy's keepalive_{name} (uint32 seconds)",
+                )
 
 
 def _outlier(outlier: dr_pb2.OutlierDetection, path: Path) -> Iterator[Finding]:
@@ -129,7 +190,36 @@ def _deprecated(policy: dr_pb2.TrafficPolicy, path: Path) -> Iterator[Finding]:
         yield (*path, "outlierDetection", "consecutiveErrors"), f"deprecated; {how}"
 
 
+def _keepalive(pool: dr_pb2.ConnectionPoolSettings, path: Path) -> Iterator[Finding]:
+    """Envoy takes any keepalive values, but Linux refuses the socket options past its
+    limits, and then Envoy cannot apply them to upstream connections."""
+    keepalive = pool.tcp.tcp_keepalive
+    kpath = (*path, "connectionPool", "tcp", "tcpKeepalive")
+    for name in ("time", "interval"):
+        seconds = getattr(keepalive, name).seconds
+        if LINUX_MAX_KEEPALIVE_SECONDS < seconds <= MAX_UINT32:
+            yield (
+                (*kpath, name),
+                f"{seconds}s is above Linux's limit of {LINUX_MAX_KEEPALIVE_SECONDS}s for "
+                "TCP keepalive; the socket option will fail",
+            )
+    if keepalive.probes > LINUX_MAX_KEEPALIVE_PROBES:
+        yield (
+            (*kpath, "probes"),
+            f"{keepalive.probes} probes is above Linux's limit of {LINUX_MAX_KEEPALIVE_PROBES}; "
+            "the socket option will fail",
+        )
+
+
+def _policy_warnings(policy: dr_pb2.TrafficPolicy, path: Path) -> Iterator[Finding]:
+    yield from _deprecated(policy, path)
+    if enabled("tcp-keepalive"):
+        yield from _keepalive(policy.connection_pool, path)
+        for i, entry in enumerate(policy.port_level_settings):
+            yield from _keepalive(entry.connection_pool, (*path, "portLevelSettings", i))
+
+
 def destination_rule_warnings(dr: dr_pb2.DestinationRule) -> Iterator[Finding]:
-    yield from _deprecated(dr.traffic_policy, ("spec", "trafficPolicy"))
+    yield from _policy_warnings(dr.traffic_policy, ("spec", "trafficPolicy"))
     for i, subset in enumerate(dr.subsets):
-        yield from _deprecated(subset.traffic_policy, ("spec", "subsets", i, "trafficPolicy"))
+        yield from _policy_warnings(subset.traffic_policy, ("spec", "subsets", i, "trafficPolicy"))

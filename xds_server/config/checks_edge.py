@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
-from protos import gateway_pb2, service_entry_pb2, sidecar_pb2
-from xds_server.config.checks_common import Finding, port_ok
+from protos import gateway_pb2, service_entry_pb2, sidecar_pb2, workload_entry_pb2
+from translators.services import HTTP_PROTOCOLS as HTTP_PORT_PROTOCOLS
+from translators.services import port_protocol
+from translators.tcp_routes import PROXY_PORTS
+from xds_server.config.checks_common import Finding, enabled, port_ok
+from xds_server.config.checks_envoy import UNIX_PREFIX, is_ip
+from xds_server.config.yaml_lines import Path
 
 HTTP_PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}
 TLS = gateway_pb2.ServerTLSSettings
+Resolution = service_entry_pb2.ServiceEntry.Resolution
+# The ports Istio reserves for the proxy itself, and what uses each.
+RESERVED_PORTS = {
+    15000: "Envoy's admin interface",
+    15001: "the sidecar's outbound listener",
+    15004: "the Istio agent's debug port",
+    15006: "the sidecar's inbound listener",
+    15008: "the HBONE tunnel",
+    15009: "HBONE on secure networks",
+    15020: "merged Prometheus telemetry",
+    15021: "health checks",
+    15053: "the DNS proxy",
+    15090: "Envoy's Prometheus telemetry",
+}
+ADMIN_PORT = 15000
 
 
 def check_gateway(gw: gateway_pb2.Gateway) -> Iterator[Finding]:
@@ -74,14 +94,113 @@ def check_sidecar(sidecar: sidecar_pb2.Sidecar) -> Iterator[Finding]:
                 )
 
 
+def gateway_warnings(gw: gateway_pb2.Gateway) -> Iterator[Finding]:
+    """A server on the admin port: the gateway's listener cannot bind beside its admin."""
+    if not enabled("reserved-ports"):
+        return
+    for i, server in enumerate(gw.servers):
+        if server.port.number == ADMIN_PORT:
+            yield (
+                ("spec", "servers", i, "port", "number"),
+                f"port {ADMIN_PORT} is the admin port of the bootstraps xds-server writes: "
+                "unless this gateway's admin moved (--admin-port), its listener cannot bind",
+            )
+
+
+def reserved_port_warnings(number: int, protocol: str, path: Path) -> Iterator[Finding]:
+    """A TCP service port the sidecar uses itself (HTTP ports share the outbound listener
+    and open none): translation skips its listener, so the user must hear why."""
+    if not enabled("reserved-ports") or protocol in HTTP_PORT_PROTOCOLS:
+        return
+    role = RESERVED_PORTS.get(number)
+    if role is None:
+        return
+    if number in PROXY_PORTS:
+        yield (
+            path,
+            f"TCP port {number} is reserved for {role}: sidecars open no listener for this "
+            "service there, so apps cannot reach it through their sidecar; use another port",
+        )
+    else:
+        yield path, f"TCP port {number} is reserved by Istio for {role}; use another port"
+
+
+def endpoint_ports(ports: Mapping[str, int], path: Path) -> Iterator[Finding]:
+    """WorkloadEntry ports become endpoint ports: Envoy's SocketAddress allows 0-65535."""
+    if enabled("endpoint-port"):
+        for name, number in sorted(ports.items()):
+            if number > 65535:
+                yield (*path, name), f"port {number} out of range 1-65535"
+
+
+def unix_address(address: str, path: Path) -> Iterator[Finding]:
+    """Istio allows unix:// endpoints; the translation only writes TCP socket addresses,
+    which Envoy refuses (STATIC, EDS) or cannot resolve (DNS) for such a path."""
+    if enabled("endpoint-address") and address.startswith(UNIX_PREFIX):
+        yield path, "unix domain socket addresses are not supported (TCP addresses only)"
+
+
+def check_workload_entry(we: workload_entry_pb2.WorkloadEntry) -> Iterator[Finding]:
+    if not we.address:
+        yield ("spec", "address"), "required: address"
+    yield from unix_address(we.address, ("spec", "address"))
+    yield from endpoint_ports(we.ports, ("spec", "ports"))
+
+
+def _endpoints(se: service_entry_pb2.ServiceEntry) -> Iterator[Finding]:
+    for i, endpoint in enumerate(se.endpoints):
+        path = ("spec", "endpoints", i, "address")
+        address = endpoint.address
+        if not address:
+            yield path, "required: endpoint address"
+        elif address.startswith(UNIX_PREFIX):
+            yield from unix_address(address, path)
+        elif (
+            se.resolution == Resolution.STATIC
+            and enabled("endpoint-address")
+            and not is_ip(address)
+        ):
+            yield (
+                path,
+                f"resolution STATIC needs an IP address: Envoy refuses {address!r} as a "
+                "static endpoint (malformed IP address); use resolution DNS for host names",
+            )
+        yield from endpoint_ports(endpoint.ports, ("spec", "endpoints", i, "ports"))
+    if (
+        se.resolution == Resolution.DNS_ROUND_ROBIN
+        and len(se.endpoints) > 1
+        and enabled("dns-round-robin")
+    ):
+        yield (
+            ("spec", "endpoints"),
+            "resolution DNS_ROUND_ROBIN takes at most one endpoint (Envoy's LOGICAL_DNS "
+            "cluster has exactly one); use resolution DNS",
+        )
+
+
+def service_entry_warnings(se: service_entry_pb2.ServiceEntry) -> Iterator[Finding]:
+    for i, port in enumerate(se.ports):
+        protocol = port_protocol(port.name, port.protocol)
+        yield from reserved_port_warnings(port.number, protocol, ("spec", "ports", i, "number"))
+
+
 def check_service_entry(se: service_entry_pb2.ServiceEntry) -> Iterator[Finding]:
     if not se.hosts:
         yield ("spec", "hosts"), "required: at least one host"
+    if enabled("service-entry-hosts"):
+        for i, host in enumerate(se.hosts):
+            if not host.strip():
+                yield ("spec", "hosts", i), "host must not be empty"
     if not se.ports:
         yield ("spec", "ports"), "required: at least one port"
     for i, port in enumerate(se.ports):
         if not port_ok(port.number):
             yield ("spec", "ports", i, "number"), f"port {port.number} out of range 1-65535"
+        if port.target_port > 65535 and enabled("endpoint-port"):
+            yield (
+                ("spec", "ports", i, "targetPort"),
+                f"port {port.target_port} out of range 1-65535",
+            )
     resolution = service_entry_pb2.ServiceEntry.Resolution
     if se.resolution in (resolution.DNS, resolution.DNS_ROUND_ROBIN):
         for i, host in enumerate(se.hosts):
@@ -89,6 +208,4 @@ def check_service_entry(se: service_entry_pb2.ServiceEntry) -> Iterator[Finding]
                 yield ("spec", "hosts", i), "a wildcard host cannot be resolved by DNS"
     if se.resolution == resolution.NONE and se.endpoints:
         yield ("spec", "endpoints"), "resolution NONE takes no endpoints"
-    for i, endpoint in enumerate(se.endpoints):
-        if not endpoint.address:
-            yield ("spec", "endpoints", i, "address"), "required: endpoint address"
+    yield from _endpoints(se)

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from protos import service_profile_pb2, smi_pb2
-from xds_server.config.checks_common import Finding, optional_duration, regex_error
+from xds_server.config.checks_common import Finding, enabled, optional_duration, regex_error
+
+# The translation writes each weight into a VirtualService weight (int32); Envoy refuses
+# weighted clusters whose weights add up past uint32.
+MAX_SPLIT_WEIGHT = 0x7FFFFFFF
+MAX_WEIGHT_SUM = 0xFFFFFFFF
 
 
 def check_traffic_split(split: smi_pb2.TrafficSplit) -> Iterator[Finding]:
@@ -16,10 +21,21 @@ def check_traffic_split(split: smi_pb2.TrafficSplit) -> Iterator[Finding]:
     for i, backend in enumerate(split.backends):
         if not backend.service:
             yield ("spec", "backends", i, "service"), "required: backend service"
-        if backend.weight < 0 or backend.weight > 0xFFFFFFFF:
+        if backend.weight < 0:
             yield ("spec", "backends", i, "weight"), f"weight {backend.weight} out of range"
-    if split.backends and sum(max(0, b.weight) for b in split.backends) <= 0:
+        elif backend.weight > MAX_SPLIT_WEIGHT and enabled("traffic-split-weights"):
+            yield (
+                ("spec", "backends", i, "weight"),
+                f"weight {backend.weight} above the maximum {MAX_SPLIT_WEIGHT}",
+            )
+    total = sum(max(0, b.weight) for b in split.backends)
+    if split.backends and total <= 0:
         yield ("spec", "backends"), "weights must not all be 0"
+    elif total > MAX_WEIGHT_SUM and enabled("traffic-split-weights"):
+        yield (
+            ("spec", "backends"),
+            f"weights add up to {total}; Envoy refuses weighted clusters above {MAX_WEIGHT_SUM}",
+        )
 
 
 def check_service_profile(profile: service_profile_pb2.ServiceProfile) -> Iterator[Finding]:
@@ -51,6 +67,13 @@ def check_service_profile(profile: service_profile_pb2.ServiceProfile) -> Iterat
         yield ("spec", "dstOverrides"), "not supported yet: use a TrafficSplit"
     if profile.HasField("retry_budget"):
         budget = profile.retry_budget
-        if not 0 <= budget.retry_ratio <= 100:
-            yield ("spec", "retryBudget", "retryRatio"), "must be between 0 and 100"
+        if budget.retry_ratio < 0:
+            yield ("spec", "retryBudget", "retryRatio"), "must not be negative"
+        # As translated: Envoy's budget_percent (a Percent, at most 100) is ratio * 100.
+        elif round(budget.retry_ratio * 100, 4) > 100 and enabled("retry-budget"):
+            yield (
+                ("spec", "retryBudget", "retryRatio"),
+                f"{budget.retry_ratio:g} above 1: Envoy's retry budget is at most 100% "
+                "of active requests",
+            )
         yield from optional_duration(budget, "ttl", ("spec", "retryBudget", "ttl"))

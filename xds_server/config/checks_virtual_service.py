@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from protos import virtual_service_pb2 as vs_pb2
 from translators.route_policies import GRPC_CODES, REDIRECT_CODES, split_retry_on
 from xds_server.config.checks_common import (
     Finding,
+    enabled,
     optional_duration,
     percentage,
     port_ok,
@@ -36,6 +38,13 @@ RETRY_CONDITIONS = {
     "unavailable",
 }
 MAX_DIRECT_BODY = 1 << 20
+# Envoy's proto limits (route_components.proto, base.proto HeaderValue).
+MAX_HEADERS_TO_ADD = 1000
+MAX_HEADER_BYTES = 16384
+MAX_QUERY_NAME_BYTES = 1024
+# RFC 9110 token: what an HTTP header name may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\r\n\x00]")  # the control-chars check's business
 
 
 def _destination(dest: vs_pb2.Destination, path: Path) -> Iterator[Finding]:
@@ -56,7 +65,12 @@ def _weights(route, path: Path) -> Iterator[Finding]:
 
 
 def _match(match: vs_pb2.HTTPMatchRequest, path: Path) -> Iterator[Finding]:
-    for name in ("uri", "scheme", "method", "authority"):
+    if match.HasField("uri"):
+        # The URI regex goes to RouteMatch.safe_regex as written: "*" is no shorthand there.
+        yield from string_match(
+            match.uri, (*path, "uri"), empty_prefix_ok=True, star_means_any=False
+        )
+    for name in ("scheme", "method", "authority"):
         if match.HasField(name):
             yield from string_match(getattr(match, name), (*path, name))
     groups = (
@@ -68,9 +82,76 @@ def _match(match: vs_pb2.HTTPMatchRequest, path: Path) -> Iterator[Finding]:
         for key, value in entries.items():
             if group != "queryParams" and key != key.lower():
                 yield (*path, group, key), f'header name "{key}" must be lower case'
+            yield from _match_name(group, key, (*path, group, key))
             yield from string_match(value, (*path, group, key))
     if match.port and not port_ok(match.port):
         yield (*path, "port"), f"port {match.port} out of range 1-65535"
+
+
+def _match_name(group: str, key: str, path: Path) -> Iterator[Finding]:
+    """Envoy: HeaderMatcher.name and QueryParameterMatcher.name need a character;
+    a query parameter name is at most 1024 bytes."""
+    if not enabled("header-limits"):
+        return
+    if not key:
+        yield path, f"{group} name must not be empty (Envoy refuses an empty name)"
+    elif group == "queryParams" and len(key.encode()) > MAX_QUERY_NAME_BYTES:
+        yield path, f"query parameter name longer than Envoy's {MAX_QUERY_NAME_BYTES} bytes"
+
+
+def _emitted(ops: vs_pb2.Headers.HeaderOperations) -> int:
+    """How many headers_to_add entries the translation makes of set and add (it turns
+    :authority/host into a host rewrite and drops other pseudo-headers)."""
+    keys = [*ops.set, *ops.add]
+    return sum(1 for k in keys if not k.startswith(":") and k.lower() != "host")
+
+
+def _header_edits(headers: vs_pb2.Headers, path: Path) -> Iterator[Finding]:
+    """Envoy's HeaderValue: a name of 1-16384 bytes, a value of at most 16384 bytes; a
+    header to remove is not empty."""
+    for side in ("request", "response"):
+        ops = getattr(headers, side)
+        for group in ("set", "add"):
+            for key, value in getattr(ops, group).items():
+                at = (*path, side, group, key)
+                if not key:
+                    yield at, "header name must not be empty (Envoy refuses an empty name)"
+                elif len(key.encode()) > MAX_HEADER_BYTES:
+                    yield at, f"header name longer than Envoy's {MAX_HEADER_BYTES} bytes"
+                if len(value.encode()) > MAX_HEADER_BYTES:
+                    yield at, f"header value longer than Envoy's {MAX_HEADER_BYTES} bytes"
+        for i, name in enumerate(ops.remove):
+            if not name:
+                yield (*path, side, "remove", i), "header name must not be empty"
+
+
+def _header_limits(rule: vs_pb2.HTTPRoute, path: Path) -> Iterator[Finding]:
+    """Envoy allows 1000 headers_to_add per route and per weighted cluster; a single
+    destination's headers are added to the route's own."""
+    if not enabled("header-limits"):
+        return
+    if rule.HasField("headers"):
+        yield from _header_edits(rule.headers, (*path, "headers"))
+    for j, dest in enumerate(rule.route):
+        if dest.HasField("headers"):
+            yield from _header_edits(dest.headers, (*path, "route", j, "headers"))
+    single = rule.route[0].headers if len(rule.route) == 1 else None
+    for side in ("request", "response"):
+        count = _emitted(getattr(rule.headers, side))
+        if single is not None:
+            count += _emitted(getattr(single, side))
+        if count > MAX_HEADERS_TO_ADD:
+            yield (
+                (*path, "headers", side),
+                f"{count} headers to set or add on one route; Envoy allows {MAX_HEADERS_TO_ADD}",
+            )
+        for j, dest in enumerate(rule.route if single is None else ()):
+            own = _emitted(getattr(dest.headers, side))
+            if own > MAX_HEADERS_TO_ADD:
+                yield (
+                    (*path, "route", j, "headers", side),
+                    f"{own} headers to set or add; Envoy allows {MAX_HEADERS_TO_ADD}",
+                )
 
 
 def _retries(retries: vs_pb2.HTTPRetry, path: Path) -> Iterator[Finding]:
@@ -135,7 +216,7 @@ def _actions(rule: vs_pb2.HTTPRoute, path: Path) -> Iterator[Finding]:
     if rule.HasField("rewrite") and rule.rewrite.HasField("uri_regex_rewrite"):
         if rule.rewrite.uri:
             yield (*path, "rewrite", "uri"), "uri and uriRegexRewrite cannot both be set"
-        error = regex_error(rule.rewrite.uri_regex_rewrite.match)
+        error = regex_error(rule.rewrite.uri_regex_rewrite.match)  # also refuses ""
         if error:
             yield (*path, "rewrite", "uriRegexRewrite", "match"), error
 
@@ -144,6 +225,7 @@ def _http_rule(rule: vs_pb2.HTTPRoute, path: Path) -> Iterator[Finding]:
     for j, match in enumerate(rule.match):
         yield from _match(match, (*path, "match", j))
     yield from _actions(rule, path)
+    yield from _header_limits(rule, path)
     yield from _weights(rule.route, (*path, "route"))
     yield from optional_duration(rule, "timeout", (*path, "timeout"), 0)  # 0s: disabled
     if rule.HasField("retries"):
@@ -160,7 +242,9 @@ def _http_rule(rule: vs_pb2.HTTPRoute, path: Path) -> Iterator[Finding]:
         yield from percentage(mirror.percentage.value, (*path, "mirrors", j, "percentage"))
     if rule.HasField("cors_policy"):
         for j, origin in enumerate(rule.cors_policy.allow_origins):
-            yield from string_match(origin, (*path, "corsPolicy", "allowOrigins", j))
+            # The CORS filter compiles regex "*" as written (RE2 refuses it).
+            opath = (*path, "corsPolicy", "allowOrigins", j)
+            yield from string_match(origin, opath, star_means_any=False)
         cors = rule.cors_policy
         yield from optional_duration(cors, "max_age", (*path, "corsPolicy", "maxAge"), 0)
 
@@ -183,3 +267,44 @@ def check_virtual_service(vs: vs_pb2.VirtualService) -> Iterator[Finding]:
         for j, match in enumerate(rule.match):
             if match.destination_subnets:
                 yield (*path, "match", j, "destinationSubnets"), "not supported yet"
+
+
+def _names(headers: vs_pb2.Headers, path: Path) -> Iterator[tuple[str, Path]]:
+    for side in ("request", "response"):
+        ops = getattr(headers, side)
+        for group in ("set", "add"):
+            for key in getattr(ops, group):
+                yield key, (*path, side, group, key)
+        for i, name in enumerate(ops.remove):
+            yield name, (*path, side, "remove", i)
+
+
+def header_token(name: str) -> bool:
+    """An HTTP header name (RFC 9110 token), or a pseudo-header such as :authority."""
+    return bool(_TOKEN.fullmatch(name.removeprefix(":")))
+
+
+def virtual_service_warnings(vs: vs_pb2.VirtualService) -> Iterator[Finding]:
+    """Header names that are not HTTP tokens: Envoy's rule for these fields is the lax
+    one (it refuses only CR, LF and NUL), so it accepts them, but no valid request or
+    response carries such a header."""
+    if not enabled("header-name-token"):
+        return
+    for i, rule in enumerate(vs.http):
+        path: Path = ("spec", "http", i)
+        places = [(rule.headers, (*path, "headers"))] if rule.HasField("headers") else []
+        places += [
+            (d.headers, (*path, "route", j, "headers"))
+            for j, d in enumerate(rule.route)
+            if d.HasField("headers")
+        ]
+        names = [n for headers, at in places for n in _names(headers, at)]
+        for j, match in enumerate(rule.match):
+            for group, entries in (
+                ("headers", match.headers),
+                ("withoutHeaders", match.without_headers),
+            ):
+                names += [(key, (*path, "match", j, group, key)) for key in entries]
+        for name, at in names:
+            if name and not header_token(name) and not _CONTROL.search(name):
+                yield at, f"{name!r} is not a valid HTTP header name; no request can carry it"

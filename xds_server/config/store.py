@@ -15,7 +15,9 @@ directory on every change (so the answer never depends on the order of past edit
   load there is nothing to fall back to: it is an error, and the routes apply as Istio
   would apply them (503 for that subset).
 - A file version that Envoy rejected (rollback()) is held back the same way until the
-  file changes again.
+  file changes again. When one rejected push changed several files, all are held and
+  then retried one at a time (release_suspect()): the one Envoy rejects again is the
+  culprit, and the others go through.
 
 Reading and parsing happen in update(), which the watcher runs in a worker thread; the
 results replace the store's attributes at the end, so readers on the event loop see one
@@ -64,6 +66,8 @@ class Rejection:
     group: int  # files rolled back together are retried together
     fallback: ParsedFile | None
     issues: tuple[ConfigIssue, ...]
+    # Rolled back with other files: maybe innocent, retried alone (release_suspect()).
+    suspect: bool = False
 
 
 class ConfigStore:
@@ -173,7 +177,7 @@ class ConfigStore:
         if good is None or bad is None:
             return []
         group = next(self._groups)
-        rolled = []
+        rolled: dict[str, Rejection] = {}
         for name in sorted(set(good) | set(bad)):
             before, after = good.get(name), bad.get(name)
             if before is after or (before and after and before.digest == after.digest):
@@ -184,10 +188,24 @@ class ConfigStore:
                 continue  # edited again since: the new version gets its own chance
             if name in self.rejected and self.rejected[name].digest == digest:
                 continue  # another proxy's NACK of the same push
-            issues = tuple(_rejection_issues(name, before, after, message))
-            self.rejected[name] = Rejection(digest, group, before, issues)
-            rolled.append(name)
-        return rolled
+            rolled[name] = Rejection(digest, group, before, (), suspect=False)
+        suspect = len(rolled) > 1
+        for name, rejection in rolled.items():
+            before, after = good.get(name), bad.get(name)
+            issues = tuple(_rejection_issues(name, before, after, message, len(rolled) - 1))
+            self.rejected[name] = replace(rejection, issues=issues, suspect=suspect)
+        return list(rolled)
+
+    def release_suspect(self) -> str | None:
+        """Retry one file that was rolled back together with others; call update()."""
+        for name in sorted(self.rejected):
+            if self.rejected[name].suspect:
+                del self.rejected[name]
+                return name
+        return None
+
+    def has_suspects(self) -> bool:
+        return any(r.suspect for r in self.rejected.values())
 
     # ---- deciding -----------------------------------------------------------------------
 
@@ -416,13 +434,21 @@ def _rule_line(parsed: ParsedFile | None, host: str) -> int:
 
 
 def _rejection_issues(
-    name: str, before: ParsedFile | None, after: ParsedFile | None, message: str
+    name: str, before: ParsedFile | None, after: ParsedFile | None, message: str, others: int
 ) -> list[ConfigIssue]:
     """One issue per resource the rejected version changed (or one for the file)."""
-    text = (
-        f"Envoy rejected the configuration this version of the file produced: {message}; "
-        "the version Envoy last accepted stays in force until the file changes"
-    )
+    if others:
+        text = (
+            f"Envoy rejected a push that carried this change and {others} other changed "
+            f"files: {message}; each is held back and retried alone to find which one "
+            "Envoy refuses"
+        )
+    else:
+        text = (
+            f"Envoy rejected the configuration this version of the file produced: "
+            f"{message}; the version Envoy last accepted stays in force until the file "
+            "changes"
+        )
     old = {res.key: res for res in before.resources} if before is not None else {}
     changed = [
         res

@@ -2,6 +2,10 @@
 
 Each check returns findings as (field path, message); the loader attaches file, line and
 resource. Cross-resource references are resolved at translation time, as Istio does.
+Besides each kind's own checks, every spec goes through the generic walks of checks_envoy
+(every Duration, every string), so that no field escapes Envoy's limits. Checks that
+mirror an Envoy limit can be turned off one by one for tests: see
+checks_common.skipped_checks (XDS_SERVER_UNSAFE_SKIP_CHECKS).
 """
 
 from __future__ import annotations
@@ -10,23 +14,50 @@ from collections.abc import Callable, Iterator
 
 from google.protobuf.message import Message
 
-from protos import mesh_config_pb2, service_pb2, workload_entry_pb2
+from protos import mesh_config_pb2, service_pb2
 from translators import model
-from xds_server.config.checks_common import Finding, port_ok, regex_error
+from translators.services import port_protocol
+from xds_server.config.checks_common import (
+    CHECK_NAMES,
+    SKIP_ENV,
+    Finding,
+    enabled,
+    optional_duration,
+    port_ok,
+    regex_error,
+)
 from xds_server.config.checks_destination_rule import (
     check_destination_rule,
     destination_rule_warnings,
 )
-from xds_server.config.checks_edge import check_gateway, check_service_entry, check_sidecar
+from xds_server.config.checks_edge import (
+    check_gateway,
+    check_service_entry,
+    check_sidecar,
+    check_workload_entry,
+    gateway_warnings,
+    reserved_port_warnings,
+    service_entry_warnings,
+)
+from xds_server.config.checks_envoy import check_control_chars, check_durations
 from xds_server.config.checks_linkerd import check_service_profile, check_traffic_split
-from xds_server.config.checks_virtual_service import check_virtual_service
+from xds_server.config.checks_virtual_service import (
+    check_virtual_service,
+    virtual_service_warnings,
+)
+from xds_server.config.yaml_lines import Path
 
-__all__ = ["CHECKS", "Finding", "check", "regex_error", "warnings"]
-
-
-def _workload_entry(we: workload_entry_pb2.WorkloadEntry) -> Iterator[Finding]:
-    if not we.address:
-        yield ("spec", "address"), "required: address"
+__all__ = [
+    "CHECKS",
+    "CHECK_NAMES",
+    "SKIP_ENV",
+    "Finding",
+    "check",
+    "regex_error",
+    "root_path",
+    "warnings",
+]
+MESH_ROOT: Path = ("data", "mesh")
 
 
 def _service(svc: service_pb2.ServiceSpec) -> Iterator[Finding]:
@@ -39,10 +70,18 @@ def _service(svc: service_pb2.ServiceSpec) -> Iterator[Finding]:
         if port.port in seen:
             yield ("spec", "ports", i, "port"), f"duplicate port {port.port}"
         seen.add(port.port)
+        if port.target_port > 65535 and enabled("endpoint-port"):
+            yield (
+                ("spec", "ports", i, "targetPort"),
+                f"port {port.target_port} out of range 1-65535",
+            )
 
 
-def _mesh(_: mesh_config_pb2.MeshConfig) -> Iterator[Finding]:
-    return iter(())
+def _mesh(mesh: mesh_config_pb2.MeshConfig) -> Iterator[Finding]:
+    """Istio wants connectTimeout >= 1ms; Envoy's Cluster.connect_timeout must be > 0 (a
+    0s here would silently become the 10s default when merged)."""
+    if enabled("mesh-connect-timeout"):
+        yield from optional_duration(mesh, "connect_timeout", (*MESH_ROOT, "connectTimeout"))
 
 
 CHECKS: dict[str, Callable[[Message], Iterator[Finding]]] = {
@@ -53,19 +92,45 @@ CHECKS: dict[str, Callable[[Message], Iterator[Finding]]] = {
     model.SIDECAR: check_sidecar,
     model.TRAFFIC_SPLIT: check_traffic_split,
     model.SERVICE_PROFILE: check_service_profile,
-    model.WORKLOAD_ENTRY: _workload_entry,
+    model.WORKLOAD_ENTRY: check_workload_entry,
     model.SERVICE: _service,
     model.MESH_CONFIG: _mesh,
 }
 
 
+def root_path(kind: str) -> Path:
+    """Where a kind's spec sits in its document: `spec`, or the mesh ConfigMap's data."""
+    return MESH_ROOT if kind == model.MESH_CONFIG else ("spec",)
+
+
+def _service_warnings(svc: service_pb2.ServiceSpec) -> Iterator[Finding]:
+    for i, port in enumerate(svc.ports):
+        protocol = port_protocol(port.name, port.app_protocol)
+        yield from reserved_port_warnings(port.port, protocol, ("spec", "ports", i, "port"))
+
+
 def warnings(kind: str, spec: Message) -> Iterator[Finding]:
-    """Valid input that this control plane accepts but does not act on yet."""
+    """Valid input that this control plane accepts but does not act on yet, or that will
+    not work as the user probably expects."""
     if kind == model.MESH_CONFIG and spec.HasField("default_config"):
-        yield ("data", "mesh", "defaultConfig"), "accepted but not applied yet"
+        yield (*MESH_ROOT, "defaultConfig"), "accepted but not applied yet"
     if kind == model.DESTINATION_RULE:
         yield from destination_rule_warnings(spec)
+    elif kind == model.VIRTUAL_SERVICE:
+        yield from virtual_service_warnings(spec)
+    elif kind == model.SERVICE:
+        yield from _service_warnings(spec)
+    elif kind == model.SERVICE_ENTRY:
+        yield from service_entry_warnings(spec)
+    elif kind == model.GATEWAY:
+        yield from gateway_warnings(spec)
 
 
 def check(kind: str, spec: Message) -> list[Finding]:
-    return list(CHECKS[kind](spec))
+    """The kind's own checks, then the generic walks over every field of the spec."""
+    root = root_path(kind)
+    return [
+        *CHECKS[kind](spec),
+        *check_durations(spec, root),
+        *check_control_chars(spec, root),
+    ]

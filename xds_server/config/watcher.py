@@ -40,6 +40,7 @@ class ConfigWatcher:
         on_config: Callable[[model.MeshConfig], None],
         debounce_ms: int = 50,
         restart_delay: float = 1.0,
+        probe_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.on_config = on_config
@@ -47,8 +48,10 @@ class ConfigWatcher:
         self.restart_delay = restart_delay
         self.restarts = 0
         self.last_error = ""
+        self.probe_interval = probe_interval
         self._lock = asyncio.Lock()
         self._settle: asyncio.TimerHandle | None = None
+        self._probe: asyncio.TimerHandle | None = None
 
     async def load(self) -> model.MeshConfig:
         """The first load: every file, every issue logged."""
@@ -72,7 +75,27 @@ class ConfigWatcher:
             files = self.store.rollback(good_version, bad_version, message)
             if files:
                 await self._update(self.store.update, ())
+        self._schedule_probe()
         return files
+
+    def _schedule_probe(self) -> None:
+        """While files rolled back together wait, retry one of them every probe interval;
+        if Envoy rejects it again, that push changed only it, and it alone is held."""
+        if self._probe is not None or not self.store.has_suspects():
+            return
+        loop = asyncio.get_running_loop()
+        self._probe = loop.call_later(
+            self.probe_interval, lambda: loop.create_task(self._release_suspect())
+        )
+
+    async def _release_suspect(self) -> None:
+        self._probe = None
+        async with self._lock:
+            name = self.store.release_suspect()
+            if name is not None:
+                log.info("retrying %s alone (it was rolled back with other files)", name)
+                await self._update(self.store.update, ())
+        self._schedule_probe()
 
     async def _update(self, update: Callable[[], model.MeshConfig], paths: list[Path]) -> None:
         store = self.store
@@ -151,5 +174,6 @@ class ConfigWatcher:
                     await self.apply(rescan=True)
 
     def close(self) -> None:
-        if self._settle is not None:
-            self._settle.cancel()
+        for timer in (self._settle, self._probe):
+            if timer is not None:
+                timer.cancel()

@@ -1,0 +1,166 @@
+"""Generic checks of any spec against limits Envoy enforces on what we translate it into.
+
+They walk the typed spec through its descriptor, so that a field added to protos/ later is
+covered without anyone remembering to: every google.protobuf.Duration (Envoy refuses
+negative ones and those that overflow int64 nanoseconds) and every string (Envoy refuses
+CR, LF and NUL in host names, header names and values). Plus the checks that need several
+resources to know what an endpoint address becomes in Envoy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from protos import service_entry_pb2
+from translators import model
+from xds_server.config.checks_common import DURATION_LIMIT_SECONDS, Finding, enabled
+from xds_server.config.yaml_lines import Path
+
+_DURATION = "google.protobuf.Duration"
+_OPAQUE = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+# Free text that may hold line breaks: it never becomes a header, a host or a name.
+FREE_TEXT_FIELDS = frozenset({"meshapi.networking.HTTPBody.string"})
+_CONTROL = re.compile(r"[\r\n\x00]")
+_CONTROL_NAMES = {"\r": "a carriage return (CR)", "\n": "a line feed (LF)", "\0": "a NUL"}
+UNIX_PREFIX = "unix://"
+Resolution = service_entry_pb2.ServiceEntry.Resolution
+
+
+def _is_map(fd: FieldDescriptor) -> bool:
+    return fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.GetOptions().map_entry
+
+
+Walked = Iterator[tuple[FieldDescriptor, Any, Path]]
+
+
+def _value(fd: FieldDescriptor, value: Any, path: Path) -> Walked:
+    yield fd, value, path
+    if fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.full_name not in _OPAQUE:
+        yield from fields(value, path)
+
+
+def fields(message: Message, path: Path) -> Walked:
+    """(field, value, YAML path) of every value set in `message`, nested ones included;
+    a map yields each key (under the key field) and each value."""
+    for fd, value in message.ListFields():
+        child = (*path, fd.json_name)
+        if _is_map(fd):
+            key_fd = fd.message_type.fields_by_name["key"]
+            value_fd = fd.message_type.fields_by_name["value"]
+            for key in sorted(value):
+                yield key_fd, key, (*child, key)
+                yield from _value(value_fd, value[key], (*child, key))
+        elif fd.is_repeated:
+            for i, item in enumerate(value):
+                yield from _value(fd, item, (*child, i))
+        else:
+            yield from _value(fd, value, child)
+
+
+def check_durations(spec: Message, root: Path) -> Iterator[Finding]:
+    """Every Duration: Envoy refuses negative ones, and seconds >= 9223372036 (it converts
+    to int64 nanoseconds), whichever field they end up in."""
+    if not enabled("duration-range"):
+        return
+    for fd, value, path in fields(spec, root):
+        if fd.type != FieldDescriptor.TYPE_MESSAGE or fd.message_type.full_name != _DURATION:
+            continue
+        if value.seconds < 0 or value.nanos < 0:
+            yield path, "duration must not be negative"
+        elif value.seconds >= DURATION_LIMIT_SECONDS:
+            yield (
+                path,
+                f"duration too long: Envoy's maximum is just under {DURATION_LIMIT_SECONDS}s "
+                "(about 292 years; it counts int64 nanoseconds)",
+            )
+
+
+def check_control_chars(spec: Message, root: Path) -> Iterator[Finding]:
+    """Every string but free text: Envoy refuses CR, LF and NUL in host names, header names
+    and values (HTTP_HEADER_NAME / HTTP_HEADER_VALUE), and no request can carry them."""
+    if not enabled("control-chars"):
+        return
+    for fd, value, path in fields(spec, root):
+        if fd.type != FieldDescriptor.TYPE_STRING or fd.full_name in FREE_TEXT_FIELDS:
+            continue
+        found = _CONTROL.search(value)
+        if found:
+            yield (
+                path,
+                f"contains {_CONTROL_NAMES[found.group()]}: Envoy refuses CR, LF and NUL in "
+                "host names and in header names and values, and no HTTP request can carry them",
+            )
+
+
+def is_ip(address: str) -> bool:
+    """An IP literal as Envoy parses one for a STATIC or EDS endpoint (no brackets, no
+    port, no leading zeros, no CIDR)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def endpoint_findings(config: model.MeshConfig) -> Iterator[tuple[model.ConfigResource, Path, str]]:
+    """Cross-resource: (resource, path, message) for endpoint addresses Envoy would refuse.
+
+    A WorkloadEntry may name a DNS host (Istio allows it for ServiceEntries that resolve
+    by DNS), but one that a Service or a STATIC ServiceEntry selects becomes an EDS
+    endpoint, which Envoy refuses unless it is an IP ("malformed IP address"). A
+    DNS_ROUND_ROBIN ServiceEntry becomes a LOGICAL_DNS cluster: one endpoint at most."""
+    if not enabled("endpoint-address") and not enabled("dns-round-robin"):
+        return
+    entries = config.of_kind(model.WORKLOAD_ENTRY)
+    selectors = [(res, res.spec.selector, "Service") for res in config.of_kind(model.SERVICE)]
+    selectors += [
+        (res, res.spec.workload_selector.labels, "STATIC ServiceEntry")
+        for res in config.of_kind(model.SERVICE_ENTRY)
+        if res.spec.resolution == Resolution.STATIC
+    ]
+    for we in entries:
+        address = we.spec.address
+        if not enabled("endpoint-address") or is_ip(address) or address.startswith(UNIX_PREFIX):
+            continue
+        users = [
+            f"{kind} {res.namespace}/{res.name}"
+            for res, selector, kind in selectors
+            if res.namespace == we.namespace and _selects(selector, we.spec.labels)
+        ]
+        if users:
+            yield (
+                we,
+                ("spec", "address"),
+                f"{address!r} is not an IP address, but {', '.join(users)} makes it an EDS "
+                "endpoint, which Envoy refuses (malformed IP address); only a ServiceEntry "
+                "with resolution DNS can use a host name",
+            )
+    if not enabled("dns-round-robin"):
+        return
+    for se in config.of_kind(model.SERVICE_ENTRY):
+        if se.spec.resolution != Resolution.DNS_ROUND_ROBIN:
+            continue
+        selected = [
+            we
+            for we in entries
+            if we.namespace == se.namespace
+            and _selects(se.spec.workload_selector.labels, we.spec.labels)
+        ]
+        if selected and len(se.spec.endpoints) + len(selected) > 1:
+            yield (
+                se,
+                ("spec", "workloadSelector"),
+                f"resolution DNS_ROUND_ROBIN takes one endpoint, but this one has "
+                f"{len(se.spec.endpoints) + len(selected)} with the WorkloadEntries it selects "
+                "(Envoy's LOGICAL_DNS cluster needs exactly one); use resolution DNS",
+            )
