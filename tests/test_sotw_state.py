@@ -131,18 +131,42 @@ def test_pushes_go_out_in_make_before_break_order():
     pushed = stream.set_resources(
         resources(clusters=("a", "b"), route_target="b", listeners=("l", "m")), 2
     )
-    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+    # Listeners and routes wait until Envoy ACKs the new cluster, which it does once the
+    # cluster has warmed (received its endpoints): a route to it then never answers 503.
+    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT]
+    assert stream.types[ROUTE].status() == STALE
+    after = stream.on_request(ack(pushed[0]))
+    assert [r.type_url for r in after] == [LISTENER, ROUTE]
+
+
+def test_routes_still_follow_when_envoy_refuses_the_new_clusters():
+    stream = started()
+    subscribe_all(stream)
+    cds, _ = stream.set_resources(resources(clusters=("a", "b"), route_target="b"), 2)
+    nack = request(CLUSTER, nonce=cds.nonce, version="", error="bad cluster")
+    assert [r.type_url for r in stream.on_request(nack)] == [ROUTE]
+
+
+def test_changed_clusters_without_new_ones_do_not_hold_routes():
+    stream = started(resources(clusters=("a", "b")))
+    subscribe_all(stream)
+    changed = resources(clusters=("a", "b"), route_target="b")
+    changed[CLUSTER] = pack_all(
+        cluster_pb2.Cluster(name=c, connect_timeout={"seconds": 3}) for c in ("a", "b")
+    )
+    pushed = stream.set_resources(changed, 2)
+    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT, ROUTE]
 
 
 def test_cluster_removal_waits_until_routes_moved_and_acked():
-    stream = started()
+    stream = started(resources(clusters=("a", "b")))
     subscribe_all(stream)
     pushed = stream.set_resources(resources(clusters=("b",), route_target="b"), 2)
-    assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT, ROUTE]
-    assert sorted(names_in(pushed[0])) == ["a", "b"]  # the old cluster stays for now
-    assert stream.on_request(ack(pushed[1], ["a"])) == []  # EDS ACK: RDS still in flight
+    assert [r.type_url for r in pushed] == [ENDPOINT, ROUTE]
+    assert stream.types[CLUSTER].sent.keys() == {"a", "b"}  # the old cluster stays for now
+    assert stream.on_request(ack(pushed[0], ["a"])) == []  # EDS ACK: RDS still in flight
     (final,) = stream.on_request(
-        request(ROUTE, ["r"], nonce=pushed[2].nonce, version=pushed[2].version_info)
+        request(ROUTE, ["r"], nonce=pushed[1].nonce, version=pushed[1].version_info)
     )
     assert final.type_url == CLUSTER and names_in(final) == ["b"]
 

@@ -21,7 +21,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from translators.resources import (
     CLUSTER,
     ENDPOINT,
+    LISTENER,
     PUSH_ORDER,
+    ROUTE,
     WILDCARD_TYPES,
     Packed,
     Resources,
@@ -52,6 +54,10 @@ class TypeState:
     nacked_generation: int = -1
     nack_message: str = ""  # Envoy's text, escaped and cut (xds_server.text)
     nacks: int = 0
+    # Listeners and routes wait while new clusters warm (see SotwStream._respond_if_needed).
+    deferred: bool = False
+    deferred_force: bool = False
+    adds_clusters: bool = False  # CDS: the response out added clusters
 
     def status(self) -> str:
         if not self.sent_nonce:
@@ -62,6 +68,8 @@ class TypeState:
             return SYNCED
         if self.nacked_version is not None and self.nacked_version == self.sent_version:
             return ERROR
+        if self.deferred:
+            return STALE  # newer content waits for new clusters to warm
         return SYNCED if self.acked_nonce == self.sent_nonce else STALE
 
 
@@ -113,6 +121,8 @@ class SotwStream:
             out += self._respond_if_needed(state)
         else:  # the same nonce again after its ACK: the client wants the resources again
             out += self._respond_if_needed(state, force=True)
+        if type_url == CLUSTER and not state.pending:
+            out += self._flush_deferred()  # new clusters warmed (or were refused)
         out += self._finish_cluster_removal()
         return out
 
@@ -152,6 +162,12 @@ class SotwStream:
             # The client dropped its last name of this type (a gateway losing its last
             # listener unsubscribes from routes): it watches nothing and would never ACK.
             return []
+        if state.type_url in (LISTENER, ROUTE) and self._clusters_warming():
+            # Make before break: Envoy ACKs a CDS update only once its new clusters have
+            # warmed (have endpoints); a route to a cluster still warming answers 503.
+            state.deferred = True
+            state.deferred_force = state.deferred_force or force
+            return []
         content = self._desired(state)
         if state.type_url == CLUSTER:
             removed = {n: p for n, p in state.sent.items() if n not in content}
@@ -168,6 +184,19 @@ class SotwStream:
             if version == state.nacked_version:
                 return []  # the client refused exactly this; wait for different content
         return self._response(state, content, version)
+
+    def _clusters_warming(self) -> bool:
+        clusters = self.types.get(CLUSTER)
+        return clusters is not None and clusters.pending and clusters.adds_clusters
+
+    def _flush_deferred(self) -> list:
+        out: list[discovery_pb2.DiscoveryResponse] = []
+        for type_url in PUSH_ORDER:
+            state = self.types.get(type_url)
+            if state is not None and state.deferred:
+                force, state.deferred, state.deferred_force = state.deferred_force, False, False
+                out += self._respond_if_needed(state, force=force)
+        return out
 
     def _differs(self, state: TypeState) -> bool:
         if state.type_url not in PUSH_ORDER or not state.sent_nonce:
@@ -188,6 +217,8 @@ class SotwStream:
         changed_clusters = state.type_url == CLUSTER and any(
             state.sent.get(n) is None or state.sent[n].hash != p.hash for n, p in content.items()
         )
+        if state.type_url == CLUSTER:
+            state.adds_clusters = any(n not in state.sent for n in content)
         state.sent = dict(content)
         state.sent_version = version
         state.sent_nonce = nonce
