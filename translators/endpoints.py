@@ -1,6 +1,14 @@
-"""ClusterLoadAssignments for the EDS clusters (subset clusters keep matching labels only)."""
+"""ClusterLoadAssignments for the EDS clusters (subset clusters keep matching labels only).
+
+Only IP endpoints are sent: a WorkloadEntry may name a DNS host (for a ServiceEntry that
+resolves by DNS), but Envoy refuses a whole EDS update that carries one, for every proxy.
+Validation reports such an entry with file:line (checks_envoy.endpoint_findings).
+"""
 
 from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
@@ -8,7 +16,22 @@ from protos import destination_rule_pb2 as dr_pb2
 from translators.clusters import load_assignment, subset_endpoints
 from translators.destination_rules import DestinationRuleIndex
 from translators.naming import outbound_cluster
-from translators.services import EDS, Service
+from translators.services import EDS, Endpoint, Service
+
+
+@lru_cache(maxsize=65536)
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _routable(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    if all(_is_ip(e.address) for e in endpoints):
+        return endpoints
+    return tuple(e for e in endpoints if _is_ip(e.address))
 
 
 def service_endpoints(
@@ -20,12 +43,12 @@ def service_endpoints(
     assignments = []
     for port in service.ports:
         name = outbound_cluster(port.port, service.hostname)
-        assignments.append(load_assignment(name, service.endpoints.get(port.port, ())))
+        assignments.append(load_assignment(name, _routable(service.endpoints.get(port.port, ()))))
         for subset in rule.subsets if rule else ():
             assignments.append(
                 load_assignment(
                     outbound_cluster(port.port, service.hostname, subset.name),
-                    subset_endpoints(service, port, subset.labels),
+                    _routable(subset_endpoints(service, port, subset.labels)),
                 )
             )
     return assignments

@@ -26,6 +26,7 @@ CHECK_NAMES = {
     "control-chars": "no CR, LF or NUL in strings (Envoy's HTTP_HEADER_NAME/VALUE rules)",
     "empty-matcher": "no empty prefix in a StringMatcher (Envoy: min_len 1)",
     "header-limits": "header names, values and counts within Envoy's proto limits",
+    "direct-response-body": "inline body at most 4096 bytes (Envoy's default route limit)",
     "header-name-token": "warning: header names that are not HTTP tokens",
     "consistent-hash": "maglev table prime and <= 5000011, ring size <= 8388608, keys set",
     "endpoint-address": "STATIC endpoints are IP literals; no unix:// addresses",
@@ -68,24 +69,32 @@ def enabled(name: str) -> bool:
     return name not in skipped_checks()
 
 
+def re2_program_size(pattern: str) -> int:
+    """RE2's program size for `pattern` as Envoy compiles it; re2.error if invalid."""
+    return re2.compile(pattern.encode(), _RE2_OPTIONS).programsize
+
+
+def _shown(pattern: str, limit: int = 80) -> str:
+    return repr(pattern if len(pattern) <= limit else pattern[:limit] + "...")
+
+
 def regex_error(pattern: str) -> str | None:
     """Why Envoy would refuse `pattern` as a safe_regex (RE2), or None."""
     skipped = skipped_checks()
     if "regex-syntax" not in skipped and not pattern:
         return "regex must not be empty (Envoy requires at least one character)"
     try:
-        compiled = re2.compile(pattern.encode(), _RE2_OPTIONS)
+        size = re2_program_size(pattern)
     except re2.error as exc:
         if "regex-syntax" in skipped:
             return None
         detail = exc.args[0] if exc.args else exc
         if isinstance(detail, bytes):
             detail = detail.decode(errors="replace")
-        return f"invalid RE2 regex {pattern!r}: {detail}"
-    size = compiled.programsize
+        return f"invalid RE2 regex {_shown(pattern)}: {str(detail)[:120]}"
     if "re2-program-size" not in skipped and size > RE2_MAX_PROGRAM_SIZE:
         return (
-            f"regex {pattern!r} is too complex for Envoy: its RE2 program size is {size}, "
+            f"regex {_shown(pattern)} is too complex for Envoy: its RE2 program size is {size}, "
             f"Envoy's limit is {RE2_MAX_PROGRAM_SIZE} (re2.max_program_size.error_level)"
         )
     return None

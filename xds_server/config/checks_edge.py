@@ -1,4 +1,5 @@
-"""Semantic checks of the resources at the mesh's edges: Gateway, Sidecar, ServiceEntry."""
+"""Semantic checks of the resources at the mesh's edges: Gateway, Sidecar, ServiceEntry and
+WorkloadEntry (what their addresses and ports become in Envoy endpoints and listeners)."""
 
 from __future__ import annotations
 

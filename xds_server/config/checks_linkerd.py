@@ -67,8 +67,8 @@ def check_service_profile(profile: service_profile_pb2.ServiceProfile) -> Iterat
         yield ("spec", "dstOverrides"), "not supported yet: use a TrafficSplit"
     if profile.HasField("retry_budget"):
         budget = profile.retry_budget
-        if budget.retry_ratio < 0:
-            yield ("spec", "retryBudget", "retryRatio"), "must not be negative"
+        if not budget.retry_ratio >= 0:  # NaN too
+            yield ("spec", "retryBudget", "retryRatio"), "must be a number, at least 0"
         # As translated: Envoy's budget_percent (a Percent, at most 100) is ratio * 100.
         elif round(budget.retry_ratio * 100, 4) > 100 and enabled("retry-budget"):
             yield (

@@ -37,7 +37,9 @@ RETRY_CONDITIONS = {
     "resource-exhausted",
     "unavailable",
 }
-MAX_DIRECT_BODY = 1 << 20
+# Envoy refuses a larger inline direct response body unless the RouteConfiguration raises
+# max_direct_response_body_size_bytes, which the translation does not (Istio sets 1 MiB).
+MAX_DIRECT_BODY = 4096
 # Envoy's proto limits (route_components.proto, base.proto HeaderValue).
 MAX_HEADERS_TO_ADD = 1000
 MAX_HEADER_BYTES = 16384
@@ -99,11 +101,15 @@ def _match_name(group: str, key: str, path: Path) -> Iterator[Finding]:
         yield path, f"query parameter name longer than Envoy's {MAX_QUERY_NAME_BYTES} bytes"
 
 
-def _emitted(ops: vs_pb2.Headers.HeaderOperations) -> int:
-    """How many headers_to_add entries the translation makes of set and add (it turns
+def _is_header_value(key: str) -> bool:
+    """Whether the translation writes this set/add key as a HeaderValue (it turns
     :authority/host into a host rewrite and drops other pseudo-headers)."""
-    keys = [*ops.set, *ops.add]
-    return sum(1 for k in keys if not k.startswith(":") and k.lower() != "host")
+    return not key.startswith(":") and key.lower() != "host"
+
+
+def _emitted(ops: vs_pb2.Headers.HeaderOperations) -> int:
+    """How many headers_to_add entries the translation makes of set and add."""
+    return sum(1 for key in [*ops.set, *ops.add] if _is_header_value(key))
 
 
 def _header_edits(headers: vs_pb2.Headers, path: Path) -> Iterator[Finding]:
@@ -114,6 +120,8 @@ def _header_edits(headers: vs_pb2.Headers, path: Path) -> Iterator[Finding]:
         for group in ("set", "add"):
             for key, value in getattr(ops, group).items():
                 at = (*path, side, group, key)
+                if not _is_header_value(key):
+                    continue
                 if not key:
                     yield at, "header name must not be empty (Envoy refuses an empty name)"
                 elif len(key.encode()) > MAX_HEADER_BYTES:
@@ -211,8 +219,11 @@ def _actions(rule: vs_pb2.HTTPRoute, path: Path) -> Iterator[Finding]:
             yield (*path, "directResponse", "status"), f"status {response.status} out of 200-599"
         body = response.body
         size = len(body.string.encode()) if body.HasField("string") else len(body.bytes)
-        if size > MAX_DIRECT_BODY:
-            yield (*path, "directResponse", "body"), "body larger than 1 MiB"
+        if size > MAX_DIRECT_BODY and enabled("direct-response-body"):
+            yield (
+                (*path, "directResponse", "body"),
+                f"body of {size} bytes; Envoy's limit is {MAX_DIRECT_BODY} bytes",
+            )
     if rule.HasField("rewrite") and rule.rewrite.HasField("uri_regex_rewrite"):
         if rule.rewrite.uri:
             yield (*path, "rewrite", "uri"), "uri and uriRegexRewrite cannot both be set"

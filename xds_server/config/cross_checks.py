@@ -17,6 +17,7 @@ from translators import model
 from translators.destination_rules import DestinationRuleIndex
 from translators.naming import fqdn
 from translators.services import HTTP_PROTOCOLS, port_protocol
+from xds_server.config.checks_envoy import endpoint_findings
 from xds_server.config.yaml_lines import Path
 
 
@@ -149,9 +150,15 @@ def _tcp_port_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
             )
 
 
+def _endpoint_addresses(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    for resource, path, message in endpoint_findings(config):
+        yield CrossFinding(resource, path, message)
+
+
 def cross_check(config: model.MeshConfig) -> list[CrossFinding]:
     return [
         *dangling_subsets(config),
+        *_endpoint_addresses(config),
         *_host_conflicts(config),
         *_gateway_references(config),
         *_tcp_port_conflicts(config),
