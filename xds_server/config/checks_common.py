@@ -6,6 +6,7 @@ one off and hand Envoy the config it would refuse; see `enabled`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 
@@ -60,7 +61,11 @@ def skipped_checks() -> frozenset[str]:
     A testing seam, read on every call: tests set it to inject configs that Envoy rejects
     (to prove that Envoy does reject them). Never set it in production: a skipped check
     lets Envoy NACK the config instead of the loader reporting it with file and line."""
-    raw = os.environ.get(SKIP_ENV, "")
+    return _parse_skipped(os.environ.get(SKIP_ENV, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_skipped(raw: str) -> frozenset[str]:
     return frozenset(name.strip() for name in raw.split(",") if name.strip())
 
 

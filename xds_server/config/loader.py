@@ -320,6 +320,9 @@ def parse_file(path: str, text: str, mtime_ns: int = 0) -> ParsedFile:
             except Exception as exc:  # a loader bug must cost one document, not the server
                 log.exception("internal error loading %s:%d", path, doc.line)
                 out.issues.append(ConfigIssue(path, doc.line, _internal(exc)))
+            # Only the line map is kept: the raw YAML tree would double what every
+            # garbage collection has to walk, for as long as this version is in force.
+            doc.value = None
     except YamlSyntaxError as exc:
         out.unparsable = True
         out.issues.append(ConfigIssue(path, exc.line, str(exc)))
