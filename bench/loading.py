@@ -17,37 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from translation import TEMPLATE
+
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
 
-ENTRY = """apiVersion: v1
-kind: Service
-metadata: {name: svc-%(i)d}
-spec:
-  selector: {app: svc-%(i)d}
-  ports: [{name: http, port: 8080}]
----
-apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: svc-%(i)d}
-spec:
-  host: svc-%(i)d
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: svc-%(i)d}
-spec:
-  hosts: [svc-%(i)d]
-  http:
-  - match: [{headers: {end-user: {exact: jason}}}]
-    route: [{destination: {host: svc-%(i)d, subset: v2}}]
-  - route:
-    - {destination: {host: svc-%(i)d, subset: v1}, weight: 90}
-    - {destination: {host: svc-%(i)d, subset: v2}, weight: 10}
-"""
+# One Service, a two-subset DestinationRule and a VirtualService, as bench/translation.py.
+ENTRY = TEMPLATE.replace("namespace: ns-%(ns)d", "namespace: default")
 
 
 async def _measure(load) -> tuple[float, float]:

@@ -39,6 +39,41 @@ def plain_service_yaml(*names: str, selectors: dict[str, str] | None = None) -> 
     )
 
 
+ROUTES_TO = """apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: %(name)s}
+spec:
+  hosts: [%(host)s]
+  http:
+  - route:
+%(routes)s"""
+SUBSETS_RULE = """apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: %(host)s}
+spec:
+  host: %(host)s
+  subsets:
+%(subsets)s"""
+
+
+def routes_to(*subsets: str, name: str = "reviews", host: str = "reviews") -> str:
+    """A VirtualService splitting `host`'s traffic evenly over these subsets (the
+    destination of the first is on line 8)."""
+    weight = 100 // len(subsets)
+    routes = "".join(
+        f"    - destination: {{host: {host}, subset: {s}}}\n"
+        f"      weight: {weight + (100 - weight * len(subsets) if i == 0 else 0)}\n"
+        for i, s in enumerate(subsets)
+    )
+    return ROUTES_TO % {"name": name, "host": host, "routes": routes}
+
+
+def subsets_rule(*subsets: str, host: str = "reviews") -> str:
+    """A DestinationRule defining these subsets by the `version` label."""
+    lines = "".join(f"  - {{name: {s}, labels: {{version: {s}}}}}\n" for s in subsets)
+    return SUBSETS_RULE % {"host": host, "subsets": lines}
+
+
 def config_from(*texts: str) -> model.MeshConfig:
     resources = []
     mesh = None

@@ -99,6 +99,21 @@ class Client:
         self.reader.cancel()
 
 
+async def sync_all(client: Client) -> dict[str, discovery_pb2.DiscoveryResponse]:
+    """Subscribe to every type and ACK the first answers; returns them by type."""
+    got = {}
+    for type_url, names in (
+        (CLUSTER, ()),
+        (ENDPOINT, [REVIEWS]),
+        (LISTENER, ()),
+        (ROUTE, ["http_proxy"]),
+    ):
+        client.send(type_url, names)
+        got[type_url] = await client.recv()
+        client.ack(got[type_url], names)
+    return got
+
+
 @pytest.fixture
 async def plane(tmp_path: Path):
     config_dir = tmp_path / "mesh"
@@ -167,15 +182,7 @@ async def test_stale_nonce_is_ignored_and_subscription_changes_served(plane):
 async def test_config_change_pushes_only_what_changed(plane):
     control, channel = plane
     client = Client(channel)
-    for type_url, names in (
-        (CLUSTER, ()),
-        (ENDPOINT, [REVIEWS]),
-        (LISTENER, ()),
-        (ROUTE, ["http_proxy"]),
-    ):
-        client.send(type_url, names)
-        resp = await client.recv()
-        client.ack(resp, names)
+    await sync_all(client)
     assert await client.silent(0.3)
     (control.options.config_dir / "vs.yaml").write_text(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
@@ -215,21 +222,6 @@ async def test_stream_without_node_id_is_refused(plane):
         await client.recv()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "node.id" in info.value.details()
-
-
-async def sync_all(client: Client) -> dict[str, discovery_pb2.DiscoveryResponse]:
-    """Subscribe to every type and ACK the first answers; returns them by type."""
-    got = {}
-    for type_url, names in (
-        (CLUSTER, ()),
-        (ENDPOINT, [REVIEWS]),
-        (LISTENER, ()),
-        (ROUTE, ["http_proxy"]),
-    ):
-        client.send(type_url, names)
-        got[type_url] = await client.recv()
-        client.ack(got[type_url], names)
-    return got
 
 
 VS_V2 = (

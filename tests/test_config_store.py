@@ -9,29 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import plain_service_yaml
+from tests.helpers import routes_to as vs
+from tests.helpers import subsets_rule as dr
 from translators import model
 from xds_server.config.store import ConfigStore
-
-VS = """apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {host: reviews, subset: %s}
-"""
-DR = """apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-%s"""
-
-
-def dr(*subsets: str) -> str:
-    return DR % "".join(f"  - {{name: {s}, labels: {{version: {s}}}}}\n" for s in subsets)
 
 
 def subset(store: ConfigStore) -> str:
@@ -73,8 +54,8 @@ def mesh(tmp_path: Path) -> Path:
 
 
 def test_the_most_recently_modified_duplicate_wins_and_deleting_it_restores_the_other(mesh):
-    write(mesh / "a.yaml", VS % "v1", mtime=100)
-    write(mesh / "b.yaml", VS % "v2", mtime=200)
+    write(mesh / "a.yaml", vs("v1"), mtime=100)
+    write(mesh / "b.yaml", vs("v2"), mtime=200)
     write(mesh / "dr.yaml", dr("v1", "v2"))
     store = ConfigStore(mesh)
     store.load_all()
@@ -89,12 +70,12 @@ def test_the_most_recently_modified_duplicate_wins_and_deleting_it_restores_the_
 
 
 def test_duplicates_resolve_the_same_after_a_restart_and_in_validate(mesh):
-    write(mesh / "a.yaml", VS % "v1", mtime=300)
-    write(mesh / "b.yaml", VS % "v2", mtime=200)
+    write(mesh / "a.yaml", vs("v1"), mtime=300)
+    write(mesh / "b.yaml", vs("v2"), mtime=200)
     write(mesh / "dr.yaml", dr("v1", "v2"))
     live = ConfigStore(mesh)
     live.load_all()
-    write(mesh / "b.yaml", VS % "v2", mtime=400)  # `kubectl apply -f b.yaml` again
+    write(mesh / "b.yaml", vs("v2"), mtime=400)  # `kubectl apply -f b.yaml` again
     live.update([mesh / "b.yaml"])
     fresh = ConfigStore(mesh)
     fresh.load_all()
@@ -104,7 +85,7 @@ def test_duplicates_resolve_the_same_after_a_restart_and_in_validate(mesh):
 
 def test_rename_and_replace_end_with_the_file_on_disk(mesh):
     write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "old.yaml", VS % "v1")
+    write(mesh / "old.yaml", vs("v1"))
     store = ConfigStore(mesh)
     store.load_all()
     os.rename(mesh / "old.yaml", mesh / "new.yaml")  # mv
@@ -112,7 +93,7 @@ def test_rename_and_replace_end_with_the_file_on_disk(mesh):
     assert subset(store) == "v1" and not store.all_issues()
     (mesh / "new.yaml").unlink()  # rm, then cp another sample
     store.update([mesh / "new.yaml"])
-    write(mesh / "sample.yaml", VS % "v2")
+    write(mesh / "sample.yaml", vs("v2"))
     store.update([mesh / "sample.yaml"])
     assert subset(store) == "v2" and not store.all_issues()
 
@@ -122,10 +103,10 @@ def test_rename_and_replace_end_with_the_file_on_disk(mesh):
 
 def test_a_route_to_a_subset_not_defined_yet_is_held_until_the_rule_defines_it(mesh):
     write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     store = ConfigStore(mesh)
     store.load_all()
-    write(mesh / "vs.yaml", VS % "v3")  # the wrong order: the route first
+    write(mesh / "vs.yaml", vs("v3"))  # the wrong order: the route first
     store.update([mesh / "vs.yaml"])
     assert subset(store) == "v1"
     (held,) = errors(store)
@@ -138,7 +119,7 @@ def test_a_route_to_a_subset_not_defined_yet_is_held_until_the_rule_defines_it(m
 
 def test_a_rule_that_drops_a_subset_in_use_is_held_until_no_route_uses_it(mesh):
     write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", VS % "v2")
+    write(mesh / "vs.yaml", vs("v2"))
     store = ConfigStore(mesh)
     store.load_all()
     write(mesh / "dr.yaml", dr("v1"))  # the wrong order: the rule first
@@ -147,7 +128,7 @@ def test_a_rule_that_drops_a_subset_in_use_is_held_until_no_route_uses_it(mesh):
     (held,) = errors(store)
     assert "dr.yaml:1: error" in held and "VirtualService default/reviews" in held
     assert "vs.yaml:1" in held
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     store.update([mesh / "vs.yaml"])
     assert subset(store) == "v1" and subsets(store) == ["v1"]
     assert not errors(store)
@@ -155,7 +136,7 @@ def test_a_rule_that_drops_a_subset_in_use_is_held_until_no_route_uses_it(mesh):
 
 def test_deleting_a_rule_in_use_is_held_too(mesh):
     write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     store = ConfigStore(mesh)
     store.load_all()
     (mesh / "dr.yaml").unlink()
@@ -169,7 +150,7 @@ def test_deleting_a_rule_in_use_is_held_too(mesh):
 
 def test_on_a_fresh_start_a_dangling_subset_is_an_error_and_the_route_applies(mesh):
     write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", VS % "v9")
+    write(mesh / "vs.yaml", vs("v9"))
     store = ConfigStore(mesh)
     store.load_all()
     assert subset(store) == "v9"
@@ -179,7 +160,7 @@ def test_on_a_fresh_start_a_dangling_subset_is_an_error_and_the_route_applies(me
 
 def test_an_unrelated_edit_is_not_held_by_a_dangling_reference_already_there(mesh):
     write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", VS % "v9")
+    write(mesh / "vs.yaml", vs("v9"))
     store = ConfigStore(mesh)
     store.load_all()
     write(mesh / "services.yaml", plain_service_yaml("reviews", "ratings"))
@@ -193,7 +174,7 @@ def test_an_unrelated_edit_is_not_held_by_a_dangling_reference_already_there(mes
 def test_a_truncated_file_keeps_its_previous_version_for_the_settle_window(mesh):
     clock = Clock()
     write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
     store.load_all()
     write(mesh / "vs.yaml", "")  # `generate > vs.yaml` truncates first
@@ -201,7 +182,7 @@ def test_a_truncated_file_keeps_its_previous_version_for_the_settle_window(mesh)
     assert subset(store) == "v1" and store.next_deadline() == 1001.0
     assert not errors(store)
     clock.now += 0.2
-    write(mesh / "vs.yaml", VS % "v2")  # ... and writes 200 ms later
+    write(mesh / "vs.yaml", vs("v2"))  # ... and writes 200 ms later
     store.update([mesh / "vs.yaml"])
     assert subset(store) == "v2" and store.next_deadline() is None
 
@@ -209,7 +190,7 @@ def test_a_truncated_file_keeps_its_previous_version_for_the_settle_window(mesh)
 def test_a_file_left_empty_counts_once_the_window_ends(mesh):
     clock = Clock()
     write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
     store.load_all()
     write(mesh / "vs.yaml", "# nothing here any more\n")
@@ -223,10 +204,10 @@ def test_a_file_left_empty_counts_once_the_window_ends(mesh):
 def test_a_half_written_file_waits_then_reports_its_error_and_keeps_the_last_good(mesh):
     clock = Clock()
     write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
     store.load_all()
-    write(mesh / "vs.yaml", (VS % "v1")[:70] + "  [")
+    write(mesh / "vs.yaml", (vs("v1"))[:70] + "  [")
     store.update([mesh / "vs.yaml"])
     assert not errors(store)
     clock.now += 2
@@ -240,10 +221,10 @@ def test_a_half_written_file_waits_then_reports_its_error_and_keeps_the_last_goo
 
 def test_rollback_holds_the_changed_files_until_they_change_again(mesh):
     write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     store = ConfigStore(mesh)
     good = store.load_all().version
-    write(mesh / "vs.yaml", VS % "v2")
+    write(mesh / "vs.yaml", vs("v2"))
     bad = store.update([mesh / "vs.yaml"]).version
     assert store.rollback(good, bad, "Proto constraint validation failed") == [
         str(mesh / "vs.yaml")
@@ -253,19 +234,19 @@ def test_rollback_holds_the_changed_files_until_they_change_again(mesh):
     assert "vs.yaml:1: error: VirtualService default/reviews" in error
     assert "Envoy rejected" in error and "Proto constraint" in error
     assert store.rollback(good, bad, "again") == []  # another proxy's NACK: nothing new
-    write(mesh / "vs.yaml", VS % "v2" + "  - route: [{destination: {host: reviews}}]\n")
+    write(mesh / "vs.yaml", vs("v2") + "  - route: [{destination: {host: reviews}}]\n")
     store.update([mesh / "vs.yaml"])
     assert store.snapshot.version not in (good, bad) and not errors(store)
 
 
 def test_rollback_skips_a_file_edited_again_since_the_rejected_push(mesh):
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     write(mesh / "dr.yaml", dr("v1", "v2"))
     store = ConfigStore(mesh)
     good = store.load_all().version
-    write(mesh / "vs.yaml", VS % "v2")
+    write(mesh / "vs.yaml", vs("v2"))
     bad = store.update([mesh / "vs.yaml"]).version
-    write(mesh / "vs.yaml", VS % "v1" + "  - route: [{destination: {host: reviews}}]\n")
+    write(mesh / "vs.yaml", vs("v1") + "  - route: [{destination: {host: reviews}}]\n")
     store.update([mesh / "vs.yaml"])
     assert store.rollback(good, bad, "rejected") == []
 
@@ -286,10 +267,10 @@ def test_a_fifo_a_device_and_an_oversized_file_are_refused_without_blocking(mesh
 
 
 def test_hidden_files_and_backups_are_never_config_at_start_or_on_change(mesh):
-    write(mesh / ".vs.yaml", VS % "v1")
+    write(mesh / ".vs.yaml", vs("v1"))
     (mesh / ".git").mkdir()
-    write(mesh / ".git" / "x.yaml", VS % "v1")
-    write(mesh / "vs.yaml~", VS % "v1")
+    write(mesh / ".git" / "x.yaml", vs("v1"))
+    write(mesh / "vs.yaml~", vs("v1"))
     store = ConfigStore(mesh)
     store.load_all()
     store.update([mesh / ".vs.yaml", mesh / ".git" / "x.yaml", mesh / "vs.yaml~"])
@@ -336,11 +317,11 @@ def test_an_alias_bomb_is_refused_quickly(mesh):
 
 def test_files_rolled_back_together_are_retried_one_at_a_time(mesh):
     write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", VS % "v1")
+    write(mesh / "vs.yaml", vs("v1"))
     store = ConfigStore(mesh)
     good = store.load_all().version
     write(mesh / "dr.yaml", dr("v1", "v2", "v3"))  # innocent
-    write(mesh / "vs.yaml", VS % "v2")  # the one Envoy refuses
+    write(mesh / "vs.yaml", vs("v2"))  # the one Envoy refuses
     bad = store.update([mesh / "dr.yaml", mesh / "vs.yaml"]).version
     assert len(store.rollback(good, bad, "rejected")) == 2
     assert store.update().version == good

@@ -7,31 +7,19 @@ Validation reports such an entry with file:line (checks_envoy.endpoint_findings)
 
 from __future__ import annotations
 
-import ipaddress
-from functools import lru_cache
-
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from protos import destination_rule_pb2 as dr_pb2
 from translators.clusters import load_assignment, subset_endpoints
 from translators.destination_rules import DestinationRuleIndex
-from translators.naming import outbound_cluster
+from translators.naming import is_ip, outbound_cluster
 from translators.services import EDS, Endpoint, Service
 
 
-@lru_cache(maxsize=65536)
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
-
-
 def _routable(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
-    if all(_is_ip(e.address) for e in endpoints):
+    if all(is_ip(e.address) for e in endpoints):
         return endpoints
-    return tuple(e for e in endpoints if _is_ip(e.address))
+    return tuple(e for e in endpoints if is_ip(e.address))
 
 
 def service_endpoints(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+from functools import lru_cache
+
 from translators.model import CLUSTER_DOMAIN
 
 
@@ -35,3 +38,14 @@ def host_matches(pattern: str, host: str) -> bool:
     if pattern.startswith("*"):
         return host.endswith(pattern[1:])
     return False
+
+
+@lru_cache(maxsize=65536)
+def is_ip(address: str) -> bool:
+    """An IP literal as Envoy parses one for an endpoint or listener (no brackets, port,
+    leading zeros or prefix length)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from translators import model
+from translators.naming import is_ip
 from xds_server import node
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -54,14 +54,6 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
     host, port = _split_address(options.xds_address)
     ports = workload_ports(options.app_ports, options.inbound_ports)
@@ -80,7 +72,7 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         metadata[node.BIND_ADDRESS] = options.bind_address
     xds_cluster: dict[str, Any] = {
         "name": "xds_cluster",
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         # ADS is gRPC: without HTTP/2 the stream silently never comes up.
         "typed_extension_protocol_options": {

@@ -413,15 +413,19 @@ class LocalMesh:
         return not self.unsynced(min_generation)
 
     def wait_config_applied(
-        self, digest_by_file: dict[str, str], timeout: float = 15.0, interval: float = 0.05
+        self,
+        digest_by_file: dict[str, str | None],
+        timeout: float = 15.0,
+        interval: float = 0.05,
     ) -> int:
-        """Wait until the server accepted these file contents and every proxy ACKed the
-        result; returns the generation that carries them."""
+        """Wait until these file contents (sha256; None: the file is gone) are the versions
+        in force and every proxy ACKed the result; returns the generation that carries
+        them."""
 
         def accepted() -> int | None:
             configz = self.debug_json("/debug/configz")
             for name, digest in digest_by_file.items():
-                if configz["files"].get(name) != digest:
+                if configz["accepted"].get(name) != digest:
                     return None
             if configz["pushed_version"] != configz["version"]:
                 return None

@@ -20,40 +20,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import plain_service_yaml
+from tests.helpers import routes_to as vs
+from tests.helpers import subsets_rule as dr
 from xds_server.launcher import OUTBOUND_PORT, LocalMesh, Workload, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
 
 MAX_FILE_BYTES = 1_000_000
-VS = """apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: %(name)s}
-spec:
-  hosts: [%(host)s]
-  http:
-  - route:
-%(routes)s"""
-DR = """apiVersion: networking.istio.io/v1beta1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews
-  subsets:
-%s"""
-
-
-def vs(*subsets: str, name: str = "reviews", host: str = "reviews") -> str:
-    weight = 100 // len(subsets)
-    routes = "".join(
-        f"    - destination: {{host: {host}, subset: {s}}}\n"
-        + (f"      weight: {weight + (100 - weight * len(subsets) if i == 0 else 0)}\n")
-        for i, s in enumerate(subsets)
-    )
-    return VS % {"name": name, "host": host, "routes": routes}
-
-
-def dr(*subsets: str) -> str:
-    return DR % "".join(f"  - {{name: {s}, labels: {{version: {s}}}}}\n" for s in subsets)
 
 
 def digest(text: str) -> str:
@@ -77,18 +50,7 @@ class Cluster:
         """Wait until these files (name -> text, None: gone) are the versions in force
         and every proxy ACKed the configuration they make."""
         wanted = {str(self.path(n)): digest(t) if t is not None else None for n, t in files.items()}
-
-        def done() -> int | None:
-            configz = self.configz()
-            for name, want in wanted.items():
-                if configz["accepted"].get(name) != want:
-                    return None
-            if configz["pushed_version"] != configz["version"]:
-                return None
-            return configz["config_generation"]
-
-        generation = wait_until(done, timeout, f"{sorted(files)} in force")
-        wait_until(lambda: self.local.all_synced(generation), timeout, "every proxy to ACK")
+        self.local.wait_config_applied(wanted, timeout)
 
     def apply(self, name: str, text: str) -> None:
         self.path(name).write_text(text)

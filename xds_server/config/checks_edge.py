@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from protos import gateway_pb2, service_entry_pb2, sidecar_pb2, workload_entry_pb2
+from translators.naming import is_ip
 from translators.services import HTTP_PROTOCOLS as HTTP_PORT_PROTOCOLS
 from translators.services import port_protocol
 from translators.tcp_routes import PROXY_PORTS
 from xds_server.config.checks_common import Finding, enabled, port_ok
-from xds_server.config.checks_envoy import UNIX_PREFIX, is_ip
+from xds_server.config.checks_envoy import UNIX_PREFIX
 from xds_server.config.yaml_lines import Path
 
 HTTP_PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}

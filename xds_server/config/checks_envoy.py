@@ -9,7 +9,6 @@ resources to know what an endpoint address becomes in Envoy.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -19,6 +18,7 @@ from google.protobuf.message import Message
 
 from protos import service_entry_pb2
 from translators import model
+from translators.naming import is_ip
 from xds_server.config.checks_common import DURATION_LIMIT_SECONDS, Finding, enabled
 from xds_server.config.yaml_lines import Path
 
@@ -96,16 +96,6 @@ def check_control_chars(spec: Message, root: Path) -> Iterator[Finding]:
                 f"contains {_CONTROL_NAMES[found.group()]}: Envoy refuses CR, LF and NUL in "
                 "host names and in header names and values, and no HTTP request can carry them",
             )
-
-
-def is_ip(address: str) -> bool:
-    """An IP literal as Envoy parses one for a STATIC or EDS endpoint (no brackets, no
-    port, no leading zeros, no CIDR)."""
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
 
 
 def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
