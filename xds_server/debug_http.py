@@ -18,6 +18,7 @@ def make_app(
     servicer: AdsServicer,
     store: ConfigStore,
     extra: Callable[[], dict[str, Any]] = dict,
+    loop_report: Callable[[bool], dict[str, Any]] | None = None,
 ) -> web.Application:
     """`extra` adds the control plane's own state (readiness, rollbacks, watcher) to
     syncz and configz."""
@@ -69,10 +70,16 @@ def make_app(
             }
         )
 
+    async def loopz(request: web.Request) -> web.Response:
+        if loop_report is None:
+            return web.json_response({"error": "no loop monitor"}, status=404)
+        return web.json_response(loop_report(request.query.get("reset") == "1"))
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/debug/syncz", syncz)
     app.router.add_get("/debug/config_dump", config_dump)
     app.router.add_get("/debug/configz", configz)
+    app.router.add_get("/debug/loopz", loopz)
     return app

@@ -22,6 +22,7 @@ from xds_server.ads.servicer import AdsServicer, Nack
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
 from xds_server.debug_http import make_app
+from xds_server.loop_monitor import LoopMonitor
 from xds_server.mesh_state import MeshState
 from xds_server.workload_memory import WorkloadMemory
 
@@ -68,6 +69,7 @@ class ControlPlane:
         self.watcher = ConfigWatcher(self.store, self.mesh.set_config, options.debounce_ms)
         self.servicer = AdsServicer(self.mesh, on_nack=self.on_nack)
         self.rollbacks: deque[dict] = deque(maxlen=50)
+        self.loop_monitor = LoopMonitor()
         self.grpc_server: grpc.aio.Server | None = None
         self.http_runner: web.AppRunner | None = None
         self.xds_port = options.xds_port
@@ -106,12 +108,17 @@ class ControlPlane:
         )
         await server.start()
         self.grpc_server = server
-        app = make_app(self.mesh, self.servicer, self.store, self.status_extra)
+        app = make_app(
+            self.mesh, self.servicer, self.store, self.status_extra, self.loop_monitor.report
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, self.options.debug_address, self.options.debug_port).start()
         self.http_runner = runner
-        self._tasks = [asyncio.create_task(self.mesh.run(), name="push")]
+        self._tasks = [
+            asyncio.create_task(self.mesh.run(), name="push"),
+            asyncio.create_task(self.loop_monitor.run(), name="loop monitor"),
+        ]
         log.info(
             "xDS (ADS, gRPC) on %s:%d, debug HTTP on http://%s:%d, config from %s",
             self.options.xds_address,

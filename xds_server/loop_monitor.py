@@ -1,0 +1,42 @@
+"""How long the event loop was held: a task that sleeps a short tick and records how late
+it wakes. Every stream, health check and push waits behind a held loop, so this is the
+figure that says whether the server stays responsive (shown at /debug/loopz)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+TICK = 0.01
+
+
+@dataclass
+class LoopMonitor:
+    max_stall: float = 0.0
+    stalls_over_100ms: int = 0
+    samples: int = 0
+    since: float = field(default_factory=time.time)
+
+    async def run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(TICK)
+            stall = time.perf_counter() - before - TICK
+            self.samples += 1
+            if stall > self.max_stall:
+                self.max_stall = stall
+            if stall > 0.1:
+                self.stalls_over_100ms += 1
+
+    def report(self, reset: bool = False) -> dict[str, float]:
+        out = {
+            "max_stall_ms": round(self.max_stall * 1000, 1),
+            "stalls_over_100ms": self.stalls_over_100ms,
+            "samples": self.samples,
+            "since": self.since,
+        }
+        if reset:
+            self.max_stall, self.stalls_over_100ms, self.samples = 0.0, 0, 0
+            self.since = time.time()
+        return out
