@@ -100,11 +100,14 @@ class _Workload:
         return self.ports.get(port.name, port.target_port)
 
 
+def can_be_endpoint(proxy: model.Proxy) -> bool:
+    """Only a sidecar in front of an app (it has app ports) is an endpoint of services."""
+    return proxy.role == "sidecar" and bool(proxy.ports)
+
+
 def _workloads(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> list[_Workload]:
     out = [
-        _Workload(p.namespace, p.ip, p.labels, {}, sidecar=p)
-        for p in proxies
-        if p.role == "sidecar" and p.ports
+        _Workload(p.namespace, p.ip, p.labels, {}, sidecar=p) for p in proxies if can_be_endpoint(p)
     ]
     for res in config.of_kind(model.WORKLOAD_ENTRY):
         we = res.spec

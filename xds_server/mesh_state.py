@@ -1,10 +1,17 @@
 """The live state: current config, connected proxies, and each proxy's resources.
 
 Any change (new config, a proxy connecting or leaving) marks the state dirty; one push
-task coalesces bursts, translates once for every proxy (sharing per-namespace work) and
-hands new resources only to the proxies whose resources changed. Nothing is pushed before
-the first configuration is loaded (`ready`). Workloads remembered from before a restart
-count as endpoints until they reconnect or the grace window ends (workload_memory.py).
+task coalesces bursts (a quiet window, a maximum delay) and pushes what the change calls
+for. A new configuration, or a workload joining or leaving (it is an endpoint), makes a
+new World: every proxy is translated again, sharing per-namespace work, and notified if
+its resources changed. A proxy that connects without changing the World (a client with
+no app port, a sidecar reconnecting as it was) is translated alone, with the views
+already built. Translation runs in a worker thread, so the event loop keeps serving
+streams; results are handed out together, so every proxy moves to one generation.
+
+Nothing is pushed before the first configuration is loaded (`ready`). Workloads
+remembered from before a restart count as endpoints until they reconnect or the grace
+window ends (workload_memory.py).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import TypeVar
 
 from translators import model
 from translators.resources import Resources, version_of
+from translators.services import can_be_endpoint
 from translators.snapshot import Translator, World
 from xds_server.text import safe_text
 from xds_server.workload_memory import WorkloadMemory
@@ -58,6 +66,7 @@ class MeshState:
         memory: WorkloadMemory | None = None,
         restart_grace: float = 0.0,
         ready: bool = True,
+        max_delay: float = 0.1,
     ) -> None:
         self.config = config
         self.generation = 0
@@ -71,6 +80,8 @@ class MeshState:
         self.restart_grace = restart_grace
         # Workloads connected before a restart that have not reconnected yet.
         self.remembered: dict[str, model.Proxy] = {}
+        self.max_delay = max_delay
+        self._translator: Translator | None = None
         self._configs: OrderedDict[int, str] = OrderedDict()
         self._dirty = asyncio.Event()
         self._ready = asyncio.Event()
@@ -148,51 +159,89 @@ class MeshState:
 
     # ---- pushing ------------------------------------------------------------------------
 
-    def push(self) -> int:
-        """Translate for every connection and notify those whose resources changed."""
+    def _workloads(self) -> tuple[model.Proxy, ...]:
+        """The proxies that can be endpoints, in a stable order: the World's input."""
+        endpoints = (p for p in self.proxies() if can_be_endpoint(p))
+        return tuple(sorted(endpoints, key=lambda p: p.node_id))
+
+    def _plan(self) -> tuple[Translator, list[tuple[int, Connection]], bool]:
+        """What this push translates: a new World for everyone, or the new connections
+        with the World in force."""
+        workloads = self._workloads()
+        if (
+            self._translator is None
+            or self.config is not self.world.config
+            or workloads != self.world.proxies
+        ):
+            self.generation += 1
+            self.world = World(self.config, workloads, self.generation)
+            self._translator = Translator(self.world)
+            if self.config.version != self.pushed_config_version:
+                self.pushed_config_version = self.config.version
+                self.config_generation = self.generation
+            self._configs[self.generation] = self.config.version
+            while len(self._configs) > GENERATIONS_KEPT:
+                self._configs.popitem(last=False)
+            return self._translator, list(self.connections.items()), True
+        joined = [(h, c) for h, c in self.connections.items() if c.resources is None]
+        return self._translator, joined, False
+
+    @staticmethod
+    def _translate(translator: Translator, proxies: list[model.Proxy]) -> list[Resources]:
+        return [translator.translate(proxy) for proxy in proxies]
+
+    async def push(self) -> int:
+        """Translate what changed (in a worker thread) and notify the proxies whose
+        resources changed; all at once, so that every proxy moves to one generation."""
         started = time.perf_counter()
-        self.generation += 1
-        self.world = World(self.config, tuple(self.proxies()), self.generation)
-        if self.config.version != self.pushed_config_version:
-            self.pushed_config_version = self.config.version
-            self.config_generation = self.generation
-        self._configs[self.generation] = self.config.version
-        while len(self._configs) > GENERATIONS_KEPT:
-            self._configs.popitem(last=False)
-        translator = Translator(self.world)
+        translator, targets, everyone = self._plan()
+        if not targets:
+            return 0
+        generation = self.generation
+        results = await asyncio.to_thread(
+            self._translate, translator, [conn.proxy for _, conn in targets]
+        )
         notified = 0
-        for conn in list(self.connections.values()):
-            resources = translator.translate(conn.proxy)
+        for (handle, conn), resources in zip(targets, results, strict=True):
+            if self.connections.get(handle) is not conn:
+                continue  # gone while translating
             versions = {t: version_of(r) for t, r in resources.items()}
             if versions != conn.versions or conn.resources is None:
                 conn.versions, conn.resources = versions, resources
-                conn.on_resources(resources, self.generation)
+                conn.on_resources(resources, generation)
                 notified += 1
             else:
                 # Nothing to send, but the proxy is now current as of this generation
                 # (a gateway is untouched by most sidecar route edits).
-                conn.on_resources(conn.resources, self.generation)
+                conn.on_resources(conn.resources, generation)
         self.last_push_seconds = time.perf_counter() - started
-        self.memory.save(self.world.proxies)  # remembered ones too: a second restart
+        self.memory.save(self.proxies())  # remembered ones too: a second restart
         log.debug(
-            "push %d: %d of %d proxies changed in %.1f ms",
-            self.generation,
+            "push %d (%s): %d of %d proxies changed in %.1f ms",
+            generation,
+            "everyone" if everyone else "new streams",
             notified,
-            len(self.connections),
+            len(targets),
             self.last_push_seconds * 1000,
         )
         return notified
 
     async def run(self) -> None:
-        """Push whenever something changed, coalescing changes that arrive together."""
+        """Push whenever something changed, coalescing changes that arrive together:
+        wait for a quiet window, but never longer than the maximum delay."""
         await self._ready.wait()
         if self.remembered:
             asyncio.get_running_loop().call_later(self.restart_grace, self.forget_remembered)
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(self.debounce)
+            first = time.perf_counter()
             self._dirty.clear()
+            while time.perf_counter() - first < self.max_delay:
+                await asyncio.sleep(self.debounce)
+                if not self._dirty.is_set():
+                    break  # quiet
+                self._dirty.clear()
             try:
-                self.push()
+                await self.push()
             except Exception:  # a translator bug must not stop future pushes
                 log.exception("translation failed; proxies keep their previous resources")
