@@ -32,7 +32,16 @@ from translators.clusters import ADS_SOURCE, outbound_clusters, socket_address
 from translators.endpoints import outbound_endpoints
 from translators.http_filters import GATEWAY_FILTERS
 from translators.naming import fqdn, host_matches, listener_name
-from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources, pack_all, to_any
+from translators.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Resources,
+    ResourceSet,
+    pack_all,
+    to_any,
+)
 from translators.routes import RouteContext, http_routes
 
 if TYPE_CHECKING:
@@ -249,10 +258,12 @@ def translate_gateway(world: World, proxy: model.Proxy) -> Resources:
     ctx = RouteContext(services, rules, proxy.namespace, proxy.labels, gateways=refs)
     listeners, routes = gateway_resources(config, proxy, ctx)
     return {
-        CLUSTER: pack_all(
-            outbound_clusters(config, services, rules, proxy.namespace, world.retry_budgets)
+        CLUSTER: ResourceSet(
+            pack_all(
+                outbound_clusters(config, services, rules, proxy.namespace, world.retry_budgets)
+            )
         ),
-        ENDPOINT: pack_all(outbound_endpoints(services, rules, proxy.namespace)),
-        LISTENER: pack_all(listeners),
-        ROUTE: pack_all(routes),
+        ENDPOINT: ResourceSet(pack_all(outbound_endpoints(services, rules, proxy.namespace))),
+        LISTENER: ResourceSet(pack_all(listeners)),
+        ROUTE: ResourceSet(pack_all(routes)),
     }

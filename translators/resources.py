@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -25,11 +26,16 @@ SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", S
 
 @dataclass(frozen=True, slots=True)
 class Packed:
-    """A resource as it goes on the wire, with a hash of its exact bytes."""
+    """A resource as it goes on the wire, with a hash of its exact bytes (which hold its
+    name, so equal hashes mean the same resource with the same content)."""
 
     name: str
     any: any_pb2.Any
     hash: str
+
+    @property
+    def digest(self) -> int:
+        return int(self.hash, 16)
 
 
 def to_any(message: Message) -> any_pb2.Any:
@@ -56,15 +62,98 @@ def pack_all(messages: Iterable[Message]) -> dict[str, Packed]:
     return out
 
 
+_MASK = (1 << 64) - 1
+
+
+def _sum(resources: Iterable[Packed]) -> tuple[int, int]:
+    total = count = 0
+    for res in resources:
+        total += res.digest
+        count += 1
+    return total & _MASK, count
+
+
+def _version(total: int, count: int) -> str:
+    # The sum of the resources' hashes: independent of order, so a set made of a shared
+    # part and a few more resources gets its version without walking the shared part.
+    return f"{(total + count * 0x9E3779B97F4A7C15) & _MASK:016x}"
+
+
 def version_of(resources: Mapping[str, Packed], names: Iterable[str] | None = None) -> str:
     """Content version of a set of resources: equal content, equal version, across restarts."""
-    digest = hashlib.blake2b(digest_size=8)
-    for name in sorted(resources if names is None else names):
-        res = resources.get(name)
-        if res is not None:
-            digest.update(name.encode())
-            digest.update(res.hash.encode())
-    return digest.hexdigest()
+    if names is None and isinstance(resources, ResourceSet):
+        return resources.version
+    if names is None:
+        return _version(*_sum(resources.values()))
+    return _version(*_sum(r for n in set(names) if (r := resources.get(n)) is not None))
 
 
-Resources = dict[str, dict[str, Packed]]  # type URL -> name -> resource
+class ResourceSet(Mapping[str, Packed]):
+    """Resources of one type as one proxy should have them: immutable, shared by every
+    proxy that sees the same ones, its version computed once. `base` lets a proxy's set be
+    a shared set plus a few of its own without copying the shared part."""
+
+    __slots__ = ("_own", "_base", "_total", "_count", "_keys")
+
+    def __init__(self, own: Mapping[str, Packed], base: ResourceSet | None = None) -> None:
+        self._own = dict(own)
+        self._base = base
+        total, count = _sum(self._own.values())
+        if base is not None:
+            shadowed = [base[n] for n in self._own if n in base]
+            hidden, hidden_count = _sum(shadowed)
+            total = base._total + total - hidden
+            count = base._count + count - hidden_count
+        self._total, self._count = total & _MASK, count
+        self._keys: frozenset[str] | None = None
+
+    @property
+    def version(self) -> str:
+        return _version(self._total, self._count)
+
+    def __getitem__(self, name: str) -> Packed:
+        found = self._own.get(name)
+        if found is not None:
+            return found
+        if self._base is not None:
+            return self._base[name]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._own or (self._base is not None and name in self._base)
+
+    def __iter__(self):
+        if self._base is None:
+            return iter(self._own)
+        return iter(self.keys_set())
+
+    def __len__(self) -> int:
+        return self._count
+
+    def keys_set(self) -> frozenset[str]:
+        if self._keys is None:
+            base = self._base.keys_set() if self._base is not None else frozenset()
+            self._keys = base | self._own.keys()
+        return self._keys
+
+    def subset(self, names: frozenset[str]) -> ResourceSet:
+        """The resources among `names` (a named subscription); memoised, since every proxy
+        of a view asks for the same names."""
+        key = (id(self), names)
+        found = _SUBSETS.get(key)
+        if found is not None and found[0] is self:
+            _SUBSETS.move_to_end(key)
+            return found[1]
+        if names >= self.keys_set():
+            result = self
+        else:
+            result = ResourceSet({n: self[n] for n in names if n in self})
+        _SUBSETS[key] = (self, result)
+        if len(_SUBSETS) > 512:
+            _SUBSETS.popitem(last=False)
+        return result
+
+
+_SUBSETS: OrderedDict[tuple[int, frozenset[str]], tuple[ResourceSet, ResourceSet]] = OrderedDict()
+
+Resources = dict[str, ResourceSet | dict[str, Packed]]  # type URL -> name -> resource

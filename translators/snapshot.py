@@ -13,7 +13,16 @@ from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
-from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Packed, Resources, pack_all
+from translators.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Packed,
+    Resources,
+    ResourceSet,
+    pack_all,
+)
 from translators.routes import (
     RouteContext,
     RouteSource,
@@ -132,9 +141,9 @@ class Translator:
             )
             owners, _ = bind_hosts(sidecar_virtual_services(config), services)
             shared = {
-                CLUSTER: clusters,
-                ENDPOINT: assignments,
-                ROUTE: pack_all([route_config]),
+                CLUSTER: ResourceSet(clusters),
+                ENDPOINT: ResourceSet(assignments),
+                ROUTE: ResourceSet(pack_all([route_config])),
                 TCP_ROUTES: outbound_tcp_routes(ctx, owners),
             }
             self._shared[key] = shared
@@ -144,14 +153,13 @@ class Translator:
         if proxy.role == gateways.GATEWAY_ROLE:
             return gateways.translate_gateway(self.world, proxy)
         shared = self._outbound(proxy)
-        clusters = dict(shared[CLUSTER])
-        clusters.update(pack_all(inbound_clusters(self.world.config, proxy)))
+        inbound = pack_all(inbound_clusters(self.world.config, proxy))
         listeners = sidecar_listeners(proxy, tcp_app_ports(proxy, self.world.services))
         listeners += outbound_tcp_listeners(proxy, shared[TCP_ROUTES])
         return {
-            CLUSTER: clusters,
+            CLUSTER: ResourceSet(inbound, base=shared[CLUSTER]),
             ENDPOINT: shared[ENDPOINT],
-            LISTENER: pack_all(listeners),
+            LISTENER: ResourceSet(pack_all(listeners)),
             ROUTE: shared[ROUTE],
         }
 

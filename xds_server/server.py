@@ -12,13 +12,13 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
-from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from translators import model
 from translators.resources import SHORT_NAMES
-from xds_server.ads.servicer import AdsServicer, Nack
+from xds_server.ads.servicer import AdsServicer, Nack, add_to_server
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
 from xds_server.debug_http import make_app
@@ -91,7 +91,7 @@ class ControlPlane:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -25,6 +25,9 @@ from xds_server.text import safe_text
 log = logging.getLogger(__name__)
 
 
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
 def _short(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, type_url.rsplit("/", 1)[-1])
 
@@ -47,6 +50,24 @@ class Nack:
     message: str
     rejected_generation: int
     accepted_generation: int
+
+
+def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
+    """Register ADS with responses written as the bytes the streams already made (see
+    xds_server.ads.responses), not serialized again per stream."""
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAggregatedResources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=bytes,
+        ),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaAggregatedResources,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -121,9 +142,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         _short(response.type_url),
                         response.version_info,
                         response.nonce,
-                        len(response.resources),
+                        len(response.content),
                     )
-                    await context.write(response)
+                    await context.write(response.wire())
         finally:
             reader.cancel()
             if handle is not None:

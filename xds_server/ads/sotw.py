@@ -15,7 +15,6 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from translators.resources import (
@@ -27,11 +26,21 @@ from translators.resources import (
     WILDCARD_TYPES,
     Packed,
     Resources,
-    version_of,
+    ResourceSet,
 )
+from xds_server.ads.responses import response
 from xds_server.text import safe_text
 
 SYNCED, NOT_SENT, STALE, ERROR = "SYNCED", "NOT SENT", "STALE", "ERROR"
+
+
+EMPTY = ResourceSet({})
+
+
+def _keys(resources: Mapping[str, Packed]) -> frozenset[str]:
+    if isinstance(resources, ResourceSet):
+        return resources.keys_set()
+    return frozenset(resources)
 
 
 @dataclass
@@ -41,7 +50,7 @@ class TypeState:
     type_url: str
     wildcard: bool = False
     names: frozenset[str] = frozenset()
-    sent: dict[str, Packed] = field(default_factory=dict)
+    sent: Mapping[str, Packed] = field(default_factory=dict)
     sent_version: str = ""
     sent_nonce: str = ""
     sent_generation: int = -1
@@ -151,11 +160,15 @@ class SotwStream:
         state.wildcard, state.names = wildcard, names
         return changed
 
-    def _desired(self, state: TypeState) -> dict[str, Packed]:
-        available = self.resources.get(state.type_url, {})
+    def _desired(self, state: TypeState) -> ResourceSet:
+        available = self.resources.get(state.type_url)
+        if available is None:
+            available = EMPTY
+        elif not isinstance(available, ResourceSet):
+            available = self.resources[state.type_url] = ResourceSet(available)
         if state.wildcard:
-            return dict(available)
-        return {n: available[n] for n in state.names if n in available}
+            return available
+        return available.subset(state.names)
 
     def _respond_if_needed(self, state: TypeState, force: bool = False) -> list:
         if not state.wildcard and not state.names:
@@ -168,18 +181,19 @@ class SotwStream:
             state.deferred = True
             state.deferred_force = state.deferred_force or force
             return []
-        content = self._desired(state)
-        if state.type_url == CLUSTER:
-            removed = {n: p for n, p in state.sent.items() if n not in content}
+        content: ResourceSet = self._desired(state)
+        if state.type_url == CLUSTER and content.version != state.sent_version:
+            removed = _keys(state.sent) - content.keys_set()
             others_busy = any(
                 s.pending or self._differs(s) for s in self.types.values() if s.type_url != CLUSTER
             )
             self.deferred_cluster_removal = bool(removed) and others_busy
             if self.deferred_cluster_removal:
-                content = {**removed, **content}  # keep old clusters until routes move off
-        version = version_of(content)
+                # Keep old clusters until the routes have moved off them.
+                content = ResourceSet({n: state.sent[n] for n in removed}, base=content)
+        version = content.version
         if not force:
-            if version == state.sent_version and content.keys() == state.sent.keys():
+            if version == state.sent_version:
                 return []
             if version == state.nacked_version:
                 return []  # the client refused exactly this; wait for different content
@@ -201,8 +215,8 @@ class SotwStream:
     def _differs(self, state: TypeState) -> bool:
         if state.type_url not in PUSH_ORDER or not state.sent_nonce:
             return False
-        content = self._desired(state)
-        return version_of(content) not in (state.sent_version, state.nacked_version)
+        version = self._desired(state).version
+        return version not in (state.sent_version, state.nacked_version)
 
     def _finish_cluster_removal(self) -> list:
         if not self.deferred_cluster_removal:
@@ -212,29 +226,27 @@ class SotwStream:
         self.deferred_cluster_removal = False
         return self._respond_if_needed(self.types[CLUSTER])
 
-    def _response(self, state: TypeState, content: Mapping[str, Packed], version: str):
+    def _response(self, state: TypeState, content: ResourceSet, version: str):
         nonce = str(next(self._nonces))
-        changed_clusters = state.type_url == CLUSTER and any(
-            state.sent.get(n) is None or state.sent[n].hash != p.hash for n, p in content.items()
+        endpoints = self.types.get(ENDPOINT)
+        changed_clusters = (
+            state.type_url == CLUSTER
+            and endpoints is not None
+            and bool(endpoints.sent_nonce)
+            and any(
+                (old := state.sent.get(n)) is None or old.hash != p.hash for n, p in content.items()
+            )
         )
         if state.type_url == CLUSTER:
-            state.adds_clusters = any(n not in state.sent for n in content)
-        state.sent = dict(content)
+            state.adds_clusters = bool(content.keys_set() - _keys(state.sent))
+        state.sent = content
         state.sent_version = version
         state.sent_nonce = nonce
         state.sent_generation = self.generation
         state.pending = True
         state.responses_sent += 1
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=state.type_url,
-            nonce=nonce,
-            resources=[content[n].any for n in sorted(content)],
-            control_plane=base_pb2.ControlPlane(identifier=self.control_plane_id),
-        )
-        out = [response]
-        endpoints = self.types.get(ENDPOINT)
-        if changed_clusters and endpoints is not None and endpoints.sent_nonce:
+        out = [response(state.type_url, version, nonce, content, self.control_plane_id)]
+        if changed_clusters:
             # A changed cluster warms until it gets its assignment again, even an unchanged one.
             out += self._respond_if_needed(endpoints, force=True)
         return out
