@@ -34,6 +34,9 @@ from translators.services import Service, build_services
 from translators.tcp_routes import outbound_tcp_listeners, outbound_tcp_routes, tcp_app_ports
 
 TCP_ROUTES = "tcp_routes"  # shared per proxy view; wrapped into listeners per proxy
+VIEW_HOSTS = "hosts"  # the services a view sees
+# World properties that depend on the config alone: kept when only workloads change.
+_CONFIG_ONLY = ("destination_rules", "linkerd_routes", "retry_budgets", "route_cache")
 
 
 @dataclass(frozen=True)
@@ -145,9 +148,59 @@ class Translator:
                 ENDPOINT: ResourceSet(assignments),
                 ROUTE: ResourceSet(pack_all([route_config])),
                 TCP_ROUTES: outbound_tcp_routes(ctx, owners),
+                VIEW_HOSTS: frozenset(services),
             }
             self._shared[key] = shared
         return shared
+
+    @classmethod
+    def after_endpoint_change(cls, previous: Translator, world: World) -> Translator:
+        """A translator for `world`, whose config is `previous`'s and whose workloads
+        differ: routes, listeners' inputs and clusters do not depend on endpoints, so
+        every view keeps them, and only the assignments of services whose endpoints
+        changed are built again (istiod's incremental EDS)."""
+        old = previous.world
+        if world.config is not old.config:
+            raise ValueError("not an endpoint change: the config differs")
+        for name in _CONFIG_ONLY:
+            if name in old.__dict__:
+                world.__dict__[name] = old.__dict__[name]
+        changed = {
+            h
+            for h in world.services.keys() | old.services.keys()
+            if old.services.get(h) != world.services.get(h)
+        }
+        for key, value in old._service_cache.items():
+            if key[0] not in changed:
+                world._service_cache[key] = value
+        translator = cls(world)
+        for key, view in previous._shared.items():
+            affected = changed & view[VIEW_HOSTS]
+            if not affected:
+                translator._shared[key] = view
+                continue
+            namespace = key[0]
+            clusters, assignments = dict(view[CLUSTER].items()), dict(view[ENDPOINT].items())
+            same_clusters = True
+            for host in affected:
+                old_clusters, old_assignments = old.service_resources(host, namespace)
+                new_clusters, new_assignments = world.service_resources(host, namespace)
+                for name in old_assignments:
+                    assignments.pop(name, None)
+                assignments.update(new_assignments)
+                if {n: p.hash for n, p in old_clusters.items()} != {
+                    n: p.hash for n, p in new_clusters.items()
+                }:
+                    same_clusters = False
+                    for name in old_clusters:
+                        clusters.pop(name, None)
+                    clusters.update(new_clusters)
+            translator._shared[key] = {
+                **view,
+                CLUSTER: view[CLUSTER] if same_clusters else ResourceSet(clusters),
+                ENDPOINT: ResourceSet(assignments),
+            }
+        return translator
 
     def translate(self, proxy: model.Proxy) -> Resources:
         if proxy.role == gateways.GATEWAY_ROLE:

@@ -174,8 +174,11 @@ class MeshState:
             or workloads != self.world.proxies
         ):
             self.generation += 1
-            self.world = World(self.config, workloads, self.generation)
-            self._translator = Translator(self.world)
+            previous, self.world = self._translator, World(self.config, workloads, self.generation)
+            if previous is not None and previous.world.config is self.config:
+                self._translator = Translator.after_endpoint_change(previous, self.world)
+            else:
+                self._translator = Translator(self.world)
             if self.config.version != self.pushed_config_version:
                 self.pushed_config_version = self.config.version
                 self.config_generation = self.generation
