@@ -43,16 +43,18 @@ def make_app(
         return web.json_response(status.config_dump(info))
 
     async def configz(_: web.Request) -> web.Response:
-        snapshot = store.snapshot
+        state = store.state  # one decision of the store, read once
+        snapshot = state.snapshot
+        digests = state.digests
         return web.json_response(
             {
                 "version": snapshot.version,
                 "generation": mesh.generation,
                 "pushed_version": mesh.pushed_config_version,
                 "config_generation": mesh.config_generation,
-                "files": {name: store.digests.get(name) for name in sorted(store.digests)},
+                "files": {name: digests[name] for name in sorted(digests)},
                 "accepted": {
-                    name: parsed.digest for name, parsed in sorted(store.accepted.items())
+                    name: parsed.digest for name, parsed in sorted(state.accepted.items())
                 },
                 "resources": [
                     {
@@ -63,8 +65,8 @@ def make_app(
                     }
                     for r in snapshot.resources
                 ],
-                "issues": [issue.as_dict() for issue in store.all_issues()],
-                "settling": sorted(store.settling),
+                "issues": [issue.as_dict() for issue in state.all_issues()],
+                "settling": sorted(state.settling),
                 "held_by_envoy": sorted(store.rejected),
                 **extra(),
             }

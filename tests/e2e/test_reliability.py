@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import http.client
+import json
 import os
 import threading
 import time
@@ -51,6 +52,28 @@ class Cluster:
         and every proxy ACKed the configuration they make."""
         wanted = {str(self.path(n)): digest(t) if t is not None else None for n, t in files.items()}
         self.local.wait_config_applied(wanted, timeout)
+
+    def diagnose(self) -> str:
+        """What the server says it sent the caller and what the caller's Envoy holds."""
+        syncz = self.local.debug_json("/debug/syncz")
+        caller = next(p for p in syncz["proxies"] if p["proxy"] == "caller")
+        status, body = http_get(
+            f"{self.local.admin_url('caller')}/config_dump?resource=dynamic_route_configs"
+        )
+        routes = json.loads(body).get("configs", []) if status == 200 else body
+        reviews = [
+            vh.get("routes")
+            for rc in routes
+            for vh in rc.get("route_config", {}).get("virtual_hosts", [])
+            if vh.get("name", "").startswith("reviews.default")
+        ]
+        return json.dumps(
+            {
+                "syncz": caller,
+                "envoy_versions": [r.get("version_info") for r in routes],
+                "reviews": reviews,
+            }
+        )[:6000]
 
     def apply(self, name: str, text: str) -> None:
         self.path(name).write_text(text)
@@ -295,7 +318,7 @@ def test_thousands_of_files_at_once_load_while_the_server_answers(reset: Cluster
         assert answered < 600, "bulk files never loaded"
         time.sleep(0.1)
     cluster.apply("vs.yaml", vs("v3"))
-    assert set(cluster.served(10)) == {"reviews-v3"}
+    assert set(cluster.served(10)) == {"reviews-v3"}, cluster.diagnose()
     for path in bulk.iterdir():
         path.unlink()
     bulk.rmdir()

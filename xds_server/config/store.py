@@ -20,8 +20,8 @@ directory on every change (so the answer never depends on the order of past edit
   culprit, and the others go through.
 
 Reading and parsing happen in update(), which the watcher runs in a worker thread; the
-results replace the store's attributes at the end, so readers on the event loop see one
-state or the next, never a half-made one.
+result replaces `state` in one assignment, so a reader on the event loop that takes
+`store.state` once sees one decision, never parts of two.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
 from protos import mesh_config_pb2
@@ -70,6 +70,29 @@ class Rejection:
     suspect: bool = False
 
 
+@dataclass(frozen=True)
+class StoreState:
+    """What the store holds after one decision; replaced whole, so a reader that takes
+    `store.state` once sees one decision, never parts of two."""
+
+    latest: dict[str, ParsedFile] = field(default_factory=dict)  # newest read of each file
+    accepted: dict[str, ParsedFile] = field(default_factory=dict)  # the version in force
+    issues: dict[str, list[ConfigIssue]] = field(default_factory=dict)
+    reference_issues: list[ConfigIssue] = field(default_factory=list)
+    snapshot: model.MeshConfig = field(default_factory=model.MeshConfig)
+    settling: dict[str, float] = field(default_factory=dict)  # file -> end of its window
+    loaded: bool = False
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """The latest content seen of every present file."""
+        return {name: parsed.digest for name, parsed in self.latest.items()}
+
+    def all_issues(self) -> list[ConfigIssue]:
+        issues = [issue for name in sorted(self.issues) for issue in self.issues[name]]
+        return issues + self.reference_issues
+
+
 class ConfigStore:
     """The version in force of every file, the latest read of each, and their issues."""
 
@@ -85,16 +108,19 @@ class ConfigStore:
         self.max_file_bytes = max_file_bytes
         self.settle_seconds = settle_seconds
         self.clock = clock
-        self.latest: dict[str, ParsedFile] = {}  # the newest read of every present file
-        self.accepted: dict[str, ParsedFile] = {}  # the version in force of every file
-        self.issues: dict[str, list[ConfigIssue]] = {}
-        self.reference_issues: list[ConfigIssue] = []
-        self.snapshot = model.MeshConfig()
-        self.settling: dict[str, float] = {}  # file -> when its settle window ends
+        self.state = StoreState()
         self.rejected: dict[str, Rejection] = {}
         self.history: OrderedDict[str, dict[str, ParsedFile]] = OrderedDict()
-        self.loaded = False
         self._groups = itertools.count(1)
+
+    # The state's parts, for readers that need one of them.
+    latest = property(lambda self: self.state.latest)
+    accepted = property(lambda self: self.state.accepted)
+    issues = property(lambda self: self.state.issues)
+    reference_issues = property(lambda self: self.state.reference_issues)
+    snapshot = property(lambda self: self.state.snapshot)
+    settling = property(lambda self: self.state.settling)
+    loaded = property(lambda self: self.state.loaded)
 
     # ---- names --------------------------------------------------------------------------
 
@@ -122,8 +148,7 @@ class ConfigStore:
 
     @property
     def digests(self) -> dict[str, str]:
-        """The latest content seen of every present file."""
-        return {name: parsed.digest for name, parsed in self.latest.items()}
+        return self.state.digests
 
     def next_deadline(self) -> float | None:
         """When the earliest settle window ends (clock time), if any file is settling."""
@@ -270,14 +295,16 @@ class ConfigStore:
             issues.setdefault(issue.file, []).append(issue)
         references = [_issue(f, trial) for f in cross_check(snapshot)]
 
-        self.latest = latest
-        self.accepted = trial
         self.rejected = rejected
-        self.settling = settling
-        self.issues = {name: found for name, found in issues.items() if found}
-        self.reference_issues = references
-        self.snapshot = snapshot
-        self.loaded = True
+        self.state = StoreState(
+            latest=latest,
+            accepted=trial,
+            issues={name: found for name, found in issues.items() if found},
+            reference_issues=references,
+            snapshot=snapshot,
+            settling=settling,
+            loaded=True,
+        )
         self.history[snapshot.version] = dict(trial)
         self.history.move_to_end(snapshot.version)
         while len(self.history) > HISTORY:
@@ -347,8 +374,7 @@ class ConfigStore:
     # ---- reporting ----------------------------------------------------------------------
 
     def all_issues(self) -> list[ConfigIssue]:
-        issues = [issue for name in sorted(self.issues) for issue in self.issues[name]]
-        return issues + self.reference_issues
+        return self.state.all_issues()
 
 
 def assemble(files: Mapping[str, ParsedFile]) -> tuple[model.MeshConfig, list[ConfigIssue]]:
