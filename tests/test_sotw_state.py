@@ -222,3 +222,25 @@ def test_unsubscribing_from_every_name_is_not_answered():
     # Unsubscribing with a stale nonce while an answer is in flight: nothing is owed.
     stream.on_request(ack(resp, []))
     assert stream.types[ROUTE].status() == SYNCED
+
+
+def test_a_push_sends_only_the_endpoints_that_changed_unless_the_last_was_refused():
+    stream = started(resources(clusters=("a", "b")))
+    subscribe_all(stream)
+    stream.on_request(request(ENDPOINT, ["a", "b"], nonce=stream.types[ENDPOINT].sent_nonce))
+    changed = resources(clusters=("a", "b"))
+    changed[ENDPOINT] = pack_all(
+        [
+            endpoint_pb2.ClusterLoadAssignment(cluster_name="a"),
+            endpoint_pb2.ClusterLoadAssignment(
+                cluster_name="b", policy={"overprovisioning_factor": {"value": 150}}
+            ),
+        ]
+    )
+    (eds,) = stream.set_resources(changed, 2)
+    assert names_in(eds) == ["b"]  # Envoy keeps "a": EDS responses are incremental
+    assert stream.types[ENDPOINT].sent.keys() == {"a", "b"}
+    stream.on_request(request(ENDPOINT, ["a", "b"], nonce=eds.nonce, error="refused"))
+    again = resources(clusters=("a", "b"))  # back to the first content: sent whole
+    (full,) = stream.set_resources(again, 3)
+    assert sorted(names_in(full)) == ["a", "b"]

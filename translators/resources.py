@@ -153,7 +153,28 @@ class ResourceSet(Mapping[str, Packed]):
             _SUBSETS.popitem(last=False)
         return result
 
+    def changed_since(self, previous: Mapping[str, Packed]) -> ResourceSet:
+        """The resources that are new or differ from `previous`; memoised, since every
+        proxy of a view moves from the same set to the same set."""
+        key = (id(previous), id(self))
+        found = _CHANGES.get(key)
+        if found is not None and found[0] is previous and found[1] is self:
+            _CHANGES.move_to_end(key)
+            return found[2]
+        changed = ResourceSet(
+            {
+                n: p
+                for n, p in self.items()
+                if (old := previous.get(n)) is None or old.hash != p.hash
+            }
+        )
+        _CHANGES[key] = (previous, self, changed)
+        if len(_CHANGES) > 512:
+            _CHANGES.popitem(last=False)
+        return changed
 
+
+_CHANGES: OrderedDict[tuple[int, int], tuple[Mapping, ResourceSet, ResourceSet]] = OrderedDict()
 _SUBSETS: OrderedDict[tuple[int, frozenset[str]], tuple[ResourceSet, ResourceSet]] = OrderedDict()
 
 Resources = dict[str, ResourceSet | dict[str, Packed]]  # type URL -> name -> resource

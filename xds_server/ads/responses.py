@@ -17,7 +17,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from translators.resources import Packed
+from translators.resources import Packed, ResourceSet
 
 MAX_CACHED_BYTES = 256 * 1024 * 1024
 _NONCE_TAG = bytes([(5 << 3) | 2])  # DiscoveryResponse.nonce: field 5, length-delimited
@@ -57,21 +57,22 @@ class Response:
 
 
 class _BodyCache:
-    """Bodies by (type, version, control plane), least recently used dropped first."""
+    """Bodies by (type, version, control plane, version of what is sent), least recently
+    used dropped first."""
 
     def __init__(self, limit: int = MAX_CACHED_BYTES) -> None:
         self.limit = limit
         self.size = 0
-        self._bodies: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._bodies: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
         self._lock = Lock()
 
-    def get(self, key: tuple[str, str, str], content: Mapping[str, Packed]) -> bytes:
+    def get(self, key: tuple[str, str, str, str], content: Mapping[str, Packed]) -> bytes:
         with self._lock:
             body = self._bodies.get(key)
             if body is not None:
                 self._bodies.move_to_end(key)
                 return body
-        type_url, version, control_plane = key
+        type_url, version, control_plane, _ = key
         body = discovery_pb2.DiscoveryResponse(
             version_info=version,
             type_url=type_url,
@@ -95,8 +96,9 @@ def response(
     type_url: str,
     version: str,
     nonce: str,
-    content: Mapping[str, Packed],
+    content: ResourceSet,
     control_plane: str,
 ) -> Response:
-    body = BODIES.get((type_url, version, control_plane), content)
+    """`content` is what goes on the wire; `version` the state the client then holds."""
+    body = BODIES.get((type_url, version, control_plane, content.version), content)
     return Response(type_url, version, nonce, content, body)

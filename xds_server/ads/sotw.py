@@ -35,6 +35,8 @@ SYNCED, NOT_SENT, STALE, ERROR = "SYNCED", "NOT SENT", "STALE", "ERROR"
 
 
 EMPTY = ResourceSet({})
+# Types whose SotW responses may carry only what changed.
+INCREMENTAL_TYPES = frozenset({ENDPOINT, ROUTE})
 
 
 def _keys(resources: Mapping[str, Packed]) -> frozenset[str]:
@@ -143,7 +145,7 @@ class SotwStream:
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if state is not None and state.sent_nonce:
-                out += self._respond_if_needed(state)
+                out += self._respond_if_needed(state, partial=True)
         out += self._finish_cluster_removal()
         return out
 
@@ -170,7 +172,11 @@ class SotwStream:
             return available
         return available.subset(state.names)
 
-    def _respond_if_needed(self, state: TypeState, force: bool = False) -> list:
+    def _respond_if_needed(
+        self, state: TypeState, force: bool = False, partial: bool = False
+    ) -> list:
+        """The response this state calls for, if any. `partial`: a push of new content
+        (not an answer to a request), which may carry only what changed."""
         if not state.wildcard and not state.names:
             # The client dropped its last name of this type (a gateway losing its last
             # listener unsubscribes from routes): it watches nothing and would never ACK.
@@ -197,7 +203,7 @@ class SotwStream:
                 return []
             if version == state.nacked_version:
                 return []  # the client refused exactly this; wait for different content
-        return self._response(state, content, version)
+        return self._response(state, content, version, partial=partial and not force)
 
     def _clusters_warming(self) -> bool:
         clusters = self.types.get(CLUSTER)
@@ -226,8 +232,22 @@ class SotwStream:
         self.deferred_cluster_removal = False
         return self._respond_if_needed(self.types[CLUSTER])
 
-    def _response(self, state: TypeState, content: ResourceSet, version: str):
+    def _response(
+        self, state: TypeState, content: ResourceSet, version: str, partial: bool = False
+    ):
+        """Send `content` as this type's new state. Listeners and clusters go whole (the
+        state of the world); endpoints and routes only where they changed since the last
+        response, which Envoy applies on top (xDS "grouping resources into responses"),
+        unless that response was refused or the client asked for everything."""
         nonce = str(next(self._nonces))
+        wire = content
+        if (
+            partial
+            and state.type_url in INCREMENTAL_TYPES
+            and state.sent_nonce
+            and state.nacked_version != state.sent_version
+        ):
+            wire = content.changed_since(state.sent)
         endpoints = self.types.get(ENDPOINT)
         changed_clusters = (
             state.type_url == CLUSTER
@@ -245,7 +265,7 @@ class SotwStream:
         state.sent_generation = self.generation
         state.pending = True
         state.responses_sent += 1
-        out = [response(state.type_url, version, nonce, content, self.control_plane_id)]
+        out = [response(state.type_url, version, nonce, wire, self.control_plane_id)]
         if changed_clusters:
             # A changed cluster warms until it gets its assignment again, even an unchanged one.
             out += self._respond_if_needed(endpoints, force=True)
