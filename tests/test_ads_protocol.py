@@ -361,3 +361,26 @@ async def test_workloads_remembered_across_a_restart_stay_endpoints_until_grace_
     client.close()
     await channel.close()
     await second.stop()
+
+
+async def test_a_nack_of_content_another_proxy_accepted_rolls_nothing_back(plane):
+    control, channel = plane
+    honest, hostile = Client(channel, "caller"), Client(channel, "caller-2")
+    await sync_all(honest)
+    await sync_all(hostile)
+    (control.options.config_dir / "vs.yaml").write_text(VS_V2)
+    accepted = await honest.recv(10)
+    honest.ack(accepted, ["http_proxy"])
+    refused = await hostile.recv(10)
+    assert refused.version_info == accepted.version_info
+    hostile.send(ROUTE, ["http_proxy"], nonce=refused.nonce, error="no thanks")
+    for _ in range(100):
+        if control.rollbacks:
+            break
+        await asyncio.sleep(0.02)
+    (report,) = control.rollbacks
+    assert report["accepted_by_others"] == ["caller"] and report["rolled_back"] == []
+    assert await honest.silent(0.5)  # the edit stays in force for everyone
+    assert not [i for i in control.store.all_issues() if "Envoy rejected" in i.message]
+    honest.close()
+    hostile.close()

@@ -335,3 +335,21 @@ def test_files_rolled_back_together_are_retried_one_at_a_time(mesh):
     assert store.update().version == innocent and not store.has_suspects()
     (error,) = errors(store)
     assert "vs.yaml" in error and "rejected again" in error and "retried" not in error
+
+
+def test_a_rejected_version_edited_into_an_invalid_one_is_still_rolled_back(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", vs("v1"))
+    store = ConfigStore(mesh)
+    good = store.load_all().version
+    write(mesh / "vs.yaml", vs("v2"))
+    bad = store.update([mesh / "vs.yaml"]).version
+    write(mesh / "vs.yaml", vs("v2").replace("hosts:", "hostz:"))  # broken before the NACK
+    store.update([mesh / "vs.yaml"])
+    assert store.snapshot.version == bad  # the invalid edit keeps the previous in force
+    assert store.rollback(good, bad, "rejected") == [str(mesh / "vs.yaml")]
+    assert store.update().version == good  # ... but not the version Envoy refused
+    write(mesh / "vs.yaml", vs("v2").replace("hosts:", "hostz:") + "# still broken\n")
+    assert store.update([mesh / "vs.yaml"]).version == good
+    write(mesh / "vs.yaml", vs("v1", "v2"))  # a new valid version gets its chance
+    assert store.update([mesh / "vs.yaml"]).version not in (good, bad)

@@ -69,6 +69,7 @@ class ControlPlane:
         self.watcher = ConfigWatcher(self.store, self.mesh.set_config, options.debounce_ms)
         self.servicer = AdsServicer(self.mesh, on_nack=self.on_nack)
         self.rollbacks: deque[dict] = deque(maxlen=50)
+        self.nack_grace = 0.3  # seconds to hear other proxies' answers to a rejected push
         self.loop_monitor = LoopMonitor()
         self.grpc_server: grpc.aio.Server | None = None
         self.http_runner: web.AppRunner | None = None
@@ -144,7 +145,23 @@ class ControlPlane:
         rejected = self.mesh.config_version_at(nack.rejected_generation)
         accepted = self.mesh.config_version_at(nack.accepted_generation)
         files: list[str] = []
-        if rejected and accepted and rejected != accepted:
+        # Content that other proxies accepted is not the config's fault but this proxy's
+        # (a port it cannot bind, a broken or hostile client): nothing is rolled back for
+        # everyone. Wait a moment for the others' answers to the same push.
+        await asyncio.sleep(self.nack_grace)
+        others = self.servicer.accepted_elsewhere(
+            nack.node_id, nack.type_url, nack.rejected_version
+        )
+        if others:
+            log.error(
+                "%s rejected %s that %d other proxies accepted (%s); not rolled back: %s",
+                nack.node_id,
+                SHORT_NAMES.get(nack.type_url, nack.type_url),
+                len(others),
+                ", ".join(others[:5]),
+                nack.message,
+            )
+        elif rejected and accepted and rejected != accepted:
             files = await self.watcher.rollback(accepted, rejected, nack.message)
         self.rollbacks.append(
             {
@@ -153,9 +170,10 @@ class ControlPlane:
                 "type": SHORT_NAMES.get(nack.type_url, nack.type_url),
                 "message": nack.message,
                 "rolled_back": files,
+                "accepted_by_others": others,
             }
         )
-        if not files:
+        if not files and not others:
             log.error(
                 "%s rejected %s; no file changed since what it last accepted could be "
                 "rolled back (the cause is not a config edit, or it was edited again): %s",

@@ -50,6 +50,7 @@ class Nack:
     message: str
     rejected_generation: int
     accepted_generation: int
+    rejected_version: str = ""
 
 
 def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
@@ -184,6 +185,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     state.nack_message,
                     state.nacked_generation,
                     accepted,
+                    state.nacked_version or "",
                 )
             )
 
@@ -206,6 +208,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 safe_text(request.response_nonce, 64),
                 safe_text(str(list(request.resource_names)[:5]), 500),
             )
+
+    def accepted_elsewhere(self, node_id: str, type_url: str, version: str) -> list[str]:
+        """Other proxies that accepted exactly this content of this type."""
+        return sorted(
+            info.node_id
+            for info in self.streams.values()
+            if info.node_id != node_id
+            and (state := info.protocol.types.get(type_url)) is not None
+            and state.acked_version == version
+        )
 
     def latest_streams(self) -> dict[str, StreamInfo]:
         """The newest stream of every connected node id."""

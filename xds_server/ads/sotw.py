@@ -145,7 +145,12 @@ class SotwStream:
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if state is not None and state.sent_nonce:
-                out += self._respond_if_needed(state, partial=True)
+                sent = self._respond_if_needed(state, partial=True)
+                if not sent and state.status() == SYNCED:
+                    # It holds what this generation wants: a NACK later is measured
+                    # against this generation, not an older one.
+                    state.acked_generation = generation
+                out += sent
         out += self._finish_cluster_removal()
         return out
 

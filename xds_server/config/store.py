@@ -207,10 +207,9 @@ class ConfigStore:
             before, after = good.get(name), bad.get(name)
             if before is after or (before and after and before.digest == after.digest):
                 continue
-            digest = after.digest if after is not None else ""
-            current = self.latest.get(name)
-            if (current.digest if current is not None else "") != digest:
-                continue  # edited again since: the new version gets its own chance
+            digest = _digest(after)
+            if _digest(self.accepted.get(name)) != digest:
+                continue  # another version is in force since: it gets its own chance
             if name in self.rejected and self.rejected[name].digest == digest:
                 continue  # another proxy's NACK of the same push
             rolled[name] = Rejection(digest, group, before, (), suspect=False)
@@ -243,50 +242,15 @@ class ConfigStore:
         settling: dict[str, float] = {}
         for name in sorted(set(latest) | {n for n, r in rejected.items() if not r.digest}):
             parsed = latest.get(name)
-            previous = self.accepted.get(name)
+            candidate, found = self._candidate(name, parsed, first, now, settling)
             rejection = rejected.get(name)
-            if rejection is not None:
-                if rejection.fallback is not None:
-                    trial[name] = rejection.fallback
-                issues[name] = list(rejection.issues)
-                continue
-            assert parsed is not None
-            transient = parsed.unparsable or (parsed.blank and parsed.ok)
-            if (
-                transient
-                and not first
-                and self.settle_seconds > 0
-                and previous is not None
-                and previous.has_content
-            ):
-                deadline = self.settling.get(name, now + self.settle_seconds)
-                if now < deadline:
-                    settling[name] = deadline
-                    trial[name] = previous
-                    what = "empty" if parsed.blank and parsed.ok else "not readable as YAML"
-                    issues[name] = [
-                        ConfigIssue(
-                            name,
-                            1,
-                            f"the file is {what}; its previous version stays in force for "
-                            f"{self.settle_seconds:g}s in case it is being written",
-                            severity="warning",
-                        )
-                    ]
-                    continue
-            issues[name] = list(parsed.issues)
-            if parsed.ok:
-                trial[name] = parsed
-            elif previous is not None:
-                trial[name] = previous
-                issues[name].append(
-                    ConfigIssue(
-                        name,
-                        1,
-                        "the previous valid version of this file stays in force",
-                        severity="warning",
-                    )
-                )
+            if rejection is not None and _digest(candidate) == rejection.digest:
+                # The version Envoy refused would come back (the file was not changed, or
+                # was changed into something invalid): the one it accepted stays.
+                candidate, found = rejection.fallback, [*found, *rejection.issues]
+            if candidate is not None:
+                trial[name] = candidate
+            issues[name] = found
         if not first:
             for name, held in self._hold_dangling(trial).items():
                 issues.setdefault(name, []).extend(held)
@@ -310,13 +274,48 @@ class ConfigStore:
         while len(self.history) > HISTORY:
             self.history.popitem(last=False)
 
+    def _candidate(
+        self,
+        name: str,
+        parsed: ParsedFile | None,
+        first: bool,
+        now: float,
+        settling: dict[str, float],
+    ) -> tuple[ParsedFile | None, list[ConfigIssue]]:
+        """The version of a file that would be in force, and its issues: the latest if
+        valid; the previous one while a blank or unparsable file settles, or when the
+        latest has errors."""
+        previous = self.accepted.get(name)
+        if parsed is None:
+            return None, []
+        settles = not first and self.settle_seconds > 0 and _transient(parsed)
+        if settles and previous is not None and previous.has_content:
+            deadline = self.settling.get(name, now + self.settle_seconds)
+            if now < deadline:
+                settling[name] = deadline
+                what = "empty" if parsed.blank and parsed.ok else "not readable as YAML"
+                return previous, [
+                    ConfigIssue(
+                        name,
+                        1,
+                        f"the file is {what}; its previous version stays in force for "
+                        f"{self.settle_seconds:g}s in case it is being written",
+                        severity="warning",
+                    )
+                ]
+        if parsed.ok:
+            return parsed, list(parsed.issues)
+        if previous is None:
+            return None, list(parsed.issues)
+        kept = ConfigIssue(
+            name, 1, "the previous valid version of this file stays in force", severity="warning"
+        )
+        return previous, [*parsed.issues, kept]
+
     def _current_rejections(self, latest: Mapping[str, ParsedFile]) -> dict[str, Rejection]:
-        """Rejections still standing: a group ends when any of its files changes."""
-        ended = {
-            r.group
-            for name, r in self.rejected.items()
-            if (latest[name].digest if name in latest else "") != r.digest
-        }
+        """Rejections still standing. A group ends when one of its files moves on to a new
+        valid version (or goes away); an invalid edit does not end it."""
+        ended = {r.group for name, r in self.rejected.items() if _moved_on(r, latest.get(name))}
         return {n: r for n, r in self.rejected.items() if r.group not in ended}
 
     def _hold_dangling(self, trial: dict[str, ParsedFile]) -> dict[str, list[ConfigIssue]]:
@@ -423,6 +422,23 @@ def assemble(files: Mapping[str, ParsedFile]) -> tuple[model.MeshConfig, list[Co
     mesh = mesh_owner.mesh if mesh_owner is not None else mesh_config_pb2.MeshConfig()
     config = model.MeshConfig(resources=tuple(resources), mesh=model.with_mesh_defaults(mesh))
     return config, issues
+
+
+def _digest(parsed: ParsedFile | None) -> str:
+    return parsed.digest if parsed is not None else ""
+
+
+def _transient(parsed: ParsedFile) -> bool:
+    """Blank or unparsable: perhaps a write in progress."""
+    return parsed.unparsable or (parsed.blank and parsed.ok)
+
+
+def _moved_on(rejection: Rejection, latest: ParsedFile | None) -> bool:
+    if latest is None:
+        return rejection.digest != ""
+    if not latest.ok or _transient(latest):
+        return False
+    return latest.digest != rejection.digest
 
 
 def _issue(finding: CrossFinding, files: Mapping[str, ParsedFile]) -> ConfigIssue:
