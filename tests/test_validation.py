@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import plain_service_yaml, service_yaml
+from envoy.config.route.v3 import route_pb2
+
+from tests.helpers import config_from, plain_service_yaml, service_yaml, sidecar
+from translators.resources import ROUTE
+from translators.snapshot import World, translate
 from xds_server.config.loader import parse_file
 from xds_server.config.store import ConfigStore
 
@@ -212,3 +216,24 @@ def test_two_tcp_services_on_one_port_warn(tmp_path: Path):
     (warning,) = [i for i in store.all_issues() if i.severity == "warning"]
     assert warning.file.endswith("b.yaml") and warning.field == "spec.ports[0]"
     assert "db-a.default.svc.cluster.local" in warning.message
+
+
+def test_a_service_entry_port_used_twice_is_refused_and_never_reaches_envoy():
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\n"
+        "spec:\n  hosts: [ext.example.com]\n  resolution: STATIC\n"
+        "  endpoints: [{address: 127.0.0.1}]\n  ports:\n"
+        "  - {number: 80, name: http, protocol: HTTP}\n"
+        "  - {number: 80, name: http-alt, protocol: HTTP}\n"
+    )
+    assert found(text)["spec.ports[1].number"] == (10, "duplicate port 80 (also ports[0])")
+    # The translator keeps one port per number whatever validation says: a second
+    # virtual host of the same name would make every sidecar refuse its routes.
+    parsed = parse_file("f.yaml", text)
+    config = config_from(plain_service_yaml("reviews"))
+    config = type(config)(resources=(*config.resources, *parsed.resources))
+    routes = translate(World(config, ()), sidecar("c", "c"))[ROUTE]["http_proxy"]
+    route_config = route_pb2.RouteConfiguration()
+    routes.any.Unpack(route_config)
+    names = [v.name for v in route_config.virtual_hosts]
+    assert names.count("ext.example.com:80") == 1

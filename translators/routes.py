@@ -369,6 +369,7 @@ def _source(vs: model.ConfigResource) -> RouteSource:
 
 def claim_domains(vhosts: Sequence[_VHost]) -> list[rc.VirtualHost]:
     """Envoy refuses a domain used twice; the first claim wins, full names before short forms."""
+    vhosts = list({v.name: v for v in reversed(vhosts)}.values())[::-1]  # one per name
     claimed: set[str] = set()
     chosen: dict[str, list[str]] = {v.name: [] for v in vhosts}
     for priority in (0, 1):

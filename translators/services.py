@@ -8,7 +8,7 @@ traffic between workloads always passes through both sidecars.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protos import service_entry_pb2
@@ -137,6 +137,15 @@ class _WorkloadIndex:
         return [w for w in candidates if _selects(selector, w.labels)]
 
 
+def _first_per_number(ports: Iterable[ServicePort]) -> tuple[ServicePort, ...]:
+    """One port per number (validation reports the others): two would make two clusters
+    and two virtual hosts of one name, which Envoy refuses."""
+    seen: dict[int, ServicePort] = {}
+    for port in ports:
+        seen.setdefault(port.port, port)
+    return tuple(seen.values())
+
+
 def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> dict[int, tuple]:
     by_port: dict[int, tuple[Endpoint, ...]] = {}
     for port in ports:
@@ -156,7 +165,7 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
 
     for res in config.of_kind(model.SERVICE):
         spec = res.spec
-        ports = tuple(
+        ports = _first_per_number(
             ServicePort(
                 p.name, p.port, p.target_port or p.port, port_protocol(p.name, p.app_protocol)
             )
@@ -187,7 +196,7 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
         kind = resolution_kind.get(se.resolution)
         if kind is None:
             continue
-        ports = tuple(
+        ports = _first_per_number(
             ServicePort(
                 p.name, p.number, p.target_port or p.number, port_protocol(p.name, p.protocol)
             )

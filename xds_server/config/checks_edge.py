@@ -195,9 +195,23 @@ def check_service_entry(se: service_entry_pb2.ServiceEntry) -> Iterator[Finding]
                 yield ("spec", "hosts", i), "host must not be empty"
     if not se.ports:
         yield ("spec", "ports"), "required: at least one port"
+    numbers: dict[int, int] = {}
+    names: dict[str, int] = {}
     for i, port in enumerate(se.ports):
         if not port_ok(port.number):
             yield ("spec", "ports", i, "number"), f"port {port.number} out of range 1-65535"
+        if port.number in numbers:
+            yield (
+                ("spec", "ports", i, "number"),
+                f"duplicate port {port.number} (also ports[{numbers[port.number]}])",
+            )
+        numbers.setdefault(port.number, i)
+        if port.name and port.name in names:
+            yield (
+                ("spec", "ports", i, "name"),
+                f'duplicate port name "{port.name}" (also ports[{names[port.name]}])',
+            )
+        names.setdefault(port.name, i)
         if port.target_port > 65535 and enabled("endpoint-port"):
             yield (
                 ("spec", "ports", i, "targetPort"),
