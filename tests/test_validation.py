@@ -237,3 +237,20 @@ def test_a_service_entry_port_used_twice_is_refused_and_never_reaches_envoy():
     routes.any.Unpack(route_config)
     names = [v.name for v in route_config.virtual_hosts]
     assert names.count("ext.example.com:80") == 1
+
+
+def test_gateway_hosts_envoy_cannot_tell_apart_are_refused():
+    server = (
+        "  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: ['%s']\n"
+        "    tls: {mode: SIMPLE, serverCertificate: /c.pem, privateKey: /k.pem}\n"
+    )
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\n"
+        "spec:\n  selector: {istio: ingressgateway}\n  servers:\n"
+        + server % "shop.example.com"
+        + server % "Shop.example.com"
+        + server % "a.*.com"
+    )
+    errors = found(text)
+    assert "names match without case" in errors["spec.servers[1].hosts[0]"][1]
+    assert "wildcard may only be" in errors["spec.servers[2].hosts[0]"][1]

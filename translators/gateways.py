@@ -193,6 +193,17 @@ def _tls_socket(tls: gateway_pb2.ServerTLSSettings) -> base_pb2.TransportSocket:
     )
 
 
+def server_name_of(host: str) -> str:
+    """A Gateway server host as a TLS server name: without its namespace, lower case."""
+    return (host.partition("/")[2] or host).lower()
+
+
+def valid_server_name(name: str) -> bool:
+    """A name or a leading-label wildcard (`*.example.com`), as Envoy takes them."""
+    rest = name[2:] if name.startswith("*.") else name
+    return bool(rest) and "*" not in rest
+
+
 def gateway_resources(
     config: model.MeshConfig, proxy: model.Proxy, ctx: RouteContext
 ) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration]]:
@@ -217,13 +228,21 @@ def gateway_resources(
                     ]
                 )
             )
-        seen_sni: set[tuple[str, ...]] = set()
+        claimed: set[str] = set()
+        catch_all = False
         for bound in (s for s in plan.servers if s.is_https):
             server = bound.server
-            sni = tuple(sorted({h.partition("/")[2] or h for h in server.hosts} - {"*"}))
-            if sni in seen_sni or plain:
+            names = {server_name_of(h) for h in server.hosts}
+            if plain or (not names - {"*"} and catch_all):
                 continue  # Envoy refuses two chains with one match; validation reports it
-            seen_sni.add(sni)
+            if not names - {"*"}:
+                catch_all = True  # a chain without server names
+            # Envoy matches server names without case, refuses partial wildcards and
+            # refuses two chains that share a name: the first server keeps a name.
+            sni = tuple(sorted(n for n in names - {"*"} - claimed if valid_server_name(n)))
+            if names - {"*"} and not sni:
+                continue
+            claimed.update(sni)
             server_name = server.name or server.port.name or bound.gateway.name
             route_name = f"https.{plan.number}.{server_name}.{bound.gateway.name}"
             route_name += f".{bound.gateway.namespace}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from protos import gateway_pb2, service_entry_pb2, sidecar_pb2, workload_entry_pb2
+from translators.gateways import server_name_of, valid_server_name
 from translators.naming import is_ip
 from translators.services import HTTP_PROTOCOLS as HTTP_PORT_PROTOCOLS
 from translators.services import port_protocol
@@ -39,6 +40,7 @@ def check_gateway(gw: gateway_pb2.Gateway) -> Iterator[Finding]:
     if not gw.servers:
         yield ("spec", "servers"), "required: at least one server"
     kinds: dict[int, set[str]] = {}
+    names: dict[tuple[int, str], tuple[int, int]] = {}
     for i, server in enumerate(gw.servers):
         path = ("spec", "servers", i)
         port = server.port
@@ -61,6 +63,23 @@ def check_gateway(gw: gateway_pb2.Gateway) -> Iterator[Finding]:
         for j, host in enumerate(server.hosts):
             if host.count("/") > 1 or not host.rpartition("/")[2]:
                 yield (*path, "hosts", j), f"invalid host {host!r} (use host or namespace/host)"
+                continue
+            name = server_name_of(host)
+            if name != "*" and not valid_server_name(name):
+                yield (
+                    (*path, "hosts", j),
+                    f"invalid host {host!r}: a wildcard may only be the whole first label "
+                    "(*.example.com) or the whole host (*)",
+                )
+            if protocol == "HTTPS":
+                other = names.setdefault((port.number, name), (i, j))
+                if other != (i, j):
+                    yield (
+                        (*path, "hosts", j),
+                        f"host {host!r} is also served over TLS on port {port.number} by "
+                        f"servers[{other[0]}].hosts[{other[1]}] (names match without case); "
+                        "Envoy cannot tell them apart",
+                    )
         if protocol == "HTTPS":
             tls = server.tls
             if tls.mode != TLS.SIMPLE:
