@@ -353,3 +353,31 @@ def test_a_rejected_version_edited_into_an_invalid_one_is_still_rolled_back(mesh
     assert store.update([mesh / "vs.yaml"]).version == good
     write(mesh / "vs.yaml", vs("v1", "v2"))  # a new valid version gets its chance
     assert store.update([mesh / "vs.yaml"]).version not in (good, bad)
+
+
+def test_a_rule_in_another_namespace_that_drops_a_subset_in_use_is_held(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", vs("v2"))
+    store = ConfigStore(mesh)
+    store.load_all()
+    other = dr("v1").replace("{name: reviews}", "{name: reviews, namespace: other}")
+    write(
+        mesh / "other-dr.yaml",
+        other.replace("host: reviews", "host: reviews.default.svc.cluster.local"),
+    )
+    store.update([mesh / "other-dr.yaml"])
+    assert str(mesh / "other-dr.yaml") not in store.accepted  # proxies in `other` would 503
+    (held,) = errors(store)
+    assert "other-dr.yaml" in held and "held back" in held
+
+
+def test_a_change_no_single_file_explains_is_held_whole(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "a.yaml", vs("v9"), mtime=100)  # shadowed by b.yaml, which is newer
+    write(mesh / "b.yaml", vs("v1"), mtime=200)
+    store = ConfigStore(mesh)
+    store.load_all()
+    (mesh / "b.yaml").unlink()  # would bring back a.yaml's route to the undefined v9
+    store.update([mesh / "b.yaml"])
+    assert subset(store) == "v1"
+    assert any("b.yaml" in e and "held back" in e for e in errors(store))

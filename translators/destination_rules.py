@@ -46,3 +46,14 @@ class DestinationRuleIndex:
         if host in self.exact.get(proxy_namespace, {}):
             return True
         return any(host_matches(p, host) for p, _ in self.wildcard.get(proxy_namespace, ()))
+
+    def namespaces_with_rules_for(self, host: str) -> set[str]:
+        """Namespaces with a rule of their own for `host`: their proxies may resolve it
+        to another rule than the rest of the mesh."""
+        found = {ns for ns, rules in self.exact.items() if host in rules}
+        found |= {
+            ns
+            for ns, rules in self.wildcard.items()
+            if any(host_matches(pattern, host) for pattern, _ in rules)
+        }
+        return found

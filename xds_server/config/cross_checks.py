@@ -27,8 +27,8 @@ class CrossFinding:
     path: Path
     message: str
     severity: str = "error"
-    # For a dangling subset reference: (destination host, subset).
-    subset_of: tuple[str, str] | None = None
+    # For a dangling subset reference: (destination host, subset, proxy namespace).
+    subset_of: tuple[str, str, str] | None = None
 
 
 def _destinations(vs: model.ConfigResource) -> Iterator[tuple[Path, Any]]:
@@ -47,30 +47,35 @@ def _destinations(vs: model.ConfigResource) -> Iterator[tuple[Path, Any]]:
 
 
 def dangling_subsets(config: model.MeshConfig) -> Iterator[CrossFinding]:
-    """Routes to a subset that no DestinationRule defines (Envoy answers 503 there)."""
+    """Routes to a subset that no DestinationRule defines (Envoy answers 503 there), as
+    seen from the VirtualService's namespace and from every namespace whose own rule for
+    the host its proxies would use instead."""
     rules = DestinationRuleIndex(config)
     for vs in config.of_kind(model.VIRTUAL_SERVICE):
         for where, dest in _destinations(vs):
             if not dest.subset:
                 continue
             host = fqdn(dest.host, vs.namespace)
-            dr = rules.lookup(host, vs.namespace, host.split(".")[1] if "." in host else "")
-            at = (*where, "subset")
-            reference = (host, dest.subset)
-            if dr is None:
-                message = (
-                    f'no DestinationRule for {host} defines subset "{dest.subset}"; '
-                    "requests routed there get 503"
+            service_ns = host.split(".")[1] if "." in host else ""
+            for namespace in sorted({vs.namespace} | rules.namespaces_with_rules_for(host)):
+                dr = rules.lookup(host, namespace, service_ns)
+                seen_from = "" if namespace == vs.namespace else f" for proxies in {namespace}"
+                if dr is None:
+                    message = (
+                        f"no DestinationRule{seen_from} for {host} defines subset "
+                        f'"{dest.subset}"; requests routed there get 503'
+                    )
+                elif all(s.name != dest.subset for s in dr.subsets):
+                    known = ", ".join(s.name for s in dr.subsets) or "none"
+                    message = (
+                        f'unknown subset "{dest.subset}" of {host} (the DestinationRule'
+                        f"{seen_from} defines: {known}); requests routed there get 503"
+                    )
+                else:
+                    continue
+                yield CrossFinding(
+                    vs, (*where, "subset"), message, subset_of=(host, dest.subset, namespace)
                 )
-            elif all(s.name != dest.subset for s in dr.subsets):
-                known = ", ".join(s.name for s in dr.subsets) or "none"
-                message = (
-                    f'unknown subset "{dest.subset}" of {host} (its DestinationRule '
-                    f"defines: {known}); requests routed there get 503"
-                )
-            else:
-                continue
-            yield CrossFinding(vs, at, message, subset_of=reference)
 
 
 def _host_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:

@@ -343,7 +343,7 @@ class ConfigStore:
                         )
                     )
                     continue
-                host, subset = finding.subset_of or ("", "")
+                host, subset, _ = finding.subset_of or ("", "", "")
                 for name in changed:
                     if _defines_rule_for(trial.get(name), host) or _defines_rule_for(
                         self.accepted.get(name), host
@@ -358,6 +358,20 @@ class ConfigStore:
                                 "version of this file stays in force until nothing does",
                             )
                         )
+            if not blamed and new:
+                # Nothing points at one file (a mesh config change moved the root
+                # namespace, a shadowed duplicate came back): hold back the whole change.
+                blamed = {
+                    name: [
+                        ConfigIssue(
+                            name,
+                            1,
+                            f"held back: with this change {_issue(f, trial)}",
+                        )
+                        for f in new[:3]
+                    ]
+                    for name in changed
+                }
             if not blamed:
                 break
             for name, found in blamed.items():
