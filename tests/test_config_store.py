@@ -291,7 +291,7 @@ def test_hidden_files_and_backups_are_never_config_at_start_or_on_change(mesh):
         ("apiVersion: v1\nkind: Service\nmetadata: {name: [a]}\n", "metadata.name", "string"),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: A_b}\n", "metadata.name", "name"),
         ("a: " + "[" * 600 + "]" * 600 + "\n", "", "nest"),
-        ("a: &a [*a]\n", "", "nested deeper"),
+        ("a: &a [*a]\n", "", "refers to itself"),
     ],
 )
 def test_odd_documents_are_file_line_errors(mesh, text, field, words):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from translators import model
 from xds_server.node import NodeError, check_proxy
+from xds_server.text import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +37,57 @@ def to_json(proxies: Iterable[model.Proxy]) -> str:
     return json.dumps({"format": FORMAT, "workloads": entries}, indent=1, sort_keys=True)
 
 
+_STRINGS = ("node_id", "namespace", "service_account", "ip", "role", "bind_address")
+_STRINGS += ("outbound_address",)
+
+
+def _proxy(entry: object) -> model.Proxy:
+    """One saved proxy, checked as strictly as a connecting node (the file may have been
+    edited, truncated or written by another version)."""
+    if not isinstance(entry, dict):
+        raise ValueError("an entry is not a mapping")
+    for key in _STRINGS:
+        if not isinstance(entry.get(key), str):
+            raise ValueError(f"{key} is not a string")
+    labels, ports, outbound = entry.get("labels"), entry.get("ports"), entry.get("outbound_port")
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise ValueError("labels are not a map of strings")
+    if not isinstance(ports, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(type(n) is int for n in p) for p in ports
+    ):
+        raise ValueError("ports are not [app, inbound] pairs")
+    if type(outbound) is not int:
+        raise ValueError("outbound_port is not a number")
+    proxy = model.Proxy(
+        **{key: entry[key] for key in _STRINGS},
+        labels=dict(labels),
+        outbound_port=outbound,
+        ports=tuple(model.WorkloadPort(a, i) for a, i in ports),
+    )
+    check_proxy(proxy)
+    return proxy
+
+
 def from_json(text: str) -> list[model.Proxy]:
     """The saved proxies; ValueError if the file is not ours or an entry is invalid."""
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError("not a workloads file of this version")
+    entries = data.get("workloads")
+    if not isinstance(entries, list):
+        raise ValueError("workloads is not a list")
     proxies = []
-    for entry in data.get("workloads", []):
-        if not isinstance(entry, dict):
-            raise ValueError("an entry is not a mapping")
+    for entry in entries:
         try:
-            ports = tuple(model.WorkloadPort(int(a), int(i)) for a, i in entry.pop("ports", []))
-            proxy = model.Proxy(**entry, ports=ports)
-            check_proxy(proxy)
+            proxies.append(_proxy(entry))
         except (TypeError, ValueError, NodeError) as exc:
-            raise ValueError(f"entry {entry.get('node_id')!r}: {exc}") from None
-        proxies.append(proxy)
+            node = entry.get("node_id") if isinstance(entry, dict) else None
+            raise ValueError(f"entry {str(node)[:100]!r}: {exc}") from None
     return proxies
 
 
@@ -68,8 +104,8 @@ class WorkloadMemory:
             return []
         try:
             proxies = from_json(self.path.read_text())
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring %s: %s", self.path, exc)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            log.warning("ignoring %s: %s", self.path, safe_text(str(exc)))
             return []
         return proxies
 

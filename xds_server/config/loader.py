@@ -35,6 +35,7 @@ from translators import model
 from xds_server.config import validation
 from xds_server.config.schema import SchemaError, to_message
 from xds_server.config.yaml_lines import Path, YamlDocument, YamlSyntaxError, read_documents
+from xds_server.text import safe_text
 
 ISTIO_NETWORKING = "networking.istio.io"
 SMI_SPLIT = "split.smi-spec.io"
@@ -70,6 +71,7 @@ _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 log = logging.getLogger(__name__)
+MAX_ISSUES = 100  # per file; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,7 @@ def parse_file(path: str, text: str, mtime_ns: int = 0) -> ParsedFile:
             try:
                 _parse_document(path, doc, out)
             except Exception as exc:  # a loader bug must cost one document, not the server
-                log.exception("internal error loading %s:%d", path, doc.line)
+                log.exception("internal error loading %s:%d", safe_text(path), doc.line)
                 out.issues.append(ConfigIssue(path, doc.line, _internal(exc)))
             # Only the line map is kept: the raw YAML tree would double what every
             # garbage collection has to walk, for as long as this version is in force.
@@ -327,9 +329,14 @@ def parse_file(path: str, text: str, mtime_ns: int = 0) -> ParsedFile:
         out.unparsable = True
         out.issues.append(ConfigIssue(path, exc.line, str(exc)))
     except Exception as exc:
-        log.exception("internal error loading %s", path)
+        log.exception("internal error loading %s", safe_text(path))
         out.unparsable = True
         out.issues.append(ConfigIssue(path, 1, _internal(exc)))
+    if len(out.issues) > MAX_ISSUES:
+        hidden = len(out.issues) - MAX_ISSUES
+        out.issues[MAX_ISSUES:] = [
+            ConfigIssue(path, out.issues[MAX_ISSUES].line, f"... and {hidden} more issues")
+        ]
     if out.ok:
         seen: dict[tuple[str, str, str], model.ConfigResource] = {}
         for res in out.resources:

@@ -2,10 +2,11 @@
 
 PyYAML's composer keeps line marks on nodes; we keep them so that every error can name
 the line of the offending field, not just the file. Input is untrusted: libyaml (when
-present) parses about ten times faster than pure Python and stops at 1000 levels, and
-before a document is built we refuse nesting deeper than MAX_DEPTH and aliases that
-expand to more than MAX_ALIAS_NODES nodes (a "billion laughs" file), so that no file can
-exhaust memory, the stack or the CPU.
+present) parses about ten times faster than pure Python, and its event stream is scanned
+before any document is built, refusing nesting deeper than MAX_DEPTH, more than MAX_NODES
+values, and aliases that expand to more than MAX_ALIAS_NODES values (a "billion laughs"
+file), so that no file can exhaust memory, the stack or the CPU. The budgets hold per
+file, so that many small documents cannot add up to what one large one may not.
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ import yaml
 
 Path = tuple[str | int, ...]
 
-# Istio resources nest about 12 levels deep; 100 leaves room for anything real.
-MAX_DEPTH = 100
-# Nodes reached a second time through aliases, per document.
-MAX_ALIAS_NODES = 100_000
+# Istio resources nest about 12 levels deep; 64 leaves room for anything real.
+MAX_DEPTH = 64
+# Nodes reached a second time through aliases, per file.
+MAX_ALIAS_NODES = 10_000
+# Values per file, aliases and documents included: about what a file at the default size
+# limit (8 MiB) holds, so that no smaller file can cost more than such a file.
+MAX_NODES = 1_500_000
+# Values per document: a document is built whole in memory (about 1 kB a value), and no
+# resource needs more (a ServiceEntry with 10,000 endpoints has about 50,000).
+MAX_DOCUMENT_NODES = 100_000
+# Lines are kept down to this depth; deeper fields report their closest ancestor's line,
+# so that the map grows with the nodes, not with nodes times depth.
+LINE_DEPTH = 24
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -64,21 +74,32 @@ class YamlSyntaxError(ValueError):
         self.line = line
 
 
-def _record_lines(root: yaml.Node) -> dict[Path, int]:
+class _Budget:
+    """What one file may still cost: nodes visited, and nodes reached again via aliases."""
+
+    def __init__(self) -> None:
+        self.nodes = MAX_NODES
+        self.repeats = MAX_ALIAS_NODES
+
+
+def _record_lines(root: yaml.Node, budget: _Budget) -> dict[Path, int]:
     """Every field path's line, walking iteratively; refuses depth and alias bombs."""
     lines: dict[Path, int] = {}
     seen: set[int] = set()
-    repeats = 0
     stack: list[tuple[yaml.Node, Path, int]] = [(root, (), root.start_mark.line + 1)]
     while stack:
         node, path, line = stack.pop()
-        lines[path] = line
+        if len(path) <= LINE_DEPTH:
+            lines[path] = line
         if len(path) > MAX_DEPTH:
             raise YamlSyntaxError(f"nested deeper than {MAX_DEPTH} levels", line)
+        budget.nodes -= 1
+        if budget.nodes < 0:
+            raise YamlSyntaxError(f"more than {MAX_NODES} values in one file", line)
         if id(node) in seen:
-            repeats += 1
-            if repeats > MAX_ALIAS_NODES:
-                raise YamlSyntaxError(f"aliases expand to more than {MAX_ALIAS_NODES} nodes", line)
+            budget.repeats -= 1
+            if budget.repeats < 0:
+                raise YamlSyntaxError(f"aliases expand to more than {MAX_ALIAS_NODES} values", line)
         else:
             seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
@@ -95,24 +116,77 @@ def _record_lines(root: yaml.Node) -> dict[Path, int]:
     return lines
 
 
+def _prescan(text: str) -> None:
+    """Refuse, from libyaml's event stream and before anything is built in memory, a file
+    nested too deep, with too many values, or whose aliases expand too far (sizes of
+    anchored values are known when they end; an alias costs its anchor's size)."""
+    depth = nodes = expansion = document_start = 0
+    open_anchors: set[str] = set()
+    sizes: dict[str, int] = {}
+    stack: list[tuple[int, str | None]] = []
+    for event in yaml.parse(text, Loader=_Loader):
+        line = event.start_mark.line + 1 if event.start_mark else 1
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise YamlSyntaxError(f"nested deeper than {MAX_DEPTH} levels", line)
+            nodes += 1
+            stack.append((nodes, event.anchor))
+            if event.anchor:
+                open_anchors.add(event.anchor)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            start, anchor = stack.pop()
+            if anchor:
+                open_anchors.discard(anchor)
+                sizes[anchor] = nodes - start + 1
+        elif isinstance(event, yaml.DocumentStartEvent):
+            nodes += 1
+            document_start = nodes
+        elif isinstance(event, yaml.ScalarEvent):
+            nodes += 1
+            if event.anchor:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor in open_anchors:
+                raise YamlSyntaxError(f"alias *{event.anchor} refers to itself", line)
+            size = sizes.get(event.anchor, 1)
+            nodes += size
+            expansion += size
+            if expansion > MAX_ALIAS_NODES:
+                raise YamlSyntaxError(f"aliases expand to more than {MAX_ALIAS_NODES} values", line)
+        if nodes > MAX_NODES:
+            raise YamlSyntaxError(f"more than {MAX_NODES} values in one file", line)
+        if nodes - document_start > MAX_DOCUMENT_NODES:
+            raise YamlSyntaxError(f"more than {MAX_DOCUMENT_NODES} values in one document", line)
+
+
 def read_documents(text: str) -> Iterator[YamlDocument]:
     """Parse every document in `text`; raises YamlSyntaxError with the failing line."""
     loader = _Loader(text)
+    budget = _Budget()
+    line = 1
     try:
+        _prescan(text)
         while loader.check_node():
             node = loader.get_node()
             if node is None:
                 continue
-            lines = _record_lines(node)
+            line = node.start_mark.line + 1
+            lines = _record_lines(node, budget)
             value = loader.construct_document(node)
-            yield YamlDocument(value=value, line=node.start_mark.line + 1, lines=lines)
+            yield YamlDocument(value=value, line=line, lines=lines)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise YamlSyntaxError(f"invalid YAML: {exc.problem or exc}", line) from exc
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(f"invalid YAML: {exc}", 1) from exc
+    except YamlSyntaxError:
+        raise
     except RecursionError:  # a structure the checks above did not foresee
-        raise YamlSyntaxError("invalid YAML: nested too deeply", 1) from None
+        raise YamlSyntaxError("invalid YAML: nested too deeply", line) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise YamlSyntaxError(f"invalid YAML value in this document: {exc}", line) from None
     finally:
         loader.dispose()
