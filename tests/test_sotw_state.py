@@ -180,11 +180,12 @@ def test_changed_cluster_is_followed_by_its_assignment():
     assert [r.type_url for r in pushed] == [CLUSTER, ENDPOINT]  # EDS unchanged, still resent
 
 
-def test_unknown_type_is_remembered_not_answered():
+def test_unknown_type_is_counted_not_answered_nor_kept():
     stream = started()
     url = "type.googleapis.com/envoy.config.route.v3.VirtualHost"
     assert stream.on_request(request(url, ["x"])) == []
-    assert url in stream.types
+    assert stream.on_request(request("t" * 100_000, ["x"] * 1000)) == []
+    assert url not in stream.types and stream.unknown_requests == 2
 
 
 def test_not_sent_until_requested():

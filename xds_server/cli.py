@@ -92,7 +92,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         print(f"{directory}: not a directory", file=sys.stderr)
         return 2
-    store = ConfigStore(directory)
+    store = ConfigStore(directory, max_file_bytes=args.max_file_bytes)
     snapshot = store.load_all()
     issues = store.all_issues()
     for issue in issues:
@@ -278,6 +278,13 @@ def parser() -> argparse.ArgumentParser:
 
     validate = command("validate", "check a config directory; exit 1 on errors")
     validate.add_argument("config_dir", help="directory of YAML files to check")
+    validate.add_argument(
+        "--max-file-bytes",
+        type=_positive_int,
+        default=8 * 1024 * 1024,
+        metavar="BYTES",
+        help="as serve's: larger files are refused, not read (default: 8388608, 8 MiB)",
+    )
     validate.set_defaults(func=cmd_validate)
 
     boot = command("bootstrap", "write an Envoy bootstrap for one sidecar or gateway")

@@ -94,6 +94,7 @@ class SotwStream:
     generation: int = -1
     types: dict[str, TypeState] = field(default_factory=dict)
     deferred_cluster_removal: bool = False
+    unknown_requests: int = 0  # requests for types this server does not serve
     _nonces: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     # ---- inputs -------------------------------------------------------------------------
@@ -101,12 +102,15 @@ class SotwStream:
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list:
         """Process one request; return the responses it calls for."""
         type_url = request.type_url
+        if type_url not in PUSH_ORDER:
+            # An unknown type is never answered, and not remembered: a client could send
+            # any number of made-up ones.
+            self.unknown_requests += 1
+            return []
         state = self.types.get(type_url)
         first = state is None
         if state is None:
             state = self.types[type_url] = TypeState(type_url)
-        if type_url not in PUSH_ORDER:
-            return []  # unknown type: remembered for status, never answered
         nonce = request.response_nonce
         if nonce and nonce != state.sent_nonce:
             self._subscribe(state, request, first)  # stale: remember, don't answer
