@@ -101,3 +101,33 @@ async def test_loading_runs_off_the_event_loop(tmp_path: Path):
     ticker.cancel()
     assert len(store.snapshot.resources) == 300
     assert ticks > 1  # the loop ran other tasks while the files were parsed
+
+
+async def test_directories_moved_in_or_out_whatever_their_names(tmp_path: Path):
+    mesh = tmp_path / "mesh"
+    (mesh / "conf.d").mkdir(parents=True)
+    (mesh / "conf.d" / "a.yaml").write_text(plain_service_yaml("a"))
+    (mesh / "b.yaml").write_text(plain_service_yaml("b"))
+    store = ConfigStore(mesh)
+    configs: list[model.MeshConfig] = []
+    watcher = ConfigWatcher(store, configs.append, debounce_ms=10)
+    await watcher.load()
+    task = asyncio.create_task(watcher.run())
+
+    def names() -> set[str]:
+        return {r.name for r in store.snapshot.of_kind(model.SERVICE)}
+
+    try:
+        await asyncio.sleep(0.3)
+        (mesh / "conf.d").rename(tmp_path / "away")  # a dotted directory leaves
+        await wait_for(lambda: names() == {"b"})
+        (mesh / "more.yaml").mkdir()  # a directory named like a file
+        (mesh / "more.yaml" / "c.yaml").write_text(plain_service_yaml("c"))
+        await wait_for(lambda: names() == {"b", "c"})
+        (mesh / "more.yaml").rename(tmp_path / "away2")
+        await wait_for(lambda: names() == {"b"})
+        (tmp_path / "away").rename(mesh / "back.d")
+        await wait_for(lambda: names() == {"a", "b"})
+    finally:
+        task.cancel()
+        watcher.close()

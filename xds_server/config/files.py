@@ -27,10 +27,17 @@ def is_config_file(relative: PurePath) -> bool:
 
 
 def config_files(directory: Path) -> list[Path]:
-    """Every config file under `directory`, sorted; hidden directories are not entered
-    and directory symlinks are not followed (no loops)."""
+    """Every config file under `directory`, sorted; hidden directories are not entered.
+    Symlinked directories are followed, as the watcher follows them, each real directory
+    once (no loops)."""
     found = []
-    for root, dirs, files in os.walk(directory):
+    visited: set[str] = set()
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         base = Path(root)
         for name in files:

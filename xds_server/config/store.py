@@ -141,6 +141,14 @@ class ConfigStore:
         relative = self._relative(path)
         return relative is not None and is_config_file(relative)
 
+    def holds_files_under(self, path: Path | str) -> bool:
+        """Whether `path` is (or was) a directory of config files: a directory named
+        `x.yaml` looks like a file."""
+        if os.path.isdir(path):
+            return True
+        prefix = self.display_name(path) + os.sep
+        return any(name.startswith(prefix) for name in self.latest)
+
     def is_hidden(self, path: Path | str) -> bool:
         """Outside the directory, or under a part that starts with "." (never config)."""
         relative = self._relative(path)

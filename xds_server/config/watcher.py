@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -131,10 +132,17 @@ class ConfigWatcher:
         self._settle = loop.call_later(delay, lambda: loop.create_task(self.apply()))
 
     def _interesting(self, _: watchfiles.Change, path: str) -> bool:
-        # Config files, and directories (a renamed or deleted directory takes files along).
-        if self.store.is_config(path):
+        # Config files; anything else that is not hidden (a directory renamed, deleted or
+        # moved in takes files along, whatever its name); and Kubernetes' `..data` swap,
+        # by which a mounted ConfigMap changes every file at once.
+        if self.store.is_config(path) or not self.store.is_hidden(path):
             return True
-        return not Path(path).suffix and not self.store.is_hidden(path)
+        relative = os.path.relpath(path, os.path.abspath(self.store.directory))
+        return relative.startswith("..") and not relative.startswith(".." + os.sep)
+
+    def _files_only(self, paths: set[Path]) -> bool:
+        """Whether these changes are config files alone (else the directory is rescanned)."""
+        return all(self.store.is_config(p) and not self.store.holds_files_under(p) for p in paths)
 
     async def run(self, stop_event: asyncio.Event | None = None) -> None:
         """Watch until cancelled (or `stop_event`); restart after any failure."""
@@ -149,10 +157,7 @@ class ConfigWatcher:
                     stop_event=stop_event,
                 ):
                     paths = {Path(p) for _, p in changes}
-                    if all(self.store.is_config(p) for p in paths):
-                        await self.apply(paths)
-                    else:
-                        await self.apply(paths, rescan=True)
+                    await self.apply(paths, rescan=not self._files_only(paths))
                     delay = self.restart_delay
                 if stop_event is not None and stop_event.is_set():
                     return
