@@ -12,6 +12,7 @@ from tests.helpers import plain_service_yaml
 from tests.helpers import routes_to as vs
 from tests.helpers import subsets_rule as dr
 from translators import model
+from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
 
 
@@ -381,3 +382,52 @@ def test_a_change_no_single_file_explains_is_held_whole(mesh):
     store.update([mesh / "b.yaml"])
     assert subset(store) == "v1"
     assert any("b.yaml" in e and "held back" in e for e in errors(store))
+
+
+def restarted(mesh: Path, state: Path) -> ConfigStore:
+    store = ConfigStore(mesh, memory=ConfigMemory(state))
+    store.load_all()
+    return store
+
+
+def test_a_restart_resumes_what_was_in_force_not_what_is_on_disk(mesh, tmp_path):
+    state = tmp_path / "state"
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", vs("v1"))
+    write(mesh / "svc2.yaml", plain_service_yaml("ratings"))
+    store = restarted(mesh, state)
+    good = store.snapshot.version
+    write(mesh / "vs.yaml", vs("v3"))  # held back: no rule defines v3
+    write(mesh / "svc2.yaml", "kind: [")  # broken: its previous version stays
+    store.update([mesh / "vs.yaml", mesh / "svc2.yaml"])
+    assert store.snapshot.version == good
+    again = restarted(mesh, state)  # the server restarts with both still on disk
+    assert again.snapshot.version == good
+    assert subset(again) == "v1" and len(again.snapshot.of_kind(model.SERVICE)) == 2
+    assert any("held back" in e for e in errors(again))
+    write(mesh / "dr.yaml", dr("v1", "v2", "v3"))  # and the held change goes through later
+    again.update([mesh / "dr.yaml"])
+    assert subset(again) == "v3"
+
+
+def test_a_restart_keeps_a_version_envoy_refused_out(mesh, tmp_path):
+    state = tmp_path / "state"
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", vs("v1"))
+    store = restarted(mesh, state)
+    good = store.snapshot.version
+    write(mesh / "vs.yaml", vs("v2"))
+    bad = store.update([mesh / "vs.yaml"]).version
+    store.rollback(good, bad, "refused")
+    store.update()
+    again = restarted(mesh, state)
+    assert again.snapshot.version == good
+    assert any("before the restart: refused" in e for e in errors(again))
+
+
+def test_without_a_state_directory_a_start_is_fresh(mesh, tmp_path):
+    write(mesh / "dr.yaml", dr("v1"))
+    write(mesh / "vs.yaml", vs("v9"))
+    store = ConfigStore(mesh, memory=ConfigMemory(None))
+    store.load_all()
+    assert subset(store) == "v9"  # an error, and the route applies as in Istio

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from translators import model
 from translators.resources import SHORT_NAMES
 from xds_server.ads.servicer import AdsServicer, Nack, add_to_server
+from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
 from xds_server.debug_http import make_app
@@ -54,12 +55,13 @@ class ServerOptions:
 class ControlPlane:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
+        state_dir = options.state_dir or options.config_dir / STATE_DIR_NAME
         self.store = ConfigStore(
             options.config_dir,
             max_file_bytes=options.max_file_bytes,
             settle_seconds=options.settle_ms / 1000,
+            memory=ConfigMemory(state_dir),
         )
-        state_dir = options.state_dir or options.config_dir / STATE_DIR_NAME
         self.mesh = MeshState(
             model.MeshConfig(),
             memory=WorkloadMemory(state_dir),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -54,7 +55,9 @@ from xds_server.config.loader import (
     parse_file,
     unreadable_file,
 )
+from xds_server.config.memory import ConfigMemory, Remembered, RememberedRejection
 
+log = logging.getLogger(__name__)
 HISTORY = 32  # config versions whose files are remembered, for rolling back a NACK
 
 
@@ -68,6 +71,7 @@ class Rejection:
     issues: tuple[ConfigIssue, ...]
     # Rolled back with other files: maybe innocent, retried alone (release_suspect()).
     suspect: bool = False
+    message: str = ""  # Envoy's
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,10 @@ class ConfigStore:
         max_file_bytes: int = DEFAULT_MAX_BYTES,
         settle_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        memory: ConfigMemory | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.memory = memory or ConfigMemory(None)
         self._root = os.path.abspath(self.directory)
         self.max_file_bytes = max_file_bytes
         self.settle_seconds = settle_seconds
@@ -139,7 +145,16 @@ class ConfigStore:
 
     def is_config(self, path: Path | str) -> bool:
         relative = self._relative(path)
-        return relative is not None and is_config_file(relative)
+        return relative is not None and is_config_file(relative) and not self.is_state(path)
+
+    def is_state(self, path: Path | str) -> bool:
+        """Under the state directory (when it is inside the config directory): the texts
+        kept there are versions of config files, not config files."""
+        state = self.memory.directory
+        if state is None:
+            return False
+        relative = os.path.relpath(os.path.abspath(path), os.path.abspath(state))
+        return not (relative == ".." or relative.startswith(".." + os.sep))
 
     def holds_files_under(self, path: Path | str) -> bool:
         """Whether `path` is (or was) a directory of config files: a directory named
@@ -165,15 +180,65 @@ class ConfigStore:
     # ---- changes ------------------------------------------------------------------------
 
     def load_all(self) -> model.MeshConfig:
-        """Read the whole directory (the first load, or a rescan after a watcher restart)."""
+        """Read the whole directory (the first load, or a rescan after a watcher restart).
+        A first load resumes what was in force before a restart, if it was remembered,
+        and takes the files on disk as an edit of it."""
+        if not self.loaded:
+            self._resume()
         return self.update((), rescan=True)
+
+    def _resume(self) -> None:
+        remembered = self.memory.load()
+        if remembered is None:
+            return
+        index, refused = remembered
+        accepted = {}
+        for name, entry in index.items():
+            parsed = self._remembered(name, entry.digest, entry.mtime_ns)
+            if parsed is not None:
+                accepted[name] = parsed
+        for name, entry in refused.items():
+            fallback = None
+            if entry.fallback:
+                fallback = self._remembered(name, entry.fallback, 0)
+                if fallback is None:
+                    continue
+            issue = ConfigIssue(
+                name,
+                1,
+                f"Envoy rejected this version of the file before the restart: {entry.message}; "
+                "the version Envoy last accepted stays in force until the file changes",
+            )
+            self.rejected[name] = Rejection(
+                entry.digest, entry.group, fallback, (issue,), entry.suspect, entry.message
+            )
+        groups = [r.group for r in self.rejected.values()]
+        self._groups = itertools.count(max(groups, default=0) + 1)
+        snapshot, _ = assemble(accepted)
+        self.state = StoreState(accepted=accepted, snapshot=snapshot, loaded=True)
+        log.info(
+            "resuming the configuration in force before the restart (%d files, version %s)",
+            len(accepted),
+            snapshot.version,
+        )
+
+    def _remembered(self, name: str, digest: str, mtime_ns: int) -> ParsedFile | None:
+        text = self.memory.text(digest)
+        if text is None:
+            return None
+        parsed = parse_file(name, text, mtime_ns)
+        return parsed if parsed.ok and parsed.digest == digest else None
 
     def update(self, paths: Iterable[Path | str] = (), rescan: bool = False) -> model.MeshConfig:
         """Re-read `paths` (created, modified or deleted) and decide again what is in force.
         With no paths, only decides again (a settle window ended, a rollback)."""
         changed = {self.display_name(p): Path(p) for p in paths if self.is_config(p)}
         if rescan:
-            present = {self.display_name(p): p for p in config_files(self.directory)}
+            present = {
+                self.display_name(p): p
+                for p in config_files(self.directory)
+                if not self.is_state(p)
+            }
             for name in set(self.latest) - set(present):
                 changed.setdefault(name, Path(name))
             for name, path in present.items():
@@ -196,6 +261,7 @@ class ConfigStore:
         except UnreadableFile as exc:
             return unreadable_file(name, str(exc), exc.line)
         digest = hashlib.sha256(content.text.encode()).hexdigest()
+        self.memory.keep_text(digest, content.text)
         if previous is not None and previous.digest == digest:
             if previous.mtime_ns == content.mtime_ns:
                 return previous
@@ -220,7 +286,7 @@ class ConfigStore:
                 continue  # another version is in force since: it gets its own chance
             if name in self.rejected and self.rejected[name].digest == digest:
                 continue  # another proxy's NACK of the same push
-            rolled[name] = Rejection(digest, group, before, (), suspect=False)
+            rolled[name] = Rejection(digest, group, before, (), suspect=False, message=message)
         suspect = len(rolled) > 1
         for name, rejection in rolled.items():
             before, after = good.get(name), bad.get(name)
@@ -281,6 +347,16 @@ class ConfigStore:
         self.history.move_to_end(snapshot.version)
         while len(self.history) > HISTORY:
             self.history.popitem(last=False)
+        self.memory.save(
+            {n: Remembered(p.digest, p.mtime_ns) for n, p in trial.items()},
+            {
+                n: RememberedRejection(
+                    r.digest, _digest(r.fallback) or None, r.group, r.suspect, r.message
+                )
+                for n, r in rejected.items()
+            },
+            recent={p.digest for files in self.history.values() for p in files.values()},
+        )
 
     def _candidate(
         self,

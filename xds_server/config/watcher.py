@@ -135,6 +135,8 @@ class ConfigWatcher:
         # Config files; anything else that is not hidden (a directory renamed, deleted or
         # moved in takes files along, whatever its name); and Kubernetes' `..data` swap,
         # by which a mounted ConfigMap changes every file at once.
+        if self.store.is_state(path):
+            return False  # the server's own writes
         if self.store.is_config(path) or not self.store.is_hidden(path):
             return True
         relative = os.path.relpath(path, os.path.abspath(self.store.directory))
