@@ -191,7 +191,15 @@ async def _round(k: int, xds: int, debug: int, server: subprocess.Popen) -> str:
             while any(len(s.eds_at) <= b for s, b in zip(sims, before, strict=True)):
                 await asyncio.sleep(0.005)
 
-        await asyncio.wait_for(reached(), 300)
+        try:
+            await asyncio.wait_for(reached(), 300)
+        except TimeoutError:
+            got = sum(len(s.eds_at) > b for s, b in zip(sims, before, strict=True))
+            failed = sum(s.failed for s in sims)
+            return (
+                f"{k:>7} {converged:11.2f} {failed:8d} {rss:8.0f} {connect_stall:13.0f}"
+                f"   endpoint change reached only {got} of {k} in 300 s"
+            )
         last = max(s.eds_at[b] for s, b in zip(sims, before, strict=True))
         endpoint = last - changed_at
         endpoint_stall = _get(loopz)["max_stall_ms"]
