@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 from xds_server.bootstrap import BootstrapOptions, render
+from xds_server.config.files import DEFAULT_MAX_BYTES
 from xds_server.launcher import port_free
 
 
@@ -212,6 +213,17 @@ def _subnet(text: str) -> str:
     return ".".join(str(int(p)) for p in parts)
 
 
+def _add_max_file_bytes(command: argparse.ArgumentParser) -> None:
+    """One limit for serve and validate, so that they refuse the same files."""
+    command.add_argument(
+        "--max-file-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_BYTES,
+        metavar="BYTES",
+        help="config files larger than this are refused, not read (default: 8388608, 8 MiB)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="xds-server", description=__doc__, formatter_class=_HelpFormatter
@@ -259,13 +271,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after a start, remembered workloads stay endpoints this long unless they reconnect",
     )
-    serve.add_argument(
-        "--max-file-bytes",
-        type=_positive_int,
-        default=8 * 1024 * 1024,
-        metavar="BYTES",
-        help="config files larger than this are refused, not read (default: 8388608, 8 MiB)",
-    )
+    _add_max_file_bytes(serve)
     serve.add_argument(
         "--settle-ms",
         type=_non_negative(int),
@@ -278,13 +284,7 @@ def parser() -> argparse.ArgumentParser:
 
     validate = command("validate", "check a config directory; exit 1 on errors")
     validate.add_argument("config_dir", help="directory of YAML files to check")
-    validate.add_argument(
-        "--max-file-bytes",
-        type=_positive_int,
-        default=8 * 1024 * 1024,
-        metavar="BYTES",
-        help="as serve's: larger files are refused, not read (default: 8388608, 8 MiB)",
-    )
+    _add_max_file_bytes(validate)
     validate.set_defaults(func=cmd_validate)
 
     boot = command("bootstrap", "write an Envoy bootstrap for one sidecar or gateway")
