@@ -431,3 +431,19 @@ def test_without_a_state_directory_a_start_is_fresh(mesh, tmp_path):
     store = ConfigStore(mesh, memory=ConfigMemory(None))
     store.load_all()
     assert subset(store) == "v9"  # an error, and the route applies as in Istio
+
+
+def test_a_nack_explained_by_a_version_already_refused_blames_no_other_file(mesh):
+    write(mesh / "dr.yaml", dr("v1", "v2"))
+    write(mesh / "vs.yaml", vs("v1"))
+    store = ConfigStore(mesh)
+    good = store.load_all().version
+    write(mesh / "bad.yaml", vs("v1").replace("name: reviews", "name: other-vs"))
+    with_bad = store.update([mesh / "bad.yaml"]).version
+    write(mesh / "vs.yaml", vs("v2"))
+    both = store.update([mesh / "vs.yaml"]).version
+    assert store.rollback(good, with_bad, "refused") == [str(mesh / "bad.yaml")]
+    store.update()
+    # The NACK of the push that carried both arrives later: bad.yaml explains it.
+    assert store.rollback(good, both, "refused") == []
+    assert subset(store) == "v2"

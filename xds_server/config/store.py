@@ -275,17 +275,26 @@ class ConfigStore:
         good, bad = self.history.get(good_version), self.history.get(bad_version)
         if good is None or bad is None:
             return []
+        changed = [
+            name
+            for name in sorted(set(good) | set(bad))
+            if _digest(good.get(name)) != _digest(bad.get(name))
+        ]
+        known = [
+            n
+            for n in changed
+            if n in self.rejected and self.rejected[n].digest == _digest(bad.get(n))
+        ]
+        if known:
+            return []  # explained by a version already refused (another proxy's NACK, or
+            # an earlier push that carried it): the other files are not to blame for it
         group = next(self._groups)
         rolled: dict[str, Rejection] = {}
-        for name in sorted(set(good) | set(bad)):
+        for name in changed:
             before, after = good.get(name), bad.get(name)
-            if before is after or (before and after and before.digest == after.digest):
-                continue
             digest = _digest(after)
             if _digest(self.accepted.get(name)) != digest:
                 continue  # another version is in force since: it gets its own chance
-            if name in self.rejected and self.rejected[name].digest == digest:
-                continue  # another proxy's NACK of the same push
             rolled[name] = Rejection(digest, group, before, (), suspect=False, message=message)
         suspect = len(rolled) > 1
         for name, rejection in rolled.items():
