@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import subprocess
@@ -87,6 +88,7 @@ class Sidecar:
         self.acked: dict[str, str] = {}
         self.eds_at: list[float] = []
         self.failed = 0
+        self.errors: list[str] = []
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.done = asyncio.Event()
 
@@ -127,8 +129,9 @@ class Sidecar:
                 self.acked[type_url] = light.version_info
                 if len(self.acked) == 4:
                     self.done.set()
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
             self.failed += 1
+            self.errors.append(f"{exc.code().name}: {exc.details()}"[:120])
             self.done.set()
 
     async def _requests(self):
@@ -172,6 +175,9 @@ async def _round(k: int, xds: int, debug: int, server: subprocess.Popen) -> str:
         connect_stall = _get(loopz + "?reset=1")["max_stall_ms"]
         rss = _rss_mb(server.pid)
         failed = sum(s.failed for s in sims)
+        if failed:
+            reasons = collections.Counter(e for s in sims for e in s.errors)
+            print(f"  stream failures: {dict(reasons.most_common(3))}", flush=True)
         # One endpoint change: a workload of svc-0 connects.
         before = [len(s.eds_at) for s in sims]
         newcomer = Sidecar(

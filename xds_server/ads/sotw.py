@@ -12,6 +12,7 @@ routes that used them have been replaced and acknowledged.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -35,6 +36,25 @@ SYNCED, NOT_SENT, STALE, ERROR = "SYNCED", "NOT SENT", "STALE", "ERROR"
 
 
 EMPTY = ResourceSet({})
+# Name sets streams subscribe with, one object per distinct set: every Envoy of a
+# namespace asks for the same thousands of endpoint names, and each stream would
+# otherwise keep its own copy of them.
+_NAME_SETS: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
+
+
+def _shared_names(names: frozenset[str]) -> frozenset[str]:
+    if len(names) < 8:
+        return names
+    found = _NAME_SETS.get(names)
+    if found is not None:
+        _NAME_SETS.move_to_end(names)
+        return found
+    _NAME_SETS[names] = names
+    if len(_NAME_SETS) > 1024:
+        _NAME_SETS.popitem(last=False)
+    return names
+
+
 # Types whose SotW responses may carry only what changed.
 INCREMENTAL_TYPES = frozenset({ENDPOINT, ROUTE})
 
@@ -166,7 +186,7 @@ class SotwStream:
         wildcard = "*" in names or (
             state.type_url in WILDCARD_TYPES and not names and (first or state.wildcard)
         )
-        names = names - {"*"}
+        names = _shared_names(names - {"*"})
         changed = (wildcard, names) != (state.wildcard, state.names)
         state.wildcard, state.names = wildcard, names
         return changed
