@@ -64,6 +64,7 @@ def _light_response():
 
 LightResponse = _light_response()
 _cluster_names: dict[str, list[str]] = {}  # CDS version -> EDS cluster names
+CHANNELS = 50  # client connections the simulated sidecars share (--channels)
 
 
 def _eds_names(version: str, raw: bytes) -> list[str]:
@@ -165,7 +166,7 @@ def _rss_mb(pid: int) -> float:
 async def _round(k: int, xds: int, debug: int, server: subprocess.Popen) -> str:
     loopz = f"http://127.0.0.1:{debug}/debug/loopz"
     _get(loopz + "?reset=1")
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{xds}") for _ in range(min(k, 50))]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{xds}") for _ in range(min(k, CHANNELS))]
     sims = [Sidecar(channels[i % len(channels)], f"sim-{i}", f"ns-{i % 10}") for i in range(k)]
     started = time.perf_counter()
     tasks = [asyncio.create_task(s.run()) for s in sims]
@@ -229,7 +230,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default="100,500,1000,2000")
     parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--server-log", default="", help="append the server's log here")
+    parser.add_argument("--channels", type=int, default=50, help="client connections")
     args = parser.parse_args()
+    global CHANNELS
+    CHANNELS = args.channels
     print(
         f"{'streams':>7} {'converged s':>11} {'failed':>8} {'RSS MB':>8} {'stall ms':>13}"
         f" {'endpoint ms':>14} {'stall ms':>15}\n"
@@ -249,7 +254,7 @@ def main() -> None:
                     "-m",
                     "xds_server",
                     "--log-level",
-                    "WARNING",
+                    os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
                     "serve",
                     "--config-dir",
                     str(config),
@@ -263,7 +268,7 @@ def main() -> None:
                     "0",
                 ],
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=open(args.server_log, "ab") if args.server_log else subprocess.DEVNULL,  # noqa: SIM115
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             try:
