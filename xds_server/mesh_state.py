@@ -82,6 +82,7 @@ class MeshState:
         self.remembered: dict[str, model.Proxy] = {}
         self.max_delay = max_delay
         self._translator: Translator | None = None
+        self._memory_dirty = False
         self._configs: OrderedDict[int, str] = OrderedDict()
         self._dirty = asyncio.Event()
         self._ready = asyncio.Event()
@@ -218,7 +219,7 @@ class MeshState:
                 # (a gateway is untouched by most sidecar route edits).
                 conn.on_resources(conn.resources, generation)
         self.last_push_seconds = time.perf_counter() - started
-        self.memory.save(self.proxies())  # remembered ones too: a second restart
+        self._memory_dirty = True
         log.debug(
             "push %d (%s): %d of %d proxies changed in %.1f ms",
             generation,
@@ -235,6 +236,27 @@ class MeshState:
         await self._ready.wait()
         if self.remembered:
             asyncio.get_running_loop().call_later(self.restart_grace, self.forget_remembered)
+        saver = asyncio.create_task(self._save_workloads(), name="save workloads")
+        try:
+            await self._push_forever()
+        finally:
+            saver.cancel()
+
+    async def _save_workloads(self, every: float = 0.5) -> None:
+        """Write the workloads to the state directory at most every `every` seconds, in
+        a worker thread: with thousands of proxies, a write per push would hold the loop."""
+        while True:
+            await asyncio.sleep(every)
+            if self._memory_dirty:
+                self._memory_dirty = False
+                # Remembered ones too: a second restart must still know them.
+                proxies = self.proxies()
+                try:
+                    await asyncio.to_thread(self.memory.save, proxies)
+                except Exception:
+                    log.exception("saving the workloads failed")
+
+    async def _push_forever(self) -> None:
         while True:
             await self._dirty.wait()
             first = time.perf_counter()

@@ -1,13 +1,15 @@
 """DiscoveryResponses as they go on the wire, serialized once per content.
 
-Every proxy of a namespace gets the same clusters, endpoints and routes, so the body of a
-response (version, type, resources, control plane) is serialized once per content version
-and shared; each stream appends only its nonce. Protobuf allows that: a message is the
-concatenation of its fields, in any order.
+Every proxy of a namespace gets the same clusters, endpoints and routes, so a response
+(version, type, resources, control plane and nonce) is serialized once per content and
+the same bytes go to every stream. That includes the nonce: it only has to tell apart
+the responses of one stream, and two responses of one stream share a nonce only when
+they carry the same bytes, so an ACK of either means the same.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,18 +22,6 @@ from google.protobuf import any_pb2
 from translators.resources import Packed, ResourceSet
 
 MAX_CACHED_BYTES = 256 * 1024 * 1024
-_NONCE_TAG = bytes([(5 << 3) | 2])  # DiscoveryResponse.nonce: field 5, length-delimited
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits, value = value & 0x7F, value >> 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -42,11 +32,10 @@ class Response:
     version_info: str
     nonce: str
     content: Mapping[str, Packed]
-    body: bytes  # the DiscoveryResponse without its nonce
+    body: bytes  # the serialized DiscoveryResponse
 
     def wire(self) -> bytes:
-        nonce = self.nonce.encode()
-        return self.body + _NONCE_TAG + _varint(len(nonce)) + nonce
+        return self.body
 
     @property
     def resources(self) -> list[any_pb2.Any]:
@@ -63,42 +52,42 @@ class _BodyCache:
     def __init__(self, limit: int = MAX_CACHED_BYTES) -> None:
         self.limit = limit
         self.size = 0
-        self._bodies: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
+        self._bodies: OrderedDict[tuple[str, str, str, str], tuple[bytes, str]] = OrderedDict()
         self._lock = Lock()
+        self._nonces = itertools.count(1)
 
-    def get(self, key: tuple[str, str, str, str], content: Mapping[str, Packed]) -> bytes:
+    def get(
+        self, key: tuple[str, str, str, str], content: Mapping[str, Packed]
+    ) -> tuple[bytes, str]:
+        """(bytes, nonce) of the response for `key`."""
         with self._lock:
-            body = self._bodies.get(key)
-            if body is not None:
+            found = self._bodies.get(key)
+            if found is not None:
                 self._bodies.move_to_end(key)
-                return body
+                return found
+            nonce = str(next(self._nonces))
         type_url, version, control_plane, _ = key
         body = discovery_pb2.DiscoveryResponse(
             version_info=version,
             type_url=type_url,
+            nonce=nonce,
             resources=[content[name].any for name in sorted(content)],
             control_plane=base_pb2.ControlPlane(identifier=control_plane),
         ).SerializeToString()
         with self._lock:
-            if key not in self._bodies:
-                self._bodies[key] = body
+            found = self._bodies.setdefault(key, (body, nonce))
+            if found[0] is body:
                 self.size += len(body)
                 while self.size > self.limit and len(self._bodies) > 1:
-                    _, dropped = self._bodies.popitem(last=False)
+                    _, (dropped, _) = self._bodies.popitem(last=False)
                     self.size -= len(dropped)
-        return body
+        return found
 
 
 BODIES = _BodyCache()
 
 
-def response(
-    type_url: str,
-    version: str,
-    nonce: str,
-    content: ResourceSet,
-    control_plane: str,
-) -> Response:
+def response(type_url: str, version: str, content: ResourceSet, control_plane: str) -> Response:
     """`content` is what goes on the wire; `version` the state the client then holds."""
-    body = BODIES.get((type_url, version, control_plane, content.version), content)
+    body, nonce = BODIES.get((type_url, version, control_plane, content.version), content)
     return Response(type_url, version, nonce, content, body)

@@ -11,7 +11,6 @@ routes that used them have been replaced and acknowledged.
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,7 +114,6 @@ class SotwStream:
     types: dict[str, TypeState] = field(default_factory=dict)
     deferred_cluster_removal: bool = False
     unknown_requests: int = 0  # requests for types this server does not serve
-    _nonces: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     # ---- inputs -------------------------------------------------------------------------
 
@@ -268,7 +266,6 @@ class SotwStream:
         state of the world); endpoints and routes only where they changed since the last
         response, which Envoy applies on top (xDS "grouping resources into responses"),
         unless that response was refused or the client asked for everything."""
-        nonce = str(next(self._nonces))
         wire = content
         if (
             partial
@@ -288,13 +285,14 @@ class SotwStream:
         )
         if state.type_url == CLUSTER:
             state.adds_clusters = bool(content.keys_set() - _keys(state.sent))
+        sent = response(state.type_url, version, wire, self.control_plane_id)
         state.sent = content
         state.sent_version = version
-        state.sent_nonce = nonce
+        state.sent_nonce = sent.nonce
         state.sent_generation = self.generation
         state.pending = True
         state.responses_sent += 1
-        out = [response(state.type_url, version, nonce, wire, self.control_plane_id)]
+        out = [sent]
         if changed_clusters:
             # A changed cluster warms until it gets its assignment again, even an unchanged one.
             out += self._respond_if_needed(endpoints, force=True)
