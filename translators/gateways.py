@@ -28,9 +28,10 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import gateway_pb2
 from translators import model
-from translators.clusters import ADS_SOURCE, outbound_clusters, socket_address
+from translators.clusters import outbound_clusters, socket_address
 from translators.endpoints import outbound_endpoints
-from translators.http_filters import GATEWAY_FILTERS
+from translators.hcm import build_hcm
+from translators.http_filters import GATEWAY
 from translators.naming import fqdn, host_matches, listener_name
 from translators.resources import (
     CLUSTER,
@@ -165,13 +166,11 @@ def route_config(
 
 
 def _hcm(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
-    return hcm_pb2.HttpConnectionManager(
-        stat_prefix=stat_prefix,
-        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        rds=hcm_pb2.Rds(config_source=ADS_SOURCE, route_config_name=route_name),
-        http_filters=GATEWAY_FILTERS,
+    return build_hcm(
+        GATEWAY,
+        stat_prefix,
+        rds=route_name,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
-        stream_idle_timeout=ZERO,
     )
 
 

@@ -1,12 +1,21 @@
-"""HTTP filter chains of our HTTP connection managers (Istio §2.12, stock-Envoy subset).
+"""HTTP filters of our HTTP connection managers, from one registry with an explicit order
+(Istio §2.12, stock-Envoy subset).
 
-Fault and CORS filters sit in every chain with empty configs, as in Istio: a route's
-typed_per_filter_config switches them on for that route only. The outbound chain also has
-the dynamic forward proxy filter, which resolves the Host of requests routed to the
-PassthroughCluster (ALLOW_ANY and resolution NONE); it does nothing for other clusters.
+Each filter says where it goes (sidecar outbound, sidecar inbound, gateway) and where in
+the chain (lower first; the router last). Security and telemetry add theirs with
+`register`, and every connection manager built by translators.hcm gets them.
+
+Fault and CORS filters sit in outbound and gateway chains with empty configs, as in
+Istio: a route's typed_per_filter_config switches them on for that route only. The
+outbound chain also has the dynamic forward proxy filter, which resolves the Host of
+requests routed to the PassthroughCluster (ALLOW_ANY and resolution NONE); it does
+nothing for other clusters.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2
@@ -21,6 +30,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 
 from translators.resources import to_any
 from translators.route_policies import CORS_FILTER, FAULT_FILTER
@@ -32,26 +42,57 @@ _DNS_CACHE = dns_cache_pb2.DnsCacheConfig(
 )
 
 
-def _filter(name: str, config) -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name=name, typed_config=to_any(config))
+OUTBOUND, INBOUND, GATEWAY = "outbound", "inbound", "gateway"
+ROUTER = "envoy.filters.http.router"
 
 
-def _build(with_forward_proxy: bool) -> tuple[hcm_pb2.HttpFilter, ...]:
-    filters = [
-        _filter(FAULT_FILTER, fault_pb2.HTTPFault()),
-        _filter(CORS_FILTER, cors_pb2.Cors()),
-    ]
-    if with_forward_proxy:
-        filters.append(
-            _filter(DFP_FILTER, dfp_filter_pb2.FilterConfig(dns_cache_config=_DNS_CACHE))
+@dataclass(frozen=True)
+class HttpFilterSpec:
+    """One HTTP filter: its name, its place in the chain, where it goes, its config."""
+
+    name: str
+    order: int
+    sides: frozenset[str]
+    config: Callable[[], Message]
+
+
+_REGISTRY: dict[str, HttpFilterSpec] = {}
+_CHAINS: dict[str, tuple[hcm_pb2.HttpFilter, ...]] = {}
+
+
+def register(spec: HttpFilterSpec) -> None:
+    """Add (or replace) a filter in every chain of its sides, at its order."""
+    _REGISTRY[spec.name] = spec
+    _CHAINS.clear()
+
+
+def filters_for(side: str) -> tuple[hcm_pb2.HttpFilter, ...]:
+    """The HTTP filters of a connection manager on `side`, in chain order (built once)."""
+    chain = _CHAINS.get(side)
+    if chain is None:
+        specs = sorted(
+            (s for s in _REGISTRY.values() if side in s.sides), key=lambda s: (s.order, s.name)
         )
-    filters.append(_filter("envoy.filters.http.router", router_pb2.Router()))
-    return tuple(filters)
+        chain = tuple(
+            hcm_pb2.HttpFilter(name=s.name, typed_config=to_any(s.config())) for s in specs
+        )
+        _CHAINS[side] = chain
+    return chain
 
 
-OUTBOUND_FILTERS = _build(with_forward_proxy=True)
-GATEWAY_FILTERS = _build(with_forward_proxy=False)
-INBOUND_FILTERS = (_filter("envoy.filters.http.router", router_pb2.Router()),)
+_ROUTED = frozenset({OUTBOUND, GATEWAY})
+for _spec in (
+    HttpFilterSpec(FAULT_FILTER, 100, _ROUTED, fault_pb2.HTTPFault),
+    HttpFilterSpec(CORS_FILTER, 200, _ROUTED, cors_pb2.Cors),
+    HttpFilterSpec(
+        DFP_FILTER,
+        300,
+        frozenset({OUTBOUND}),
+        lambda: dfp_filter_pb2.FilterConfig(dns_cache_config=_DNS_CACHE),
+    ),
+    HttpFilterSpec(ROUTER, 10_000, frozenset({OUTBOUND, INBOUND, GATEWAY}), router_pb2.Router),
+):
+    register(_spec)
 
 
 def passthrough_cluster(connect_timeout: duration_pb2.Duration) -> cluster_pb2.Cluster:

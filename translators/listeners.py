@@ -13,15 +13,13 @@ from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from translators import model
-from translators.clusters import ADS_SOURCE, socket_address
-from translators.http_filters import INBOUND_FILTERS, OUTBOUND_FILTERS
+from translators.clusters import socket_address
+from translators.hcm import build_hcm
+from translators.http_filters import INBOUND, OUTBOUND
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
 from translators.resources import to_any
 
@@ -51,16 +49,14 @@ def network_listener(
 def outbound_listener(proxy: model.Proxy) -> listener_pb2.Listener:
     """<outbound address>:<port>, routing by Host/authority through RDS `http_proxy`."""
     name = listener_name(proxy.outbound_address, proxy.outbound_port)
-    hcm = hcm_pb2.HttpConnectionManager(
-        stat_prefix=f"outbound_{name}",
-        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
-        rds=hcm_pb2.Rds(config_source=ADS_SOURCE, route_config_name=OUTBOUND_ROUTE_NAME),
-        http_filters=OUTBOUND_FILTERS,
+    hcm = build_hcm(
+        OUTBOUND,
+        f"outbound_{name}",
+        rds=OUTBOUND_ROUTE_NAME,
         # Lets apps use the listener as HTTP_PROXY (requests with absolute URLs).
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(
             allow_absolute_url=wrappers_pb2.BoolValue(value=True)
         ),
-        stream_idle_timeout=ZERO,
     )
     return network_listener(
         name, proxy.outbound_address, proxy.outbound_port, HCM_FILTER, hcm, base_pb2.OUTBOUND
@@ -82,9 +78,9 @@ def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_p
             ),
         ),
     )
-    hcm = hcm_pb2.HttpConnectionManager(
-        stat_prefix=f"inbound_{name}",
-        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+    hcm = build_hcm(
+        INBOUND,
+        f"inbound_{name}",
         route_config=route_pb2.RouteConfiguration(
             name=cluster,
             validate_clusters=wrappers_pb2.BoolValue(value=False),
@@ -92,8 +88,6 @@ def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_p
                 rc.VirtualHost(name=f"inbound|http|{port.app_port}", domains=["*"], routes=[route])
             ],
         ),
-        http_filters=INBOUND_FILTERS,
-        stream_idle_timeout=ZERO,
     )
     return network_listener(
         name, proxy.bind_address, port.inbound_port, HCM_FILTER, hcm, base_pb2.INBOUND
