@@ -384,3 +384,21 @@ async def test_a_nack_of_content_another_proxy_accepted_rolls_nothing_back(plane
     assert not [i for i in control.store.all_issues() if "Envoy rejected" in i.message]
     honest.close()
     hostile.close()
+
+
+async def test_observers_see_what_happens_on_a_stream(plane):
+    control, channel = plane
+    seen: list[tuple[str, str]] = []
+    control.servicer.observers.append(lambda e: seen.append((e.kind, e.node_id)))
+    client = Client(channel)
+    client.send(CLUSTER)
+    cds = await client.recv()
+    client.send(CLUSTER, nonce=cds.nonce, version="", error="refused")
+    assert await client.silent(0.3)
+    client.close()
+    for _ in range(100):
+        if ("close", "caller") in seen:
+            break
+        await asyncio.sleep(0.02)
+    kinds = [kind for kind, node in seen if node == "caller"]
+    assert kinds[:3] == ["open", "push", "nack"] and kinds[-1] == "close"

@@ -41,6 +41,20 @@ class StreamInfo:
 
 
 @dataclass(frozen=True)
+class StreamEvent:
+    """What happened on a stream, for observers (status, metrics, authentication):
+    open, close, request (and ACK), nack, push."""
+
+    kind: str
+    node_id: str
+    peer: str = ""
+    type_url: str = ""
+    version: str = ""
+    nonce: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Nack:
     """Envoy refused a response: which proxy, type, message, and the generations of the
     refused content and of what this proxy (or, failing that, any proxy) last accepted."""
@@ -81,11 +95,28 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.mesh = mesh
         self.control_plane_id = control_plane_id
         self.on_nack = on_nack
+        self.observers: list[Callable[[StreamEvent], None]] = []
         self.streams: dict[int, StreamInfo] = {}
         self._stream_ids = 0
 
+    def _emit(self, event: StreamEvent) -> None:
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:  # an observer must not break the stream
+                log.exception("stream observer failed on %s", event.kind)
+
     async def StreamAggregatedResources(self, request_iterator, context):  # noqa: N802
         events: asyncio.Queue = asyncio.Queue()
+        # The newest resources not yet handed to the protocol: a slow stream skips the
+        # generations it had no time for, and never queues more than one.
+        latest: list[tuple | None] = [None]
+
+        def deliver(resources, generation: int) -> None:
+            queued = latest[0] is not None
+            latest[0] = (resources, generation)
+            if not queued:
+                events.put_nowait(("resources", None))
 
         async def read() -> None:
             try:
@@ -120,10 +151,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         self._stream_ids += 1
                         stream_id = self._stream_ids
                         self.streams[stream_id] = StreamInfo(proxy.node_id, peer, protocol)
-                        handle = self.mesh.connect(
-                            proxy, lambda res, gen: events.put_nowait(("resources", (res, gen)))
-                        )
+                        handle = self.mesh.connect(proxy, deliver)
                         log.info("proxy %s connected from %s", proxy.node_id, peer)
+                        self._emit(StreamEvent("open", proxy.node_id, peer))
                     if protocol.generation < 0:
                         waiting.append(item)  # answer once this proxy's resources exist
                         continue
@@ -131,8 +161,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     responses = protocol.on_request(item)
                     if self._nacks(protocol, item.type_url) > nacks:
                         self._report_nack(protocol, item.type_url)
+                    elif self.observers:
+                        self._emit(
+                            StreamEvent(
+                                "request",
+                                protocol.node_id,
+                                peer,
+                                item.type_url,
+                                item.version_info,
+                                item.response_nonce,
+                            )
+                        )
                 else:
-                    responses = protocol.set_resources(*item)
+                    update, latest[0] = latest[0], None
+                    responses = protocol.set_resources(*update)
                     for request in waiting:
                         responses += protocol.on_request(request)
                     waiting.clear()
@@ -146,6 +188,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         len(response.content),
                     )
                     await context.write(response.wire())
+                    if self.observers:
+                        self._emit(
+                            StreamEvent(
+                                "push",
+                                protocol.node_id,
+                                peer,
+                                response.type_url,
+                                response.version_info,
+                                response.nonce,
+                            )
+                        )
         finally:
             reader.cancel()
             if handle is not None:
@@ -154,6 +207,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self.streams.pop(stream_id, None)
             if protocol is not None:
                 log.info("proxy %s disconnected", protocol.node_id)
+                self._emit(StreamEvent("close", protocol.node_id, peer))
 
     async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802
         await context.abort(
@@ -177,6 +231,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 ),
                 default=-1,
             )
+        self._emit(
+            StreamEvent(
+                "nack",
+                protocol.node_id,
+                type_url=type_url,
+                version=state.nacked_version or "",
+                nonce=state.sent_nonce,
+                detail=state.nack_message,
+            )
+        )
         if self.on_nack is not None:
             self.on_nack(
                 Nack(
