@@ -18,7 +18,7 @@ from translators.cluster_settings import (
 )
 from translators.destination_rules import DestinationRuleIndex
 from translators.http_filters import forward_proxy_cluster
-from translators.naming import inbound_cluster, outbound_cluster
+from translators.naming import has_labels, inbound_cluster, outbound_cluster
 from translators.services import EDS, LOGICAL_DNS, PASSTHROUGH, STRICT_DNS, Service, ServicePort
 from translators.traffic_policy import effective_policy
 
@@ -90,11 +90,7 @@ def load_assignment(name: str, endpoints) -> endpoint_pb2.ClusterLoadAssignment:
 
 
 def subset_endpoints(service: Service, port: ServicePort, labels) -> tuple:
-    return tuple(
-        e
-        for e in service.endpoints.get(port.port, ())
-        if all(e.labels.get(k) == v for k, v in labels.items())
-    )
+    return tuple(e for e in service.endpoints.get(port.port, ()) if has_labels(e.labels, labels))
 
 
 def _cluster(

@@ -32,7 +32,7 @@ from translators.clusters import outbound_clusters, socket_address
 from translators.endpoints import outbound_endpoints
 from translators.hcm import build_hcm
 from translators.http_filters import GATEWAY
-from translators.naming import fqdn, host_matches, listener_name
+from translators.naming import fqdn, host_matches, listener_name, selects
 from translators.resources import (
     CLUSTER,
     ENDPOINT,
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 GATEWAY_ROLE = "gateway"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
-HTTP_PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}
+HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC"})  # Gateway server protocols
 TLS = gateway_pb2.ServerTLSSettings
 _TLS_VERSIONS = {
     TLS.TLS_AUTO: common_pb2.TlsParameters.TLS_AUTO,
@@ -83,11 +83,7 @@ class _PortPlan:
 
 
 def selected_gateways(config: model.MeshConfig, proxy: model.Proxy) -> list[model.ConfigResource]:
-    return [
-        gw
-        for gw in config.of_kind(model.GATEWAY)
-        if gw.spec.selector and all(proxy.labels.get(k) == v for k, v in gw.spec.selector.items())
-    ]
+    return [gw for gw in config.of_kind(model.GATEWAY) if selects(gw.spec.selector, proxy.labels)]
 
 
 def _ports(gateways: Sequence[model.ConfigResource]) -> list[_PortPlan]:

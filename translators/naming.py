@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from functools import lru_cache
 
 from translators.model import CLUSTER_DOMAIN
@@ -49,3 +50,14 @@ def is_ip(address: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def has_labels(labels: Mapping[str, str], required: Mapping[str, str]) -> bool:
+    """Whether `labels` carry every required key with its value (an empty requirement
+    is met): subsets, sourceLabels, workload selectors of policies."""
+    return all(labels.get(k) == v for k, v in required.items())
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """A Service or ServiceEntry selector: an empty one selects nothing."""
+    return bool(selector) and has_labels(labels, selector)

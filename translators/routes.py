@@ -20,7 +20,7 @@ from protos import virtual_service_pb2 as vs_pb2
 from translators import model
 from translators.destination_rules import DestinationRuleIndex
 from translators.http_filters import PASSTHROUGH_CLUSTER
-from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, host_matches, outbound_cluster
+from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, has_labels, host_matches, outbound_cluster
 from translators.route_match import is_catch_all, route_match
 from translators.route_policies import (
     CORS_FILTER,
@@ -117,7 +117,7 @@ def _applies_to(
         return False
     if match.gateways:
         return any(_gateway_ref(g, vs_ns) in ctx.gateways for g in match.gateways)
-    if any(ctx.proxy_labels.get(k) != v for k, v in match.source_labels.items()):
+    if not has_labels(ctx.proxy_labels, match.source_labels):
         return False
     return not (match.source_namespace and match.source_namespace != ctx.proxy_ns)
 

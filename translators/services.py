@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from protos import service_entry_pb2
 from translators import model
-from translators.naming import fqdn
+from translators.naming import fqdn, selects
 
 # Resolutions, named after the Envoy cluster kind they produce.
 EDS = "EDS"
@@ -81,10 +81,6 @@ def port_protocol(name: str, declared: str = "") -> str:
     return prefix if prefix in KNOWN_PROTOCOLS else "auto"
 
 
-def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
 @dataclass
 class _Workload:
     namespace: str
@@ -134,7 +130,7 @@ class _WorkloadIndex:
         candidates = min(
             (self.by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len
         )
-        return [w for w in candidates if _selects(selector, w.labels)]
+        return [w for w in candidates if selects(selector, w.labels)]
 
 
 def _first_per_number(ports: Iterable[ServicePort]) -> tuple[ServicePort, ...]:

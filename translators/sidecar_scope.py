@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from protos import sidecar_pb2
 from translators import model
-from translators.naming import host_matches
+from translators.naming import has_labels, host_matches
 from translators.services import Service
 
 Mode = sidecar_pb2.OutboundTrafficPolicy.Mode
@@ -25,11 +25,7 @@ def select_sidecar(config: model.MeshConfig, proxy: model.Proxy) -> model.Config
     sidecars = config.of_kind(model.SIDECAR)
     for res in sidecars:
         selector = res.spec.workload_selector.labels
-        if (
-            res.namespace == proxy.namespace
-            and selector
-            and all(proxy.labels.get(k) == v for k, v in selector.items())
-        ):
+        if res.namespace == proxy.namespace and selector and has_labels(proxy.labels, selector):
             return res
     for namespace in (proxy.namespace, config.mesh.root_namespace):
         for res in sidecars:

@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from protos import virtual_service_pb2 as vs_pb2
 from translators import model
 from translators.listeners import TCP_PROXY_FILTER, network_listener
-from translators.naming import listener_name, outbound_cluster
+from translators.naming import has_labels, listener_name, outbound_cluster
 from translators.routes import MESH_GATEWAY, RouteContext, resolve_destination
 from translators.services import Service
 from translators.traffic_policy import effective_policy, find_subset
@@ -46,7 +46,7 @@ def _applies(match: vs_pb2.L4MatchAttributes, port: int, ctx: RouteContext, ns: 
             (g if g == MESH_GATEWAY or "/" in g else f"{ns}/{g}") in ctx.gateways
             for g in match.gateways
         )
-    if any(ctx.proxy_labels.get(k) != v for k, v in match.source_labels.items()):
+    if not has_labels(ctx.proxy_labels, match.source_labels):
         return False
     return not (match.source_namespace and match.source_namespace != ctx.proxy_ns)
 

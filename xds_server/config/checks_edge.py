@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from protos import gateway_pb2, service_entry_pb2, sidecar_pb2, workload_entry_pb2
-from translators.gateways import server_name_of, valid_server_name
+from translators.gateways import HTTP_PROTOCOLS, server_name_of, valid_server_name
 from translators.naming import is_ip
 from translators.services import HTTP_PROTOCOLS as HTTP_PORT_PROTOCOLS
 from translators.services import port_protocol
@@ -15,7 +15,6 @@ from xds_server.config.checks_common import Finding, enabled, port_ok
 from xds_server.config.checks_envoy import UNIX_PREFIX
 from xds_server.config.yaml_lines import Path
 
-HTTP_PROTOCOLS = {"HTTP", "HTTP2", "GRPC"}
 TLS = gateway_pb2.ServerTLSSettings
 Resolution = service_entry_pb2.ServiceEntry.Resolution
 # The ports Istio reserves for the proxy itself, and what uses each.

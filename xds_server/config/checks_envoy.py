@@ -10,7 +10,7 @@ resources to know what an endpoint address becomes in Envoy.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from protos import service_entry_pb2
 from translators import model
-from translators.naming import is_ip
+from translators.naming import is_ip, selects
 from xds_server.config.checks_common import DURATION_LIMIT_SECONDS, Finding, enabled
 from xds_server.config.yaml_lines import Path
 
@@ -98,10 +98,6 @@ def check_control_chars(spec: Message, root: Path) -> Iterator[Finding]:
             )
 
 
-def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
 def endpoint_findings(config: model.MeshConfig) -> Iterator[tuple[model.ConfigResource, Path, str]]:
     """Cross-resource: (resource, path, message) for endpoint addresses Envoy would refuse.
 
@@ -125,7 +121,7 @@ def endpoint_findings(config: model.MeshConfig) -> Iterator[tuple[model.ConfigRe
         users = [
             f"{kind} {res.namespace}/{res.name}"
             for res, selector, kind in selectors
-            if res.namespace == we.namespace and _selects(selector, we.spec.labels)
+            if res.namespace == we.namespace and selects(selector, we.spec.labels)
         ]
         if users:
             yield (
@@ -144,7 +140,7 @@ def endpoint_findings(config: model.MeshConfig) -> Iterator[tuple[model.ConfigRe
             we
             for we in entries
             if we.namespace == se.namespace
-            and _selects(se.spec.workload_selector.labels, we.spec.labels)
+            and selects(se.spec.workload_selector.labels, we.spec.labels)
         ]
         if selected and len(se.spec.endpoints) + len(selected) > 1:
             yield (
