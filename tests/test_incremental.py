@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import config_from, plain_service_yaml, routes_to, service_yaml, sidecar
 from translators import model
+from translators.cache import CrossPushCache
 from translators.resources import CLUSTER, ENDPOINT, ROUTE
 from translators.snapshot import Translator, World
 
@@ -23,10 +24,20 @@ OTHER_RULE = (
     "spec:\n  host: ratings.default.svc.cluster.local\n"
     "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}\n"
 )
+_BASE = config_from(BASE)
+
+
+def _with(*texts: str) -> model.MeshConfig:
+    """The base config's very objects plus more, as the store shares unchanged files."""
+    extra = config_from(*texts).resources if texts else ()
+    return model.MeshConfig(resources=(*_BASE.resources, *extra))
+
+
 CONFIGS = [
-    config_from(BASE),
-    config_from(BASE, routes_to("v1", "v2")),
-    config_from(BASE, routes_to("v3"), TCP, OTHER_RULE),
+    _BASE,
+    _with(OTHER_RULE),
+    _with(routes_to("v1", "v2")),
+    _with(routes_to("v3"), TCP, OTHER_RULE),
     config_from(plain_service_yaml(*SERVICES)),
 ]
 CLIENTS = [
@@ -50,7 +61,7 @@ def hashes(translator: Translator, proxies) -> dict:
     }
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.lists(
         st.tuples(st.sampled_from(["join", "leave", "config"]), st.integers(0, 9)), max_size=12
@@ -59,7 +70,8 @@ def hashes(translator: Translator, proxies) -> dict:
 def test_incremental_equals_cold(steps) -> None:
     config = CONFIGS[0]
     joined: dict[str, model.Proxy] = {}
-    translator = Translator(World(config, ()))
+    cache = CrossPushCache()  # kept across pushes, as the server keeps it
+    translator = Translator(World(config, (), cache=cache))
     hashes(translator, CLIENTS)  # views built, as a live server has them
     for action, n in steps:
         if action == "join":
@@ -69,7 +81,8 @@ def test_incremental_equals_cold(steps) -> None:
             joined.pop(sorted(joined)[n % len(joined)])
         elif action == "config":
             config = CONFIGS[n % len(CONFIGS)]
-        world = World(config, tuple(sorted(joined.values(), key=lambda p: p.node_id)))
+        cache.next_round()
+        world = World(config, tuple(sorted(joined.values(), key=lambda p: p.node_id)), cache=cache)
         if world.config is translator.world.config:
             translator = Translator.after_endpoint_change(translator, world)
         else:
@@ -77,6 +90,17 @@ def test_incremental_equals_cold(steps) -> None:
         proxies = [*CLIENTS, *joined.values()]
         cold = Translator(World(config, world.proxies))
         assert hashes(translator, proxies) == hashes(cold, proxies)
+
+
+def test_a_config_edit_reuses_what_it_did_not_touch() -> None:
+    cache = CrossPushCache()
+    first = Translator(World(CONFIGS[0], (), cache=cache))
+    hashes(first, CLIENTS)
+    cache.next_round()
+    hits = cache.hits
+    edited = Translator(World(CONFIGS[2], (), cache=cache))  # one VirtualService more
+    assert hashes(edited, CLIENTS) == hashes(Translator(World(CONFIGS[2], ())), CLIENTS)
+    assert cache.hits - hits >= len(SERVICES)  # every service's clusters came from before
 
 
 def test_an_endpoint_change_rebuilds_only_the_assignments_it_touches() -> None:

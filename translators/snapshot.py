@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from translators import gateways, linkerd, model, sidecar_scope
+from translators.cache import CrossPushCache
 from translators.clusters import inbound_clusters, service_clusters
 from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import service_endpoints
@@ -46,6 +47,8 @@ class World:
     config: model.MeshConfig
     proxies: tuple[model.Proxy, ...] = ()
     generation: int = 0
+    # Outputs of earlier pushes, for inputs that did not change (translators.cache).
+    cache: CrossPushCache | None = field(default=None, compare=False)
 
     @cached_property
     def services(self) -> dict[str, Service]:
@@ -82,10 +85,25 @@ class World:
         if found is None:
             timeout = self.config.mesh.connect_timeout
             budget = self.retry_budgets.get(host)
-            found = (
-                pack_all(service_clusters(service, rule, timeout, budget)),
-                pack_all(service_endpoints(service, rule)),
-            )
+            lasting = None
+            if self.cache is not None:
+                lasting = (
+                    "service",
+                    _service_key(service),
+                    id(rule),
+                    timeout.SerializeToString(deterministic=True),
+                    budget.SerializeToString(deterministic=True) if budget else b"",
+                )
+                kept = self.cache.get(lasting)
+                if kept is not None and kept[0] is rule:
+                    found = kept[1]
+            if found is None:
+                found = (
+                    pack_all(service_clusters(service, rule, timeout, budget)),
+                    pack_all(service_endpoints(service, rule)),
+                )
+            if lasting is not None:
+                self.cache.put(lasting, (rule, found))
             self._service_cache[key] = found
         return found
 
@@ -97,6 +115,23 @@ class World:
             if any(m.source_labels for rule in rules for m in rule.match):
                 return True
         return False
+
+
+def _service_key(service: Service) -> tuple:
+    """Everything of a Service its clusters and endpoints are built from, hashable."""
+    endpoints = tuple(
+        (port, tuple((e.address, e.port, e.weight, tuple(sorted(e.labels.items()))) for e in eps))
+        for port, eps in sorted(service.endpoints.items())
+    )
+    return (
+        service.hostname,
+        service.namespace,
+        service.short_name,
+        service.ports,
+        service.resolution,
+        service.vips,
+        endpoints,
+    )
 
 
 @dataclass

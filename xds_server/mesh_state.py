@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from translators import model
+from translators.cache import CrossPushCache
 from translators.resources import Resources, version_of
 from translators.services import can_be_endpoint
 from translators.snapshot import Translator, World
@@ -82,6 +83,7 @@ class MeshState:
         self.remembered: dict[str, model.Proxy] = {}
         self.max_delay = max_delay
         self._translator: Translator | None = None
+        self._cache = CrossPushCache()
         self._memory_dirty = False
         self._configs: OrderedDict[int, str] = OrderedDict()
         self._dirty = asyncio.Event()
@@ -175,7 +177,11 @@ class MeshState:
             or workloads != self.world.proxies
         ):
             self.generation += 1
-            previous, self.world = self._translator, World(self.config, workloads, self.generation)
+            self._cache.next_round()
+            previous, self.world = (
+                self._translator,
+                World(self.config, workloads, self.generation, self._cache),
+            )
             if previous is not None and previous.world.config is self.config:
                 self._translator = Translator.after_endpoint_change(previous, self.world)
             else:
