@@ -30,6 +30,15 @@ def errors(store: ConfigStore) -> list[str]:
     return [str(i) for i in store.all_issues() if i.severity == "error"]
 
 
+def loaded(mesh: Path, subsets: tuple[str, ...], routed: str, **options) -> ConfigStore:
+    """A store that loaded `mesh` with a rule defining `subsets` and a route to `routed`."""
+    write(mesh / "dr.yaml", dr(*subsets))
+    write(mesh / "vs.yaml", vs(routed))
+    store = ConfigStore(mesh, **options)
+    store.load_all()
+    return store
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -103,10 +112,7 @@ def test_rename_and_replace_end_with_the_file_on_disk(mesh):
 
 
 def test_a_route_to_a_subset_not_defined_yet_is_held_until_the_rule_defines_it(mesh):
-    write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh)
-    store.load_all()
+    store = loaded(mesh, ("v1", "v2"), "v1")
     write(mesh / "vs.yaml", vs("v3"))  # the wrong order: the route first
     store.update([mesh / "vs.yaml"])
     assert subset(store) == "v1"
@@ -119,10 +125,7 @@ def test_a_route_to_a_subset_not_defined_yet_is_held_until_the_rule_defines_it(m
 
 
 def test_a_rule_that_drops_a_subset_in_use_is_held_until_no_route_uses_it(mesh):
-    write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", vs("v2"))
-    store = ConfigStore(mesh)
-    store.load_all()
+    store = loaded(mesh, ("v1", "v2"), "v2")
     write(mesh / "dr.yaml", dr("v1"))  # the wrong order: the rule first
     store.update([mesh / "dr.yaml"])
     assert subsets(store) == ["v1", "v2"]
@@ -136,10 +139,7 @@ def test_a_rule_that_drops_a_subset_in_use_is_held_until_no_route_uses_it(mesh):
 
 
 def test_deleting_a_rule_in_use_is_held_too(mesh):
-    write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh)
-    store.load_all()
+    store = loaded(mesh, ("v1",), "v1")
     (mesh / "dr.yaml").unlink()
     store.update([mesh / "dr.yaml"])
     assert subsets(store) == ["v1"]
@@ -150,20 +150,14 @@ def test_deleting_a_rule_in_use_is_held_too(mesh):
 
 
 def test_on_a_fresh_start_a_dangling_subset_is_an_error_and_the_route_applies(mesh):
-    write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", vs("v9"))
-    store = ConfigStore(mesh)
-    store.load_all()
+    store = loaded(mesh, ("v1",), "v9")
     assert subset(store) == "v9"
     (error,) = errors(store)
     assert 'unknown subset "v9"' in error and "held" not in error
 
 
 def test_an_unrelated_edit_is_not_held_by_a_dangling_reference_already_there(mesh):
-    write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", vs("v9"))
-    store = ConfigStore(mesh)
-    store.load_all()
+    store = loaded(mesh, ("v1",), "v9")
     write(mesh / "services.yaml", plain_service_yaml("reviews", "ratings"))
     store.update([mesh / "services.yaml"])
     assert len(store.snapshot.of_kind(model.SERVICE)) == 2
@@ -174,10 +168,7 @@ def test_an_unrelated_edit_is_not_held_by_a_dangling_reference_already_there(mes
 
 def test_a_truncated_file_keeps_its_previous_version_for_the_settle_window(mesh):
     clock = Clock()
-    write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
-    store.load_all()
+    store = loaded(mesh, ("v1", "v2"), "v1", settle_seconds=1.0, clock=clock)
     write(mesh / "vs.yaml", "")  # `generate > vs.yaml` truncates first
     store.update([mesh / "vs.yaml"])
     assert subset(store) == "v1" and store.next_deadline() == 1001.0
@@ -190,10 +181,7 @@ def test_a_truncated_file_keeps_its_previous_version_for_the_settle_window(mesh)
 
 def test_a_file_left_empty_counts_once_the_window_ends(mesh):
     clock = Clock()
-    write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
-    store.load_all()
+    store = loaded(mesh, ("v1",), "v1", settle_seconds=1.0, clock=clock)
     write(mesh / "vs.yaml", "# nothing here any more\n")
     store.update([mesh / "vs.yaml"])
     assert store.snapshot.of_kind(model.VIRTUAL_SERVICE)
@@ -204,10 +192,7 @@ def test_a_file_left_empty_counts_once_the_window_ends(mesh):
 
 def test_a_half_written_file_waits_then_reports_its_error_and_keeps_the_last_good(mesh):
     clock = Clock()
-    write(mesh / "dr.yaml", dr("v1"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh, settle_seconds=1.0, clock=clock)
-    store.load_all()
+    store = loaded(mesh, ("v1",), "v1", settle_seconds=1.0, clock=clock)
     write(mesh / "vs.yaml", (vs("v1"))[:70] + "  [")
     store.update([mesh / "vs.yaml"])
     assert not errors(store)
@@ -221,10 +206,8 @@ def test_a_half_written_file_waits_then_reports_its_error_and_keeps_the_last_goo
 
 
 def test_rollback_holds_the_changed_files_until_they_change_again(mesh):
-    write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh)
-    good = store.load_all().version
+    store = loaded(mesh, ("v1", "v2"), "v1")
+    good = store.snapshot.version
     write(mesh / "vs.yaml", vs("v2"))
     bad = store.update([mesh / "vs.yaml"]).version
     assert store.rollback(good, bad, "Proto constraint validation failed") == [
@@ -317,10 +300,8 @@ def test_an_alias_bomb_is_refused_quickly(mesh):
 
 
 def test_files_rolled_back_together_are_retried_one_at_a_time(mesh):
-    write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh)
-    good = store.load_all().version
+    store = loaded(mesh, ("v1", "v2"), "v1")
+    good = store.snapshot.version
     write(mesh / "dr.yaml", dr("v1", "v2", "v3"))  # innocent
     write(mesh / "vs.yaml", vs("v2"))  # the one Envoy refuses
     bad = store.update([mesh / "dr.yaml", mesh / "vs.yaml"]).version
@@ -339,10 +320,8 @@ def test_files_rolled_back_together_are_retried_one_at_a_time(mesh):
 
 
 def test_a_rejected_version_edited_into_an_invalid_one_is_still_rolled_back(mesh):
-    write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh)
-    good = store.load_all().version
+    store = loaded(mesh, ("v1", "v2"), "v1")
+    good = store.snapshot.version
     write(mesh / "vs.yaml", vs("v2"))
     bad = store.update([mesh / "vs.yaml"]).version
     write(mesh / "vs.yaml", vs("v2").replace("hosts:", "hostz:"))  # broken before the NACK
@@ -357,10 +336,7 @@ def test_a_rejected_version_edited_into_an_invalid_one_is_still_rolled_back(mesh
 
 
 def test_a_rule_in_another_namespace_that_drops_a_subset_in_use_is_held(mesh):
-    write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", vs("v2"))
-    store = ConfigStore(mesh)
-    store.load_all()
+    store = loaded(mesh, ("v1", "v2"), "v2")
     other = dr("v1").replace("{name: reviews}", "{name: reviews, namespace: other}")
     write(
         mesh / "other-dr.yaml",
@@ -434,10 +410,8 @@ def test_without_a_state_directory_a_start_is_fresh(mesh, tmp_path):
 
 
 def test_a_nack_explained_by_a_version_already_refused_blames_no_other_file(mesh):
-    write(mesh / "dr.yaml", dr("v1", "v2"))
-    write(mesh / "vs.yaml", vs("v1"))
-    store = ConfigStore(mesh)
-    good = store.load_all().version
+    store = loaded(mesh, ("v1", "v2"), "v1")
+    good = store.snapshot.version
     write(mesh / "bad.yaml", vs("v1").replace("name: reviews", "name: other-vs"))
     with_bad = store.update([mesh / "bad.yaml"]).version
     write(mesh / "vs.yaml", vs("v2"))
