@@ -402,3 +402,36 @@ async def test_observers_see_what_happens_on_a_stream(plane):
         await asyncio.sleep(0.02)
     kinds = [kind for kind, node in seen if node == "caller"]
     assert kinds[:3] == ["open", "push", "nack"] and kinds[-1] == "close"
+
+
+async def test_a_workload_joining_pushes_endpoints_only_to_the_proxies_that_see_it(plane):
+    control, channel = plane
+    (control.options.config_dir / "scope.yaml").write_text(
+        "apiVersion: networking.istio.io/v1beta1\nkind: Sidecar\n"
+        "metadata: {name: narrow, namespace: default}\n"
+        "spec:\n  workloadSelector: {labels: {app: narrow}}\n"
+        "  egress: [{hosts: ['./ratings.default.svc.cluster.local']}]\n"
+    )
+    for _ in range(100):
+        if control.store.snapshot.of_kind("Sidecar"):
+            break
+        await asyncio.sleep(0.02)
+    sees, blind = Client(channel, "caller"), Client(channel, "narrow")
+    blind.node.metadata.update({"LABELS": {"app": "narrow"}})
+    await sync_all(sees)
+    for type_url, names in ((CLUSTER, ()), (LISTENER, ()), (ROUTE, ["http_proxy"])):
+        blind.send(type_url, names)
+        blind.ack(await blind.recv(), names)
+    assert await sees.silent(0.3) and await blind.silent(0.1)
+    workload = Client(channel, "reviews-v1")
+    workload.node.metadata.update(
+        {"LABELS": {"app": "reviews", "version": "v1"}, "INSTANCE_IPS": "127.0.0.21"}
+    )
+    workload.send(CLUSTER)
+    await workload.recv()
+    pushed = await sees.recv(10)
+    assert pushed.type_url == ENDPOINT  # endpoints only: clusters, listeners, routes unchanged
+    assert await sees.silent(0.3)
+    assert await blind.silent(0.3)  # it does not see reviews: nothing to send
+    for client in (sees, blind, workload):
+        client.close()
