@@ -34,6 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path, PurePath
 
 from protos import mesh_config_pb2
@@ -91,6 +92,17 @@ class StoreState:
     def digests(self) -> dict[str, str]:
         """The latest content seen of every present file."""
         return {name: parsed.digest for name, parsed in self.latest.items()}
+
+    @cached_property
+    def directories(self) -> frozenset[str]:
+        """Every directory that holds a present file, at any depth."""
+        found: set[str] = set()
+        for name in self.latest:
+            parent = os.path.dirname(name)
+            while parent and parent not in found:
+                found.add(parent)
+                parent = os.path.dirname(parent)
+        return frozenset(found)
 
     def all_issues(self) -> list[ConfigIssue]:
         issues = [issue for name in sorted(self.issues) for issue in self.issues[name]]
@@ -159,10 +171,7 @@ class ConfigStore:
     def holds_files_under(self, path: Path | str) -> bool:
         """Whether `path` is (or was) a directory of config files: a directory named
         `x.yaml` looks like a file."""
-        if os.path.isdir(path):
-            return True
-        prefix = self.display_name(path) + os.sep
-        return any(name.startswith(prefix) for name in self.latest)
+        return os.path.isdir(path) or self.display_name(path) in self.state.directories
 
     def is_hidden(self, path: Path | str) -> bool:
         """Outside the directory, or under a part that starts with "." (never config)."""
