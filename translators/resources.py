@@ -79,13 +79,11 @@ def _version(total: int, count: int) -> str:
     return f"{(total + count * 0x9E3779B97F4A7C15) & _MASK:016x}"
 
 
-def version_of(resources: Mapping[str, Packed], names: Iterable[str] | None = None) -> str:
+def version_of(resources: Mapping[str, Packed]) -> str:
     """Content version of a set of resources: equal content, equal version, across restarts."""
-    if names is None and isinstance(resources, ResourceSet):
+    if isinstance(resources, ResourceSet):
         return resources.version
-    if names is None:
-        return _version(*_sum(resources.values()))
-    return _version(*_sum(r for n in set(names) if (r := resources.get(n)) is not None))
+    return _version(*_sum(resources.values()))
 
 
 class ResourceSet(Mapping[str, Packed]):

@@ -41,9 +41,6 @@ class Response:
     def resources(self) -> list[any_pb2.Any]:
         return [self.content[name].any for name in sorted(self.content)]
 
-    def message(self) -> discovery_pb2.DiscoveryResponse:
-        return discovery_pb2.DiscoveryResponse.FromString(self.wire())
-
 
 class _BodyCache:
     """Bodies by (type, version, control plane, version of what is sent), least recently
