@@ -130,8 +130,8 @@ class ResourceSet(Mapping[str, Packed]):
 
     def keys_set(self) -> frozenset[str]:
         if self._keys is None:
-            base = self._base.keys_set() if self._base is not None else frozenset()
-            self._keys = base | self._own.keys()
+            own = frozenset(self._own)
+            self._keys = own if self._base is None else self._base.keys_set() | own
         return self._keys
 
     def subset(self, names: frozenset[str]) -> ResourceSet:
@@ -171,7 +171,22 @@ class ResourceSet(Mapping[str, Packed]):
             _CHANGES.popitem(last=False)
         return changed
 
+    def removed_since(self, previous: Mapping[str, Packed]) -> frozenset[str]:
+        """The names `previous` has and this set lacks; memoised like changed_since."""
+        key = (id(previous), id(self))
+        found = _REMOVALS.get(key)
+        if found is not None and found[0] is previous and found[1] is self:
+            _REMOVALS.move_to_end(key)
+            return found[2]
+        before = previous.keys_set() if isinstance(previous, ResourceSet) else frozenset(previous)
+        removed = before - self.keys_set()
+        _REMOVALS[key] = (previous, self, removed)
+        if len(_REMOVALS) > 512:
+            _REMOVALS.popitem(last=False)
+        return removed
 
+
+_REMOVALS: OrderedDict[tuple[int, int], tuple[Mapping, ResourceSet, frozenset[str]]] = OrderedDict()
 _CHANGES: OrderedDict[tuple[int, int], tuple[Mapping, ResourceSet, ResourceSet]] = OrderedDict()
 _SUBSETS: OrderedDict[tuple[int, frozenset[str]], tuple[ResourceSet, ResourceSet]] = OrderedDict()
 

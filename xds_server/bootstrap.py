@@ -31,6 +31,10 @@ class BootstrapOptions:
     bind_address: str = ""  # inbound listeners; empty: the workload IP
     cluster: str = ""
     role: str = "sidecar"  # or "gateway": an ingress proxy Gateway resources select
+    xds_api: str = "delta"  # or "sotw": state of the world
+
+
+XDS_APIS = {"delta": "DELTA_GRPC", "sotw": "GRPC"}
 
 
 def workload_ports(app_ports: list[int], inbound_ports: list[int]) -> list[model.WorkloadPort]:
@@ -55,6 +59,8 @@ def _split_address(address: str) -> tuple[str, int]:
 
 
 def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
+    if options.xds_api not in XDS_APIS:
+        raise ValueError(f"--xds-api must be one of {', '.join(XDS_APIS)}")
     host, port = _split_address(options.xds_address)
     ports = workload_ports(options.app_ports, options.inbound_ports)
     metadata: dict[str, Any] = {
@@ -112,7 +118,7 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         },
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": XDS_APIS[options.xds_api],
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [

@@ -123,6 +123,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         bind_address=args.bind_address,
         cluster=args.cluster,
         role=args.role,
+        xds_api=args.xds_api,
     )
     if args.role == "gateway" and options.app_ports:
         print("error: a gateway has no app: drop --app-port", file=sys.stderr)
@@ -337,6 +338,13 @@ def parser() -> argparse.ArgumentParser:
         default="sidecar",
         help="gateway: an ingress proxy; Gateways select it by --labels and it listens on "
         "their server ports at --bind-address",
+    )
+    boot.add_argument(
+        "--xds-api",
+        choices=("delta", "sotw"),
+        default="delta",
+        help="delta: incremental xDS, only changes are sent; sotw: state of the world, "
+        "every resource of a type on each change",
     )
     boot.add_argument("-o", "--output", default="-", help="file to write, - for standard output")
     boot.set_defaults(func=cmd_bootstrap)

@@ -151,6 +151,7 @@ class LocalMesh:
     debug_port: int = 0
     subnet: str = ""  # "127.X.Y"; empty: a random one with free ports
     log_level: str = "INFO"
+    xds_api: str = "delta"  # how the Envoys speak xDS: delta or sotw
     server_args: list[str] = field(default_factory=list)  # more `serve` flags
     server_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -349,6 +350,7 @@ class LocalMesh:
             ip=workload.ip,
             bind_address=workload.ip,
             role=workload.role,
+            xds_api=self.xds_api,
         )
 
     def workload(self, name: str) -> Workload:

@@ -41,6 +41,7 @@ def syncz(streams: dict[str, StreamInfo], generation: int) -> dict[str, Any]:
             {
                 "proxy": node_id,
                 "peer": info.peer,
+                "api": info.protocol.api,
                 "generation": info.protocol.generation,
                 "types": types,
             }

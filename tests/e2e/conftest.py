@@ -21,6 +21,8 @@ SEED = Path(__file__).resolve().parents[2] / "examples" / "seed"
 SERVICES = ("reviews", "helloworld", "my-app", "ratings")
 # ... and services whose DestinationRule the seeds bring.
 PLAIN_SERVICES = ("my-service", "httpbin", "productpage", "web-svc-v1", "web-svc-v2", "webapp")
+# Every test that routes traffic runs against Envoys speaking each xDS variant.
+XDS_APIS = ("delta", "sotw")
 # The SMI apex service selects only v1: without the TrafficSplit, v1 gets everything.
 APEX = {"web-svc": "web-svc-v1"}
 
@@ -170,9 +172,9 @@ class Mesh:
         return seen
 
 
-@pytest.fixture(scope="session")
-def mesh(tmp_path_factory) -> Mesh:
-    root = tmp_path_factory.mktemp("mesh")
+@pytest.fixture(scope="session", params=XDS_APIS)
+def mesh(tmp_path_factory, request) -> Mesh:
+    root = tmp_path_factory.mktemp(f"mesh-{request.param}")
     config_dir = root / "config"
     config_dir.mkdir()
     (config_dir / "services.yaml").write_text(
@@ -180,7 +182,7 @@ def mesh(tmp_path_factory) -> Mesh:
         + "\n---\n"
         + plain_service_yaml(*PLAIN_SERVICES, *APEX, selectors=APEX)
     )
-    local = LocalMesh(config_dir, workloads(), root / "work")
+    local = LocalMesh(config_dir, workloads(), root / "work", xds_api=request.param)
     with local:
         yield Mesh(local)
         rejected = rejections(local)

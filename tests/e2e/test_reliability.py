@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import XDS_APIS
 from tests.helpers import plain_service_yaml
 from tests.helpers import routes_to as vs
 from tests.helpers import subsets_rule as dr
@@ -146,9 +147,9 @@ class Load:
         self._thread.join(30)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Cluster:
-    root = tmp_path_factory.mktemp("reliability")
+@pytest.fixture(scope="module", params=XDS_APIS)
+def cluster(tmp_path_factory, request) -> Cluster:
+    root = tmp_path_factory.mktemp(f"reliability-{request.param}")
     config = root / "config"
     config.mkdir()
     (config / "services.yaml").write_text(plain_service_yaml("reviews", "ratings"))
@@ -162,6 +163,7 @@ def cluster(tmp_path_factory) -> Cluster:
         root / "work",
         server_args=["--max-file-bytes", str(MAX_FILE_BYTES), "--settle-ms", "1000"],
         server_env={"XDS_SERVER_UNSAFE_SKIP_CHECKS": "re2-program-size"},
+        xds_api=request.param,
     )
     with local:
         cluster = Cluster(local)

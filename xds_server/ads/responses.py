@@ -1,4 +1,4 @@
-"""DiscoveryResponses as they go on the wire, serialized once per content.
+"""SotW and delta responses as they go on the wire, serialized once per content.
 
 Every proxy of a namespace gets the same clusters, endpoints and routes, so a response
 (version, type, resources, control plane and nonce) is serialized once per content and
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from threading import Lock
 
@@ -43,34 +43,25 @@ class Response:
 
 
 class _BodyCache:
-    """Bodies by (type, version, control plane, version of what is sent), least recently
-    used dropped first."""
+    """Bodies by what they carry (type, versions, control plane), least recently used
+    dropped first."""
 
     def __init__(self, limit: int = MAX_CACHED_BYTES) -> None:
         self.limit = limit
         self.size = 0
-        self._bodies: OrderedDict[tuple[str, str, str, str], tuple[bytes, str]] = OrderedDict()
+        self._bodies: OrderedDict[Hashable, tuple[bytes, str]] = OrderedDict()
         self._lock = Lock()
         self._nonces = itertools.count(1)
 
-    def get(
-        self, key: tuple[str, str, str, str], content: Mapping[str, Packed]
-    ) -> tuple[bytes, str]:
-        """(bytes, nonce) of the response for `key`."""
+    def get(self, key: Hashable, build: Callable[[str], bytes]) -> tuple[bytes, str]:
+        """(bytes, nonce) of the response for `key`; `build(nonce)` serializes it."""
         with self._lock:
             found = self._bodies.get(key)
             if found is not None:
                 self._bodies.move_to_end(key)
                 return found
             nonce = str(next(self._nonces))
-        type_url, version, control_plane, _ = key
-        body = discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=type_url,
-            nonce=nonce,
-            resources=[content[name].any for name in sorted(content)],
-            control_plane=base_pb2.ControlPlane(identifier=control_plane),
-        ).SerializeToString()
+        body = build(nonce)
         with self._lock:
             found = self._bodies.setdefault(key, (body, nonce))
             if found[0] is body:
@@ -85,6 +76,47 @@ BODIES = _BodyCache()
 
 
 def response(type_url: str, version: str, content: ResourceSet, control_plane: str) -> Response:
-    """`content` is what goes on the wire; `version` the state the client then holds."""
-    body, nonce = BODIES.get((type_url, version, control_plane, content.version), content)
+    """A SotW response: `content` is what goes on the wire; `version` the state the client
+    then holds."""
+
+    def build(nonce: str) -> bytes:
+        return discovery_pb2.DiscoveryResponse(
+            version_info=version,
+            type_url=type_url,
+            nonce=nonce,
+            resources=[content[name].any for name in sorted(content)],
+            control_plane=base_pb2.ControlPlane(identifier=control_plane),
+        ).SerializeToString()
+
+    body, nonce = BODIES.get(("sotw", type_url, version, control_plane, content.version), build)
+    return Response(type_url, version, nonce, content, body)
+
+
+def delta_response(
+    type_url: str,
+    version: str,
+    content: ResourceSet,
+    removed: frozenset[str],
+    control_plane: str,
+) -> Response:
+    """A delta response: `content` the resources added or changed, each with its hash as
+    its version; `removed` the names the client should drop; `version` (shown by Envoy as
+    version_text) the state the client then holds."""
+
+    def build(nonce: str) -> bytes:
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version,
+            type_url=type_url,
+            nonce=nonce,
+            resources=[
+                discovery_pb2.Resource(name=name, version=packed.hash, resource=packed.any)
+                for name in sorted(content)
+                for packed in (content[name],)
+            ],
+            removed_resources=sorted(removed),
+            control_plane=base_pb2.ControlPlane(identifier=control_plane),
+        ).SerializeToString()
+
+    key = ("delta", type_url, version, control_plane, content.version, removed)
+    body, nonce = BODIES.get(key, build)
     return Response(type_url, version, nonce, content, body)

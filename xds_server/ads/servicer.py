@@ -17,6 +17,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from translators.resources import SHORT_NAMES
+from xds_server.ads.delta import DeltaStream
 from xds_server.ads.sotw import SotwStream
 from xds_server.mesh_state import MeshState, newest_per_node
 from xds_server.node import NodeError, proxy_from_node
@@ -79,7 +80,7 @@ def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
         "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
             servicer.DeltaAggregatedResources,
             request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-            response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+            response_serializer=bytes,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
@@ -107,6 +108,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 log.exception("stream observer failed on %s", event.kind)
 
     async def StreamAggregatedResources(self, request_iterator, context):  # noqa: N802
+        await self._serve(request_iterator, context, SotwStream)
+
+    async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802
+        await self._serve(request_iterator, context, DeltaStream)
+
+    async def _serve(self, request_iterator, context, protocol_type: type[SotwStream]) -> None:
+        """One ADS stream, SotW or delta: the protocol machine decides, this moves bytes."""
         events: asyncio.Queue = asyncio.Queue()
         # The newest resources not yet handed to the protocol: a slow stream skips the
         # generations it had no time for, and never queues more than one.
@@ -147,12 +155,14 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                             log.warning("refusing ADS stream from %s: %s", safe_text(peer), exc)
                             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                             return
-                        protocol = SotwStream(proxy.node_id, self.control_plane_id)
+                        protocol = protocol_type(proxy.node_id, self.control_plane_id)
                         self._stream_ids += 1
                         stream_id = self._stream_ids
                         self.streams[stream_id] = StreamInfo(proxy.node_id, peer, protocol)
                         handle = self.mesh.connect(proxy, deliver)
-                        log.info("proxy %s connected from %s", proxy.node_id, peer)
+                        log.info(
+                            "proxy %s connected from %s (%s)", proxy.node_id, peer, protocol.api
+                        )
                         self._emit(StreamEvent("open", proxy.node_id, peer))
                     if protocol.generation < 0:
                         waiting.append(item)  # answer once this proxy's resources exist
@@ -168,7 +178,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                 protocol.node_id,
                                 peer,
                                 item.type_url,
-                                item.version_info,
+                                getattr(item, "version_info", ""),
                                 item.response_nonce,
                             )
                         )
@@ -208,11 +218,6 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if protocol is not None:
                 log.info("proxy %s disconnected", protocol.node_id)
                 self._emit(StreamEvent("close", protocol.node_id, peer))
-
-    async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "delta xDS is not supported yet; use api_type: GRPC"
-        )
 
     @staticmethod
     def _nacks(protocol: SotwStream, type_url: str) -> int:
@@ -254,15 +259,26 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             )
 
     @staticmethod
-    def _log_request(node_id: str, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _log_request(node_id: str, request) -> None:
         if request.HasField("error_detail"):
             log.warning(
                 "%s rejected %s version %s: %s",
                 safe_text(node_id, 256),
                 _short(request.type_url),
-                safe_text(request.version_info or "-", 64),
+                safe_text(getattr(request, "version_info", "") or "-", 64),
                 safe_text(request.error_detail.message),
             )
+        elif not isinstance(request, discovery_pb2.DiscoveryRequest):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "<- %s %s (delta) nonce=%s sub=%s unsub=%s initial=%d",
+                    safe_text(node_id, 256),
+                    safe_text(_short(request.type_url), 200),
+                    safe_text(request.response_nonce, 64),
+                    safe_text(str(list(request.resource_names_subscribe)[:5]), 500),
+                    safe_text(str(list(request.resource_names_unsubscribe)[:5]), 500),
+                    len(request.initial_resource_versions),
+                )
         elif log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "<- %s %s v=%s nonce=%s names=%s",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -109,6 +110,7 @@ class SotwStream:
 
     node_id: str
     control_plane_id: str = "xds-server"
+    api: ClassVar[str] = "sotw"
     resources: Resources = field(default_factory=dict)
     generation: int = -1
     types: dict[str, TypeState] = field(default_factory=dict)
@@ -214,16 +216,7 @@ class SotwStream:
             state.deferred = True
             state.deferred_force = state.deferred_force or force
             return []
-        content: ResourceSet = self._desired(state)
-        if state.type_url == CLUSTER and content.version != state.sent_version:
-            removed = _keys(state.sent) - content.keys_set()
-            others_busy = any(
-                s.pending or self._differs(s) for s in self.types.values() if s.type_url != CLUSTER
-            )
-            self.deferred_cluster_removal = bool(removed) and others_busy
-            if self.deferred_cluster_removal:
-                # Keep old clusters until the routes have moved off them.
-                content = ResourceSet({n: state.sent[n] for n in removed}, base=content)
+        content = self._content(state)
         version = content.version
         if not force:
             if version == state.sent_version:
@@ -231,6 +224,20 @@ class SotwStream:
             if version == state.nacked_version:
                 return []  # the client refused exactly this; wait for different content
         return self._response(state, content, version, partial=partial and not force)
+
+    def _content(self, state: TypeState) -> ResourceSet:
+        """What this type should hold now: the desired resources, except that clusters
+        being removed stay until the routes have moved off them."""
+        content = self._desired(state)
+        if state.type_url == CLUSTER and content.version != state.sent_version:
+            removed = _keys(state.sent) - content.keys_set()
+            others_busy = any(
+                s.pending or self._differs(s) for s in self.types.values() if s.type_url != CLUSTER
+            )
+            self.deferred_cluster_removal = bool(removed) and others_busy
+            if self.deferred_cluster_removal:
+                content = ResourceSet({n: state.sent[n] for n in removed}, base=content)
+        return content
 
     def _clusters_warming(self) -> bool:
         clusters = self.types.get(CLUSTER)

@@ -1,0 +1,236 @@
+"""Incremental (delta) ADS protocol for one stream, as a state machine without I/O.
+
+The same inputs and outputs as the SotW machine (xds_server.ads.sotw), whose ordering it
+keeps: CDS before EDS before LDS before RDS, listeners and routes held back while new
+clusters warm, clusters removed only after the routes moved off them. What differs is
+what goes on the wire (reference/xds-protocol-checklist.md, section 7):
+
+- Each response carries only the resources the client lacks, each with its own version
+  (the hash of its bytes, stable across restarts), and names it should drop in
+  `removed_resources`.
+- Subscriptions change by `resource_names_subscribe` / `_unsubscribe`; a name subscribed
+  again is sent again; a subscribed name that does not exist is reported removed, so the
+  client stops waiting, and stays subscribed.
+- On reconnect, `initial_resource_versions` says what the client holds: wildcard
+  resources it has at the right version are not sent again, and the ones gone are removed.
+- One response per type is in flight: newer content waits for its ACK or NACK and then
+  goes as one diff, so a slow client gets the newest state and never a queue.
+- A NACK makes the resources of the refused response unknown to the server: they are not
+  sent again at the refused version, and the next different content goes out.
+
+What the client holds is tracked as the shared content it last acknowledged (`held`),
+plus a few names per stream whose state is unknown, so thousands of streams that hold
+the same thing share one set and one computed diff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from translators.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    WILDCARD_TYPES,
+    Packed,
+    ResourceSet,
+)
+from xds_server.ads.responses import Response, delta_response
+from xds_server.ads.sotw import EMPTY, STALE, SotwStream, TypeState, _shared_names
+from xds_server.text import safe_text
+
+
+@dataclass
+class DeltaTypeState(TypeState):
+    """TypeState plus what the client is known to hold."""
+
+    held: Mapping[str, Packed] = field(default_factory=lambda: EMPTY)  # what it acknowledged
+    unknown: set[str] = field(default_factory=set)  # names to send (or remove) regardless
+    rejected: dict[str, str] = field(default_factory=dict)  # name -> version Envoy refused
+    in_flight: frozenset[str] = frozenset()  # names the unacknowledged response carries
+    answer_due: bool = False  # a request waits for an answer, even an empty one
+    waiting: bool = False  # newer content waits for the response in flight
+
+    def status(self) -> str:
+        status = super().status()
+        return STALE if self.waiting and status != "ERROR" else status
+
+
+def _declared(versions: Mapping[str, str]) -> dict[str, Packed]:
+    """What a reconnecting client says it holds, to diff against: the versions are our
+    hashes, so an unchanged resource compares equal (any other string never does)."""
+    return {n: Packed(n, None, v) for n, v in versions.items()}  # type: ignore[arg-type]
+
+
+@dataclass
+class DeltaStream(SotwStream):
+    """Protocol state of one delta ADS stream."""
+
+    api: ClassVar[str] = "delta"
+    types: dict[str, DeltaTypeState] = field(default_factory=dict)  # type: ignore[assignment]
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list:  # type: ignore[override]
+        type_url = request.type_url
+        if type_url not in PUSH_ORDER:
+            self.unknown_requests += 1
+            return []
+        state = self.types.get(type_url)
+        first = state is None
+        if state is None:
+            state = self.types[type_url] = DeltaTypeState(type_url)
+        subscribed = self._subscribe_delta(state, request, first)
+        nonce = request.response_nonce
+        out: list[Response] = []
+        if nonce and nonce == state.sent_nonce and state.pending:
+            state.pending = False
+            if request.HasField("error_detail"):
+                state.nacked_version = state.sent_version
+                state.nacked_generation = state.sent_generation
+                state.nack_message = safe_text(request.error_detail.message)
+                state.nacks += 1
+                sent = state.sent
+                for name in state.in_flight:
+                    if name in sent:
+                        state.rejected[name] = sent[name].hash
+                # Envoy may have applied part of it: what it holds of these is unknown.
+                state.unknown |= state.in_flight
+            else:
+                state.acked_version = state.sent_version
+                state.acked_generation = state.sent_generation
+                state.acked_nonce = nonce
+                state.nacked_version = None
+                state.held = state.sent
+                if state.rejected:
+                    state.rejected = {
+                        n: v
+                        for n, v in state.rejected.items()
+                        if (p := state.sent.get(n)) is not None and p.hash == v
+                    }
+            state.in_flight = frozenset()
+        # A first request, or one that subscribes, is answered even when the answer is
+        # empty: the client waits for it (checklist 28, 37).
+        out += self._respond_if_needed(state, force=first or subscribed)
+        if type_url == CLUSTER and not state.pending:
+            out += self._flush_deferred()
+        out += self._finish_cluster_removal()
+        return out
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _subscribe_delta(
+        self, state: DeltaTypeState, request: discovery_pb2.DeltaDiscoveryRequest, first: bool
+    ) -> bool:
+        """Apply subscribe/unsubscribe; True when names were subscribed (they are due)."""
+        subscribe = frozenset(request.resource_names_subscribe)
+        unsubscribe = frozenset(request.resource_names_unsubscribe)
+        wildcard = state.wildcard
+        if "*" in subscribe or (
+            first and not subscribe and not unsubscribe and state.type_url in WILDCARD_TYPES
+        ):
+            wildcard = True
+        if "*" in unsubscribe:
+            wildcard = False
+        names = (state.names | subscribe) - unsubscribe - {"*"}
+        state.wildcard, state.names = wildcard, _shared_names(names)
+        state.unknown -= unsubscribe
+        if first and request.initial_resource_versions:
+            state.held = _declared(request.initial_resource_versions)
+            if state.type_url not in WILDCARD_TYPES:
+                # Named resources are sent again even at the version the client declared
+                # (envoy#22418): only what is gone is saved from sending.
+                state.unknown |= subscribe - {"*"}
+        elif subscribe - {"*"}:
+            state.unknown |= subscribe - {"*"}  # asked again: the client may have lost it
+        return bool(subscribe)
+
+    def _respond_if_needed(  # type: ignore[override]
+        self, state: DeltaTypeState, force: bool = False, partial: bool = False
+    ) -> list:
+        if state.pending:
+            state.answer_due = state.answer_due or force
+            state.waiting = True
+            return []
+        force = force or state.answer_due
+        if not state.wildcard and not state.names and not state.unknown:
+            state.answer_due = state.waiting = False
+            return []
+        if state.type_url in (LISTENER, ROUTE) and self._clusters_warming():
+            state.deferred = True
+            state.deferred_force = state.deferred_force or force
+            return []
+        content = self._content(state)
+        changed, removed = self._diff(state, content)
+        state.answer_due = state.waiting = False
+        if not changed and not removed and not force:
+            if content.version != state.sent_version and not state.rejected:
+                # The client already holds exactly this (a reconnect declared it).
+                state.sent = state.held = content
+                state.sent_version = state.acked_version = content.version
+                state.sent_generation = state.acked_generation = self.generation
+            return []
+        return self._send(state, content, changed, removed)
+
+    def _diff(
+        self, state: DeltaTypeState, content: ResourceSet
+    ) -> tuple[ResourceSet, frozenset[str]]:
+        """What the client lacks of `content`, and what it holds that `content` lacks."""
+        held = state.held
+        changed = content.changed_since(held)
+        removed = content.removed_since(held)
+        if not state.wildcard:
+            removed &= state.names
+        if state.unknown or state.rejected:
+            own = dict(changed)
+            for name in state.unknown:
+                packed = content.get(name)
+                if packed is not None:
+                    own[name] = packed
+            for name, version in state.rejected.items():
+                if (packed := own.get(name)) is not None and packed.hash == version:
+                    del own[name]  # refused at this version: wait for a different one
+            changed = ResourceSet(own)
+            gone = {n for n in state.unknown if n not in content}
+            if not state.wildcard:
+                gone &= state.names
+            removed = removed | gone
+        return changed, removed
+
+    def _send(
+        self,
+        state: DeltaTypeState,
+        content: ResourceSet,
+        changed: ResourceSet,
+        removed: frozenset[str],
+    ) -> list:
+        version = content.version
+        endpoints = self.types.get(ENDPOINT)
+        if state.type_url == CLUSTER:
+            state.adds_clusters = bool(content.keys_set() - state.held.keys())
+        sent = delta_response(state.type_url, version, changed, removed, self.control_plane_id)
+        state.in_flight = changed.keys_set() | removed
+        state.unknown -= state.in_flight
+        state.sent = content
+        state.sent_version = version
+        state.sent_nonce = sent.nonce
+        state.sent_generation = self.generation
+        state.pending = True
+        state.responses_sent += 1
+        out = [sent]
+        if state.type_url == CLUSTER and endpoints is not None and endpoints.sent_nonce:
+            # A changed cluster warms until it gets its assignment again, even an unchanged
+            # one (SotW does the same).
+            updated = {n for n in changed if n in state.held}
+            if not endpoints.wildcard:
+                updated &= endpoints.names
+            if updated:
+                endpoints.unknown |= updated
+                out += self._respond_if_needed(endpoints)
+        return out
