@@ -18,6 +18,7 @@ import statistics
 import time
 
 from translators import model
+from translators.cache import CrossPushCache
 from translators.snapshot import Translator, World
 from xds_server.config.loader import parse_file
 
@@ -164,6 +165,59 @@ def measure(count: int, runs: int, full: bool = False) -> dict[str, float]:
     }
 
 
+def measure_edits(count: int, runs: int, full: bool = False) -> dict[str, float]:
+    """Server work after an edit, with the outputs of the previous push at hand (as the
+    server keeps them): translation for one sidecar after one VirtualService changed,
+    and after one workload joined (an endpoint change)."""
+    world = build_world(count, full)
+    proxy = world.proxies[0]
+    cache = CrossPushCache()
+    world = World(world.config, world.proxies, 1, cache)
+    translator = Translator(world)
+    translator.translate(proxy)
+    vs_times, endpoint_times = [], []
+    for run in range(runs):
+        # One VirtualService edited: a new config sharing every other resource object.
+        index = next(
+            i
+            for i, r in enumerate(world.config.resources)
+            if r.kind == model.VIRTUAL_SERVICE and r.name == f"svc-{run % count}"
+        )
+        edited = world.config.resources[index]
+        text = (TEMPLATE % {"i": run % count, "ns": run % count % 10}).split("---\n")[-1]
+        text = text.replace("weight: 90", f"weight: {80 - run}").replace(
+            "weight: 10", f"weight: {20 + run}"
+        )
+        (new_vs,) = parse_file(edited.origin.file, text).resources
+        resources = list(world.config.resources)
+        resources[index] = new_vs
+        config = model.MeshConfig(resources=tuple(resources), mesh=world.config.mesh)
+        started = time.perf_counter()
+        cache.next_round()
+        world = World(config, world.proxies, world.generation + 1, cache)
+        translator = Translator(world)
+        translator.translate(proxy)
+        vs_times.append(time.perf_counter() - started)
+        # One workload joins: an endpoint change.
+        joined = model.Proxy(
+            f"joined-{run}",
+            namespace="ns-0",
+            labels={"app": "svc-0", "version": "v1"},
+            ip=f"10.250.0.{run + 1}",
+            ports=(model.WorkloadPort(8080, 15006),),
+        )
+        started = time.perf_counter()
+        cache.endpoint_round()
+        world = World(config, (*world.proxies, joined), world.generation + 1, cache)
+        translator = Translator.after_endpoint_change(translator, world)
+        translator.translate(proxy)
+        endpoint_times.append(time.perf_counter() - started)
+    return {
+        "vs_edit_ms": statistics.median(vs_times) * 1000,
+        "endpoint_ms": statistics.median(endpoint_times) * 1000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="10,100,1000")
@@ -181,6 +235,10 @@ def main() -> None:
             f"{r['registry_ms']:>12.1f} {r['Cluster']:>9} {r['ClusterLoadAssignment']:>6} "
             f"{count:>7} {r['bytes']:>10}"
         )
+    print(f"\n{'services':>8} {'one VS edited ms':>17} {'one endpoint ms':>16}  (one sidecar)")
+    for count in (int(s) for s in args.sizes.split(",")):
+        r = measure_edits(count, args.runs, args.full)
+        print(f"{count:>8} {r['vs_edit_ms']:>17.1f} {r['endpoint_ms']:>16.1f}")
 
 
 if __name__ == "__main__":

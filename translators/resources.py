@@ -53,6 +53,12 @@ def pack(name: str, message: Message) -> Packed:
     return Packed(name, packed, hashlib.blake2b(packed.value, digest_size=8).hexdigest())
 
 
+def pack_serialized(name: str, full_name: str, value: bytes) -> Packed:
+    """A resource already serialized (deterministically), e.g. joined from cached parts."""
+    packed = any_pb2.Any(type_url=_PREFIX + full_name, value=value)
+    return Packed(name, packed, hashlib.blake2b(value, digest_size=8).hexdigest())
+
+
 def pack_all(messages: Iterable[Message]) -> dict[str, Packed]:
     """Pack resources keyed by their `name` (or `cluster_name` for assignments)."""
     out = {}

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.config.route.v3 import route_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import destination_rule_pb2 as dr_pb2
 from protos import virtual_service_pb2 as vs_pb2
 from translators import model
+from translators.cache import CrossPushCache
 from translators.destination_rules import DestinationRuleIndex
 from translators.http_filters import PASSTHROUGH_CLUSTER
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, has_labels, host_matches, outbound_cluster
@@ -55,39 +55,52 @@ class RouteContext:
     proxy_ns: str
     proxy_labels: Mapping[str, str] = field(default_factory=dict)
     gateways: frozenset[str] = frozenset({MESH_GATEWAY})
-    # Route lists shared between views of one push (see routes_key); None: no sharing.
-    shared: dict[tuple, list[rc.Route]] | None = None
+    # Route lists shared between views and pushes (see routes_key); None: no sharing.
+    shared: CrossPushCache | None = None
     # Names what `services` was filtered by (the Sidecar's key): views that share routes
     # must see the same services.
     scope: tuple | None = None
     _hashing: dict[tuple[str, str, int], ConsistentHash | None] = field(default_factory=dict)
+    _destinations: dict[str, tuple] = field(default_factory=dict)
+    # Objects whose ids are in keys: cached values keep them, so no id is reused.
+    _kept: list = field(default_factory=list)
 
     def routes_key(self, host: str, port: int, source: RouteSource | None) -> tuple:
-        """What a vhost's routes depend on besides the config: views with equal keys get
-        equal routes. The proxy's namespace only counts when a match names a source
-        namespace or the namespace has its own DestinationRule for a destination."""
-        rules = source.rules if source is not None else ()
-        namespace = source.namespace if source is not None else self.proxy_ns
-        destinations = {host} if source is None else set()
-        for rule in rules:
-            destinations.update(fqdn(d.destination.host, namespace) for d in rule.route)
-        overrides = any(
-            h not in self.services  # looked up from the proxy's namespace first
-            or self.rules.proxy_override(h, self.proxy_ns, self.services[h].namespace)
-            for h in destinations
-        )
-        matches = [m for rule in rules for m in rule.match]
-        by_namespace = overrides or any(m.source_namespace for m in matches)
-        by_labels = any(m.source_labels for m in matches)
+        """Everything a vhost's routes are built from, for caching them within a push and
+        across pushes: the rules (by identity: unchanged files keep their objects), the
+        port, the gateways, and for each destination its ports and the DestinationRule
+        this view resolves it to. The proxy's namespace and labels count only when a
+        match names a source namespace or labels."""
+        if source is None:
+            destinations: tuple[str, ...] = (host,)
+            by_namespace = by_labels = False
+            rules_id = 0
+        else:
+            destinations, by_namespace, by_labels = _source_facts(source)
+            rules_id = id(source.rules)
         return (
             host,
             port,
-            source.ref if source is not None else None,
+            rules_id,
             self.scope,
             self.gateways,
             self.proxy_ns if by_namespace else None,
             tuple(sorted(self.proxy_labels.items())) if by_labels else None,
+            tuple(self._destination(h) for h in destinations),
         )
+
+    def _destination(self, host: str) -> tuple:
+        """What routes read of a destination host in this view: its ports (port
+        inference) and its DestinationRule (consistent hashing), by identity."""
+        found = self._destinations.get(host)
+        if found is None:
+            service = self.services.get(host)
+            namespace = service.namespace if service is not None else self.proxy_ns
+            rule = self.rules.lookup(host, self.proxy_ns, namespace)
+            found = (host, service.ports if service is not None else None, id(rule))
+            self._destinations[host] = found
+            self._kept.append(rule)
+        return found
 
     def consistent_hash(self, host: str, subset: str, port: int) -> ConsistentHash | None:
         """The destination's DR consistentHash (subset and port settings applied), if any."""
@@ -367,8 +380,9 @@ def _source(vs: model.ConfigResource) -> RouteSource:
     return RouteSource(vs.namespace, vs.spec.http, vs.ref)
 
 
-def claim_domains(vhosts: Sequence[_VHost]) -> list[rc.VirtualHost]:
-    """Envoy refuses a domain used twice; the first claim wins, full names before short forms."""
+def claim_domains(vhosts: Sequence[_VHost]) -> list[tuple[str, tuple[str, ...], list[rc.Route]]]:
+    """Envoy refuses a domain used twice; the first claim wins, full names before short
+    forms. Returns (name, domains, routes) per virtual host, sorted by name."""
     vhosts = list({v.name: v for v in reversed(vhosts)}.values())[::-1]  # one per name
     claimed: set[str] = set()
     chosen: dict[str, list[str]] = {v.name: [] for v in vhosts}
@@ -379,27 +393,103 @@ def claim_domains(vhosts: Sequence[_VHost]) -> list[rc.VirtualHost]:
                     claimed.add(domain)
                     chosen[vhost.name].append(domain)
     return [
-        rc.VirtualHost(
-            name=v.name, domains=chosen[v.name], routes=v.routes, include_request_attempt_count=True
-        )
+        (v.name, tuple(chosen[v.name]), v.routes)
         for v in sorted(vhosts, key=lambda v: v.name)
         if chosen[v.name]
     ]
 
 
+def _vhost_bytes(
+    name: str, domains: tuple[str, ...], routes: list[rc.Route], cache: CrossPushCache | None
+) -> bytes:
+    """One VirtualHost, serialized; kept across pushes while its routes are the same."""
+    key = ("vhost", name, domains, id(routes))
+    found = cache.get(key) if cache is not None else None
+    if found is not None:
+        return found[1]
+    body = rc.VirtualHost(
+        name=name, domains=domains, routes=routes, include_request_attempt_count=True
+    ).SerializeToString(deterministic=True)
+    if cache is not None:
+        cache.put(key, (routes, body))  # holds the routes: their id stays theirs
+    return body
+
+
+def _field(number: int, body: bytes) -> bytes:
+    """A length-delimited protobuf field: tag, length, bytes."""
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def route_configuration_bytes(name: str, virtual_hosts: Iterable[bytes]) -> bytes:
+    """A RouteConfiguration {name, virtual_hosts, validate_clusters: false} serialized
+    from serialized virtual hosts, exactly as deterministic serialization writes it
+    (fields in number order): a push joins cached bytes instead of building 1000
+    messages again."""
+    parts = [_field(1, name.encode())]
+    parts += [_field(2, body) for body in virtual_hosts]
+    parts.append(_field(7, b""))  # validate_clusters: BoolValue(false)
+    return b"".join(parts)
+
+
+def _source_facts(source: RouteSource) -> tuple[tuple[str, ...], bool, bool]:
+    """(destination and mirror hosts, matches on source namespace, on source labels) of
+    a source's rules; memoised per rules object."""
+    rules = source.rules
+    found = _FACTS.get(id(rules))
+    if found is not None and found[0] is rules and found[1] == source.namespace:
+        return found[2]
+    hosts: set[str] = set()
+    by_namespace = by_labels = False
+    for rule in rules:
+        targets = [d.destination for d in rule.route]
+        if rule.HasField("mirror"):
+            targets.append(rule.mirror)
+        targets += [m.destination for m in rule.mirrors]
+        hosts.update(fqdn(t.host, source.namespace) for t in targets)
+        for match in rule.match:
+            by_namespace = by_namespace or bool(match.source_namespace)
+            by_labels = by_labels or bool(match.source_labels)
+    facts = (tuple(sorted(hosts)), by_namespace, by_labels)
+    if len(_FACTS) > 65536:
+        _FACTS.clear()
+    _FACTS[id(rules)] = (rules, source.namespace, facts)
+    return facts
+
+
+_FACTS: dict[int, tuple[Sequence, str, tuple[tuple[str, ...], bool, bool]]] = {}
+
+
 def _vhost_routes(
     host: str, port: int, source: RouteSource | None, ctx: RouteContext
 ) -> list[rc.Route]:
-    key = ctx.routes_key(host, port, source) if ctx.shared is not None else None
-    if key is not None and key in ctx.shared:
-        return ctx.shared[key]
-    if source is not None:
-        routes = http_routes(source.rules, source.namespace, ctx, port)
-    else:
-        routes = [default_route(host, port, ctx)]
-    if key is not None:
-        ctx.shared[key] = routes
+    if ctx.shared is None:
+        return _build_routes(host, port, source, ctx)
+    key = ("routes", *ctx.routes_key(host, port, source))
+    found = ctx.shared.get(key)
+    if found is not None:
+        return found[1]
+    routes = _build_routes(host, port, source, ctx)
+    # The entry holds the objects whose ids are in its key, so while it exists no other
+    # object can take one of those ids.
+    ctx.shared.put(key, ((source.rules if source is not None else None, ctx._kept), routes))
     return routes
+
+
+def _build_routes(
+    host: str, port: int, source: RouteSource | None, ctx: RouteContext
+) -> list[rc.Route]:
+    if source is not None:
+        return http_routes(source.rules, source.namespace, ctx, port)
+    return [default_route(host, port, ctx)]
 
 
 def outbound_route_config(
@@ -408,9 +498,9 @@ def outbound_route_config(
     extra_sources: Mapping[str, RouteSource] | None = None,
     allow_any: bool = True,
     host_visible: Callable[[str], bool] | None = None,
-) -> route_pb2.RouteConfiguration:
-    """The sidecar's one route configuration: a vhost per HTTP service port, the VS hosts
-    outside the registry, and the catch-all for everything else."""
+) -> bytes:
+    """The sidecar's one route configuration, serialized: a vhost per HTTP service port,
+    the VS hosts outside the registry, and the catch-all for everything else."""
     services = ctx.services
     owner, unbound = bind_hosts(sidecar_virtual_services(config), services)
     sources = {host: _source(vs) for host, vs in owner.items()}
@@ -433,10 +523,21 @@ def outbound_route_config(
         seen_unbound.add(host)
         domains = [(0, host)] if "*" in host else [(0, host), (0, f"{host}:*")]
         vhosts.append(_VHost(host, virtual_service_routes(vs, ctx, None), domains))
-    virtual_hosts = claim_domains(vhosts)
-    virtual_hosts.append(catch_all_vhost(allow_any))
-    return route_pb2.RouteConfiguration(
-        name=OUTBOUND_ROUTE_NAME,
-        validate_clusters=wrappers_pb2.BoolValue(value=False),
-        virtual_hosts=virtual_hosts,
-    )
+    bodies = [
+        _vhost_bytes(name, domains, routes, ctx.shared)
+        for name, domains, routes in claim_domains(vhosts)
+    ]
+    bodies.append(_catch_all_bytes(allow_any))
+    return route_configuration_bytes(OUTBOUND_ROUTE_NAME, bodies)
+
+
+_CATCH_ALL: dict[bool, bytes] = {}
+
+
+def _catch_all_bytes(allow_any: bool) -> bytes:
+    found = _CATCH_ALL.get(allow_any)
+    if found is None:
+        found = _CATCH_ALL[allow_any] = catch_all_vhost(allow_any).SerializeToString(
+            deterministic=True
+        )
+    return found

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -14,6 +14,7 @@ from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
+from translators.naming import OUTBOUND_ROUTE_NAME
 from translators.resources import (
     CLUSTER,
     ENDPOINT,
@@ -23,6 +24,7 @@ from translators.resources import (
     Resources,
     ResourceSet,
     pack_all,
+    pack_serialized,
 )
 from translators.routes import (
     RouteContext,
@@ -34,6 +36,7 @@ from translators.routes import (
 from translators.services import Service, build_services
 from translators.tcp_routes import outbound_tcp_listeners, outbound_tcp_routes, tcp_app_ports
 
+ROUTE_CONFIGURATION = "envoy.config.route.v3.RouteConfiguration"
 TCP_ROUTES = "tcp_routes"  # shared per proxy view; wrapped into listeners per proxy
 VIEW_HOSTS = "hosts"  # the services a view sees
 # World properties that depend on the config alone: kept when only workloads change.
@@ -52,7 +55,17 @@ class World:
 
     @cached_property
     def services(self) -> dict[str, Service]:
-        return build_services(self.config, self.proxies)
+        """The registry; the previous push's when its inputs are the same objects (an
+        edit of anything but services and workloads leaves it as it was)."""
+        if self.cache is None:
+            return build_services(self.config, self.proxies)
+        inputs = tuple(tuple(self.config.of_kind(kind)) for kind in _REGISTRY_KINDS)
+        kept = self.cache.get(("services",))
+        if kept is not None and kept[1] == self.proxies and _same_objects(kept[0], inputs):
+            return kept[2]
+        services = build_services(self.config, self.proxies)
+        self.cache.put(("services",), (inputs, self.proxies, services))
+        return services
 
     @cached_property
     def destination_rules(self) -> DestinationRuleIndex:
@@ -67,12 +80,14 @@ class World:
         return linkerd.retry_budgets(self.config)
 
     @cached_property
-    def route_cache(self) -> dict[tuple, list]:
-        """Virtual host routes shared between the namespace views of this world."""
-        return {}
+    def route_cache(self) -> CrossPushCache:
+        """Virtual host routes shared between the namespace views of this world, and with
+        later worlds when the server keeps a cache across pushes."""
+        return self.cache if self.cache is not None else CrossPushCache()
 
     @cached_property
-    def _service_cache(self) -> dict[tuple, tuple[dict[str, Packed], dict[str, Packed]]]:
+    def _service_cache(self) -> dict[tuple, tuple[tuple[dict, dict], tuple | None, Any]]:
+        """(host, id(rule)) -> (clusters, assignments), the cross-push key, the rule."""
         return {}
 
     def service_resources(self, host: str, proxy_namespace: str) -> tuple[dict, dict]:
@@ -81,7 +96,8 @@ class World:
         service = self.services[host]
         rule = self.destination_rules.lookup(host, proxy_namespace, service.namespace)
         key = (host, id(rule))
-        found = self._service_cache.get(key)
+        entry = self._service_cache.get(key)
+        found = entry[0] if entry is not None else None
         if found is None:
             timeout = self.config.mesh.connect_timeout
             budget = self.retry_budgets.get(host)
@@ -104,17 +120,52 @@ class World:
                 )
             if lasting is not None:
                 self.cache.put(lasting, (rule, found))
-            self._service_cache[key] = found
+            self._service_cache[key] = (found, lasting, rule)
         return found
+
+    def keep_service_resources(self, other: World, unchanged: Callable[[str], bool]) -> None:
+        """Take `other`'s per-service outputs for the hosts `unchanged` accepts, and keep
+        them in the cross-push cache for the next push too."""
+        for key, entry in other._service_cache.items():
+            if unchanged(key[0]):
+                self._service_cache[key] = entry
+                found, lasting, rule = entry
+                if lasting is not None and self.cache is not None:
+                    self.cache.put(lasting, (rule, found))
 
     @cached_property
     def uses_source_labels(self) -> bool:
         """Whether any route depends on the labels of the proxy it is built for."""
-        for vs in self.config.of_kind(model.VIRTUAL_SERVICE):
-            rules = [*vs.spec.http, *vs.spec.tcp]
-            if any(m.source_labels for rule in rules for m in rule.match):
-                return True
-        return False
+        return any(
+            _uses_source_labels(vs.spec) for vs in self.config.of_kind(model.VIRTUAL_SERVICE)
+        )
+
+
+_REGISTRY_KINDS = (model.SERVICE, model.SERVICE_ENTRY, model.WORKLOAD_ENTRY)
+
+
+def _same_objects(old: tuple[tuple, ...], new: tuple[tuple, ...]) -> bool:
+    return len(old) == len(new) and all(
+        len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+        for a, b in zip(old, new, strict=True)
+    )
+
+
+_SOURCE_LABELS: dict[int, tuple[Any, bool]] = {}
+
+
+def _uses_source_labels(spec: Any) -> bool:
+    """Whether a VirtualService matches on sourceLabels; memoised per spec object (specs
+    of unchanged files are the same objects from push to push)."""
+    found = _SOURCE_LABELS.get(id(spec))
+    if found is not None and found[0] is spec:
+        return found[1]
+    rules = [*spec.http, *spec.tcp]
+    uses = any(m.source_labels for rule in rules for m in rule.match)
+    if len(_SOURCE_LABELS) > 65536:
+        _SOURCE_LABELS.clear()
+    _SOURCE_LABELS[id(spec)] = (spec, uses)
+    return uses
 
 
 def _service_key(service: Service) -> tuple:
@@ -181,7 +232,13 @@ class Translator:
             shared = {
                 CLUSTER: ResourceSet(clusters),
                 ENDPOINT: ResourceSet(assignments),
-                ROUTE: ResourceSet(pack_all([route_config])),
+                ROUTE: ResourceSet(
+                    {
+                        OUTBOUND_ROUTE_NAME: pack_serialized(
+                            OUTBOUND_ROUTE_NAME, ROUTE_CONFIGURATION, route_config
+                        )
+                    }
+                ),
                 TCP_ROUTES: outbound_tcp_routes(ctx, owners),
                 VIEW_HOSTS: frozenset(services),
             }
@@ -205,9 +262,7 @@ class Translator:
             for h in world.services.keys() | old.services.keys()
             if old.services.get(h) != world.services.get(h)
         }
-        for key, value in old._service_cache.items():
-            if key[0] not in changed:
-                world._service_cache[key] = value
+        world.keep_service_resources(old, lambda host: host not in changed)
         translator = cls(world)
         for key, view in previous._shared.items():
             affected = changed & view[VIEW_HOSTS]

@@ -177,7 +177,10 @@ class MeshState:
             or workloads != self.world.proxies
         ):
             self.generation += 1
-            self._cache.next_round()
+            if self.config is self.world.config:
+                self._cache.endpoint_round()
+            else:
+                self._cache.next_round()
             previous, self.world = (
                 self._translator,
                 World(self.config, workloads, self.generation, self._cache),

@@ -34,6 +34,7 @@ def syncz(streams: dict[str, StreamInfo], generation: int) -> dict[str, Any]:
                 "nack_error": state.nack_message,
                 "nacks": state.nacks,
                 "responses_sent": state.responses_sent,
+                "bytes_sent": state.bytes_sent,
                 "resources": len(state.sent),
                 "generation": state.sent_generation,
             }

@@ -223,6 +223,7 @@ class DeltaStream(SotwStream):
         state.sent_generation = self.generation
         state.pending = True
         state.responses_sent += 1
+        state.bytes_sent += len(sent.body)
         out = [sent]
         if state.type_url == CLUSTER and endpoints is not None and endpoints.sent_nonce:
             # A changed cluster warms until it gets its assignment again, even an unchanged

@@ -77,6 +77,7 @@ class TypeState:
     sent_nonce: str = ""
     sent_generation: int = -1
     responses_sent: int = 0
+    bytes_sent: int = 0
     pending: bool = False  # a response is out and neither ACKed nor NACKed
     acked_version: str = ""
     acked_nonce: str = ""
@@ -299,6 +300,7 @@ class SotwStream:
         state.sent_generation = self.generation
         state.pending = True
         state.responses_sent += 1
+        state.bytes_sent += len(sent.body)
         out = [sent]
         if changed_clusters:
             # A changed cluster warms until it gets its assignment again, even an unchanged one.
