@@ -97,7 +97,8 @@ class ResourceSet(Mapping[str, Packed]):
     proxy that sees the same ones, its version computed once. `base` lets a proxy's set be
     a shared set plus a few of its own without copying the shared part."""
 
-    __slots__ = ("_own", "_base", "_total", "_count", "_keys")
+    __slots__ = ("_own", "_base", "_total", "_count", "_keys", "_depth")
+    MAX_DEPTH = 8  # overlays on overlays are flattened beyond this
 
     def __init__(self, own: Mapping[str, Packed], base: ResourceSet | None = None) -> None:
         self._own = dict(own)
@@ -110,6 +111,17 @@ class ResourceSet(Mapping[str, Packed]):
             count = base._count + count - hidden_count
         self._total, self._count = total & _MASK, count
         self._keys: frozenset[str] | None = None
+        self._depth = 0 if base is None else base._depth + 1
+
+    @classmethod
+    def overlay(cls, base: ResourceSet, own: Mapping[str, Packed]) -> ResourceSet:
+        """`base` with `own` replacing or adding resources, without copying `base`
+        (flattened once overlays pile up, so lookups stay short)."""
+        if base._depth + 1 > cls.MAX_DEPTH:
+            merged = dict(base.items())
+            merged.update(own)
+            return cls(merged)
+        return cls(own, base=base)
 
     @property
     def version(self) -> str:

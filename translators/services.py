@@ -121,8 +121,17 @@ class _WorkloadIndex:
     def __init__(self, workloads: Sequence[_Workload]) -> None:
         self.by_label: dict[tuple[str, str, str], list[_Workload]] = {}
         for w in workloads:
-            for key, value in w.labels.items():
-                self.by_label.setdefault((w.namespace, key, value), []).append(w)
+            self.add(w)
+
+    def add(self, w: _Workload) -> None:
+        for key, value in w.labels.items():
+            self.by_label.setdefault((w.namespace, key, value), []).append(w)
+
+    def remove(self, w: _Workload) -> None:
+        for key, value in w.labels.items():
+            found = self.by_label.get((w.namespace, key, value))
+            if found is not None and w in found:
+                found.remove(w)
 
     def select(self, namespace: str, selector: Mapping[str, str]) -> list[_Workload]:
         if not selector:
@@ -142,7 +151,12 @@ def _first_per_number(ports: Iterable[ServicePort]) -> tuple[ServicePort, ...]:
     return tuple(seen.values())
 
 
+def _endpoint_order(e: Endpoint) -> tuple:
+    return (e.address, e.port, e.weight, tuple(sorted(e.labels.items())))
+
+
 def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> dict[int, tuple]:
+    """Endpoints per service port, in an order that does not depend on the members'."""
     by_port: dict[int, tuple[Endpoint, ...]] = {}
     for port in ports:
         found = []
@@ -150,17 +164,37 @@ def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> di
             number = w.endpoint_port(port)
             if number:
                 found.append(Endpoint(w.address, number, w.labels, w.weight))
-        by_port[port.port] = tuple(sorted(found, key=lambda e: (e.address, e.port)))
+        by_port[port.port] = tuple(sorted(found, key=_endpoint_order))
     return by_port
 
 
-def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> dict[str, Service]:
-    """Every service in the mesh by hostname; the first definition of a hostname wins."""
-    workloads = _WorkloadIndex(_workloads(config, proxies))
-    services: dict[str, Service] = {}
+_RESOLUTIONS = {
+    service_entry_pb2.ServiceEntry.STATIC: EDS,
+    service_entry_pb2.ServiceEntry.DNS: STRICT_DNS,
+    service_entry_pb2.ServiceEntry.DNS_ROUND_ROBIN: LOGICAL_DNS,
+    service_entry_pb2.ServiceEntry.NONE: PASSTHROUGH,
+}
 
-    for res in config.of_kind(model.SERVICE):
-        spec = res.spec
+
+def _hosts(res: model.ConfigResource) -> list[str]:
+    """The hostnames a Service or ServiceEntry defines."""
+    if res.kind == model.SERVICE:
+        return [fqdn(res.name, res.namespace)]
+    if _RESOLUTIONS.get(res.spec.resolution) is None:
+        return []
+    return [host.lower() for host in res.spec.hosts]
+
+
+def _selector(res: model.ConfigResource) -> Mapping[str, str]:
+    if res.kind == model.SERVICE:
+        return res.spec.selector
+    return res.spec.workload_selector.labels
+
+
+def _service(res: model.ConfigResource, host: str, workloads: _WorkloadIndex) -> Service:
+    """The service `res` defines for `host`, with its endpoints."""
+    spec = res.spec
+    if res.kind == model.SERVICE:
         ports = _first_per_number(
             ServicePort(
                 p.name, p.port, p.target_port or p.port, port_protocol(p.name, p.app_protocol)
@@ -168,58 +202,92 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
             for p in spec.ports
         )
         members = workloads.select(res.namespace, spec.selector)
-        host = fqdn(res.name, res.namespace)
-        services.setdefault(
-            host,
-            Service(
-                hostname=host,
-                namespace=res.namespace,
-                short_name=res.name,
-                ports=ports,
-                vips=(spec.cluster_ip,) if spec.cluster_ip and spec.cluster_ip != "None" else (),
-                endpoints=_endpoints(ports, members),
-            ),
+        return Service(
+            hostname=host,
+            namespace=res.namespace,
+            short_name=res.name,
+            ports=ports,
+            vips=(spec.cluster_ip,) if spec.cluster_ip and spec.cluster_ip != "None" else (),
+            endpoints=_endpoints(ports, members),
         )
+    kind = _RESOLUTIONS[spec.resolution]
+    ports = _first_per_number(
+        ServicePort(p.name, p.number, p.target_port or p.number, port_protocol(p.name, p.protocol))
+        for p in spec.ports
+    )
+    members = [
+        _Workload(res.namespace, e.address, dict(e.labels), dict(e.ports), weight=e.weight or 1)
+        for e in spec.endpoints
+    ]
+    members += workloads.select(res.namespace, spec.workload_selector.labels)
+    if kind == PASSTHROUGH:
+        members = []
+    elif kind != EDS and not members:
+        members = [_Workload(res.namespace, host, {}, {})]
+    return Service(
+        hostname=host,
+        namespace=res.namespace,
+        short_name="",
+        ports=ports,
+        resolution=kind,
+        vips=tuple(a for a in spec.addresses if "/" not in a),
+        endpoints=_endpoints(ports, members),
+    )
 
-    resolution_kind = {
-        service_entry_pb2.ServiceEntry.STATIC: EDS,
-        service_entry_pb2.ServiceEntry.DNS: STRICT_DNS,
-        service_entry_pb2.ServiceEntry.DNS_ROUND_ROBIN: LOGICAL_DNS,
-        service_entry_pb2.ServiceEntry.NONE: PASSTHROUGH,
-    }
-    for res in config.of_kind(model.SERVICE_ENTRY):
-        se = res.spec
-        kind = resolution_kind.get(se.resolution)
-        if kind is None:
-            continue
-        ports = _first_per_number(
-            ServicePort(
-                p.name, p.number, p.target_port or p.number, port_protocol(p.name, p.protocol)
-            )
-            for p in se.ports
-        )
-        members = [
-            _Workload(res.namespace, e.address, dict(e.labels), dict(e.ports), weight=e.weight or 1)
-            for e in se.endpoints
-        ]
-        members += workloads.select(res.namespace, se.workload_selector.labels)
-        for host in se.hosts:
-            host = host.lower()
-            host_members = members
-            if kind == PASSTHROUGH:
-                host_members = []
-            elif kind != EDS and not members:
-                host_members = [_Workload(res.namespace, host, {}, {})]
-            services.setdefault(
-                host,
-                Service(
-                    hostname=host,
-                    namespace=res.namespace,
-                    short_name="",
-                    ports=ports,
-                    resolution=kind,
-                    vips=tuple(a for a in se.addresses if "/" not in a),
-                    endpoints=_endpoints(ports, host_members),
-                ),
-            )
-    return services
+
+@dataclass
+class Registry:
+    """The services of one config and set of workloads, with what an update needs:
+    which resource defines each host, and which resources select workloads."""
+
+    services: dict[str, Service]
+    proxies: tuple[model.Proxy, ...]
+    definitions: dict[str, model.ConfigResource]  # host -> the resource that wins it
+    selecting: dict[str, list[model.ConfigResource]]  # namespace -> resources with selectors
+    index: _WorkloadIndex
+
+
+def build_registry(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> Registry:
+    """Every service in the mesh by hostname; the first definition of a hostname wins."""
+    index = _WorkloadIndex(_workloads(config, proxies))
+    definitions: dict[str, model.ConfigResource] = {}
+    selecting: dict[str, list[model.ConfigResource]] = {}
+    for res in (*config.of_kind(model.SERVICE), *config.of_kind(model.SERVICE_ENTRY)):
+        hosts = _hosts(res)
+        for host in hosts:
+            definitions.setdefault(host, res)
+        if hosts and _selector(res):
+            selecting.setdefault(res.namespace, []).append(res)
+    services = {host: _service(res, host, index) for host, res in definitions.items()}
+    return Registry(services, tuple(proxies), definitions, selecting, index)
+
+
+def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> dict[str, Service]:
+    return build_registry(config, proxies).services
+
+
+def _sidecar_workload(proxy: model.Proxy) -> _Workload:
+    return _Workload(proxy.namespace, proxy.ip, proxy.labels, {}, sidecar=proxy)
+
+
+def update_registry(previous: Registry, proxies: Sequence[model.Proxy]) -> Registry:
+    """`previous` with other workloads connected (the config unchanged): only the
+    services that select a workload that came, went or changed are built again."""
+    before = {p.node_id: p for p in previous.proxies if can_be_endpoint(p)}
+    after = {p.node_id: p for p in proxies if can_be_endpoint(p)}
+    gone = [p for n, p in before.items() if after.get(n) != p]
+    came = [p for n, p in after.items() if before.get(n) != p]
+    index = previous.index  # taken over: the previous registry is not updated again
+    for proxy in gone:
+        index.remove(_sidecar_workload(proxy))
+    for proxy in came:
+        index.add(_sidecar_workload(proxy))
+    hosts: set[str] = set()
+    for proxy in (*gone, *came):
+        for res in previous.selecting.get(proxy.namespace, ()):
+            if selects(_selector(res), proxy.labels):
+                hosts.update(h for h in _hosts(res) if previous.definitions.get(h) is res)
+    services = dict(previous.services)
+    for host in hosts:
+        services[host] = _service(previous.definitions[host], host, index)
+    return Registry(services, tuple(proxies), previous.definitions, previous.selecting, index)

@@ -33,14 +33,27 @@ from translators.routes import (
     outbound_route_config,
     sidecar_virtual_services,
 )
-from translators.services import Service, build_services
-from translators.tcp_routes import outbound_tcp_listeners, outbound_tcp_routes, tcp_app_ports
+from translators.services import Service, build_registry, build_services, update_registry
+from translators.tcp_routes import (
+    PortUse,
+    outbound_tcp_listeners,
+    outbound_tcp_routes,
+    port_uses,
+    tcp_app_ports,
+    update_port_uses,
+)
 
 ROUTE_CONFIGURATION = "envoy.config.route.v3.RouteConfiguration"
 TCP_ROUTES = "tcp_routes"  # shared per proxy view; wrapped into listeners per proxy
 VIEW_HOSTS = "hosts"  # the services a view sees
 # World properties that depend on the config alone: kept when only workloads change.
-_CONFIG_ONLY = ("destination_rules", "linkerd_routes", "retry_budgets", "route_cache")
+_CONFIG_ONLY = (
+    "destination_rules",
+    "linkerd_routes",
+    "retry_budgets",
+    "route_cache",
+    "uses_source_labels",
+)
 
 
 @dataclass(frozen=True)
@@ -55,17 +68,26 @@ class World:
 
     @cached_property
     def services(self) -> dict[str, Service]:
-        """The registry; the previous push's when its inputs are the same objects (an
-        edit of anything but services and workloads leaves it as it was)."""
+        """The registry: the previous push's when its inputs are the same objects (an
+        edit of anything but services and workloads leaves it as it was), updated where
+        workloads came or went when only they changed."""
         if self.cache is None:
             return build_services(self.config, self.proxies)
         inputs = tuple(tuple(self.config.of_kind(kind)) for kind in _REGISTRY_KINDS)
         kept = self.cache.get(("services",))
-        if kept is not None and kept[1] == self.proxies and _same_objects(kept[0], inputs):
-            return kept[2]
-        services = build_services(self.config, self.proxies)
-        self.cache.put(("services",), (inputs, self.proxies, services))
-        return services
+        if kept is not None and _same_objects(kept[0], inputs):
+            registry = kept[1]
+            if registry.proxies != self.proxies:
+                registry = update_registry(registry, self.proxies)
+        else:
+            registry = build_registry(self.config, self.proxies)
+        self.cache.put(("services",), (inputs, registry))
+        return registry.services
+
+    @cached_property
+    def port_uses(self) -> PortUse:
+        """Which service ports reach each address (translators.tcp_routes)."""
+        return port_uses(self.services)
 
     @cached_property
     def destination_rules(self) -> DestinationRuleIndex:
@@ -124,14 +146,11 @@ class World:
         return found
 
     def keep_service_resources(self, other: World, unchanged: Callable[[str], bool]) -> None:
-        """Take `other`'s per-service outputs for the hosts `unchanged` accepts, and keep
-        them in the cross-push cache for the next push too."""
+        """Take `other`'s per-service outputs for the hosts `unchanged` accepts (an
+        endpoint change keeps the cache's round going, so they stay there too)."""
         for key, entry in other._service_cache.items():
             if unchanged(key[0]):
                 self._service_cache[key] = entry
-                found, lasting, rule = entry
-                if lasting is not None and self.cache is not None:
-                    self.cache.put(lasting, (rule, found))
 
     @cached_property
     def uses_source_labels(self) -> bool:
@@ -260,9 +279,14 @@ class Translator:
         changed = {
             h
             for h in world.services.keys() | old.services.keys()
-            if old.services.get(h) != world.services.get(h)
+            if (before := old.services.get(h)) is not (now := world.services.get(h))
+            and before != now
         }
         world.keep_service_resources(old, lambda host: host not in changed)
+        if "port_uses" in old.__dict__:
+            world.__dict__["port_uses"] = update_port_uses(
+                old.port_uses, old.services, world.services, changed
+            )
         translator = cls(world)
         for key, view in previous._shared.items():
             affected = changed & view[VIEW_HOSTS]
@@ -270,26 +294,38 @@ class Translator:
                 translator._shared[key] = view
                 continue
             namespace = key[0]
-            clusters, assignments = dict(view[CLUSTER].items()), dict(view[ENDPOINT].items())
-            same_clusters = True
+            new_assignments: dict[str, Packed] = {}
+            renamed = False  # an assignment name came or went: no overlay
+            changed_clusters: list[tuple[dict, dict]] = []
             for host in affected:
                 old_clusters, old_assignments = old.service_resources(host, namespace)
-                new_clusters, new_assignments = world.service_resources(host, namespace)
-                for name in old_assignments:
-                    assignments.pop(name, None)
-                assignments.update(new_assignments)
-                if {n: p.hash for n, p in old_clusters.items()} != {
-                    n: p.hash for n, p in new_clusters.items()
-                }:
-                    same_clusters = False
+                new_clusters, now = world.service_resources(host, namespace)
+                new_assignments.update(now)
+                renamed = renamed or old_assignments.keys() != now.keys()
+                if any(
+                    (p := new_clusters.get(n)) is None or p.hash != q.hash
+                    for n, q in old_clusters.items()
+                ) or len(old_clusters) != len(new_clusters):
+                    changed_clusters.append((old_clusters, new_clusters))
+            clusters = view[CLUSTER]
+            if changed_clusters:
+                merged = dict(clusters.items())
+                for old_clusters, new_clusters in changed_clusters:
                     for name in old_clusters:
-                        clusters.pop(name, None)
-                    clusters.update(new_clusters)
-            translator._shared[key] = {
-                **view,
-                CLUSTER: view[CLUSTER] if same_clusters else ResourceSet(clusters),
-                ENDPOINT: ResourceSet(assignments),
-            }
+                        merged.pop(name, None)
+                    merged.update(new_clusters)
+                clusters = ResourceSet(merged)
+            if renamed:
+                assignments = dict(view[ENDPOINT].items())
+                for host in affected:
+                    for name in old.service_resources(host, namespace)[1]:
+                        assignments.pop(name, None)
+                assignments.update(new_assignments)
+                endpoints = ResourceSet(assignments)
+            else:
+                # The same names with new content: a small set over the view's.
+                endpoints = ResourceSet.overlay(view[ENDPOINT], new_assignments)
+            translator._shared[key] = {**view, CLUSTER: clusters, ENDPOINT: endpoints}
         return translator
 
     def translate(self, proxy: model.Proxy) -> Resources:
@@ -297,7 +333,7 @@ class Translator:
             return gateways.translate_gateway(self.world, proxy)
         shared = self._outbound(proxy)
         inbound = pack_all(inbound_clusters(self.world.config, proxy))
-        listeners = sidecar_listeners(proxy, tcp_app_ports(proxy, self.world.services))
+        listeners = sidecar_listeners(proxy, tcp_app_ports(proxy, self.world.port_uses))
         listeners += outbound_tcp_listeners(proxy, shared[TCP_ROUTES])
         return {
             CLUSTER: ResourceSet(inbound, base=shared[CLUSTER]),

@@ -140,14 +140,52 @@ def outbound_tcp_listeners(
     ]
 
 
-def tcp_app_ports(proxy: model.Proxy, services: Mapping[str, Service]) -> set[int]:
+PortUse = dict[str, dict[str, frozenset[tuple[int, bool]]]]
+
+
+def port_uses(services: Mapping[str, Service]) -> PortUse:
+    """address -> host -> (endpoint port, reached by HTTP) for every endpoint: built once
+    per registry, so each proxy's inbound listeners need no scan of every service."""
+    uses: dict[str, dict[str, set[tuple[int, bool]]]] = {}
+    for host, service in services.items():
+        for address, found in _host_uses(service).items():
+            uses.setdefault(address, {})[host] = found
+    return uses  # type: ignore[return-value]
+
+
+def _host_uses(service: Service) -> dict[str, frozenset[tuple[int, bool]]]:
+    found: dict[str, set[tuple[int, bool]]] = {}
+    for port in service.ports:
+        for endpoint in service.endpoints.get(port.port, ()):
+            found.setdefault(endpoint.address, set()).add((endpoint.port, port.is_http))
+    return {address: frozenset(uses) for address, uses in found.items()}
+
+
+def update_port_uses(
+    previous: PortUse, before: Mapping[str, Service], after: Mapping[str, Service], hosts
+) -> PortUse:
+    """`previous` with the endpoints of `hosts` taken from `after` instead of `before`."""
+    uses = dict(previous)
+    for host in hosts:
+        old = before.get(host)
+        for address in _host_uses(old) if old is not None else ():
+            entry = uses[address] = dict(uses.get(address, {}))
+            entry.pop(host, None)
+            if not entry:
+                del uses[address]
+        new = after.get(host)
+        for address, found in (_host_uses(new) if new is not None else {}).items():
+            entry = uses[address] = dict(uses.get(address, {}))
+            entry[host] = found
+    return uses
+
+
+def tcp_app_ports(proxy: model.Proxy, uses: PortUse) -> set[int]:
     """App ports of `proxy` that only TCP service ports reach (so inbound is tcp_proxy)."""
     inbound_to_app = {p.inbound_port: p.app_port for p in proxy.ports}
     protocols: dict[int, set[bool]] = {}
-    for service in services.values():
-        for port in service.ports:
-            for endpoint in service.endpoints.get(port.port, ()):
-                if endpoint.address == proxy.ip and endpoint.port in inbound_to_app:
-                    app = inbound_to_app[endpoint.port]
-                    protocols.setdefault(app, set()).add(port.is_http)
+    for found in uses.get(proxy.ip, {}).values():
+        for endpoint_port, is_http in found:
+            if endpoint_port in inbound_to_app:
+                protocols.setdefault(inbound_to_app[endpoint_port], set()).add(is_http)
     return {app for app, kinds in protocols.items() if kinds == {False}}
