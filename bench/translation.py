@@ -195,7 +195,7 @@ def measure_edits(count: int, runs: int, full: bool = False) -> dict[str, float]
         started = time.perf_counter()
         cache.next_round()
         world = World(config, world.proxies, world.generation + 1, cache)
-        translator = Translator(world)
+        translator = Translator.after_config_change(translator, world)
         translator.translate(proxy)
         vs_times.append(time.perf_counter() - started)
         # One workload joins: an endpoint change.

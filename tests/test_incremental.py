@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import config_from, plain_service_yaml, routes_to, service_yaml, sidecar
-from translators import model
+from translators import model, routes
 from translators.cache import CrossPushCache
 from translators.resources import CLUSTER, ENDPOINT, ROUTE
 from translators.snapshot import Translator, World
@@ -25,6 +25,32 @@ OTHER_RULE = (
     "spec:\n  host: ratings.default.svc.cluster.local\n"
     "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}\n"
 )
+WILDCARD_VS = (
+    "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
+    "metadata: {name: everything}\n"
+    "spec:\n  hosts: ['*.default.svc.cluster.local']\n  http:\n"
+    "  - route: [{destination: {host: details, subset: v1}}]\n"
+)
+UNBOUND_VS = (
+    "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
+    "metadata: {name: outside}\n"
+    "spec:\n  hosts: [api.example.com]\n  http:\n"
+    "  - route: [{destination: {host: ratings}}]\n"
+)
+GATEWAY_VS = (
+    "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
+    "metadata: {name: edge}\n"
+    "spec:\n  hosts: [ratings]\n  gateways: [edge-gateway]\n  http:\n"
+    "  - route: [{destination: {host: ratings, subset: v2}}]\n"
+)
+NAMESPACE_VS = (
+    "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
+    "metadata: {name: by-source, namespace: other}\n"
+    "spec:\n  hosts: [productpage.default.svc.cluster.local]\n  http:\n"
+    "  - match: [{sourceNamespace: other}]\n"
+    "    route: [{destination: {host: productpage.default.svc.cluster.local, subset: v2}}]\n"
+    "  - route: [{destination: {host: productpage.default.svc.cluster.local, subset: v1}}]\n"
+)
 _BASE = config_from(BASE)
 
 
@@ -40,6 +66,14 @@ CONFIGS = [
     _with(routes_to("v1", "v2")),
     _with(routes_to("v3"), TCP, OTHER_RULE),
     config_from(plain_service_yaml(*SERVICES)),
+    # VirtualService-only edits, which views take in place (Translator.after_config_change).
+    _with(routes_to("v2")),
+    _with(routes_to("v1", "v3"), WILDCARD_VS),
+    _with(WILDCARD_VS),
+    _with(UNBOUND_VS, routes_to("v2")),
+    _with(GATEWAY_VS, routes_to("v1", "v2")),
+    _with(NAMESPACE_VS, routes_to("v2")),
+    _with(NAMESPACE_VS),
 ]
 CLIENTS = [
     sidecar("client-default", "client"),
@@ -62,7 +96,7 @@ def hashes(translator: Translator, proxies) -> dict:
     }
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(
         st.tuples(st.sampled_from(["join", "leave", "config"]), st.integers(0, 9)), max_size=12
@@ -91,7 +125,7 @@ def test_incremental_equals_cold(steps) -> None:
         if same_config:
             translator = Translator.after_endpoint_change(translator, world)
         else:
-            translator = Translator(world)
+            translator = Translator.after_config_change(translator, world)
         proxies = [*CLIENTS, *joined.values()]
         cold = Translator(World(config, world.proxies))
         assert hashes(translator, proxies) == hashes(cold, proxies)
@@ -128,3 +162,31 @@ def test_a_route_configuration_joined_from_cached_parts_is_what_protobuf_writes(
         message = route_pb2.RouteConfiguration.FromString(packed.any.value)
         assert len(message.virtual_hosts) > len(SERVICES)
         assert message.SerializeToString(deterministic=True) == packed.any.value
+
+
+def test_a_virtual_service_edit_rebuilds_only_the_virtual_hosts_of_its_host(monkeypatch) -> None:
+    names = [f"svc-{i}" for i in range(100)]
+    base = config_from(service_yaml(*names), *(routes_to("v1", name=n, host=n) for n in names))
+    proxies = (sidecar("client-default", "client"),)
+    cache = CrossPushCache()
+    translator = Translator(World(base, proxies, cache=cache))
+    first = translator.translate(proxies[0])
+    built: list[tuple[str, int]] = []
+    real = routes._build_routes
+    monkeypatch.setattr(
+        routes, "_build_routes", lambda h, p, s, c: built.append((h, p)) or real(h, p, s, c)
+    )
+    edited = config_from(routes_to("v2", name="svc-7", host="svc-7")).resources
+    resources = [r for r in base.resources if r.ref != "VirtualService default/svc-7"]
+    config = model.MeshConfig(resources=(*resources, *edited), mesh=base.mesh)
+    cache.next_round()
+    after = Translator.after_config_change(translator, World(config, proxies, cache=cache))
+    second = after.translate(proxies[0])
+    assert built == [("svc-7.default.svc.cluster.local", 9080)]
+    assert second[CLUSTER]._base is first[CLUSTER]._base  # clusters untouched
+    assert second[ENDPOINT] is first[ENDPOINT]
+    assert second[ROUTE]["http_proxy"].hash != first[ROUTE]["http_proxy"].hash
+    cold = Translator(World(config, proxies)).translate(proxies[0])
+    assert {t: {n: p.hash for n, p in r.items()} for t, r in second.items()} == {
+        t: {n: p.hash for n, p in r.items()} for t, r in cold.items()
+    }

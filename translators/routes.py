@@ -8,7 +8,7 @@ without a port go to the service's default port (80 if it has one, else its firs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -341,39 +341,64 @@ class RouteSource:
     ref: str
 
 
+def is_sidecar_virtual_service(vs: model.ConfigResource) -> bool:
+    """Bound to sidecars: no `gateways`, or one that names `mesh`."""
+    return not vs.spec.gateways or MESH_GATEWAY in vs.spec.gateways
+
+
 def sidecar_virtual_services(config: model.MeshConfig) -> list[model.ConfigResource]:
-    """VirtualServices bound to sidecars: no `gateways`, or one that names `mesh`."""
-    return [
-        vs
-        for vs in config.of_kind(model.VIRTUAL_SERVICE)
-        if not vs.spec.gateways or MESH_GATEWAY in vs.spec.gateways
-    ]
+    """VirtualServices bound to sidecars."""
+    return [vs for vs in config.of_kind(model.VIRTUAL_SERVICE) if is_sidecar_virtual_service(vs)]
+
+
+class Bindings:
+    """Which VirtualService owns a host: exact names first, else the most specific
+    wildcard; the oldest wins a tie, as Istio does for sidecars. Built once per config."""
+
+    def __init__(self, virtual_services: Sequence[model.ConfigResource]) -> None:
+        self.hosts: list[tuple[str, model.ConfigResource]] = [
+            (fqdn(raw, vs.namespace), vs) for vs in virtual_services for raw in vs.spec.hosts
+        ]
+        self.exact: dict[str, model.ConfigResource] = {}
+        for host, vs in self.hosts:
+            self.exact.setdefault(host, vs)
+        self.wildcards = [(h, vs) for h, vs in self.hosts if "*" in h]
+
+    def owner(self, host: str, service_hosts: Collection[str]) -> model.ConfigResource | None:
+        """The owner of service host `host` among `service_hosts` (a VS host that is a
+        service itself names only that service, never others by its wildcard)."""
+        found = self.exact.get(host)
+        if found is not None:
+            return found
+        best: tuple[int, model.ConfigResource] | None = None
+        for pattern, vs in self.wildcards:
+            if pattern in service_hosts or not host_matches(pattern, host):
+                continue
+            if best is None or len(pattern) > best[0]:
+                best = (len(pattern), vs)
+        return best[1] if best is not None else None
+
+    def bind(self, services: Iterable[str]):
+        """Each service host -> its owner; plus the VS hosts that name no service."""
+        service_hosts = services if isinstance(services, Collection) else set(services)
+        owner = {}
+        for host in service_hosts:
+            found = self.owner(host, service_hosts)
+            if found is not None:
+                owner[host] = found
+        unbound = [
+            (host, vs)
+            for host, vs in self.hosts
+            if host not in service_hosts
+            and not ("*" in host and any(host_matches(host, s) for s in service_hosts))
+        ]
+        return owner, unbound
 
 
 def bind_hosts(virtual_services: Sequence[model.ConfigResource], services: Iterable[str]):
-    """Each service host -> the VirtualService that owns it (exact first, else most specific
-    wildcard; the oldest wins a tie, as Istio does for sidecars); plus the VS hosts that
-    name no service."""
-    owner: dict[str, model.ConfigResource] = {}
-    wildcard: dict[str, tuple[int, model.ConfigResource]] = {}
-    unbound: list[tuple[str, model.ConfigResource]] = []
-    service_hosts = set(services)
-    for vs in virtual_services:
-        for raw in vs.spec.hosts:
-            host = fqdn(raw, vs.namespace)
-            if host in service_hosts:
-                owner.setdefault(host, vs)
-                continue
-            covered = [svc for svc in service_hosts if "*" in host and host_matches(host, svc)]
-            for svc in covered:
-                best = wildcard.get(svc)
-                if best is None or len(host) > best[0]:
-                    wildcard[svc] = (len(host), vs)
-            if not covered:
-                unbound.append((host, vs))
-    for svc, (_, vs) in wildcard.items():
-        owner.setdefault(svc, vs)
-    return owner, unbound
+    """Each service host -> the VirtualService that owns it; plus the VS hosts that name
+    no service (see Bindings)."""
+    return Bindings(virtual_services).bind(services)
 
 
 def _source(vs: model.ConfigResource) -> RouteSource:
@@ -399,17 +424,21 @@ def claim_domains(vhosts: Sequence[_VHost]) -> list[tuple[str, tuple[str, ...], 
     ]
 
 
-def _vhost_bytes(
+def _vhost_field(
     name: str, domains: tuple[str, ...], routes: list[rc.Route], cache: CrossPushCache | None
 ) -> bytes:
-    """One VirtualHost, serialized; kept across pushes while its routes are the same."""
+    """One VirtualHost, serialized as a RouteConfiguration field; kept across pushes
+    while its routes are the same."""
     key = ("vhost", name, domains, id(routes))
     found = cache.get(key) if cache is not None else None
     if found is not None:
         return found[1]
-    body = rc.VirtualHost(
-        name=name, domains=domains, routes=routes, include_request_attempt_count=True
-    ).SerializeToString(deterministic=True)
+    body = _field(
+        2,
+        rc.VirtualHost(
+            name=name, domains=domains, routes=routes, include_request_attempt_count=True
+        ).SerializeToString(deterministic=True),
+    )
     if cache is not None:
         cache.put(key, (routes, body))  # holds the routes: their id stays theirs
     return body
@@ -429,15 +458,37 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def route_configuration_bytes(name: str, virtual_hosts: Iterable[bytes]) -> bytes:
-    """A RouteConfiguration {name, virtual_hosts, validate_clusters: false} serialized
-    from serialized virtual hosts, exactly as deterministic serialization writes it
-    (fields in number order): a push joins cached bytes instead of building 1000
-    messages again."""
-    parts = [_field(1, name.encode())]
-    parts += [_field(2, body) for body in virtual_hosts]
-    parts.append(_field(7, b""))  # validate_clusters: BoolValue(false)
-    return b"".join(parts)
+@dataclass(frozen=True)
+class RouteParts:
+    """A view's outbound route configuration as its virtual hosts (name -> the domains
+    it won, and its serialized field), so that an edit replaces a few and joins again."""
+
+    vhosts: Mapping[str, tuple[tuple[str, ...], bytes]]  # in order
+    catch_all: bytes
+    has_unbound: bool  # a vhost for a VS host outside the registry
+
+    def serialized(self) -> bytes:
+        return b"".join(
+            (
+                _field(1, OUTBOUND_ROUTE_NAME.encode()),
+                *(part for _, part in self.vhosts.values()),
+                _field(2, self.catch_all),
+                _field(7, b""),
+            )
+        )
+
+    def with_routes(
+        self, routes: Mapping[str, list[rc.Route]], cache: CrossPushCache | None
+    ) -> RouteParts:
+        """These vhosts with new routes: domains stay as claimed, since no domain
+        changed."""
+        vhosts = dict(self.vhosts)
+        for name, new in routes.items():
+            if name not in vhosts:
+                continue  # every domain of it went to other vhosts: it is not sent
+            domains = vhosts[name][0]
+            vhosts[name] = (domains, _vhost_field(name, domains, new, cache))
+        return RouteParts(vhosts, self.catch_all, self.has_unbound)
 
 
 def _source_facts(source: RouteSource) -> tuple[tuple[str, ...], bool, bool]:
@@ -498,11 +549,14 @@ def outbound_route_config(
     extra_sources: Mapping[str, RouteSource] | None = None,
     allow_any: bool = True,
     host_visible: Callable[[str], bool] | None = None,
-) -> bytes:
-    """The sidecar's one route configuration, serialized: a vhost per HTTP service port,
-    the VS hosts outside the registry, and the catch-all for everything else."""
+    bindings: Bindings | None = None,
+) -> RouteParts:
+    """The sidecar's one route configuration: a vhost per HTTP service port, the VS
+    hosts outside the registry, and the catch-all for everything else."""
     services = ctx.services
-    owner, unbound = bind_hosts(sidecar_virtual_services(config), services)
+    if bindings is None:
+        bindings = Bindings(sidecar_virtual_services(config))
+    owner, unbound = bindings.bind(services)
     sources = {host: _source(vs) for host, vs in owner.items()}
     for host, source in (extra_sources or {}).items():
         sources.setdefault(host, source)
@@ -523,12 +577,40 @@ def outbound_route_config(
         seen_unbound.add(host)
         domains = [(0, host)] if "*" in host else [(0, host), (0, f"{host}:*")]
         vhosts.append(_VHost(host, virtual_service_routes(vs, ctx, None), domains))
-    bodies = [
-        _vhost_bytes(name, domains, routes, ctx.shared)
-        for name, domains, routes in claim_domains(vhosts)
-    ]
-    bodies.append(_catch_all_bytes(allow_any))
-    return route_configuration_bytes(OUTBOUND_ROUTE_NAME, bodies)
+    return RouteParts(
+        {
+            name: (domains, _vhost_field(name, domains, routes, ctx.shared))
+            for name, domains, routes in claim_domains(vhosts)
+        },
+        _catch_all_bytes(allow_any),
+        bool(seen_unbound),
+    )
+
+
+def service_sources(
+    bindings: Bindings,
+    services: Collection[str],
+    extra_sources: Mapping[str, RouteSource] | None,
+    hosts: Iterable[str],
+) -> dict[str, RouteSource | None]:
+    """The route source of each of `hosts`: its VirtualService, else a TrafficSplit's or
+    ServiceProfile's, else none (the default route)."""
+    out: dict[str, RouteSource | None] = {}
+    for host in hosts:
+        vs = bindings.owner(host, services)
+        out[host] = _source(vs) if vs is not None else (extra_sources or {}).get(host)
+    return out
+
+
+def service_vhost_routes(
+    host: str, service: Service, source: RouteSource | None, ctx: RouteContext
+) -> dict[str, list[rc.Route]]:
+    """vhost name -> routes, for each HTTP port of one service."""
+    return {
+        f"{host}:{port.port}": _vhost_routes(host, port.port, source, ctx)
+        for port in service.ports
+        if port.is_http
+    }
 
 
 _CATCH_ALL: dict[bool, bytes] = {}

@@ -14,7 +14,7 @@ from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
-from translators.naming import OUTBOUND_ROUTE_NAME
+from translators.naming import OUTBOUND_ROUTE_NAME, host_matches
 from translators.resources import (
     CLUSTER,
     ENDPOINT,
@@ -27,10 +27,14 @@ from translators.resources import (
     pack_serialized,
 )
 from translators.routes import (
+    Bindings,
     RouteContext,
+    RouteParts,
     RouteSource,
-    bind_hosts,
+    is_sidecar_virtual_service,
     outbound_route_config,
+    service_sources,
+    service_vhost_routes,
     sidecar_virtual_services,
 )
 from translators.services import Service, build_registry, build_services, update_registry
@@ -45,9 +49,12 @@ from translators.tcp_routes import (
 
 ROUTE_CONFIGURATION = "envoy.config.route.v3.RouteConfiguration"
 TCP_ROUTES = "tcp_routes"  # shared per proxy view; wrapped into listeners per proxy
+ROUTE_PARTS = "route_parts"  # the view's route configuration by virtual host
+VIEW_CONTEXT = "context"  # what the view's routes were built with
 VIEW_HOSTS = "hosts"  # the services a view sees
 # World properties that depend on the config alone: kept when only workloads change.
 _CONFIG_ONLY = (
+    "bindings",
     "destination_rules",
     "linkerd_routes",
     "retry_budgets",
@@ -83,6 +90,11 @@ class World:
             registry = build_registry(self.config, self.proxies)
         self.cache.put(("services",), (inputs, registry))
         return registry.services
+
+    @cached_property
+    def bindings(self) -> Bindings:
+        """Which VirtualService owns each host, for sidecars."""
+        return Bindings(sidecar_virtual_services(self.config))
 
     @cached_property
     def port_uses(self) -> PortUse:
@@ -240,26 +252,23 @@ class Translator:
                 clusters.update(service_clusters_)
                 assignments.update(service_assignments)
             clusters.update(pack_all([passthrough_cluster(config.mesh.connect_timeout)]))
-            route_config = outbound_route_config(
+            parts = outbound_route_config(
                 config,
                 ctx,
                 world.linkerd_routes,
                 allow_any=sidecar_scope.allow_any(config, sidecar),
                 host_visible=lambda host: sidecar_scope.host_visible(host, sidecar),
+                bindings=world.bindings,
             )
-            owners, _ = bind_hosts(sidecar_virtual_services(config), services)
+            owners, _ = world.bindings.bind(services)
             shared = {
                 CLUSTER: ResourceSet(clusters),
                 ENDPOINT: ResourceSet(assignments),
-                ROUTE: ResourceSet(
-                    {
-                        OUTBOUND_ROUTE_NAME: pack_serialized(
-                            OUTBOUND_ROUTE_NAME, ROUTE_CONFIGURATION, route_config
-                        )
-                    }
-                ),
+                ROUTE: _route_set(parts),
                 TCP_ROUTES: outbound_tcp_routes(ctx, owners),
                 VIEW_HOSTS: frozenset(services),
+                ROUTE_PARTS: parts,
+                VIEW_CONTEXT: ctx,
             }
             self._shared[key] = shared
         return shared
@@ -328,6 +337,39 @@ class Translator:
             translator._shared[key] = {**view, CLUSTER: clusters, ENDPOINT: endpoints}
         return translator
 
+    @classmethod
+    def after_config_change(cls, previous: Translator, world: World) -> Translator:
+        """A translator for `world`, whose config differs from `previous`'s. When only
+        sidecar VirtualServices changed (the everyday edit), every view keeps its
+        clusters, endpoints and virtual hosts, and only the virtual hosts of the hosts
+        whose owner changed are built again; anything else translates anew (reusing
+        per-service and per-vhost outputs through the cross-push cache)."""
+        old = previous.world
+        changed = _changed_resources(old.config, world.config)
+        if (
+            changed is None
+            or world.proxies != old.proxies
+            or any(r.kind != model.VIRTUAL_SERVICE for r in changed)
+            or old.uses_source_labels
+            or world.uses_source_labels
+        ):
+            return cls(world)
+        for name in (*_CONFIG_ONLY, "services", "port_uses"):
+            if name in old.__dict__ and name not in ("bindings", "uses_source_labels"):
+                world.__dict__[name] = old.__dict__[name]
+        world.keep_service_resources(old, lambda host: True)
+        sidecar_vs = [r for r in changed if is_sidecar_virtual_service(r)]
+        translator = cls(world)
+        if not sidecar_vs:
+            translator._shared.update(previous._shared)
+            return translator
+        named = {h for h, vs in old.bindings.hosts + world.bindings.hosts if vs in sidecar_vs}
+        for key, view in previous._shared.items():
+            updated = _updated_view(view, named, old, world)
+            if updated is not None:
+                translator._shared[key] = updated
+        return translator
+
     def translate(self, proxy: model.Proxy) -> Resources:
         if proxy.role == gateways.GATEWAY_ROLE:
             return gateways.translate_gateway(self.world, proxy)
@@ -341,6 +383,66 @@ class Translator:
             LISTENER: ResourceSet(pack_all(listeners)),
             ROUTE: shared[ROUTE],
         }
+
+
+def _route_set(parts: RouteParts) -> ResourceSet:
+    return ResourceSet(
+        {
+            OUTBOUND_ROUTE_NAME: pack_serialized(
+                OUTBOUND_ROUTE_NAME, ROUTE_CONFIGURATION, parts.serialized()
+            )
+        }
+    )
+
+
+def _changed_resources(
+    old: model.MeshConfig, new: model.MeshConfig
+) -> list[model.ConfigResource] | None:
+    """The resources one config has and the other lacks, by identity (the store keeps
+    the objects of unchanged files); None when the mesh settings differ."""
+    if old.mesh is not new.mesh and old.mesh != new.mesh:
+        return None
+    before = {id(r): r for r in old.resources}
+    after = {id(r): r for r in new.resources}
+    return [r for i, r in before.items() if i not in after] + [
+        r for i, r in after.items() if i not in before
+    ]
+
+
+def _updated_view(
+    view: Mapping[str, Any], named: set[str], old: World, world: World
+) -> Mapping[str, Any] | None:
+    """`view` after VirtualServices naming `named` hosts (or patterns) changed; None when
+    it cannot be updated in place (a VS host outside the registry is involved)."""
+    parts: RouteParts = view[ROUTE_PARTS]
+    ctx: RouteContext = view[VIEW_CONTEXT]
+    services = view[VIEW_HOSTS]
+    if parts.has_unbound or any(
+        h not in services
+        and not ("*" in h and any(host_matches(h, s) for s in services))
+        for h in named
+    ):
+        return None  # a vhost for a host outside the registry: claim domains anew
+    candidates = {h for h in named if h in services}
+    for pattern in (h for h in named if "*" in h):
+        candidates.update(s for s in services if host_matches(pattern, s))
+    affected = [
+        h
+        for h in sorted(candidates)
+        if old.bindings.owner(h, services) is not world.bindings.owner(h, services)
+    ]
+    if not affected:
+        return view
+    sources = service_sources(world.bindings, services, world.linkerd_routes, affected)
+    routes: dict[str, list] = {}
+    for host in affected:
+        routes.update(service_vhost_routes(host, ctx.services[host], sources[host], ctx))
+    parts = parts.with_routes(routes, world.route_cache)
+    updated = {**view, ROUTE_PARTS: parts, ROUTE: _route_set(parts)}
+    if any(not p.is_http for h in affected for p in ctx.services[h].ports):
+        owners, _ = world.bindings.bind(services)
+        updated[TCP_ROUTES] = outbound_tcp_routes(ctx, owners)
+    return updated
 
 
 def translate(world: World, proxy: model.Proxy) -> Resources:

@@ -185,10 +185,12 @@ class MeshState:
                 self._translator,
                 World(self.config, workloads, self.generation, self._cache),
             )
-            if previous is not None and previous.world.config is self.config:
+            if previous is None:
+                self._translator = Translator(self.world)
+            elif previous.world.config is self.config:
                 self._translator = Translator.after_endpoint_change(previous, self.world)
             else:
-                self._translator = Translator(self.world)
+                self._translator = Translator.after_config_change(previous, self.world)
             if self.config.version != self.pushed_config_version:
                 self.pushed_config_version = self.config.version
                 self.config_generation = self.generation
