@@ -245,21 +245,64 @@ class Registry:
     definitions: dict[str, model.ConfigResource]  # host -> the resource that wins it
     selecting: dict[str, list[model.ConfigResource]]  # namespace -> resources with selectors
     index: _WorkloadIndex
+    definers: dict[str, list[model.ConfigResource]]  # host -> every definition, winner first
 
 
 def build_registry(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> Registry:
     """Every service in the mesh by hostname; the first definition of a hostname wins."""
     index = _WorkloadIndex(_workloads(config, proxies))
-    definitions: dict[str, model.ConfigResource] = {}
+    definers: dict[str, list[model.ConfigResource]] = {}
     selecting: dict[str, list[model.ConfigResource]] = {}
     for res in (*config.of_kind(model.SERVICE), *config.of_kind(model.SERVICE_ENTRY)):
         hosts = _hosts(res)
         for host in hosts:
-            definitions.setdefault(host, res)
+            definers.setdefault(host, []).append(res)
         if hosts and _selector(res):
             selecting.setdefault(res.namespace, []).append(res)
+    definitions = {host: found[0] for host, found in definers.items()}
     services = {host: _service(res, host, index) for host, res in definitions.items()}
-    return Registry(services, tuple(proxies), definitions, selecting, index)
+    return Registry(services, tuple(proxies), definitions, selecting, index, definers)
+
+
+def _precedence(res: model.ConfigResource) -> tuple:
+    """Services before ServiceEntries, each in Istio's config order."""
+    return (res.kind != model.SERVICE, res.order_key())
+
+
+def registry_after_edit(
+    previous: Registry,
+    removed: Sequence[model.ConfigResource],
+    added: Sequence[model.ConfigResource],
+) -> Registry:
+    """`previous` after Services or ServiceEntries were removed and added (workloads and
+    WorkloadEntries unchanged): only the hosts they define are built again."""
+    definers = dict(previous.definers)
+    selecting = {ns: list(found) for ns, found in previous.selecting.items()}
+    hosts: set[str] = set()
+    for res in removed:
+        for host in _hosts(res):
+            definers[host] = [r for r in definers.get(host, ()) if r is not res]
+            hosts.add(host)
+        if res in selecting.get(res.namespace, ()):
+            selecting[res.namespace] = [r for r in selecting[res.namespace] if r is not res]
+    for res in added:
+        found = _hosts(res)
+        for host in found:
+            definers[host] = sorted([*definers.get(host, ()), res], key=_precedence)
+            hosts.add(host)
+        if found and _selector(res):
+            selecting.setdefault(res.namespace, []).append(res)
+    services = dict(previous.services)
+    definitions = dict(previous.definitions)
+    for host in hosts:
+        if definers.get(host):
+            winner = definitions[host] = definers[host][0]
+            services[host] = _service(winner, host, previous.index)
+        else:
+            definers.pop(host, None)
+            definitions.pop(host, None)
+            services.pop(host, None)
+    return Registry(services, previous.proxies, definitions, selecting, previous.index, definers)
 
 
 def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> dict[str, Service]:
@@ -290,4 +333,6 @@ def update_registry(previous: Registry, proxies: Sequence[model.Proxy]) -> Regis
     services = dict(previous.services)
     for host in hosts:
         services[host] = _service(previous.definitions[host], host, index)
-    return Registry(services, tuple(proxies), previous.definitions, previous.selecting, index)
+    return Registry(
+        services, tuple(proxies), previous.definitions, previous.selecting, index, previous.definers
+    )

@@ -37,7 +37,13 @@ from translators.routes import (
     service_vhost_routes,
     sidecar_virtual_services,
 )
-from translators.services import Service, build_registry, build_services, update_registry
+from translators.services import (
+    Service,
+    build_registry,
+    build_services,
+    registry_after_edit,
+    update_registry,
+)
 from translators.tcp_routes import (
     PortUse,
     outbound_tcp_listeners,
@@ -82,12 +88,22 @@ class World:
             return build_services(self.config, self.proxies)
         inputs = tuple(tuple(self.config.of_kind(kind)) for kind in _REGISTRY_KINDS)
         kept = self.cache.get(("services",))
+        registry = None
         if kept is not None and _same_objects(kept[0], inputs):
             registry = kept[1]
-            if registry.proxies != self.proxies:
-                registry = update_registry(registry, self.proxies)
-        else:
+        elif kept is not None and _same_objects(kept[0][2:], inputs[2:]):
+            # Services or ServiceEntries edited, WorkloadEntries as they were.
+            before = {id(r): r for kind in kept[0][:2] for r in kind}
+            after = {id(r): r for kind in inputs[:2] for r in kind}
+            registry = registry_after_edit(
+                kept[1],
+                [r for i, r in before.items() if i not in after],
+                [r for i, r in after.items() if i not in before],
+            )
+        if registry is None:
             registry = build_registry(self.config, self.proxies)
+        elif registry.proxies != self.proxies:
+            registry = update_registry(registry, self.proxies)
         self.cache.put(("services",), (inputs, registry))
         return registry.services
 
@@ -418,8 +434,7 @@ def _updated_view(
     ctx: RouteContext = view[VIEW_CONTEXT]
     services = view[VIEW_HOSTS]
     if parts.has_unbound or any(
-        h not in services
-        and not ("*" in h and any(host_matches(h, s) for s in services))
+        h not in services and not ("*" in h and any(host_matches(h, s) for s in services))
         for h in named
     ):
         return None  # a vhost for a host outside the registry: claim domains anew
