@@ -390,15 +390,38 @@ class Translator:
         if proxy.role == gateways.GATEWAY_ROLE:
             return gateways.translate_gateway(self.world, proxy)
         shared = self._outbound(proxy)
-        inbound = pack_all(inbound_clusters(self.world.config, proxy))
-        listeners = sidecar_listeners(proxy, tcp_app_ports(proxy, self.world.port_uses))
-        listeners += outbound_tcp_listeners(proxy, shared[TCP_ROUTES])
+        inbound, listeners = self._own(proxy, shared[TCP_ROUTES])
         return {
             CLUSTER: ResourceSet(inbound, base=shared[CLUSTER]),
             ENDPOINT: shared[ENDPOINT],
-            LISTENER: ResourceSet(pack_all(listeners)),
+            LISTENER: listeners,
             ROUTE: shared[ROUTE],
         }
+
+    def _own(self, proxy: model.Proxy, tcp_routes: list) -> tuple[dict[str, Packed], ResourceSet]:
+        """The proxy's own clusters and its listeners: they depend on the proxy, the mesh
+        connect timeout, which of its ports only TCP reaches, and the view's TCP routes;
+        kept across pushes while those are the same (most edits change none of them)."""
+        world = self.world
+        timeout = world.config.mesh.connect_timeout.SerializeToString(deterministic=True)
+        tcp_ports = frozenset(tcp_app_ports(proxy, world.port_uses))
+        key = ("proxy", proxy.node_id)
+        kept = world.cache.get(key) if world.cache is not None else None
+        if (
+            kept is not None
+            and kept[0] == proxy
+            and kept[1] == timeout
+            and kept[2] == tcp_ports
+            and kept[3] is tcp_routes
+        ):
+            return kept[4], kept[5]
+        inbound = pack_all(inbound_clusters(world.config, proxy))
+        listeners = sidecar_listeners(proxy, tcp_ports)
+        listeners += outbound_tcp_listeners(proxy, tcp_routes)
+        found = (proxy, timeout, tcp_ports, tcp_routes, inbound, ResourceSet(pack_all(listeners)))
+        if world.cache is not None:
+            world.cache.put(key, found)
+        return found[4], found[5]
 
 
 def _route_set(parts: RouteParts) -> ResourceSet:

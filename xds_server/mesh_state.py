@@ -268,11 +268,15 @@ class MeshState:
                     log.exception("saving the workloads failed")
 
     async def _push_forever(self) -> None:
+        last_push = -float("inf")
         while True:
             await self._dirty.wait()
             first = time.perf_counter()
             self._dirty.clear()
-            while time.perf_counter() - first < self.max_delay:
+            # A change after a quiet spell goes out at once (a file edit was debounced by
+            # the watcher already); changes that follow closely are coalesced.
+            idle = first - last_push >= self.max_delay
+            while not idle and time.perf_counter() - first < self.max_delay:
                 await asyncio.sleep(self.debounce)
                 if not self._dirty.is_set():
                     break  # quiet
@@ -281,3 +285,4 @@ class MeshState:
                 await self.push()
             except Exception:  # a translator bug must not stop future pushes
                 log.exception("translation failed; proxies keep their previous resources")
+            last_push = time.perf_counter()

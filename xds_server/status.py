@@ -30,6 +30,7 @@ def syncz(streams: dict[str, StreamInfo], generation: int) -> dict[str, Any]:
                 "sent_version": state.sent_version,
                 "sent_nonce": state.sent_nonce,
                 "acked_version": state.acked_version,
+                "acked_at": state.acked_at,
                 "nacked_version": state.nacked_version,
                 "nack_error": state.nack_message,
                 "nacks": state.nacks,

@@ -25,6 +25,7 @@ the same thing share one set and one computed diff.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -106,6 +107,7 @@ class DeltaStream(SotwStream):
                 state.acked_version = state.sent_version
                 state.acked_generation = state.sent_generation
                 state.acked_nonce = nonce
+                state.acked_at = time.time()
                 state.nacked_version = None
                 state.held = state.sent
                 if state.rejected:

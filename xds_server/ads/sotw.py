@@ -11,6 +11,7 @@ routes that used them have been replaced and acknowledged.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class TypeState:
     acked_version: str = ""
     acked_nonce: str = ""
     acked_generation: int = -1  # the generation of what the client last accepted
+    acked_at: float = 0.0  # wall-clock time of the last ACK
     nacked_version: str | None = None
     nacked_generation: int = -1
     nack_message: str = ""  # Envoy's text, escaped and cut (xds_server.text)
@@ -153,6 +155,7 @@ class SotwStream:
             state.acked_version = request.version_info
             state.acked_generation = state.sent_generation
             state.acked_nonce = nonce
+            state.acked_at = time.time()
             state.nacked_version = None
             out += self._respond_if_needed(state)
         else:  # the same nonce again after its ACK: the client wants the resources again
