@@ -43,11 +43,16 @@ CDS = _PREFIX + "config.cluster.v3.Cluster"
 EDS = _PREFIX + "config.endpoint.v3.ClusterLoadAssignment"
 LDS = _PREFIX + "config.listener.v3.Listener"
 RDS = _PREFIX + "config.route.v3.RouteConfiguration"
-METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+METHODS = {
+    "sotw": SERVICE + "StreamAggregatedResources",
+    "delta": SERVICE + "DeltaAggregatedResources",
+}
 
 
 def _light_response():
-    """DiscoveryResponse without its resources: parsing skips them as unknown bytes."""
+    """DiscoveryResponse (or DeltaDiscoveryResponse: the same field numbers) without its
+    resources: parsing skips them as unknown bytes."""
     file = descriptor_pb2.FileDescriptorProto(name="bench_light.proto", package="bench")
     message = file.message_type.add(name="LightResponse")
     for name, number in (("version_info", 1), ("type_url", 4), ("nonce", 5)):
@@ -65,13 +70,18 @@ def _light_response():
 LightResponse = _light_response()
 _cluster_names: dict[str, list[str]] = {}  # CDS version -> EDS cluster names
 CHANNELS = 50  # client connections the simulated sidecars share (--channels)
+API = "sotw"  # or "delta" (--api)
 
 
 def _eds_names(version: str, raw: bytes) -> list[str]:
     if version not in _cluster_names:
-        response = discovery_pb2.DiscoveryResponse.FromString(raw)
+        if API == "delta":
+            delta = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
+            packs = [r.resource for r in delta.resources]
+        else:
+            packs = list(discovery_pb2.DiscoveryResponse.FromString(raw).resources)
         names = []
-        for packed in response.resources:
+        for packed in packs:
             cluster = cluster_pb2.Cluster()
             packed.Unpack(cluster)
             if cluster.type == cluster_pb2.Cluster.EDS:
@@ -94,12 +104,20 @@ class Sidecar:
         self.done = asyncio.Event()
 
     def request(self, type_url: str, names=(), version="", nonce="", first=False) -> bytes:
-        req = discovery_pb2.DiscoveryRequest(
-            type_url=type_url,
-            resource_names=list(names),
-            version_info=version,
-            response_nonce=nonce,
-        )
+        if API == "delta":
+            # An ACK carries only the nonce; a subscription only the new names.
+            req = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=type_url,
+                resource_names_subscribe=[] if nonce else list(names),
+                response_nonce=nonce,
+            )
+        else:
+            req = discovery_pb2.DiscoveryRequest(
+                type_url=type_url,
+                resource_names=list(names),
+                version_info=version,
+                response_nonce=nonce,
+            )
         if first:
             metadata = struct_pb2.Struct()
             metadata.update({"NAMESPACE": self.namespace, "LABELS": {"app": "sim"}, **self.meta})
@@ -107,7 +125,7 @@ class Sidecar:
         return req.SerializeToString()
 
     async def run(self) -> None:
-        call = self.channel.stream_stream(METHOD)(self._requests())
+        call = self.channel.stream_stream(METHODS[API])(self._requests())
         self.outbox.put_nowait(self.request(CDS, first=True))
         eds_names: list[str] = []
         try:
@@ -115,7 +133,8 @@ class Sidecar:
                 light = LightResponse.FromString(raw)
                 type_url = light.type_url
                 if type_url == CDS:
-                    eds_names = _eds_names(light.version_info, raw)
+                    if CDS not in self.acked or API == "sotw":
+                        eds_names = _eds_names(light.version_info, raw)
                     if CDS not in self.acked:
                         self.outbox.put_nowait(self.request(EDS, eds_names))
                         self.outbox.put_nowait(self.request(LDS))
@@ -232,9 +251,10 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--server-log", default="", help="append the server's log here")
     parser.add_argument("--channels", type=int, default=50, help="client connections")
+    parser.add_argument("--api", choices=("sotw", "delta"), default="sotw", help="xDS variant")
     args = parser.parse_args()
-    global CHANNELS
-    CHANNELS = args.channels
+    global CHANNELS, API
+    CHANNELS, API = args.channels, args.api
     print(
         f"{'streams':>7} {'converged s':>11} {'failed':>8} {'RSS MB':>8} {'stall ms':>13}"
         f" {'endpoint ms':>14} {'stall ms':>15}\n"

@@ -171,23 +171,54 @@ class ResourceSet(Mapping[str, Packed]):
 
     def changed_since(self, previous: Mapping[str, Packed]) -> ResourceSet:
         """The resources that are new or differ from `previous`; memoised, since every
-        proxy of a view moves from the same set to the same set."""
+        proxy of a view moves from the same set to the same set. A proxy's own set (a few
+        resources over its view's) is diffed through the views' memoised diff; sets only
+        one stream holds (a reconnecting client's declared versions) are not memoised, so
+        that a closed stream leaves nothing behind."""
+        if not isinstance(previous, ResourceSet):
+            return self._changed(previous)
+        if self._base is not None and previous._base is not None:
+            found = self._changed_over_bases(previous)
+            if found is not None:
+                return found
         key = (id(previous), id(self))
         found = _CHANGES.get(key)
         if found is not None and found[0] is previous and found[1] is self:
             _CHANGES.move_to_end(key)
             return found[2]
-        changed = ResourceSet(
+        changed = self._changed(previous)
+        _CHANGES[key] = (previous, self, changed)
+        if len(_CHANGES) > 512:
+            _CHANGES.popitem(last=False)
+        return changed
+
+    def _changed(self, previous: Mapping[str, Packed]) -> ResourceSet:
+        return ResourceSet(
             {
                 n: p
                 for n, p in self.items()
                 if (old := previous.get(n)) is None or old.hash != p.hash
             }
         )
-        _CHANGES[key] = (previous, self, changed)
-        if len(_CHANGES) > 512:
-            _CHANGES.popitem(last=False)
-        return changed
+
+    def _changed_over_bases(self, previous: ResourceSet) -> ResourceSet | None:
+        """changed_since for two sets over bases: the bases' (memoised) diff plus what
+        the small own parts change; None when an own part shadows a name the bases'
+        diff carries (then the plain walk is simpler)."""
+        assert self._base is not None and previous._base is not None
+        if len(self._own) + len(previous._own) > 64:
+            return None
+        base_diff = self._base.changed_since(previous._base)
+        direct: dict[str, Packed] = {}
+        for name in (*self._own, *previous._own):
+            if name in base_diff:
+                return None
+            packed = self.get(name)
+            if packed is not None and (
+                (old := previous.get(name)) is None or old.hash != packed.hash
+            ):
+                direct[name] = packed
+        return ResourceSet(direct, base=base_diff) if direct else base_diff
 
     def removed_since(self, previous: Mapping[str, Packed]) -> frozenset[str]:
         """The names `previous` has and this set lacks; memoised like changed_since."""
@@ -198,6 +229,8 @@ class ResourceSet(Mapping[str, Packed]):
             return found[2]
         before = previous.keys_set() if isinstance(previous, ResourceSet) else frozenset(previous)
         removed = before - self.keys_set()
+        if not isinstance(previous, ResourceSet):
+            return removed  # one stream's declared versions: not kept
         _REMOVALS[key] = (previous, self, removed)
         if len(_REMOVALS) > 512:
             _REMOVALS.popitem(last=False)

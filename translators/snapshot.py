@@ -392,7 +392,7 @@ class Translator:
         shared = self._outbound(proxy)
         inbound, listeners = self._own(proxy, shared[TCP_ROUTES])
         return {
-            CLUSTER: ResourceSet(inbound, base=shared[CLUSTER]),
+            CLUSTER: ResourceSet(inbound, base=shared[CLUSTER]) if inbound else shared[CLUSTER],
             ENDPOINT: shared[ENDPOINT],
             LISTENER: listeners,
             ROUTE: shared[ROUTE],

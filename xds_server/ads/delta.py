@@ -43,7 +43,7 @@ from translators.resources import (
     ResourceSet,
 )
 from xds_server.ads.responses import Response, delta_response
-from xds_server.ads.sotw import EMPTY, STALE, SotwStream, TypeState, _shared_names
+from xds_server.ads.sotw import EMPTY, STALE, SotwStream, TypeState, _keys, _shared_names
 from xds_server.text import safe_text
 
 
@@ -52,7 +52,7 @@ class DeltaTypeState(TypeState):
     """TypeState plus what the client is known to hold."""
 
     held: Mapping[str, Packed] = field(default_factory=lambda: EMPTY)  # what it acknowledged
-    unknown: set[str] = field(default_factory=set)  # names to send (or remove) regardless
+    unknown: frozenset[str] = frozenset()  # names to send (or remove) regardless
     rejected: dict[str, str] = field(default_factory=dict)  # name -> version Envoy refused
     in_flight: frozenset[str] = frozenset()  # names the unacknowledged response carries
     answer_due: bool = False  # a request waits for an answer, even an empty one
@@ -102,7 +102,7 @@ class DeltaStream(SotwStream):
                     if name in sent:
                         state.rejected[name] = sent[name].hash
                 # Envoy may have applied part of it: what it holds of these is unknown.
-                state.unknown |= state.in_flight
+                state.unknown = state.unknown | state.in_flight
             else:
                 state.acked_version = state.sent_version
                 state.acked_generation = state.sent_generation
@@ -142,15 +142,17 @@ class DeltaStream(SotwStream):
             wildcard = False
         names = (state.names | subscribe) - unsubscribe - {"*"}
         state.wildcard, state.names = wildcard, _shared_names(names)
-        state.unknown -= unsubscribe
+        if state.unknown and unsubscribe:
+            state.unknown = state.unknown - unsubscribe
         if first and request.initial_resource_versions:
             state.held = _declared(request.initial_resource_versions)
             if state.type_url not in WILDCARD_TYPES:
                 # Named resources are sent again even at the version the client declared
                 # (envoy#22418): only what is gone is saved from sending.
-                state.unknown |= subscribe - {"*"}
+                state.unknown = state.unknown | (subscribe - {"*"})
         elif subscribe - {"*"}:
-            state.unknown |= subscribe - {"*"}  # asked again: the client may have lost it
+            # Asked (again): the client may have lost it.
+            state.unknown = state.unknown | (subscribe - {"*"})
         return bool(subscribe)
 
     def _respond_if_needed(  # type: ignore[override]
@@ -189,20 +191,25 @@ class DeltaStream(SotwStream):
         removed = content.removed_since(held)
         if not state.wildcard:
             removed &= state.names
-        if state.unknown or state.rejected:
-            own = dict(changed)
-            for name in state.unknown:
-                packed = content.get(name)
-                if packed is not None:
-                    own[name] = packed
-            for name, version in state.rejected.items():
-                if (packed := own.get(name)) is not None and packed.hash == version:
-                    del own[name]  # refused at this version: wait for a different one
-            changed = ResourceSet(own)
-            gone = {n for n in state.unknown if n not in content}
+        if state.unknown:
+            # Usually already part of the diff (a first subscription): then the shared
+            # diff goes as it is, and its response body is serialized once for all.
+            present = state.unknown & content.keys_set()
+            extra = present - changed.keys_set()
+            if extra:
+                changed = ResourceSet({n: content[n] for n in extra}, base=changed)
+            gone = state.unknown - present
             if not state.wildcard:
                 gone &= state.names
             removed = removed | gone
+        if state.rejected:
+            refused = [
+                n
+                for n, v in state.rejected.items()
+                if (p := changed.get(n)) is not None and p.hash == v
+            ]
+            if refused:  # refused at this version: wait for a different one
+                changed = ResourceSet({n: p for n, p in changed.items() if n not in refused})
         return changed, removed
 
     def _send(
@@ -215,10 +222,12 @@ class DeltaStream(SotwStream):
         version = content.version
         endpoints = self.types.get(ENDPOINT)
         if state.type_url == CLUSTER:
-            state.adds_clusters = bool(content.keys_set() - state.held.keys())
+            state.adds_clusters = bool(content.keys_set() - _keys(state.held))
         sent = delta_response(state.type_url, version, changed, removed, self.control_plane_id)
-        state.in_flight = changed.keys_set() | removed
-        state.unknown -= state.in_flight
+        keys = changed.keys_set()
+        state.in_flight = keys | removed if removed else keys
+        if state.unknown:
+            state.unknown = state.unknown - state.in_flight
         state.sent = content
         state.sent_version = version
         state.sent_nonce = sent.nonce
@@ -230,10 +239,10 @@ class DeltaStream(SotwStream):
         if state.type_url == CLUSTER and endpoints is not None and endpoints.sent_nonce:
             # A changed cluster warms until it gets its assignment again, even an unchanged
             # one (SotW does the same).
-            updated = {n for n in changed if n in state.held}
+            updated = set(changed.keys_set() & _keys(state.held)) if state.held else set()
             if not endpoints.wildcard:
                 updated &= endpoints.names
             if updated:
-                endpoints.unknown |= updated
+                endpoints.unknown = endpoints.unknown | updated
                 out += self._respond_if_needed(endpoints)
         return out
