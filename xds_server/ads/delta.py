@@ -43,7 +43,15 @@ from translators.resources import (
     ResourceSet,
 )
 from xds_server.ads.responses import Response, delta_response
-from xds_server.ads.sotw import EMPTY, STALE, SotwStream, TypeState, _keys, _shared_names
+from xds_server.ads.sotw import (
+    EMPTY,
+    ERROR,
+    STALE,
+    SotwStream,
+    TypeState,
+    _keys,
+    _shared_names,
+)
 from xds_server.text import safe_text
 
 
@@ -55,12 +63,23 @@ class DeltaTypeState(TypeState):
     unknown: frozenset[str] = frozenset()  # names to send (or remove) regardless
     rejected: dict[str, str] = field(default_factory=dict)  # name -> version Envoy refused
     in_flight: frozenset[str] = frozenset()  # names the unacknowledged response carries
+    in_flight_removed: frozenset[str] = frozenset()  # of those, the ones it removes
+    refused_removals: frozenset[str] = frozenset()  # removals Envoy refused
+    forced: frozenset[str] = frozenset()  # sent even at a refused version (a cluster changed)
+    resend_all: bool = False  # "*" subscribed again: everything is due
     answer_due: bool = False  # a request waits for an answer, even an empty one
     waiting: bool = False  # newer content waits for the response in flight
 
     def status(self) -> str:
+        if self.outstanding():
+            return ERROR  # a refused resource is still wanted at the refused version
         status = super().status()
-        return STALE if self.waiting and status != "ERROR" else status
+        return STALE if self.waiting and status != ERROR else status
+
+    def outstanding(self) -> bool:
+        """Whether a resource Envoy refused is still wanted at the version it refused."""
+        sent = self.sent
+        return any((p := sent.get(n)) is not None and p.hash == v for n, v in self.rejected.items())
 
 
 def _declared(versions: Mapping[str, str]) -> dict[str, Packed]:
@@ -98,17 +117,15 @@ class DeltaStream(SotwStream):
                 state.nack_message = safe_text(request.error_detail.message)
                 state.nacks += 1
                 sent = state.sent
-                for name in state.in_flight:
+                for name in state.in_flight - state.in_flight_removed:
                     if name in sent:
                         state.rejected[name] = sent[name].hash
+                state.refused_removals = state.refused_removals | state.in_flight_removed
                 # Envoy may have applied part of it: what it holds of these is unknown.
                 state.unknown = state.unknown | state.in_flight
             else:
-                state.acked_version = state.sent_version
-                state.acked_generation = state.sent_generation
                 state.acked_nonce = nonce
                 state.acked_at = time.time()
-                state.nacked_version = None
                 state.held = state.sent
                 if state.rejected:
                     state.rejected = {
@@ -116,7 +133,14 @@ class DeltaStream(SotwStream):
                         for n, v in state.rejected.items()
                         if (p := state.sent.get(n)) is not None and p.hash == v
                     }
-            state.in_flight = frozenset()
+                state.refused_removals = frozenset()
+                if not state.outstanding():
+                    # Accepted whole; with a refused resource still wanted, the client
+                    # holds less than this version, which stays the refused one.
+                    state.acked_version = state.sent_version
+                    state.acked_generation = state.sent_generation
+                    state.nacked_version = None
+            state.in_flight = state.in_flight_removed = frozenset()
         # A first request, or one that subscribes, is answered even when the answer is
         # empty: the client waits for it (checklist 28, 37).
         out += self._respond_if_needed(state, force=first or subscribed)
@@ -133,7 +157,11 @@ class DeltaStream(SotwStream):
         """Apply subscribe/unsubscribe; True when names were subscribed (they are due)."""
         subscribe = frozenset(request.resource_names_subscribe)
         unsubscribe = frozenset(request.resource_names_unsubscribe)
+        if not first and not subscribe and not unsubscribe:
+            return False  # an ACK or NACK: the subscription stays as it is
         wildcard = state.wildcard
+        if "*" in subscribe and not first:
+            state.resend_all = True  # the client may have dropped what it held
         if "*" in subscribe or (
             first and not subscribe and not unsubscribe and state.type_url in WILDCARD_TYPES
         ):
@@ -144,14 +172,16 @@ class DeltaStream(SotwStream):
         state.wildcard, state.names = wildcard, _shared_names(names)
         if state.unknown and unsubscribe:
             state.unknown = state.unknown - unsubscribe
+        if unsubscribe & state.rejected.keys():
+            state.rejected = {}  # the refused response's names changed: retry the rest
+        for name in subscribe:
+            # A refusal was about what the client watched then; asked again, it is sent.
+            state.rejected.pop(name, None)
         if first and request.initial_resource_versions:
             state.held = _declared(request.initial_resource_versions)
-            if state.type_url not in WILDCARD_TYPES:
-                # Named resources are sent again even at the version the client declared
-                # (envoy#22418): only what is gone is saved from sending.
-                state.unknown = state.unknown | (subscribe - {"*"})
-        elif subscribe - {"*"}:
-            # Asked (again): the client may have lost it.
+        if subscribe - {"*"}:
+            # Named resources are sent even at the version the client declared
+            # (envoy#22418), or holds: it may have lost them (checklist 38).
             state.unknown = state.unknown | (subscribe - {"*"})
         return bool(subscribe)
 
@@ -171,10 +201,12 @@ class DeltaStream(SotwStream):
             state.deferred_force = state.deferred_force or force
             return []
         content = self._content(state)
+        if state.rejected:
+            self._retry_innocent(state, content)
         changed, removed = self._diff(state, content)
         state.answer_due = state.waiting = False
         if not changed and not removed and not force:
-            if content.version != state.sent_version and not state.rejected:
+            if content.version != state.sent_version:
                 # The client already holds exactly this (a reconnect declared it).
                 state.sent = state.held = content
                 state.sent_version = state.acked_version = content.version
@@ -182,12 +214,48 @@ class DeltaStream(SotwStream):
             return []
         return self._send(state, content, changed, removed)
 
+    @staticmethod
+    def _retry_innocent(state: DeltaTypeState, content: ResourceSet) -> None:
+        """Envoy refuses a response whole, so every resource in it counts as refused; once
+        one of them is no longer wanted at the refused version (it was fixed, or dropped),
+        the others may have been innocent: they are sent again, and a second refusal
+        marks the ones really at fault."""
+        wanted = state.names if not state.wildcard else None
+        still = {
+            n: v
+            for n, v in state.rejected.items()
+            if (p := content.get(n)) is not None and p.hash == v and (wanted is None or n in wanted)
+        }
+        if len(still) < len(state.rejected):
+            state.rejected = {}
+
+    def _clusters_warming(self) -> bool:
+        """New clusters may be on their way: the response in flight adds some, or newer
+        cluster content waits behind it (listeners and routes wait for both)."""
+        clusters = self.types.get(CLUSTER)
+        return (
+            clusters is not None
+            and clusters.pending
+            and (clusters.adds_clusters or clusters.waiting)
+        )
+
+    def _differs(self, state: TypeState) -> bool:  # type: ignore[override]
+        """Whether this type has something to send (what the removal of clusters waits
+        for): refused resources and names no longer watched do not count."""
+        if state.type_url not in PUSH_ORDER or not state.sent_nonce:
+            return False
+        if not state.wildcard and not state.names:
+            return False
+        assert isinstance(state, DeltaTypeState)
+        changed, removed = self._diff(state, self._desired(state))
+        return bool(changed) or bool(removed)
+
     def _diff(
         self, state: DeltaTypeState, content: ResourceSet
     ) -> tuple[ResourceSet, frozenset[str]]:
         """What the client lacks of `content`, and what it holds that `content` lacks."""
         held = state.held
-        changed = content.changed_since(held)
+        changed = content if state.resend_all else content.changed_since(held)
         removed = content.removed_since(held)
         if not state.wildcard:
             removed &= state.names
@@ -202,11 +270,13 @@ class DeltaStream(SotwStream):
             if not state.wildcard:
                 gone &= state.names
             removed = removed | gone
+        if state.refused_removals:
+            removed = removed - state.refused_removals  # refused once: not again in a loop
         if state.rejected:
             refused = [
                 n
                 for n, v in state.rejected.items()
-                if (p := changed.get(n)) is not None and p.hash == v
+                if (p := changed.get(n)) is not None and p.hash == v and n not in state.forced
             ]
             if refused:  # refused at this version: wait for a different one
                 changed = ResourceSet({n: p for n, p in changed.items() if n not in refused})
@@ -226,8 +296,12 @@ class DeltaStream(SotwStream):
         sent = delta_response(state.type_url, version, changed, removed, self.control_plane_id)
         keys = changed.keys_set()
         state.in_flight = keys | removed if removed else keys
+        state.in_flight_removed = removed
+        state.resend_all = False
         if state.unknown:
             state.unknown = state.unknown - state.in_flight
+        if state.forced:
+            state.forced = state.forced - state.in_flight
         state.sent = content
         state.sent_version = version
         state.sent_nonce = sent.nonce
@@ -244,5 +318,6 @@ class DeltaStream(SotwStream):
                 updated &= endpoints.names
             if updated:
                 endpoints.unknown = endpoints.unknown | updated
+                endpoints.forced = endpoints.forced | updated
                 out += self._respond_if_needed(endpoints)
         return out

@@ -9,6 +9,7 @@ they carry the same bytes, so an ACK of either means the same.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
@@ -117,6 +118,10 @@ def delta_response(
             control_plane=base_pb2.ControlPlane(identifier=control_plane),
         ).SerializeToString()
 
-    key = ("delta", type_url, version, control_plane, content.version, removed)
+    # The removed names by digest: a key must not keep a client's made-up names alive.
+    gone = hashlib.blake2b(
+        "".join(f"{len(n)}:{n}" for n in sorted(removed)).encode(), digest_size=16
+    ).hexdigest()
+    key = ("delta", type_url, version, control_plane, content.version, gone)
     body, nonce = BODIES.get(key, build)
     return Response(type_url, version, nonce, content, body)

@@ -39,8 +39,10 @@ SYNCED, NOT_SENT, STALE, ERROR = "SYNCED", "NOT SENT", "STALE", "ERROR"
 EMPTY = ResourceSet({})
 # Name sets streams subscribe with, one object per distinct set: every Envoy of a
 # namespace asks for the same thousands of endpoint names, and each stream would
-# otherwise keep its own copy of them.
+# otherwise keep its own copy of them. A set is kept once a second stream asks for it:
+# one client adding names one at a time makes a new set each time, none worth keeping.
 _NAME_SETS: OrderedDict[frozenset[str], frozenset[str]] = OrderedDict()
+_SEEN_ONCE: OrderedDict[int, None] = OrderedDict()
 
 
 def _shared_names(names: frozenset[str]) -> frozenset[str]:
@@ -50,9 +52,16 @@ def _shared_names(names: frozenset[str]) -> frozenset[str]:
     if found is not None:
         _NAME_SETS.move_to_end(names)
         return found
-    _NAME_SETS[names] = names
-    if len(_NAME_SETS) > 1024:
-        _NAME_SETS.popitem(last=False)
+    key = hash(names)
+    if key in _SEEN_ONCE:
+        del _SEEN_ONCE[key]
+        _NAME_SETS[names] = names
+        if len(_NAME_SETS) > 1024:
+            _NAME_SETS.popitem(last=False)
+    else:
+        _SEEN_ONCE[key] = None
+        if len(_SEEN_ONCE) > 4096:
+            _SEEN_ONCE.popitem(last=False)
     return names
 
 
@@ -259,6 +268,8 @@ class SotwStream:
     def _differs(self, state: TypeState) -> bool:
         if state.type_url not in PUSH_ORDER or not state.sent_nonce:
             return False
+        if not state.wildcard and not state.names:
+            return False  # it watches nothing: nothing to wait for
         version = self._desired(state).version
         return version not in (state.sent_version, state.nacked_version)
 
