@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tests.helpers import sidecar
 from translators import model
 from translators.snapshot import World, translate_many
-from xds_server.config.cross_checks import cross_check
+from xds_server.config.cross_checks import cross_check, dangling_subsets
 from xds_server.config.loader import ParsedFile, parse_file
 
 SEED = Path(__file__).resolve().parents[1] / "examples" / "seed"
@@ -171,6 +171,7 @@ def _loads_and_translates(text: str) -> ParsedFile:
         assert issue.file == "fuzz.yaml" and issue.line >= 1
     if parsed.ok and parsed.resources:
         config = model.MeshConfig(resources=tuple(parsed.resources))
+        list(dangling_subsets(config))
         cross_check(config)
         translate_many(World(config, PROXIES), PROXIES)
     return parsed

@@ -12,6 +12,7 @@ from translators import model, routes
 from translators.cache import CrossPushCache
 from translators.resources import CLUSTER, ENDPOINT, ROUTE
 from translators.snapshot import Translator, World
+from xds_server.config.cross_checks import dangling_after, dangling_subsets
 
 SERVICES = ("reviews", "ratings", "details", "productpage")
 BASE = service_yaml(*SERVICES)
@@ -190,3 +191,37 @@ def test_a_virtual_service_edit_rebuilds_only_the_virtual_hosts_of_its_host(monk
     assert {t: {n: p.hash for n, p in r.items()} for t, r in second.items()} == {
         t: {n: p.hash for n, p in r.items()} for t, r in cold.items()
     }
+
+
+NARROW_RULE = (
+    "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+    "metadata: {name: narrow, namespace: other}\n"
+    "spec:\n  host: reviews.default.svc.cluster.local\n"
+    "  subsets: [{name: v1, labels: {version: v1}}]\n"
+)
+DANGLING = [
+    *CONFIGS,
+    _with(routes_to("v9")),
+    _with(routes_to("v2"), NARROW_RULE),
+    _with(NARROW_RULE),
+    config_from(plain_service_yaml(*SERVICES), routes_to("v1")),
+]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, len(DANGLING) - 1), min_size=2, max_size=6))
+def test_dangling_references_checked_incrementally_equal_a_full_check(order) -> None:
+    previous = DANGLING[order[0]]
+    findings = list(dangling_subsets(previous))
+    for index in order[1:]:
+        config = DANGLING[index]
+        findings = dangling_after(previous, findings, config)
+        full = list(dangling_subsets(config))
+        assert [(f.resource.ref, f.path, f.message) for f in findings] == [
+            (f.resource.ref, f.path, f.message) for f in full
+        ]
+        previous = config
+
+
+def test_the_dangling_configs_do_dangle() -> None:
+    assert all(list(dangling_subsets(c)) for c in DANGLING[-4:-2] + DANGLING[-1:])

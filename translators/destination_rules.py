@@ -50,6 +50,12 @@ class DestinationRuleIndex:
     def namespaces_with_rules_for(self, host: str) -> set[str]:
         """Namespaces with a rule of their own for `host`: their proxies may resolve it
         to another rule than the rest of the mesh."""
+        memo = self.__dict__.setdefault("_with_rules", {})
+        if host not in memo:
+            memo[host] = frozenset(self._namespaces_with_rules_for(host))
+        return set(memo[host])
+
+    def _namespaces_with_rules_for(self, host: str) -> set[str]:
         found = {ns for ns, rules in self.exact.items() if host in rules}
         found |= {
             ns

@@ -49,9 +49,19 @@ class ConfigResource:
     labels: Mapping[str, str] = field(default_factory=dict)
     created: str = ""
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.namespace, self.name)
+
+    @cached_property
+    def digest(self) -> bytes:
+        """A hash of everything the config version covers of this resource: computed
+        once per resource object (files that did not change keep theirs)."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update("\0".join(self.key).encode())
+        digest.update(self.spec.SerializeToString(deterministic=True))
+        digest.update(repr(sorted(self.labels.items())).encode())
+        return digest.digest()
 
     @property
     def ref(self) -> str:
@@ -98,9 +108,7 @@ class MeshConfig:
         digest = hashlib.blake2b(digest_size=8)
         digest.update(self.mesh.SerializeToString(deterministic=True))
         for res in sorted(self.resources, key=lambda r: r.key):
-            digest.update("\0".join(res.key).encode())
-            digest.update(res.spec.SerializeToString(deterministic=True))
-            digest.update(repr(sorted(res.labels.items())).encode())
+            digest.update(res.digest)
         return digest.hexdigest()
 
 

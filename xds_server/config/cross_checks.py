@@ -46,36 +46,86 @@ def _destinations(vs: model.ConfigResource) -> Iterator[tuple[Path, Any]]:
             yield ("spec", "tcp", i, "route", j, "destination"), d.destination
 
 
+_SUBSET_REFS: dict[int, tuple[model.ConfigResource, list]] = {}
+
+
+def _subset_refs(vs: model.ConfigResource) -> list[tuple[Path, str, str]]:
+    """(field path, host, subset) of each destination naming a subset; memoised per
+    resource object, since files that did not change keep theirs."""
+    found = _SUBSET_REFS.get(id(vs))
+    if found is not None and found[0] is vs:
+        return found[1]
+    refs = [
+        (where, fqdn(dest.host, vs.namespace), dest.subset)
+        for where, dest in _destinations(vs)
+        if dest.subset
+    ]
+    if len(_SUBSET_REFS) > 200_000:
+        _SUBSET_REFS.clear()
+    _SUBSET_REFS[id(vs)] = (vs, refs)
+    return refs
+
+
 def dangling_subsets(config: model.MeshConfig) -> Iterator[CrossFinding]:
     """Routes to a subset that no DestinationRule defines (Envoy answers 503 there), as
     seen from the VirtualService's namespace and from every namespace whose own rule for
     the host its proxies would use instead."""
     rules = DestinationRuleIndex(config)
     for vs in config.of_kind(model.VIRTUAL_SERVICE):
-        for where, dest in _destinations(vs):
-            if not dest.subset:
-                continue
-            host = fqdn(dest.host, vs.namespace)
-            service_ns = host.split(".")[1] if "." in host else ""
-            for namespace in sorted({vs.namespace} | rules.namespaces_with_rules_for(host)):
-                dr = rules.lookup(host, namespace, service_ns)
-                seen_from = "" if namespace == vs.namespace else f" for proxies in {namespace}"
-                if dr is None:
-                    message = (
-                        f"no DestinationRule{seen_from} for {host} defines subset "
-                        f'"{dest.subset}"; requests routed there get 503'
-                    )
-                elif all(s.name != dest.subset for s in dr.subsets):
-                    known = ", ".join(s.name for s in dr.subsets) or "none"
-                    message = (
-                        f'unknown subset "{dest.subset}" of {host} (the DestinationRule'
-                        f"{seen_from} defines: {known}); requests routed there get 503"
-                    )
-                else:
-                    continue
-                yield CrossFinding(
-                    vs, (*where, "subset"), message, subset_of=(host, dest.subset, namespace)
+        yield from _vs_dangling(vs, rules)
+
+
+def dangling_after(
+    previous: model.MeshConfig, findings: list[CrossFinding], config: model.MeshConfig
+) -> list[CrossFinding]:
+    """dangling_subsets(config), given `findings` = dangling_subsets(previous): only the
+    VirtualServices that changed, or that route to a host whose DestinationRules changed,
+    are checked again (an edit of one file in thousands checks a few)."""
+    if previous.mesh.root_namespace != config.mesh.root_namespace:
+        return list(dangling_subsets(config))
+    before = {id(r): r for r in previous.of_kind(model.DESTINATION_RULE)}
+    after = {id(r): r for r in config.of_kind(model.DESTINATION_RULE)}
+    changed = [r for i, r in before.items() if i not in after]
+    changed += [r for i, r in after.items() if i not in before]
+    hosts = {fqdn(r.spec.host, r.namespace) for r in changed}
+    if any("*" in h for h in hosts):
+        return list(dangling_subsets(config))  # a wildcard rule: any host may move
+    known = {id(vs) for vs in previous.of_kind(model.VIRTUAL_SERVICE)}
+    kept: dict[int, list[CrossFinding]] = {}
+    for finding in findings:
+        kept.setdefault(id(finding.resource), []).append(finding)
+    rules: DestinationRuleIndex | None = None
+    out: list[CrossFinding] = []
+    for vs in config.of_kind(model.VIRTUAL_SERVICE):
+        if id(vs) in known and not any(h in hosts for _, h, _ in _subset_refs(vs)):
+            out += kept.get(id(vs), [])
+            continue
+        if rules is None:
+            rules = DestinationRuleIndex(config)
+        out += _vs_dangling(vs, rules)
+    return out
+
+
+def _vs_dangling(vs: model.ConfigResource, rules: DestinationRuleIndex) -> Iterator[CrossFinding]:
+    for where, host, subset in _subset_refs(vs):
+        service_ns = host.split(".")[1] if "." in host else ""
+        for namespace in sorted({vs.namespace} | rules.namespaces_with_rules_for(host)):
+            dr = rules.lookup(host, namespace, service_ns)
+            seen_from = "" if namespace == vs.namespace else f" for proxies in {namespace}"
+            if dr is None:
+                message = (
+                    f"no DestinationRule{seen_from} for {host} defines subset "
+                    f'"{subset}"; requests routed there get 503'
                 )
+            elif all(s.name != subset for s in dr.subsets):
+                known = ", ".join(s.name for s in dr.subsets) or "none"
+                message = (
+                    f'unknown subset "{subset}" of {host} (the DestinationRule'
+                    f"{seen_from} defines: {known}); requests routed there get 503"
+                )
+            else:
+                continue
+            yield CrossFinding(vs, (*where, "subset"), message, subset_of=(host, subset, namespace))
 
 
 def _host_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
@@ -161,8 +211,8 @@ def _endpoint_addresses(config: model.MeshConfig) -> Iterator[CrossFinding]:
 
 
 def cross_check(config: model.MeshConfig) -> list[CrossFinding]:
+    """Every finding but dangling subsets (the store computes those once per snapshot)."""
     return [
-        *dangling_subsets(config),
         *_endpoint_addresses(config),
         *_host_conflicts(config),
         *_gateway_references(config),

@@ -40,7 +40,12 @@ from pathlib import Path, PurePath
 from protos import mesh_config_pb2
 from translators import model
 from translators.naming import fqdn, host_matches
-from xds_server.config.cross_checks import CrossFinding, cross_check, dangling_subsets
+from xds_server.config.cross_checks import (
+    CrossFinding,
+    cross_check,
+    dangling_after,
+    dangling_subsets,
+)
 from xds_server.config.files import (
     DEFAULT_MAX_BYTES,
     FileGone,
@@ -87,6 +92,9 @@ class StoreState:
     snapshot: model.MeshConfig = field(default_factory=model.MeshConfig)
     settling: dict[str, float] = field(default_factory=dict)  # file -> end of its window
     loaded: bool = False
+    # Dangling subset references of `snapshot`, kept so the next decision need not
+    # compute them again.
+    dangling: list[CrossFinding] = field(default_factory=list)
 
     @property
     def digests(self) -> dict[str, str]:
@@ -224,7 +232,12 @@ class ConfigStore:
         groups = [r.group for r in self.rejected.values()]
         self._groups = itertools.count(max(groups, default=0) + 1)
         snapshot, _ = assemble(accepted)
-        self.state = StoreState(accepted=accepted, snapshot=snapshot, loaded=True)
+        self.state = StoreState(
+            accepted=accepted,
+            snapshot=snapshot,
+            loaded=True,
+            dangling=list(dangling_subsets(snapshot)),
+        )
         log.info(
             "resuming the configuration in force before the restart (%d files, version %s)",
             len(accepted),
@@ -343,13 +356,19 @@ class ConfigStore:
             if candidate is not None:
                 trial[name] = candidate
             issues[name] = found
+        assembled = None
         if not first:
-            for name, held in self._hold_dangling(trial).items():
+            holds, assembled = self._hold_dangling(trial)
+            for name, held in holds.items():
                 issues.setdefault(name, []).extend(held)
-        snapshot, duplicates = assemble(trial)
+        if assembled is None:
+            snapshot, duplicates = assemble(trial)
+            dangling = list(dangling_subsets(snapshot))
+        else:
+            snapshot, duplicates, dangling = assembled
         for issue in duplicates:
             issues.setdefault(issue.file, []).append(issue)
-        references = [_issue(f, trial) for f in cross_check(snapshot)]
+        references = [_issue(f, trial) for f in [*dangling, *cross_check(snapshot)]]
 
         self.rejected = rejected
         self.state = StoreState(
@@ -360,6 +379,7 @@ class ConfigStore:
             snapshot=snapshot,
             settling=settling,
             loaded=True,
+            dangling=dangling,
         )
         self.history[snapshot.version] = dict(trial)
         self.history.move_to_end(snapshot.version)
@@ -420,18 +440,23 @@ class ConfigStore:
         ended = {r.group for name, r in self.rejected.items() if _moved_on(r, latest.get(name))}
         return {n: r for n, r in self.rejected.items() if r.group not in ended}
 
-    def _hold_dangling(self, trial: dict[str, ParsedFile]) -> dict[str, list[ConfigIssue]]:
+    def _hold_dangling(
+        self, trial: dict[str, ParsedFile]
+    ) -> tuple[dict[str, list[ConfigIssue]], tuple]:
         """Hold back changed files (in `trial`, in place) until no subset reference
-        dangles that did not already dangle in the configuration in force."""
-        before = {_reference_key(f) for f in dangling_subsets(self.snapshot)}
+        dangles that did not already dangle in the configuration in force. Returns the
+        holds, and the last trial's (snapshot, duplicate issues, dangling references)."""
+        before = {_reference_key(f) for f in self.state.dangling}
         changed = {
             n for n in set(trial) | set(self.accepted) if trial.get(n) is not self.accepted.get(n)
         }
         held: dict[str, list[ConfigIssue]] = {}
+        assembled: tuple = ()
         for _ in range(len(changed) + 1):
-            new = [
-                f for f in dangling_subsets(assemble(trial)[0]) if _reference_key(f) not in before
-            ]
+            snapshot, duplicates = assemble(trial)
+            dangling = dangling_after(self.snapshot, self.state.dangling, snapshot)
+            assembled = (snapshot, duplicates, dangling)
+            new = [f for f in dangling if _reference_key(f) not in before]
             blamed: dict[str, list[ConfigIssue]] = {}
             for finding in new:
                 source = finding.resource.origin.file
@@ -484,7 +509,14 @@ class ConfigStore:
                     trial[name] = previous
                 changed.discard(name)
                 held.setdefault(name, []).extend(found)
-        return held
+        if held:
+            snapshot, duplicates = assemble(trial)  # the trial after the last hold
+            assembled = (
+                snapshot,
+                duplicates,
+                dangling_after(self.snapshot, self.state.dangling, snapshot),
+            )
+        return held, assembled
 
     # ---- reporting ----------------------------------------------------------------------
 
