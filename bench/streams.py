@@ -192,7 +192,13 @@ async def _round(k: int, xds: int, debug: int, server: subprocess.Popen) -> str:
     try:
         await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in sims)), 600)
         converged = time.perf_counter() - started
-        connect_stall = _get(loopz + "?reset=1")["max_stall_ms"]
+        loop = _get(loopz + "?reset=1")
+        connect_stall = loop["max_stall_ms"]
+        print(
+            f"  connecting: {loop['full_collections']} full GCs, longest "
+            f"{loop['max_gc_pause_ms']} ms",
+            flush=True,
+        )
         rss = _rss_mb(server.pid)
         failed = sum(s.failed for s in sims)
         if failed:

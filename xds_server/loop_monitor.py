@@ -5,6 +5,7 @@ figure that says whether the server stays responsive (shown at /debug/loopz)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass, field
 
@@ -17,8 +18,29 @@ class LoopMonitor:
     stalls_over_100ms: int = 0
     samples: int = 0
     since: float = field(default_factory=time.time)
+    # Garbage collections of the oldest generation hold every thread: how long the
+    # longest took, so a stall can be told apart from a slow handler.
+    max_gc_pause: float = 0.0
+    full_collections: int = 0
+    _gc_started: float = 0.0
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self.full_collections += 1
+            self.max_gc_pause = max(self.max_gc_pause, time.perf_counter() - self._gc_started)
 
     async def run(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        try:
+            await self._tick()
+        finally:
+            gc.callbacks.remove(self._on_gc)
+
+    async def _tick(self) -> None:
         while True:
             before = time.perf_counter()
             await asyncio.sleep(TICK)
@@ -35,8 +57,11 @@ class LoopMonitor:
             "stalls_over_100ms": self.stalls_over_100ms,
             "samples": self.samples,
             "since": self.since,
+            "max_gc_pause_ms": round(self.max_gc_pause * 1000, 1),
+            "full_collections": self.full_collections,
         }
         if reset:
             self.max_stall, self.stalls_over_100ms, self.samples = 0.0, 0, 0
+            self.max_gc_pause, self.full_collections = 0.0, 0
             self.since = time.time()
         return out

@@ -35,6 +35,7 @@ from xds_server.workload_memory import WorkloadMemory
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 GENERATIONS_KEPT = 4096  # generation -> config version, for tracing a NACK to its files
+DELIVERY_SLICE = 64  # streams handed new resources per turn of the event loop
 
 Listener = Callable[[Resources, int], None]
 
@@ -217,9 +218,13 @@ class MeshState:
             self._translate, translator, [conn.proxy for _, conn in targets]
         )
         notified = 0
-        for (handle, conn), resources in zip(targets, results, strict=True):
+        for index, ((handle, conn), resources) in enumerate(zip(targets, results, strict=True)):
+            if index and index % DELIVERY_SLICE == 0:
+                # Let the streams just handed resources answer before the next ones: a
+                # thousand woken at once would hold the loop for one long turn.
+                await asyncio.sleep(0)
             if self.connections.get(handle) is not conn:
-                continue  # gone while translating
+                continue  # gone while translating or while delivering
             versions = {t: version_of(r) for t, r in resources.items()}
             if versions != conn.versions or conn.resources is None:
                 conn.versions, conn.resources = versions, resources
