@@ -168,7 +168,11 @@ class DeltaStream(SotwStream):
             wildcard = True
         if "*" in unsubscribe:
             wildcard = False
-        names = (state.names | subscribe) - unsubscribe - {"*"}
+        named = subscribe - {"*"} if "*" in subscribe else subscribe
+        if not state.names and not unsubscribe:
+            names = named  # a first subscription: no copy of thousands of names
+        else:
+            names = (state.names | named) - unsubscribe
         state.wildcard, state.names = wildcard, _shared_names(names)
         if state.unknown and unsubscribe:
             state.unknown = state.unknown - unsubscribe
@@ -179,10 +183,10 @@ class DeltaStream(SotwStream):
             state.rejected.pop(name, None)
         if first and request.initial_resource_versions:
             state.held = _declared(request.initial_resource_versions)
-        if subscribe - {"*"}:
+        if named:
             # Named resources are sent even at the version the client declared
             # (envoy#22418), or holds: it may have lost them (checklist 38).
-            state.unknown = state.unknown | (subscribe - {"*"})
+            state.unknown = state.unknown | named if state.unknown else named
         return bool(subscribe)
 
     def _respond_if_needed(  # type: ignore[override]
