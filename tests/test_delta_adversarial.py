@@ -524,10 +524,14 @@ class Envoy:
         self.held: dict[str, dict[str, str]] = {t: {} for t in TYPES}
         self.subscribed: dict[str, set[str]] = {ENDPOINT: {"a"}, ROUTE: {"r"}}
         self.refused: set[tuple[str, str]] = set()
-        # Refused versions sent again once: the server cannot tell which resource of a
-        # refused response was at fault, so once the others are fixed or gone it may
-        # retry the rest once; a second retry would be a loop.
+        # Refused versions sent again since the last change: the server cannot tell which
+        # resource of a refused response was at fault, so once the others are fixed or
+        # gone it retries the rest; a second retry without a change would be a loop.
         self.retried: set[tuple[str, str]] = set()
+
+    def changed(self) -> None:
+        """The desired content or the subscription changed: one more retry is fair."""
+        self.retried = set()
 
     def connect(self, stream: DeltaStream, inbox: list) -> None:
         self.refused = set()  # a new stream knows nothing of refusals (checklist 40)
@@ -601,6 +605,7 @@ def test_model_client_converges(ops, final):
         if kind == "set":
             generation += 1
             spec = step[1]
+            envoy.changed()
             inbox += stream.set_resources(_resources(spec), generation)
         elif kind == "answer":
             for _ in range(step[1] + 1):
@@ -610,6 +615,7 @@ def test_model_client_converges(ops, final):
             t, name = step[1], step[2]
             if name not in NAMES[t]:
                 continue
+            envoy.changed()
             if kind == "sub":
                 envoy.subscribed[t].add(name)
                 inbox += stream.on_request(request(t, [name]))
@@ -625,6 +631,7 @@ def test_model_client_converges(ops, final):
             stream.set_resources(_resources(spec), generation)
             envoy.connect(stream, inbox)
     generation += 1
+    envoy.changed()
     inbox += stream.set_resources(_resources(final), generation)
     for _ in range(200):
         if not inbox:
@@ -729,12 +736,14 @@ def test_model_routes_never_point_at_clusters_the_client_lacks(ops, final):
     for step in ops:
         if step[0] == "set":
             generation += 1
+            envoy.changed()
             inbox += stream.set_resources(_linked_resources(step[1]), generation)
         else:
             for _ in range(step[1] + 1):
                 if inbox:
                     answer_one()
     generation += 1
+    envoy.changed()
     inbox += stream.set_resources(_linked_resources(final), generation)
     for _ in range(200):
         if not inbox:

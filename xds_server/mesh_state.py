@@ -20,33 +20,23 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from translators import model
 from translators.cache import CrossPushCache
 from translators.resources import Resources, version_of
 from translators.services import can_be_endpoint
 from translators.snapshot import Translator, World
+from xds_server.newest import newest_per_node
 from xds_server.text import safe_text
 from xds_server.workload_memory import WorkloadMemory
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 GENERATIONS_KEPT = 4096  # generation -> config version, for tracing a NACK to its files
 DELIVERY_SLICE = 64  # streams handed new resources per turn of the event loop
 
 Listener = Callable[[Resources, int], None]
-
-
-def newest_per_node(items: Iterable[T], node_id: Callable[[T], str]) -> dict[str, T]:
-    """One item per node id, the most recently connected: during a reconnect a node may
-    briefly have an old stream and a new one."""
-    newest: dict[str, T] = {}
-    for item in sorted(items, key=lambda i: i.connected_at):
-        newest[node_id(item)] = item
-    return newest
 
 
 @dataclass

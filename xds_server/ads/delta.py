@@ -62,6 +62,14 @@ class DeltaTypeState(TypeState):
     held: Mapping[str, Packed] = field(default_factory=lambda: EMPTY)  # what it acknowledged
     unknown: frozenset[str] = frozenset()  # names to send (or remove) regardless
     rejected: dict[str, str] = field(default_factory=dict)  # name -> version Envoy refused
+    guilty: dict[str, str] = field(default_factory=dict)  # refused in a response of its own
+
+    def retry_innocent(self) -> None:
+        """The refused response's names changed: the rest may have been innocent and is
+        sent again (each retry follows a change, so it never loops); what was refused in
+        a response of its own stays refused."""
+        self.rejected = {n: v for n, v in self.rejected.items() if self.guilty.get(n) == v}
+
     in_flight: frozenset[str] = frozenset()  # names the unacknowledged response carries
     in_flight_removed: frozenset[str] = frozenset()  # of those, the ones it removes
     refused_removals: frozenset[str] = frozenset()  # removals Envoy refused
@@ -117,9 +125,12 @@ class DeltaStream(SotwStream):
                 state.nack_message = safe_text(request.error_detail.message)
                 state.nacks += 1
                 sent = state.sent
-                for name in state.in_flight - state.in_flight_removed:
-                    if name in sent:
-                        state.rejected[name] = sent[name].hash
+                carried = [n for n in state.in_flight - state.in_flight_removed if n in sent]
+                for name in carried:
+                    state.rejected[name] = sent[name].hash
+                if len(carried) == 1:
+                    # Refused alone: certainly at fault, never retried as innocent.
+                    state.guilty[carried[0]] = sent[carried[0]].hash
                 state.refused_removals = state.refused_removals | state.in_flight_removed
                 # Envoy may have applied part of it: what it holds of these is unknown.
                 state.unknown = state.unknown | state.in_flight
@@ -131,6 +142,12 @@ class DeltaStream(SotwStream):
                     state.rejected = {
                         n: v
                         for n, v in state.rejected.items()
+                        if (p := state.sent.get(n)) is not None and p.hash == v
+                    }
+                if state.guilty:
+                    state.guilty = {
+                        n: v
+                        for n, v in state.guilty.items()
                         if (p := state.sent.get(n)) is not None and p.hash == v
                     }
                 state.refused_removals = frozenset()
@@ -177,7 +194,7 @@ class DeltaStream(SotwStream):
         if state.unknown and unsubscribe:
             state.unknown = state.unknown - unsubscribe
         if unsubscribe & state.rejected.keys():
-            state.rejected = {}  # the refused response's names changed: retry the rest
+            state.retry_innocent()
         for name in subscribe:
             # A refusal was about what the client watched then; asked again, it is sent.
             state.rejected.pop(name, None)
@@ -231,7 +248,7 @@ class DeltaStream(SotwStream):
             if (p := content.get(n)) is not None and p.hash == v and (wanted is None or n in wanted)
         }
         if len(still) < len(state.rejected):
-            state.rejected = {}
+            state.retry_innocent()
 
     def _clusters_warming(self) -> bool:
         """New clusters may be on their way: the response in flight adds some, or newer

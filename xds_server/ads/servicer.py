@@ -19,7 +19,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from translators.resources import SHORT_NAMES
 from xds_server.ads.delta import DeltaStream
 from xds_server.ads.sotw import SotwStream
-from xds_server.mesh_state import MeshState, newest_per_node
+from xds_server.ads.source import ResourceSource
+from xds_server.newest import newest_per_node
 from xds_server.node import NodeError, proxy_from_node
 from xds_server.text import safe_text
 
@@ -89,11 +90,11 @@ def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(
         self,
-        mesh: MeshState,
+        source: ResourceSource,
         control_plane_id: str = "xds-server",
         on_nack: Callable[[Nack], None] | None = None,
     ) -> None:
-        self.mesh = mesh
+        self.source = source  # where proxies register and get their resources
         self.control_plane_id = control_plane_id
         self.on_nack = on_nack
         self.observers: list[Callable[[StreamEvent], None]] = []
@@ -159,7 +160,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         self._stream_ids += 1
                         stream_id = self._stream_ids
                         self.streams[stream_id] = StreamInfo(proxy.node_id, peer, protocol)
-                        handle = self.mesh.connect(proxy, deliver)
+                        handle = self.source.connect(proxy, deliver)
                         log.info(
                             "proxy %s connected from %s (%s)", proxy.node_id, peer, protocol.api
                         )
@@ -212,7 +213,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         finally:
             reader.cancel()
             if handle is not None:
-                self.mesh.disconnect(handle)
+                self.source.disconnect(handle)
             if stream_id is not None:
                 self.streams.pop(stream_id, None)
             if protocol is not None:
