@@ -1,0 +1,163 @@
+"""Incremental translation equals a cold one, byte for byte: for the seed examples
+applied one after another, and for a generated 200-service mesh under random edits of
+VirtualServices, DestinationRules and Services and workloads joining and leaving."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.golden_cases import BASE, SEED, SEEDS, _proxies
+from tests.helpers import config_from, sidecar
+from translators import model
+from translators.cache import CrossPushCache
+from translators.snapshot import Translator, World
+from xds_server.config.loader import parse_file
+
+_BASE = config_from(BASE).resources
+_SEEDS = [parse_file(f"{n}.yaml", (SEED / f"{n}.yaml").read_text()).resources for n in SEEDS]
+PROXIES = _proxies()
+CALLER, GATEWAY, WORKLOADS = PROXIES[0], PROXIES[1], PROXIES[2:]
+
+
+def hashes(translator: Translator, proxies) -> dict:
+    return {
+        p.node_id: {
+            t: {n: r.hash for n, r in s.items()} for t, s in translator.translate(p).items()
+        }
+        for p in proxies
+    }
+
+
+class Server:
+    """Pushes as the server makes them (xds_server.mesh_state): a cache kept across
+    pushes, endpoint changes and config changes taking their incremental paths."""
+
+    def __init__(self, config: model.MeshConfig, proxies: tuple = ()) -> None:
+        self.cache = CrossPushCache()
+        self.translator = Translator(World(config, proxies, cache=self.cache))
+
+    def push(self, config: model.MeshConfig, proxies: tuple) -> Translator:
+        previous = self.translator
+        if config is previous.world.config:
+            self.cache.endpoint_round()
+            world = World(config, proxies, cache=self.cache)
+            self.translator = Translator.after_endpoint_change(previous, world)
+        else:
+            self.cache.next_round()
+            world = World(config, proxies, cache=self.cache)
+            self.translator = Translator.after_config_change(previous, world)
+        return self.translator
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, len(SEEDS) - 1), st.sampled_from(["join", "leave"]))))
+def test_seed_examples_applied_one_after_another(steps) -> None:
+    configs: dict[int, model.MeshConfig] = {}
+    config = model.MeshConfig(resources=_BASE)
+    joined: tuple = ()
+    server = Server(config)
+    hashes(server.translator, (CALLER, GATEWAY))
+    for step in steps:
+        if step == "join":
+            joined = WORKLOADS
+        elif step == "leave":
+            joined = ()
+        else:
+            config = configs.setdefault(step, model.MeshConfig(resources=(*_BASE, *_SEEDS[step])))
+        translator = server.push(config, joined)
+        cold = Translator(World(config, joined))
+        assert hashes(translator, (CALLER, GATEWAY, *joined)) == hashes(
+            cold, (CALLER, GATEWAY, *joined)
+        )
+
+
+SERVICE = """apiVersion: v1
+kind: Service
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  selector: {app: svc-%(i)d}
+  ports: [{name: http, port: 8080}]
+"""
+RULE = """apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  host: svc-%(i)d
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  trafficPolicy: {loadBalancer: {simple: %(lb)s}}
+"""
+ROUTES = """apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: svc-%(i)d, namespace: ns-%(ns)d}
+spec:
+  hosts: [svc-%(i)d]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: svc-%(i)d, subset: v2}}]
+  - route:
+    - {destination: {host: svc-%(i)d, subset: v1}, weight: %(w)d}
+    - {destination: {host: svc-%(i)d, subset: v2}, weight: %(rest)d}
+"""
+COUNT = 200
+
+
+def _doc(template: str, i: int, **values) -> model.ConfigResource:
+    (res,) = parse_file(f"svc-{i}.yaml", template % {"i": i, "ns": i % 4, **values}).resources
+    return res
+
+
+MESH = {("svc", i): _doc(SERVICE, i) for i in range(COUNT)}
+MESH.update({("rule", i): _doc(RULE, i, lb="ROUND_ROBIN") for i in range(COUNT)})
+MESH.update({("routes", i): _doc(ROUTES, i, w=90, rest=10) for i in range(COUNT)})
+CLIENTS = tuple(
+    sidecar(f"client-{ns}", "client", namespace=f"ns-{ns}", ip=f"127.0.3.{ns + 1}")
+    for ns in range(4)
+)
+
+edit = st.one_of(
+    st.tuples(st.just("routes"), st.integers(0, COUNT - 1), st.integers(0, 100)),
+    st.tuples(
+        st.just("rule"), st.integers(0, COUNT - 1), st.sampled_from(["RANDOM", "ROUND_ROBIN"])
+    ),
+    st.tuples(st.just("drop"), st.integers(0, COUNT - 1), st.just(0)),
+    st.tuples(st.just("join"), st.integers(0, COUNT - 1), st.integers(1, 2)),
+    st.tuples(st.just("leave"), st.integers(0, COUNT - 1), st.just(0)),
+)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(edit, min_size=1, max_size=6))
+def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
+    resources = dict(MESH)
+    workloads: dict[str, model.Proxy] = {}
+    config = model.MeshConfig(resources=tuple(resources.values()))
+    server = Server(config)
+    hashes(server.translator, CLIENTS)
+    for kind, i, value in steps:
+        if kind == "routes":
+            resources[("routes", i)] = _doc(ROUTES, i, w=value, rest=100 - value)
+        elif kind == "rule":
+            resources[("rule", i)] = _doc(RULE, i, lb=value)
+        elif kind == "drop":
+            for part in ("svc", "rule", "routes"):
+                resources.pop((part, i), None)
+        elif kind == "join":
+            proxy = sidecar(
+                f"svc-{i}-v{value}",
+                f"svc-{i}",
+                f"v{value}",
+                namespace=f"ns-{i % 4}",
+                ip=f"127.0.{4 + i // 250}.{i % 250 + 1}",
+            )
+            workloads[proxy.node_id] = proxy
+        elif workloads:
+            workloads.pop(sorted(workloads)[i % len(workloads)])
+        if kind in ("routes", "rule", "drop"):
+            config = model.MeshConfig(resources=tuple(resources.values()))
+        proxies = tuple(sorted(workloads.values(), key=lambda p: p.node_id))
+        translator = server.push(config, proxies)
+        cold = Translator(World(config, proxies))
+        assert hashes(translator, CLIENTS) == hashes(cold, CLIENTS)
