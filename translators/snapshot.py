@@ -367,9 +367,10 @@ class Translator:
             or world.proxies != old.proxies
             or any(r.kind != model.VIRTUAL_SERVICE for r in changed)
             or old.uses_source_labels
-            or world.uses_source_labels
+            or any(_uses_source_labels(r.spec) for r in changed)
         ):
             return cls(world)
+        world.__dict__["uses_source_labels"] = False  # neither before nor in what changed
         for name in (*_CONFIG_ONLY, "services", "port_uses"):
             if name in old.__dict__ and name not in ("bindings", "uses_source_labels"):
                 world.__dict__[name] = old.__dict__[name]
@@ -379,7 +380,8 @@ class Translator:
         if not sidecar_vs:
             translator._shared.update(previous._shared)
             return translator
-        named = {h for h, vs in old.bindings.hosts + world.bindings.hosts if vs in sidecar_vs}
+        edited = {id(r) for r in sidecar_vs}
+        named = {h for h, vs in (*old.bindings.hosts, *world.bindings.hosts) if id(vs) in edited}
         for key, view in previous._shared.items():
             updated = _updated_view(view, named, old, world)
             if updated is not None:
