@@ -29,6 +29,7 @@ from xds_server.mesh_state import MeshState
 from xds_server.workload_memory import WorkloadMemory
 
 log = logging.getLogger(__name__)
+PENDING_STREAMS = 20_000
 STATE_DIR_NAME = ".xds-server"  # under the config dir by default; hidden, so never config
 
 
@@ -93,6 +94,10 @@ class ControlPlane:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # Streams gRPC has accepted but the event loop has not taken yet: by default
+                # over 1000 of them (a mesh reconnecting at once) are refused.
+                ("grpc.server.max_pending_requests", PENDING_STREAMS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_STREAMS),
             ]
         )
         add_to_server(self.servicer, server)
