@@ -421,3 +421,24 @@ def test_a_nack_explained_by_a_version_already_refused_blames_no_other_file(mesh
     # The NACK of the push that carried both arrives later: bad.yaml explains it.
     assert store.rollback(good, both, "refused") == []
     assert subset(store) == "v2"
+
+
+def test_each_decision_says_which_resources_it_added_removed_and_changed(mesh):
+    store = loaded(mesh, ("v1", "v2"), "v1")
+    assert [str(c) for c in store.state.changes] == [
+        "+DestinationRule default/reviews",
+        "+Service default/reviews",
+        "+VirtualService default/reviews",
+    ]
+    write(mesh / "vs.yaml", vs("v2"))
+    store.update([mesh / "vs.yaml"])
+    assert [str(c) for c in store.state.changes] == ["~VirtualService default/reviews"]
+    write(mesh / "svc.yaml", plain_service_yaml("ratings"))
+    store.update([mesh / "svc.yaml"])
+    assert [str(c) for c in store.state.changes] == ["+Service default/ratings"]
+    (mesh / "svc.yaml").unlink()
+    store.update([mesh / "svc.yaml"])
+    assert [str(c) for c in store.state.changes] == ["-Service default/ratings"]
+    write(mesh / "vs.yaml", vs("v2"))  # rewritten, same content: nothing changed
+    store.update([mesh / "vs.yaml"])
+    assert store.state.changes == []

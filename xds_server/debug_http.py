@@ -52,6 +52,7 @@ def make_app(
                 "generation": mesh.generation,
                 "pushed_version": mesh.pushed_config_version,
                 "config_generation": mesh.config_generation,
+                "last_changes": [str(c) for c in state.changes[:100]],
                 "files": {name: digests[name] for name in sorted(digests)},
                 "accepted": {
                     name: parsed.digest for name, parsed in sorted(state.accepted.items())

@@ -95,6 +95,8 @@ class StoreState:
     # Dangling subset references of `snapshot`, kept so the next decision need not
     # compute them again.
     dangling: list[CrossFinding] = field(default_factory=list)
+    # What this decision changed against the previous snapshot (see change_set).
+    changes: list[Change] = field(default_factory=list)
 
     @property
     def digests(self) -> dict[str, str]:
@@ -372,6 +374,7 @@ class ConfigStore:
 
         self.rejected = rejected
         self.state = StoreState(
+            changes=change_set(self.snapshot, snapshot),
             latest=latest,
             accepted=trial,
             issues={name: found for name, found in issues.items() if found},
@@ -522,6 +525,36 @@ class ConfigStore:
 
     def all_issues(self) -> list[ConfigIssue]:
         return self.state.all_issues()
+
+
+@dataclass(frozen=True)
+class Change:
+    """One resource a decision added, removed or changed."""
+
+    what: str  # "added", "removed" or "changed"
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        sign = {"added": "+", "removed": "-", "changed": "~"}[self.what]
+        return f"{sign}{self.kind} {self.namespace}/{self.name}"
+
+
+def change_set(before: model.MeshConfig, after: model.MeshConfig) -> list[Change]:
+    """The resources that differ between two snapshots, by kind/namespace/name: a
+    resource of a file that did not change is the same object in both, so this is a
+    walk over identities, not a comparison of contents."""
+    old = {r.key: r for r in before.resources}
+    new = {r.key: r for r in after.resources}
+    out = [Change("removed", *key) for key in old.keys() - new.keys()]
+    for key, res in new.items():
+        previous = old.get(key)
+        if previous is None:
+            out.append(Change("added", *key))
+        elif previous is not res and previous.digest != res.digest:
+            out.append(Change("changed", *key))
+    return sorted(out, key=lambda c: (c.kind, c.namespace, c.name))
 
 
 def assemble(files: Mapping[str, ParsedFile]) -> tuple[model.MeshConfig, list[ConfigIssue]]:

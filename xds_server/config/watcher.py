@@ -111,11 +111,16 @@ class ConfigWatcher:
         log_issues(i for i in store.all_issues() if i not in before or i.file in touched)
         self._schedule_settle()
         if snapshot.version != before_version:
+            changes = store.state.changes
+            shown = " ".join(str(c) for c in changes[:5])
+            more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
             log.info(
-                "config changed (%d files touched): version %s, %d resources",
+                "config changed (%d files touched): version %s, %d resources; %s%s",
                 len(paths),
                 snapshot.version,
                 len(snapshot.resources),
+                safe_text(shown or "no resource changed (mesh settings)", 2000),
+                more,
             )
             self.on_config(snapshot)
 
