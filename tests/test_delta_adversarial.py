@@ -577,6 +577,16 @@ def _spec(**types):
 
 
 @given(st.lists(op, max_size=40), content)
+@example(  # found by Hypothesis: a refused cluster, kept while routes moved, was resent
+    ops=[
+        ("set", _spec(cds={"b": 2, "c": 0}, rds={"r": 0})),
+        ("answer", 0),
+        ("answer", 0),
+        ("answer", 0),
+        ("set", _spec(cds={"c": 1})),
+    ],
+    final=_spec(cds={"c": 0}),
+)
 @example(  # found by Hypothesis: an EDS NACK, then an unsubscribe; ERROR for ever after
     ops=[
         ("set", _spec()),

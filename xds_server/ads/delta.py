@@ -250,6 +250,28 @@ class DeltaStream(SotwStream):
         if len(still) < len(state.rejected):
             state.retry_innocent()
 
+    def _content(self, state: TypeState) -> ResourceSet:  # type: ignore[override]
+        """As SotW's, except that clusters kept while routes move off them are the ones
+        the client holds (acknowledged), not the ones last sent: a cluster it refused is
+        not kept, so never sent again for being kept."""
+        content = self._desired(state)
+        if state.type_url != CLUSTER or content.version == state.sent_version:
+            return content
+        assert isinstance(state, DeltaTypeState)
+        held = state.held
+        going = [
+            n
+            for n in _keys(held) - content.keys_set()
+            if (p := held.get(n)) is not None and p.any is not None  # not merely declared
+        ]
+        others_busy = any(
+            s.pending or self._differs(s) for s in self.types.values() if s.type_url != CLUSTER
+        )
+        self.deferred_cluster_removal = bool(going) and others_busy
+        if self.deferred_cluster_removal:
+            content = ResourceSet({n: held[n] for n in going}, base=content)
+        return content
+
     def _clusters_warming(self) -> bool:
         """New clusters may be on their way: the response in flight adds some, or newer
         cluster content waits behind it (listeners and routes wait for both)."""
