@@ -67,6 +67,16 @@ _CONFIG_ONLY = (
     "route_cache",
     "uses_source_labels",
 )
+# World properties a VirtualService-only edit leaves as they were (bindings and the
+# sourceLabels flag depend on VirtualServices; the registry on workloads, which are equal).
+_KEPT_BY_VS_EDITS = (
+    "destination_rules",
+    "linkerd_routes",
+    "retry_budgets",
+    "route_cache",
+    "services",
+    "port_uses",
+)
 
 
 @dataclass(frozen=True)
@@ -172,6 +182,12 @@ class World:
                 self.cache.put(lasting, (rule, found))
             self._service_cache[key] = (found, lasting, rule)
         return found
+
+    def take(self, other: World, names: Sequence[str]) -> None:
+        """Reuse `other`'s computed properties among `names` (those it has computed)."""
+        for name in names:
+            if name in other.__dict__:
+                self.__dict__[name] = other.__dict__[name]
 
     def keep_service_resources(self, other: World, unchanged: Callable[[str], bool]) -> None:
         """Take `other`'s per-service outputs for the hosts `unchanged` accepts (an
@@ -298,9 +314,7 @@ class Translator:
         old = previous.world
         if world.config is not old.config:
             raise ValueError("not an endpoint change: the config differs")
-        for name in _CONFIG_ONLY:
-            if name in old.__dict__:
-                world.__dict__[name] = old.__dict__[name]
+        world.take(old, _CONFIG_ONLY)
         changed = {
             h
             for h in world.services.keys() | old.services.keys()
@@ -371,9 +385,7 @@ class Translator:
         ):
             return cls(world)
         world.__dict__["uses_source_labels"] = False  # neither before nor in what changed
-        for name in (*_CONFIG_ONLY, "services", "port_uses"):
-            if name in old.__dict__ and name not in ("bindings", "uses_source_labels"):
-                world.__dict__[name] = old.__dict__[name]
+        world.take(old, _KEPT_BY_VS_EDITS)
         world.keep_service_resources(old, lambda host: True)
         sidecar_vs = [r for r in changed if is_sidecar_virtual_service(r)]
         translator = cls(world)

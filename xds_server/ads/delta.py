@@ -52,7 +52,6 @@ from xds_server.ads.sotw import (
     _keys,
     _shared_names,
 )
-from xds_server.text import safe_text
 
 
 @dataclass
@@ -101,29 +100,25 @@ class DeltaStream(SotwStream):
     """Protocol state of one delta ADS stream."""
 
     api: ClassVar[str] = "delta"
+    state_class: ClassVar[type[TypeState]] = DeltaTypeState
     types: dict[str, DeltaTypeState] = field(default_factory=dict)  # type: ignore[assignment]
 
     # ---- inputs -------------------------------------------------------------------------
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list:  # type: ignore[override]
-        type_url = request.type_url
-        if type_url not in PUSH_ORDER:
-            self.unknown_requests += 1
+        found = self._type_state(request.type_url)
+        if found is None:
             return []
-        state = self.types.get(type_url)
-        first = state is None
-        if state is None:
-            state = self.types[type_url] = DeltaTypeState(type_url)
+        state, first = found
+        assert isinstance(state, DeltaTypeState)
+        type_url = state.type_url
         subscribed = self._subscribe_delta(state, request, first)
         nonce = request.response_nonce
         out: list[Response] = []
         if nonce and nonce == state.sent_nonce and state.pending:
             state.pending = False
             if request.HasField("error_detail"):
-                state.nacked_version = state.sent_version
-                state.nacked_generation = state.sent_generation
-                state.nack_message = safe_text(request.error_detail.message)
-                state.nacks += 1
+                state.record_nack(request.error_detail.message)
                 sent = state.sent
                 carried = [n for n in state.in_flight - state.in_flight_removed if n in sent]
                 for name in carried:

@@ -102,6 +102,14 @@ class TypeState:
     deferred_force: bool = False
     adds_clusters: bool = False  # CDS: the response out added clusters
 
+    def record_nack(self, message: str) -> None:
+        """The client refused the response in flight."""
+        self.pending = False
+        self.nacked_version = self.sent_version
+        self.nacked_generation = self.sent_generation
+        self.nack_message = safe_text(message)
+        self.nacks += 1
+
     def status(self) -> str:
         if not self.sent_nonce:
             return NOT_SENT
@@ -133,16 +141,11 @@ class SotwStream:
 
     def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list:
         """Process one request; return the responses it calls for."""
-        type_url = request.type_url
-        if type_url not in PUSH_ORDER:
-            # An unknown type is never answered, and not remembered: a client could send
-            # any number of made-up ones.
-            self.unknown_requests += 1
+        found = self._type_state(request.type_url)
+        if found is None:
             return []
-        state = self.types.get(type_url)
-        first = state is None
-        if state is None:
-            state = self.types[type_url] = TypeState(type_url)
+        state, first = found
+        type_url = state.type_url
         nonce = request.response_nonce
         if nonce and nonce != state.sent_nonce:
             self._subscribe(state, request, first)  # stale: remember, don't answer
@@ -152,11 +155,7 @@ class SotwStream:
         if not nonce:
             out += self._respond_if_needed(state, force=True)
         elif request.HasField("error_detail"):
-            state.pending = False
-            state.nacked_version = state.sent_version
-            state.nacked_generation = state.sent_generation
-            state.nack_message = safe_text(request.error_detail.message)
-            state.nacks += 1
+            state.record_nack(request.error_detail.message)
             if changed:
                 out += self._respond_if_needed(state)
         elif state.pending:
@@ -192,6 +191,21 @@ class SotwStream:
         return out
 
     # ---- internals ----------------------------------------------------------------------
+
+    state_class: ClassVar[type[TypeState]] = TypeState
+
+    def _type_state(self, type_url: str) -> tuple[TypeState, bool] | None:
+        """This type's state, and whether this is its first request; None for a type this
+        server does not serve (never answered, and not remembered: a client could send
+        any number of made-up ones)."""
+        if type_url not in PUSH_ORDER:
+            self.unknown_requests += 1
+            return None
+        state = self.types.get(type_url)
+        if state is None:
+            state = self.types[type_url] = self.state_class(type_url)
+            return state, True
+        return state, False
 
     def _subscribe(self, state: TypeState, request, first: bool) -> bool:
         """Apply the request's resource names; True when the subscription changed."""
