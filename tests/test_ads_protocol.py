@@ -38,6 +38,8 @@ def node(node_id: str = "caller") -> base_pb2.Node:
 class Client:
     """One ADS stream: send requests, receive responses with a bounded wait."""
 
+    METHOD = "StreamAggregatedResources"
+
     def __init__(self, channel: grpc.aio.Channel, node_id: str = "caller") -> None:
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.node = node(node_id)
@@ -50,9 +52,8 @@ class Client:
                     return
                 yield item
 
-        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
-            requests()
-        )
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        self.call = getattr(stub, self.METHOD)(requests())
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.reader = asyncio.ensure_future(self._read())
 
@@ -71,6 +72,10 @@ class Client:
             response_nonce=nonce,
             version_info=version,
         )
+        self.put(req, error)
+
+    def put(self, req, error=None) -> None:
+        """Queue a request: the node on the first, error_detail for a NACK."""
         if self.first:
             req.node.CopyFrom(self.node)
             self.first = False

@@ -5,78 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.helpers import service_yaml
-from tests.test_ads_protocol import REVIEWS, VS_V2, node, plane  # noqa: F401 (fixture)
+from tests.test_ads_protocol import REVIEWS, VS_V2, Client, plane  # noqa: F401 (fixture)
+from tests.test_delta_state import request
 from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 RATINGS = REVIEWS.replace("reviews", "ratings")
 
 
-class DeltaClient:
+class DeltaClient(Client):
     """One delta ADS stream with bounded waits."""
 
-    def __init__(self, channel: grpc.aio.Channel, node_id: str = "caller") -> None:
-        self.outbox: asyncio.Queue = asyncio.Queue()
-        self.node = node(node_id)
-        self.first = True
-
-        async def requests():
-            while True:
-                item = await self.outbox.get()
-                if item is None:
-                    return
-                yield item
-
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        self.call = stub.DeltaAggregatedResources(requests())
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        self.reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for response in self.call:
-                self.inbox.put_nowait(response)
-        except grpc.aio.AioRpcError as exc:
-            self.inbox.put_nowait(exc)
+    METHOD = "DeltaAggregatedResources"
 
     def send(self, type_url, subscribe=(), unsubscribe=(), nonce="", initial=None, error=None):
-        req = discovery_pb2.DeltaDiscoveryRequest(
-            type_url=type_url,
-            resource_names_subscribe=list(subscribe),
-            resource_names_unsubscribe=list(unsubscribe),
-            response_nonce=nonce,
-            initial_resource_versions=initial or {},
-        )
-        if self.first:
-            req.node.CopyFrom(self.node)
-            self.first = False
-        if error:
-            req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
-        self.outbox.put_nowait(req)
+        self.put(request(type_url, subscribe, unsubscribe, nonce, initial), error)
 
     def ack(self, response) -> None:
         self.send(response.type_url, nonce=response.nonce)
-
-    async def recv(self, timeout: float = 5.0) -> discovery_pb2.DeltaDiscoveryResponse:
-        item = await asyncio.wait_for(self.inbox.get(), timeout)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    async def silent(self, seconds: float = 0.5) -> bool:
-        with contextlib.suppress(asyncio.TimeoutError):
-            resp = await asyncio.wait_for(self.inbox.get(), seconds)
-            raise AssertionError(f"unexpected response {resp}")
-        return True
-
-    def close(self) -> None:
-        self.outbox.put_nowait(None)
-        self.call.cancel()
-        self.reader.cancel()
 
 
 def names(response) -> list[str]:
