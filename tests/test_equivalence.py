@@ -1,6 +1,7 @@
 """Incremental translation equals a cold one, byte for byte: for the seed examples
 applied one after another, and for a generated 200-service mesh under random edits of
-VirtualServices, DestinationRules and Services and workloads joining and leaving."""
+VirtualServices, DestinationRules, Services and ServiceEntries and workloads joining and
+leaving."""
 
 from __future__ import annotations
 
@@ -101,6 +102,23 @@ spec:
     - {destination: {host: svc-%(i)d, subset: v1}, weight: %(w)d}
     - {destination: {host: svc-%(i)d, subset: v2}, weight: %(rest)d}
 """
+# A Service of another shape: a second HTTP port, or a TCP one.
+PORTS = {
+    "http": "[{name: http, port: 8080}, {name: http-admin, port: 8081}]",
+    "tcp": "[{name: http, port: 8080}, {name: tcp-db, port: 5432}]",
+}
+RESHAPED = SERVICE.replace("[{name: http, port: 8080}]", "%(ports)s")
+# A ServiceEntry: its own host, or one whose name is the short form of a Service's (its
+# full name then takes that domain from the Service's virtual host).
+ENTRY = """apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: entry-%(i)d, namespace: ns-%(ns)d}
+spec:
+  hosts: [%(host)s]
+  location: MESH_EXTERNAL
+  ports: [{number: %(port)d, name: %(name)s, protocol: %(protocol)s}]
+  resolution: DNS
+"""
 COUNT = 200
 
 
@@ -125,10 +143,22 @@ edit = st.one_of(
     st.tuples(st.just("drop"), st.integers(0, COUNT - 1), st.just(0)),
     st.tuples(st.just("join"), st.integers(0, COUNT - 1), st.integers(1, 2)),
     st.tuples(st.just("leave"), st.integers(0, COUNT - 1), st.just(0)),
+    st.tuples(st.just("reshape"), st.integers(0, COUNT - 1), st.sampled_from(sorted(PORTS))),
+    st.tuples(st.just("unservice"), st.integers(0, COUNT - 1), st.just(0)),
+    st.tuples(
+        st.just("entry"), st.integers(0, COUNT - 1), st.sampled_from(["own", "short", "tcp"])
+    ),
+    st.tuples(st.just("unentry"), st.integers(0, COUNT - 1), st.just(0)),
 )
 
 
-@settings(max_examples=6, deadline=None)
+def _entry(i: int, shape: str) -> model.ConfigResource:
+    host = f"svc-{i}.ns-{i % 4}" if shape == "short" else f"ext-{i}.example.com"
+    port, name, protocol = (5433, "tcp", "TCP") if shape == "tcp" else (80, "http", "HTTP")
+    return _doc(ENTRY, i, host=host, port=port, name=name, protocol=protocol)
+
+
+@settings(max_examples=8, deadline=None)
 @given(st.lists(edit, min_size=1, max_size=6))
 def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
     resources = dict(MESH)
@@ -144,6 +174,14 @@ def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
         elif kind == "drop":
             for part in ("svc", "rule", "routes"):
                 resources.pop((part, i), None)
+        elif kind == "reshape":
+            resources[("svc", i)] = _doc(RESHAPED, i, ports=PORTS[value])
+        elif kind == "unservice":
+            resources.pop(("svc", i), None)
+        elif kind == "entry":
+            resources[("entry", i)] = _entry(i, value)
+        elif kind == "unentry":
+            resources.pop(("entry", i), None)
         elif kind == "join":
             proxy = sidecar(
                 f"svc-{i}-v{value}",
@@ -155,7 +193,7 @@ def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
             workloads[proxy.node_id] = proxy
         elif workloads:
             workloads.pop(sorted(workloads)[i % len(workloads)])
-        if kind in ("routes", "rule", "drop"):
+        if kind not in ("join", "leave"):
             config = model.MeshConfig(resources=tuple(resources.values()))
         proxies = tuple(sorted(workloads.values(), key=lambda p: p.node_id))
         translator = server.push(config, proxies)

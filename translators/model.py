@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import weakref
+from bisect import insort
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -85,12 +87,32 @@ def with_mesh_defaults(mesh: mesh_config_pb2.MeshConfig) -> mesh_config_pb2.Mesh
     return merged
 
 
+_DIGEST_MOD = 1 << 128
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """How a snapshot was derived from an earlier one: the resources taken out and put
+    in (by identity). The earlier snapshot is held weakly, so lineage never keeps old
+    configurations alive."""
+
+    ancestor: weakref.ref
+    removed: tuple[ConfigResource, ...]
+    added: tuple[ConfigResource, ...]
+
+
+# Snapshots back through which a derived one remembers its differences.
+LINEAGE_DEPTH = 8
+
+
 @dataclass(frozen=True)
 class MeshConfig:
     """A complete, validated snapshot of the configuration directory."""
 
     resources: tuple[ConfigResource, ...] = ()
     mesh: mesh_config_pb2.MeshConfig = field(default_factory=default_mesh)
+    # Earlier snapshots (newest first) this one was derived from, see evolve().
+    lineage: tuple[Lineage, ...] = field(default=(), compare=False, repr=False)
 
     def of_kind(self, kind: str) -> list[ConfigResource]:
         return self._by_kind.get(kind, [])
@@ -103,13 +125,80 @@ class MeshConfig:
         return out
 
     @cached_property
+    def _digest_sum(self) -> int:
+        """The sum of the resources' digests: a hash of the set that one resource more
+        or less changes by its own digest, so a derived snapshot need not add them all."""
+        return sum(int.from_bytes(r.digest, "big") for r in self.resources) % _DIGEST_MOD
+
+    @cached_property
     def version(self) -> str:
         """A content hash: equal configs have equal versions across restarts."""
         digest = hashlib.blake2b(digest_size=8)
         digest.update(self.mesh.SerializeToString(deterministic=True))
-        for res in sorted(self.resources, key=lambda r: r.key):
-            digest.update(res.digest)
+        digest.update(self._digest_sum.to_bytes(16, "big"))
         return digest.hexdigest()
+
+    def evolve(
+        self,
+        resources: tuple[ConfigResource, ...],
+        removed: Sequence[ConfigResource],
+        added: Sequence[ConfigResource],
+        mesh: mesh_config_pb2.MeshConfig,
+    ) -> MeshConfig:
+        """The snapshot of `resources`, which are this one's less `removed` plus `added`:
+        its kind index and version come from this one's (a change of one file among
+        thousands costs what that file holds), and it remembers the difference."""
+        removed, added = tuple(removed), tuple(added)
+        lineage = [Lineage(weakref.ref(self), removed, added)]
+        for earlier in self.lineage[: LINEAGE_DEPTH - 1]:
+            lineage.append(_compose(earlier, removed, added))
+        child = MeshConfig(resources, mesh, tuple(lineage))
+        known = self.__dict__
+        if "_by_kind" in known:
+            child.__dict__["_by_kind"] = _index_after(known["_by_kind"], removed, added)
+        if "_digest_sum" in known:
+            total = known["_digest_sum"] + sum(int.from_bytes(r.digest, "big") for r in added)
+            total -= sum(int.from_bytes(r.digest, "big") for r in removed)
+            child.__dict__["_digest_sum"] = total % _DIGEST_MOD
+        return child
+
+    def changes_since(
+        self, earlier: MeshConfig
+    ) -> tuple[tuple[ConfigResource, ...], tuple[ConfigResource, ...]] | None:
+        """(removed, added) by identity since `earlier`, when this snapshot was derived
+        from it within LINEAGE_DEPTH steps; None when unknown."""
+        for step in self.lineage:
+            if step.ancestor() is earlier:
+                return step.removed, step.added
+        return None
+
+
+def _compose(earlier: Lineage, removed: tuple, added: tuple) -> Lineage:
+    """The difference from `earlier.ancestor` after one more step."""
+    gone = {id(r) for r in removed}
+    came = {id(r) for r in earlier.added}
+    return Lineage(
+        earlier.ancestor,
+        earlier.removed + tuple(r for r in removed if id(r) not in came),
+        tuple(r for r in earlier.added if id(r) not in gone) + added,
+    )
+
+
+def _index_after(
+    index: dict[str, list[ConfigResource]], removed: tuple, added: tuple
+) -> dict[str, list[ConfigResource]]:
+    out = dict(index)
+    gone = {id(r) for r in removed}
+    for kind in {r.kind for r in removed} | {r.kind for r in added}:
+        kept = [r for r in index.get(kind, ()) if id(r) not in gone]
+        for res in added:
+            if res.kind == kind:
+                insort(kept, res, key=ConfigResource.order_key)
+        if kept:
+            out[kind] = kept
+        else:
+            out.pop(kind, None)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

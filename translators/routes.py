@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from google.protobuf import duration_pb2, wrappers_pb2
@@ -317,7 +318,7 @@ class _VHost:
     domains: list[tuple[int, str]]  # (priority, domain); priority 0 = full names, claimed first
 
 
-def _service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[int, str]]:
+def service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[int, str]]:
     names: list[tuple[int, str]] = [(0, service.hostname), (0, service.hostname + ".")]
     if service.short_name:
         ns_name = f"{service.short_name}.{service.namespace}"
@@ -378,6 +379,30 @@ class Bindings:
                 best = (len(pattern), vs)
         return best[1] if best is not None else None
 
+    def names(self, host: str) -> bool:
+        """Whether a VirtualService names `host`, exactly or by a wildcard."""
+        return host in self.exact or any(host_matches(p, host) for p, _ in self.wildcards)
+
+    def routing_to(self, targets: set[str], services: Collection[str]) -> set[str] | None:
+        """The service hosts whose VirtualService sends traffic (routes or mirrors) to
+        one of `targets`; None when such a VirtualService owns hosts by a wildcard."""
+        found: set[str] = set()
+        for target in targets:
+            for host, vs in self._by_destination.get(target, ()):
+                if "*" in host:
+                    return None
+                if host in services and self.owner(host, services) is vs:
+                    found.add(host)
+        return found
+
+    @cached_property
+    def _by_destination(self) -> dict[str, list[tuple[str, model.ConfigResource]]]:
+        out: dict[str, list[tuple[str, model.ConfigResource]]] = {}
+        for host, vs in self.hosts:
+            for target in _source_facts(_source(vs))[0]:
+                out.setdefault(target, []).append((host, vs))
+        return out
+
     def bind(self, services: Iterable[str]):
         """Each service host -> its owner; plus the VS hosts that name no service."""
         service_hosts = services if isinstance(services, Collection) else set(services)
@@ -405,18 +430,26 @@ def _source(vs: model.ConfigResource) -> RouteSource:
     return RouteSource(vs.namespace, vs.spec.http, vs.ref)
 
 
-def claim_domains(vhosts: Sequence[_VHost]) -> list[tuple[str, tuple[str, ...], list[rc.Route]]]:
+def claim_domains(
+    vhosts: Sequence[_VHost], contested: set[str] | None = None
+) -> list[tuple[str, tuple[str, ...], list[rc.Route]]]:
     """Envoy refuses a domain used twice; the first claim wins, full names before short
-    forms. Returns (name, domains, routes) per virtual host, sorted by name."""
+    forms. Returns (name, domains, routes) per virtual host, sorted by name; adds the
+    domains more than one virtual host wanted to `contested`."""
     vhosts = list({v.name: v for v in reversed(vhosts)}.values())[::-1]  # one per name
-    claimed: set[str] = set()
+    claimed: dict[str, str] = {}
     chosen: dict[str, list[str]] = {v.name: [] for v in vhosts}
     for priority in (0, 1):
         for vhost in vhosts:
             for prio, domain in vhost.domains:
-                if prio == priority and domain not in claimed:
-                    claimed.add(domain)
-                    chosen[vhost.name].append(domain)
+                if prio != priority:
+                    continue
+                owner = claimed.setdefault(domain, vhost.name)
+                if owner == vhost.name:
+                    if domain not in chosen[vhost.name]:
+                        chosen[vhost.name].append(domain)
+                elif contested is not None:
+                    contested.add(domain)
     return [
         (v.name, tuple(chosen[v.name]), v.routes)
         for v in sorted(vhosts, key=lambda v: v.name)
@@ -466,6 +499,13 @@ class RouteParts:
     vhosts: Mapping[str, tuple[tuple[str, ...], bytes]]  # in order
     catch_all: bytes
     has_unbound: bool  # a vhost for a VS host outside the registry
+    # Domains more than one virtual host wanted (perhaps some of them since went away).
+    contested: frozenset[str] = frozenset()
+
+    @cached_property
+    def claimed(self) -> dict[str, str]:
+        """Every domain -> the virtual host that won it."""
+        return {domain: name for name, (domains, _) in self.vhosts.items() for domain in domains}
 
     def serialized(self) -> bytes:
         return b"".join(
@@ -488,7 +528,45 @@ class RouteParts:
                 continue  # every domain of it went to other vhosts: it is not sent
             domains = vhosts[name][0]
             vhosts[name] = (domains, _vhost_field(name, domains, new, cache))
-        return RouteParts(vhosts, self.catch_all, self.has_unbound)
+        return self._with(vhosts, self.__dict__.get("claimed"))
+
+    def with_services(
+        self,
+        gone: Iterable[str],
+        added: Sequence[tuple[str, list[tuple[int, str]], list[rc.Route]]],
+        cache: CrossPushCache | None,
+    ) -> RouteParts | None:
+        """These vhosts without the `gone` ones, plus `added` (name, wanted domains,
+        routes), when that moves no domain between virtual hosts: no domain of a gone
+        one was wanted by another, and no added one wants a domain already taken. None
+        otherwise (claim them all again)."""
+        claimed = dict(self.claimed)
+        vhosts = dict(self.vhosts)
+        for name in gone:
+            domains, _ = vhosts.pop(name, ((), b""))
+            if any(domain in self.contested for domain in domains):
+                return None
+            for domain in domains:
+                del claimed[domain]
+        for name, wanted, routes in added:
+            domains = tuple(dict.fromkeys(domain for _, domain in sorted(wanted, key=_priority)))
+            if name in vhosts or any(domain in claimed for domain in domains):
+                return None
+            claimed.update(dict.fromkeys(domains, name))
+            vhosts[name] = (domains, _vhost_field(name, domains, routes, cache))
+        return self._with(dict(sorted(vhosts.items())), claimed)
+
+    def _with(
+        self, vhosts: dict[str, tuple[tuple[str, ...], bytes]], claimed: dict[str, str] | None
+    ) -> RouteParts:
+        parts = RouteParts(vhosts, self.catch_all, self.has_unbound, self.contested)
+        if claimed is not None:
+            parts.__dict__["claimed"] = claimed
+        return parts
+
+
+def _priority(wanted: tuple[int, str]) -> int:
+    return wanted[0]
 
 
 def _source_facts(source: RouteSource) -> tuple[tuple[str, ...], bool, bool]:
@@ -568,7 +646,7 @@ def outbound_route_config(
             if not port.is_http:
                 continue
             routes = _vhost_routes(host, port.port, source, ctx)
-            domains = _service_domains(service, port.port, ctx.proxy_ns)
+            domains = service_domains(service, port.port, ctx.proxy_ns)
             vhosts.append(_VHost(f"{host}:{port.port}", routes, domains))
     seen_unbound: set[str] = set()
     for host, vs in unbound:
@@ -577,13 +655,15 @@ def outbound_route_config(
         seen_unbound.add(host)
         domains = [(0, host)] if "*" in host else [(0, host), (0, f"{host}:*")]
         vhosts.append(_VHost(host, virtual_service_routes(vs, ctx, None), domains))
+    contested: set[str] = set()
     return RouteParts(
         {
             name: (domains, _vhost_field(name, domains, routes, ctx.shared))
-            for name, domains, routes in claim_domains(vhosts)
+            for name, domains, routes in claim_domains(vhosts, contested)
         },
         _catch_all_bytes(allow_any),
         bool(seen_unbound),
+        frozenset(contested),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -33,6 +33,7 @@ from translators.routes import (
     RouteSource,
     is_sidecar_virtual_service,
     outbound_route_config,
+    service_domains,
     service_sources,
     service_vhost_routes,
     sidecar_virtual_services,
@@ -67,6 +68,16 @@ _CONFIG_ONLY = (
     "route_cache",
     "uses_source_labels",
 )
+# World properties an edit of Services and ServiceEntries only leaves as they were.
+_KEPT_BY_SERVICE_EDITS = (
+    "bindings",
+    "destination_rules",
+    "linkerd_routes",
+    "retry_budgets",
+    "route_cache",
+    "uses_source_labels",
+)
+_SERVICE_KINDS = frozenset({model.SERVICE, model.SERVICE_ENTRY})
 # World properties a VirtualService-only edit leaves as they were (bindings and the
 # sourceLabels flag depend on VirtualServices; the registry on workloads, which are equal).
 _KEPT_BY_VS_EDITS = (
@@ -189,12 +200,14 @@ class World:
             if name in other.__dict__:
                 self.__dict__[name] = other.__dict__[name]
 
-    def keep_service_resources(self, other: World, unchanged: Callable[[str], bool]) -> None:
-        """Take `other`'s per-service outputs for the hosts `unchanged` accepts (an
+    def keep_service_resources(self, other: World, changed: Collection[str] = ()) -> None:
+        """Take `other`'s per-service outputs but those of the `changed` hosts (an
         endpoint change keeps the cache's round going, so they stay there too)."""
-        for key, entry in other._service_cache.items():
-            if unchanged(key[0]):
-                self._service_cache[key] = entry
+        kept = self._service_cache
+        kept.update(other._service_cache)
+        if changed:
+            for key in [key for key in kept if key[0] in changed]:
+                del kept[key]
 
     @cached_property
     def uses_source_labels(self) -> bool:
@@ -321,7 +334,7 @@ class Translator:
             if (before := old.services.get(h)) is not (now := world.services.get(h))
             and before != now
         }
-        world.keep_service_resources(old, lambda host: host not in changed)
+        world.keep_service_resources(old, changed)
         if "port_uses" in old.__dict__:
             world.__dict__["port_uses"] = update_port_uses(
                 old.port_uses, old.services, world.services, changed
@@ -377,6 +390,13 @@ class Translator:
         old = previous.world
         changed = _changed_resources(old.config, world.config)
         if (
+            changed is not None
+            and world.proxies == old.proxies
+            and not old.uses_source_labels
+            and all(r.kind in _SERVICE_KINDS for r in changed)
+        ):
+            return cls._after_service_edit(previous, world)
+        if (
             changed is None
             or world.proxies != old.proxies
             or any(r.kind != model.VIRTUAL_SERVICE for r in changed)
@@ -386,7 +406,7 @@ class Translator:
             return cls(world)
         world.__dict__["uses_source_labels"] = False  # neither before nor in what changed
         world.take(old, _KEPT_BY_VS_EDITS)
-        world.keep_service_resources(old, lambda host: True)
+        world.keep_service_resources(old)
         sidecar_vs = [r for r in changed if is_sidecar_virtual_service(r)]
         translator = cls(world)
         if not sidecar_vs:
@@ -398,6 +418,44 @@ class Translator:
             updated = _updated_view(view, named, old, world)
             if updated is not None:
                 translator._shared[key] = updated
+        return translator
+
+    @classmethod
+    def _after_service_edit(cls, previous: Translator, world: World) -> Translator:
+        """After an edit of Services and ServiceEntries only: each namespace view gets
+        the clusters, endpoints and virtual hosts of the hosts that changed, and the
+        routes that send traffic to them are built again; everything else stays. Views
+        with a Sidecar, or where a domain would move between virtual hosts, translate
+        anew."""
+        old = previous.world
+        world.take(old, _KEPT_BY_SERVICE_EDITS)
+        before, after = old.services, world.services
+        changed = {
+            h
+            for h in before.keys() | after.keys()
+            if (was := before.get(h)) is not (now := after.get(h)) and was != now
+        }
+        translator = cls(world)
+        world.keep_service_resources(old, changed)
+        if "port_uses" in old.__dict__:
+            world.__dict__["port_uses"] = update_port_uses(old.port_uses, before, after, changed)
+        if not changed:
+            translator._shared.update(previous._shared)
+            return translator
+        dependents = world.bindings.routing_to(changed, after)
+        if (
+            any("*" in h for h in changed)
+            or dependents is None
+            or world.linkerd_routes
+            or any(world.bindings.names(h) for h in changed if h not in after)
+        ):
+            return translator  # a VirtualService's host may have left the registry
+        edit = _ServiceEdit(old, world, changed, dependents)
+        for key, view in previous._shared.items():
+            if key[2] is None:  # a Sidecar's view may see other services: anew
+                updated = edit.view(key[0], view)
+                if updated is not None:
+                    translator._shared[key] = updated
         return translator
 
     def translate(self, proxy: model.Proxy) -> Resources:
@@ -455,6 +513,9 @@ def _changed_resources(
     the objects of unchanged files); None when the mesh settings differ."""
     if old.mesh is not new.mesh and old.mesh != new.mesh:
         return None
+    known = new.changes_since(old)
+    if known is not None:
+        return [*known[0], *known[1]]
     before = {id(r): r for r in old.resources}
     after = {id(r): r for r in new.resources}
     return [r for i, r in before.items() if i not in after] + [
@@ -495,6 +556,107 @@ def _updated_view(
         owners, _ = world.bindings.bind(services)
         updated[TCP_ROUTES] = outbound_tcp_routes(ctx, owners)
     return updated
+
+
+@dataclass
+class _ServiceEdit:
+    """One namespace view after services changed (see Translator._after_service_edit)."""
+
+    old: World
+    world: World
+    changed: set[str]  # service hosts that came, went or changed
+    dependents: set[str]  # service hosts whose routes send traffic to a changed one
+
+    @cached_property
+    def hosts(self) -> frozenset[str]:
+        return frozenset(self.world.services)
+
+    @cached_property
+    def tcp(self) -> bool:
+        """Whether a changed host has (or had) a port that is not HTTP."""
+        return any(
+            not port.is_http
+            for host in self.changed
+            for service in (self.old.services.get(host), self.world.services.get(host))
+            if service is not None
+            for port in service.ports
+        )
+
+    def view(self, namespace: str, view: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        parts: RouteParts = view[ROUTE_PARTS]
+        if parts.has_unbound:
+            return None  # a VS host outside the registry may now name a service
+        world, before, after = self.world, self.old.services, self.world.services
+        old_ctx: RouteContext = view[VIEW_CONTEXT]
+        ctx = RouteContext(
+            after,
+            world.destination_rules,
+            namespace,
+            old_ctx.proxy_labels,
+            shared=world.route_cache,
+            scope=None,
+        )
+        rebuilt = sorted(h for h in self.changed | self.dependents if h in after)
+        sources = service_sources(world.bindings, after, world.linkerd_routes, rebuilt)
+        gone = [
+            f"{host}:{port.port}"
+            for host in self.changed
+            if (service := before.get(host)) is not None
+            for port in service.ports
+            if port.is_http
+        ]
+        added = [
+            (name, service_domains(after[host], int(name.rpartition(":")[2]), namespace), routes)
+            for host in rebuilt
+            if host in self.changed
+            for name, routes in service_vhost_routes(host, after[host], sources[host], ctx).items()
+        ]
+        parts = parts.with_services(gone, added, world.route_cache)
+        if parts is None:
+            return None
+        routes: dict[str, list] = {}
+        for host in rebuilt:
+            if host not in self.changed:
+                routes.update(service_vhost_routes(host, after[host], sources[host], ctx))
+        parts = parts.with_routes(routes, world.route_cache)
+        gone_clusters: list[str] = []
+        gone_assignments: list[str] = []
+        for host in self.changed:
+            if host in before:
+                old_clusters, old_assignments = self.old.service_resources(host, namespace)
+                gone_clusters += old_clusters
+                gone_assignments += old_assignments
+        new_clusters: dict[str, Packed] = {}
+        new_assignments: dict[str, Packed] = {}
+        for host in sorted(self.changed):
+            if host in after:
+                clusters, assignments = world.service_resources(host, namespace)
+                new_clusters.update(clusters)
+                new_assignments.update(assignments)
+        updated = {
+            **view,
+            CLUSTER: _replaced(view[CLUSTER], gone_clusters, new_clusters),
+            ENDPOINT: _replaced(view[ENDPOINT], gone_assignments, new_assignments),
+            ROUTE: _route_set(parts),
+            ROUTE_PARTS: parts,
+            VIEW_CONTEXT: ctx,
+            VIEW_HOSTS: self.hosts,
+        }
+        if self.tcp:
+            owners, _ = world.bindings.bind(after)
+            updated[TCP_ROUTES] = outbound_tcp_routes(ctx, owners)
+        return updated
+
+
+def _replaced(base: ResourceSet, gone: Sequence[str], new: Mapping[str, Packed]) -> ResourceSet:
+    """`base` without `gone` and with `new`: an overlay when nothing goes away."""
+    if all(name in new for name in gone):
+        return ResourceSet.overlay(base, new)
+    merged = dict(base.items())
+    for name in gone:
+        merged.pop(name, None)
+    merged.update(new)
+    return ResourceSet(merged)
 
 
 def translate(world: World, proxy: model.Proxy) -> Resources:

@@ -29,7 +29,8 @@ FREE_TEXT_FIELDS = frozenset({"meshapi.networking.HTTPBody.string"})
 _CONTROL = re.compile(r"[\r\n\x00]")
 _CONTROL_NAMES = {"\r": "a carriage return (CR)", "\n": "a line feed (LF)", "\0": "a NUL"}
 UNIX_PREFIX = "unix://"
-Resolution = service_entry_pb2.ServiceEntry.Resolution
+_STATIC = service_entry_pb2.ServiceEntry.Resolution.Value("STATIC")
+_DNS_ROUND_ROBIN = service_entry_pb2.ServiceEntry.Resolution.Value("DNS_ROUND_ROBIN")
 
 
 def _is_map(fd: FieldDescriptor) -> bool:
@@ -108,16 +109,23 @@ def endpoint_findings(config: model.MeshConfig) -> Iterator[tuple[model.ConfigRe
     if not enabled("endpoint-address") and not enabled("dns-round-robin"):
         return
     entries = config.of_kind(model.WORKLOAD_ENTRY)
-    selectors = [(res, res.spec.selector, "Service") for res in config.of_kind(model.SERVICE)]
-    selectors += [
-        (res, res.spec.workload_selector.labels, "STATIC ServiceEntry")
-        for res in config.of_kind(model.SERVICE_ENTRY)
-        if res.spec.resolution == Resolution.STATIC
+    if not entries:
+        return
+    named = [
+        we
+        for we in entries
+        if not is_ip(we.spec.address) and not we.spec.address.startswith(UNIX_PREFIX)
     ]
-    for we in entries:
+    selectors = []
+    if named and enabled("endpoint-address"):
+        selectors = [(res, res.spec.selector, "Service") for res in config.of_kind(model.SERVICE)]
+        selectors += [
+            (res, res.spec.workload_selector.labels, "STATIC ServiceEntry")
+            for res in config.of_kind(model.SERVICE_ENTRY)
+            if res.spec.resolution == _STATIC
+        ]
+    for we in named if selectors else ():
         address = we.spec.address
-        if not enabled("endpoint-address") or is_ip(address) or address.startswith(UNIX_PREFIX):
-            continue
         users = [
             f"{kind} {res.namespace}/{res.name}"
             for res, selector, kind in selectors
@@ -134,7 +142,7 @@ def endpoint_findings(config: model.MeshConfig) -> Iterator[tuple[model.ConfigRe
     if not enabled("dns-round-robin"):
         return
     for se in config.of_kind(model.SERVICE_ENTRY):
-        if se.spec.resolution != Resolution.DNS_ROUND_ROBIN:
+        if se.spec.resolution != _DNS_ROUND_ROBIN:
             continue
         selected = [
             we

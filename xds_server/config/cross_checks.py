@@ -9,7 +9,7 @@ VirtualServices for one host wins).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,24 +46,35 @@ def _destinations(vs: model.ConfigResource) -> Iterator[tuple[Path, Any]]:
             yield ("spec", "tcp", i, "route", j, "destination"), d.destination
 
 
-_SUBSET_REFS: dict[int, tuple[model.ConfigResource, list]] = {}
+class PerResource:
+    """Values derived from one resource, memoised per resource object: the files that did
+    not change keep their objects, so a decision derives only the changed ones again."""
+
+    LIMIT = 200_000
+
+    def __init__(self, derive: Callable[[model.ConfigResource], Any]) -> None:
+        self.derive = derive
+        self._known: dict[int, tuple[model.ConfigResource, Any]] = {}
+
+    def __call__(self, res: model.ConfigResource) -> Any:
+        found = self._known.get(id(res))
+        if found is not None and found[0] is res:
+            return found[1]
+        value = self.derive(res)
+        if len(self._known) > self.LIMIT:
+            self._known.clear()
+        self._known[id(res)] = (res, value)
+        return value
 
 
+@PerResource
 def _subset_refs(vs: model.ConfigResource) -> list[tuple[Path, str, str]]:
-    """(field path, host, subset) of each destination naming a subset; memoised per
-    resource object, since files that did not change keep theirs."""
-    found = _SUBSET_REFS.get(id(vs))
-    if found is not None and found[0] is vs:
-        return found[1]
-    refs = [
+    """(field path, host, subset) of each destination naming a subset."""
+    return [
         (where, fqdn(dest.host, vs.namespace), dest.subset)
         for where, dest in _destinations(vs)
         if dest.subset
     ]
-    if len(_SUBSET_REFS) > 200_000:
-        _SUBSET_REFS.clear()
-    _SUBSET_REFS[id(vs)] = (vs, refs)
-    return refs
 
 
 def dangling_subsets(config: model.MeshConfig) -> Iterator[CrossFinding]:
@@ -176,31 +187,43 @@ def _gateway_references(config: model.MeshConfig) -> Iterator[CrossFinding]:
                 )
 
 
+@PerResource
+def _tcp_ports(res: model.ConfigResource) -> list[tuple[str, int, int]]:
+    """(host, port number, port index) of each port of a Service or ServiceEntry that is
+    not HTTP (a ServiceEntry counts under its first host)."""
+    if res.kind == model.SERVICE:
+        host = fqdn(res.name, res.namespace)
+        ports = [
+            (i, p.port, port_protocol(p.name, p.app_protocol)) for i, p in enumerate(res.spec.ports)
+        ]
+    else:
+        if not res.spec.hosts:
+            return []
+        host = res.spec.hosts[0]
+        ports = [
+            (i, p.number, port_protocol(p.name, p.protocol)) for i, p in enumerate(res.spec.ports)
+        ]
+    return [(host, number, i) for i, number, protocol in ports if protocol not in HTTP_PROTOCOLS]
+
+
 def _tcp_port_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
     """Sidecars reach TCP services at their outbound address and the service port, so one
     port can serve one TCP service (plain TCP has no host name to tell them apart)."""
-    first: dict[int, tuple[str, model.ConfigResource]] = {}
-    ports = [
-        (res, i, p.port, fqdn(res.name, res.namespace), port_protocol(p.name, p.app_protocol))
-        for res in config.of_kind(model.SERVICE)
-        for i, p in enumerate(res.spec.ports)
+    first: dict[int, str] = {}
+    claims = [
+        (host, number, i, res)
+        for kind in (model.SERVICE, model.SERVICE_ENTRY)
+        for res in config.of_kind(kind)
+        for host, number, i in _tcp_ports(res)
     ]
-    ports += [
-        (res, i, p.number, host, port_protocol(p.name, p.protocol))
-        for res in config.of_kind(model.SERVICE_ENTRY)
-        for i, p in enumerate(res.spec.ports)
-        for host in res.spec.hosts[:1]
-    ]
-    for res, i, number, host, protocol in sorted(ports, key=lambda item: item[3]):
-        if protocol in HTTP_PROTOCOLS:
-            continue
-        owner = first.setdefault(number, (host, res))
-        if owner[0] != host:
+    for host, number, i, res in sorted(claims, key=lambda claim: claim[0]):
+        owner = first.setdefault(number, host)
+        if owner != host:
             yield CrossFinding(
                 res,
                 ("spec", "ports", i),
-                f"TCP port {number} is also {owner[0]}'s; sidecars serve it for "
-                f"{owner[0]} only (plain TCP has no host name to route on)",
+                f"TCP port {number} is also {owner}'s; sidecars serve it for "
+                f"{owner} only (plain TCP has no host name to route on)",
                 "warning",
             )
 
@@ -210,11 +233,49 @@ def _endpoint_addresses(config: model.MeshConfig) -> Iterator[CrossFinding]:
         yield CrossFinding(resource, path, message)
 
 
+# Each check and the kinds it reads: a decision that changed none of them keeps the
+# check's findings (an edit of one ServiceEntry does not look at every VirtualService).
+_CHECKS = (
+    (
+        _endpoint_addresses,
+        frozenset({model.WORKLOAD_ENTRY, model.SERVICE, model.SERVICE_ENTRY}),
+    ),
+    (_host_conflicts, frozenset({model.VIRTUAL_SERVICE, model.TRAFFIC_SPLIT})),
+    (_gateway_references, frozenset({model.GATEWAY, model.VIRTUAL_SERVICE})),
+    (_tcp_port_conflicts, frozenset({model.SERVICE, model.SERVICE_ENTRY})),
+)
+
+
 def cross_check(config: model.MeshConfig) -> list[CrossFinding]:
     """Every finding but dangling subsets (the store computes those once per snapshot)."""
-    return [
-        *_endpoint_addresses(config),
-        *_host_conflicts(config),
-        *_gateway_references(config),
-        *_tcp_port_conflicts(config),
-    ]
+    return [finding for check, _ in _CHECKS for finding in check(config)]
+
+
+@dataclass(frozen=True)
+class CrossChecks:
+    """The findings of each check on one snapshot."""
+
+    config: model.MeshConfig | None = None
+    results: tuple[tuple[CrossFinding, ...], ...] = ()
+
+    @property
+    def findings(self) -> list[CrossFinding]:
+        return [finding for found in self.results for finding in found]
+
+    def after(self, config: model.MeshConfig, changed: Iterable[Any] | None) -> CrossChecks:
+        """The findings on `config`, given the changes (with a `kind`) from this one's
+        snapshot; None when they are not known. Checks that read none of the changed
+        kinds keep their findings."""
+        previous = self.config
+        if (
+            previous is None
+            or changed is None
+            or (previous.mesh is not config.mesh and previous.mesh != config.mesh)
+        ):
+            return CrossChecks(config, tuple(tuple(check(config)) for check, _ in _CHECKS))
+        kinds = {change.kind for change in changed}
+        results = tuple(
+            kept if reads.isdisjoint(kinds) else tuple(check(config))
+            for (check, reads), kept in zip(_CHECKS, self.results, strict=True)
+        )
+        return CrossChecks(config, results)

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from google.protobuf import json_format
@@ -128,6 +129,11 @@ class ParsedFile:
     @property
     def has_content(self) -> bool:
         return bool(self.resources) or self.mesh is not None
+
+    @cached_property
+    def by_key(self) -> dict[tuple[str, str, str], model.ConfigResource]:
+        """Each resource by kind/namespace/name (the last one, were a key defined twice)."""
+        return {res.key: res for res in self.resources}
 
 
 def format_path(path: Path) -> str:

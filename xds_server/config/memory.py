@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 INDEX = "config.json"
 BLOBS = "config"
 FORMAT = 1
+# New texts kept between two sweeps of the ones no longer referenced.
+SWEEP_AFTER = 64
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ConfigMemory:
         self.directory = directory
         self._saved = ""
         self._warned = False
+        self._kept = 0  # texts written since the last sweep
 
     @property
     def _blobs(self) -> Path | None:
@@ -63,7 +66,8 @@ class ConfigMemory:
         path = self._blobs / f"{digest}.yaml"
         if path.exists():
             return
-        self._write(path, text)
+        if self._write(path, text):
+            self._kept += 1
 
     def text(self, digest: str) -> str | None:
         if self._blobs is None:
@@ -77,10 +81,11 @@ class ConfigMemory:
         self,
         accepted: Mapping[str, Remembered],
         rejected: Mapping[str, RememberedRejection],
-        recent: set[str] = frozenset(),
+        recent: Callable[[], Iterable[str]] = tuple,
     ) -> None:
-        """Write the index (only when it changed) and drop texts no longer referenced
-        (`recent`: digests a rollback may still bring back)."""
+        """Write the index (only when it changed). Texts no longer referenced (`recent`:
+        digests a rollback may still bring back) are dropped at the first write and then
+        once SWEEP_AFTER new texts were kept, so an edit does not list the whole directory."""
         if self.directory is None:
             return
         index = {
@@ -94,11 +99,14 @@ class ConfigMemory:
         text = json.dumps(index, sort_keys=True)
         if text == self._saved:
             return
+        first = not self._saved
         if self._write(self.directory / INDEX, text):
             self._saved = text
-            keep = {r.digest for r in accepted.values()} | set(recent)
-            keep |= {r.fallback for r in rejected.values() if r.fallback}
-            self._collect(keep)
+            if first or self._kept >= SWEEP_AFTER:
+                keep = {r.digest for r in accepted.values()} | set(recent())
+                keep |= {r.fallback for r in rejected.values() if r.fallback}
+                self._collect(keep)
+                self._kept = 0
 
     def load(self) -> tuple[dict[str, Remembered], dict[str, RememberedRejection]] | None:
         """The remembered index, or None (nothing remembered, or not readable)."""

@@ -37,12 +37,12 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path, PurePath
 
-from protos import mesh_config_pb2
 from translators import model
 from translators.naming import fqdn, host_matches
+from xds_server.config.assembly import Assembly, assemble, assemble_after
 from xds_server.config.cross_checks import (
+    CrossChecks,
     CrossFinding,
-    cross_check,
     dangling_after,
     dangling_subsets,
 )
@@ -97,6 +97,11 @@ class StoreState:
     dangling: list[CrossFinding] = field(default_factory=list)
     # What this decision changed against the previous snapshot (see change_set).
     changes: list[Change] = field(default_factory=list)
+    # What deriving the next decision from this one needs: the assembled snapshot, the
+    # cross checks' findings, and each file's candidate version (see _decide).
+    assembly: Assembly | None = None
+    cross: CrossChecks = field(default_factory=CrossChecks)
+    candidates: dict[str, Candidate] = field(default_factory=dict)
 
     @property
     def digests(self) -> dict[str, str]:
@@ -140,6 +145,7 @@ class ConfigStore:
         self.rejected: dict[str, Rejection] = {}
         self.history: OrderedDict[str, dict[str, ParsedFile]] = OrderedDict()
         self._groups = itertools.count(1)
+        self._reference_issues: dict[tuple, tuple[model.ConfigResource, ConfigIssue]] = {}
 
     # The state's parts, for readers that need one of them.
     latest = property(lambda self: self.state.latest)
@@ -233,12 +239,14 @@ class ConfigStore:
             )
         groups = [r.group for r in self.rejected.values()]
         self._groups = itertools.count(max(groups, default=0) + 1)
-        snapshot, _ = assemble(accepted)
+        assembly = assemble(accepted)
+        snapshot = assembly.snapshot
         self.state = StoreState(
             accepted=accepted,
             snapshot=snapshot,
             loaded=True,
             dangling=list(dangling_subsets(snapshot)),
+            assembly=assembly,
         )
         log.info(
             "resuming the configuration in force before the restart (%d files, version %s)",
@@ -347,9 +355,25 @@ class ConfigStore:
         trial: dict[str, ParsedFile] = {}
         issues: dict[str, list[ConfigIssue]] = {}
         settling: dict[str, float] = {}
-        for name in sorted(set(latest) | {n for n, r in rejected.items() if not r.digest}):
+        known, accepted, open_windows = self.state.candidates, self.accepted, self.settling
+        candidates: dict[str, Candidate] = {}
+        deleted = [n for n, r in rejected.items() if not r.digest and n not in latest]
+        for name in [*latest, *deleted]:
             parsed = latest.get(name)
-            candidate, found = self._candidate(name, parsed, first, now, settling)
+            before = known.get(name)
+            if (
+                not first
+                and before is not None
+                and before.parsed is parsed
+                and before.previous is accepted.get(name)
+                and name not in open_windows
+            ):
+                # Same version, same fallback, no window open: the same answer.
+                candidate, found = before.version, list(before.issues)
+                candidates[name] = before
+            else:
+                candidate, found = self._candidate(name, parsed, first, now, settling)
+                candidates[name] = Candidate(parsed, accepted.get(name), candidate, tuple(found))
             rejection = rejected.get(name)
             if rejection is not None and _digest(candidate) == rejection.digest:
                 # The version Envoy refused would come back (the file was not changed, or
@@ -357,47 +381,69 @@ class ConfigStore:
                 candidate, found = rejection.fallback, [*found, *rejection.issues]
             if candidate is not None:
                 trial[name] = candidate
-            issues[name] = found
-        assembled = None
-        if not first:
-            holds, assembled = self._hold_dangling(trial)
+            if found:
+                issues[name] = found
+        if first:
+            assembly = assemble(trial)
+            dangling = list(dangling_subsets(assembly.snapshot))
+        else:
+            holds, assembly, dangling = self._hold_dangling(trial)
             for name, held in holds.items():
                 issues.setdefault(name, []).extend(held)
-        if assembled is None:
-            snapshot, duplicates = assemble(trial)
-            dangling = list(dangling_subsets(snapshot))
-        else:
-            snapshot, duplicates, dangling = assembled
-        for issue in duplicates:
+        snapshot = assembly.snapshot
+        for issue in assembly.duplicates:
             issues.setdefault(issue.file, []).append(issue)
-        references = [_issue(f, trial) for f in [*dangling, *cross_check(snapshot)]]
+        changes = change_set(self.snapshot, snapshot)
+        cross = self.state.cross.after(snapshot, None if first else changes)
+        references = self._references([*dangling, *cross.findings], trial)
 
         self.rejected = rejected
         self.state = StoreState(
-            changes=change_set(self.snapshot, snapshot),
+            changes=changes,
             latest=latest,
             accepted=trial,
-            issues={name: found for name, found in issues.items() if found},
+            issues=issues,
             reference_issues=references,
             snapshot=snapshot,
             settling=settling,
             loaded=True,
             dangling=dangling,
+            assembly=assembly,
+            cross=cross,
+            candidates=candidates,
         )
         self.history[snapshot.version] = dict(trial)
         self.history.move_to_end(snapshot.version)
         while len(self.history) > HISTORY:
             self.history.popitem(last=False)
-        self.memory.save(
-            {n: Remembered(p.digest, p.mtime_ns) for n, p in trial.items()},
-            {
-                n: RememberedRejection(
-                    r.digest, _digest(r.fallback) or None, r.group, r.suspect, r.message
-                )
-                for n, r in rejected.items()
-            },
-            recent={p.digest for files in self.history.values() for p in files.values()},
-        )
+        if self.memory.directory is not None:
+            self.memory.save(
+                {n: Remembered(p.digest, p.mtime_ns) for n, p in trial.items()},
+                {
+                    n: RememberedRejection(
+                        r.digest, _digest(r.fallback) or None, r.group, r.suspect, r.message
+                    )
+                    for n, r in rejected.items()
+                },
+                recent=lambda: {p.digest for v in self.history.values() for p in v.values()},
+            )
+
+    def _references(
+        self, findings: list[CrossFinding], files: Mapping[str, ParsedFile]
+    ) -> list[ConfigIssue]:
+        """The issue of each finding; a finding about a resource that did not change
+        reads the line map once, not at every decision."""
+        known, kept = self._reference_issues, {}
+        out = []
+        for finding in findings:
+            key = (id(finding.resource), finding.path, finding.message, finding.severity)
+            found = known.get(key)
+            if found is None or found[0] is not finding.resource:
+                found = (finding.resource, _issue(finding, files))
+            kept[key] = found
+            out.append(found[1])
+        self._reference_issues = kept
+        return out
 
     def _candidate(
         self,
@@ -445,20 +491,17 @@ class ConfigStore:
 
     def _hold_dangling(
         self, trial: dict[str, ParsedFile]
-    ) -> tuple[dict[str, list[ConfigIssue]], tuple]:
+    ) -> tuple[dict[str, list[ConfigIssue]], Assembly, list[CrossFinding]]:
         """Hold back changed files (in `trial`, in place) until no subset reference
         dangles that did not already dangle in the configuration in force. Returns the
-        holds, and the last trial's (snapshot, duplicate issues, dangling references)."""
+        holds, and the last trial's assembly and dangling references."""
         before = {_reference_key(f) for f in self.state.dangling}
-        changed = {
-            n for n in set(trial) | set(self.accepted) if trial.get(n) is not self.accepted.get(n)
-        }
+        accepted = self.accepted
+        changed = {n for n in trial.keys() | accepted.keys() if trial.get(n) is not accepted.get(n)}
         held: dict[str, list[ConfigIssue]] = {}
-        assembled: tuple = ()
         for _ in range(len(changed) + 1):
-            snapshot, duplicates = assemble(trial)
-            dangling = dangling_after(self.snapshot, self.state.dangling, snapshot)
-            assembled = (snapshot, duplicates, dangling)
+            assembly = assemble_after(self.state.assembly, dict(trial))
+            dangling = dangling_after(self.snapshot, self.state.dangling, assembly.snapshot)
             new = [f for f in dangling if _reference_key(f) not in before]
             blamed: dict[str, list[ConfigIssue]] = {}
             for finding in new:
@@ -513,13 +556,9 @@ class ConfigStore:
                 changed.discard(name)
                 held.setdefault(name, []).extend(found)
         if held:
-            snapshot, duplicates = assemble(trial)  # the trial after the last hold
-            assembled = (
-                snapshot,
-                duplicates,
-                dangling_after(self.snapshot, self.state.dangling, snapshot),
-            )
-        return held, assembled
+            assembly = assemble_after(self.state.assembly, dict(trial))  # after the last hold
+            dangling = dangling_after(self.snapshot, self.state.dangling, assembly.snapshot)
+        return held, assembly, dangling
 
     # ---- reporting ----------------------------------------------------------------------
 
@@ -542,11 +581,17 @@ class Change:
 
 
 def change_set(before: model.MeshConfig, after: model.MeshConfig) -> list[Change]:
-    """The resources that differ between two snapshots, by kind/namespace/name: a
+    """The resources that differ between two snapshots, by kind/namespace/name. A
     resource of a file that did not change is the same object in both, so this is a
-    walk over identities, not a comparison of contents."""
-    old = {r.key: r for r in before.resources}
-    new = {r.key: r for r in after.resources}
+    comparison of identities: of what `after` was derived from `before` by when it was,
+    of every resource otherwise."""
+    known = after.changes_since(before)
+    if known is not None:
+        old = {r.key: r for r in known[0]}
+        new = {r.key: r for r in known[1]}
+    else:
+        old = {r.key: r for r in before.resources}
+        new = {r.key: r for r in after.resources}
     out = [Change("removed", *key) for key in old.keys() - new.keys()]
     for key, res in new.items():
         previous = old.get(key)
@@ -557,52 +602,15 @@ def change_set(before: model.MeshConfig, after: model.MeshConfig) -> list[Change
     return sorted(out, key=lambda c: (c.kind, c.namespace, c.name))
 
 
-def assemble(files: Mapping[str, ParsedFile]) -> tuple[model.MeshConfig, list[ConfigIssue]]:
-    """The MeshConfig of these file versions, resolving duplicates: the most recently
-    modified file's definition wins, ties going to the path that sorts first."""
-    winners: dict[tuple[str, str, str], tuple[ParsedFile, model.ConfigResource]] = {}
-    mesh_owner: ParsedFile | None = None
-    ordered = sorted(files.items())
-    for _, parsed in ordered:
-        for res in parsed.resources:
-            current = winners.get(res.key)
-            if current is None or parsed.mtime_ns > current[0].mtime_ns:
-                winners[res.key] = (parsed, res)
-        if parsed.mesh is not None and (
-            mesh_owner is None or parsed.mtime_ns > mesh_owner.mtime_ns
-        ):
-            mesh_owner = parsed
-    issues: list[ConfigIssue] = []
-    resources: list[model.ConfigResource] = []
-    for name, parsed in ordered:
-        for res in parsed.resources:
-            owner, winner = winners[res.key]
-            if owner is parsed:
-                resources.append(res)
-            else:
-                issues.append(
-                    ConfigIssue(
-                        name,
-                        res.origin.line,
-                        f"also defined at {winner.origin}, which wins (the most recently "
-                        "modified file does); this definition is ignored",
-                        res.ref,
-                        severity="warning",
-                    )
-                )
-        if parsed.mesh is not None and parsed is not mesh_owner and mesh_owner is not None:
-            issues.append(
-                ConfigIssue(
-                    name,
-                    1,
-                    f"mesh config also defined in {mesh_owner.path}, which wins (the most "
-                    "recently modified file does); this one is ignored",
-                    severity="warning",
-                )
-            )
-    mesh = mesh_owner.mesh if mesh_owner is not None else mesh_config_pb2.MeshConfig()
-    config = model.MeshConfig(resources=tuple(resources), mesh=model.with_mesh_defaults(mesh))
-    return config, issues
+@dataclass(frozen=True)
+class Candidate:
+    """The version of a file that would be in force and its issues, with what that was
+    decided from: a file whose version and fallback did not change gets the same answer."""
+
+    parsed: ParsedFile | None
+    previous: ParsedFile | None
+    version: ParsedFile | None
+    issues: tuple[ConfigIssue, ...]
 
 
 def _digest(parsed: ParsedFile | None) -> str:
