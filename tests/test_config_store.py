@@ -386,6 +386,20 @@ def test_a_restart_resumes_what_was_in_force_not_what_is_on_disk(mesh, tmp_path)
     assert subset(again) == "v3"
 
 
+def test_a_first_load_keeps_its_texts_in_one_file_and_a_restart_resumes_from_it(mesh, tmp_path):
+    state = tmp_path / "state"
+    for i in range(20):
+        write(mesh / f"svc{i}.yaml", plain_service_yaml(f"svc{i}"))
+    first = restarted(mesh, state).snapshot
+    (kept,) = (state / "config").iterdir()  # one file for 20 texts, not 20 files
+    assert kept.name.endswith(".pack.json")
+    for i in range(20):  # every file broken while the server is down
+        write(mesh / f"svc{i}.yaml", "kind: [")
+    again = restarted(mesh, state)
+    assert again.snapshot.version == first.version
+    assert len(again.snapshot.of_kind(model.SERVICE)) == len(first.of_kind(model.SERVICE)) > 20
+
+
 def test_a_restart_keeps_a_version_envoy_refused_out(mesh, tmp_path):
     state = tmp_path / "state"
     write(mesh / "dr.yaml", dr("v1", "v2"))

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from protos import (
@@ -268,15 +267,18 @@ def _metadata(value: Any) -> tuple[meta_pb2.ObjectMeta | None, tuple[Path, str]]
         for k, v in item.items():
             if not isinstance(k, str) or not isinstance(_plain(v), str):
                 return None, ((key, str(k)), f"{key} keys and values must be strings")
-    known = {"name", "namespace", "labels", "annotations", "creationTimestamp"}
-    plain = {k: _plain(v) for k, v in value.items() if k in known and v is not None}
-    for key in ("labels", "annotations"):
-        if key in plain:
-            plain[key] = {k: _plain(v) for k, v in plain[key].items()}
     try:
-        return json_format.ParseDict(plain, meta_pb2.ObjectMeta()), ((), "")
-    except (json_format.ParseError, TypeError, ValueError) as exc:
+        meta = meta_pb2.ObjectMeta(
+            name=value.get("name") or "",
+            namespace=value.get("namespace") or "",
+            creation_timestamp=_plain(value.get("creationTimestamp")) or "",
+        )
+        for key, target in (("labels", meta.labels), ("annotations", meta.annotations)):
+            for k, v in (value.get(key) or {}).items():
+                target[k] = _plain(v)
+    except (TypeError, ValueError) as exc:  # e.g. a lone surrogate protobuf refuses
         return None, ((), f"invalid metadata: {exc}")
+    return meta, ((), "")
 
 
 def _check(kind: str, spec: Message, issue: Any, ref: str) -> None:
@@ -316,9 +318,11 @@ def _parse_mesh(value: dict, doc: YamlDocument, ref: str, out: ParsedFile, issue
     out.mesh = mesh
 
 
-def parse_file(path: str, text: str, mtime_ns: int = 0) -> ParsedFile:
-    """Parse one file's text into resources and issues (pure; never raises)."""
-    out = ParsedFile(path=path, digest=hashlib.sha256(text.encode()).hexdigest(), mtime_ns=mtime_ns)
+def parse_file(path: str, text: str, mtime_ns: int = 0, digest: str = "") -> ParsedFile:
+    """Parse one file's text into resources and issues (pure; never raises). `digest`:
+    the text's sha256, when the caller has it already."""
+    digest = digest or hashlib.sha256(text.encode()).hexdigest()
+    out = ParsedFile(path=path, digest=digest, mtime_ns=mtime_ns)
     try:
         for doc in read_documents(text):
             if doc.value is not None:

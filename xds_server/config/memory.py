@@ -4,13 +4,15 @@ What is in force can differ from the files on disk: an edit held back because a 
 would point at an undefined subset, a file with an error whose previous version still
 counts, a version Envoy refused. A server that restarted and read only the disk would
 apply all of those at once. So every version in force is kept here by content (its text
-under its sha256) with an index of which file holds which version (and which versions
-Envoy refused); at start the store takes that as the configuration in force and treats
-the disk as an edit of it, with every rule of an edit.
+under its sha256; the texts of a first load together in one pack) with an index of which
+file holds which version (and which versions Envoy refused); at start the store takes
+that as the configuration in force and treats the disk as an edit of it, with every rule
+of an edit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "config.json"
 BLOBS = "config"
+PACK_SUFFIX = ".pack.json"  # many texts in one file: {digest: text}
 FORMAT = 1
 # New texts kept between two sweeps of the ones no longer referenced.
 SWEEP_AFTER = 64
@@ -54,20 +57,38 @@ class ConfigMemory:
         self._saved = ""
         self._warned = False
         self._kept = 0  # texts written since the last sweep
+        self._stored: set[str] | None = None  # digests whose text is kept
+        self._made: set[Path] = set()  # directories known to exist
+        self._pending: dict[str, str] | None = None  # texts waiting for a pack (bulk())
+        self._packed: set[str] = set()  # digests written in packs by this process
+        self._pack_texts: dict[str, str] | None = None
 
     @property
     def _blobs(self) -> Path | None:
         return self.directory / BLOBS if self.directory is not None else None
 
     def keep_text(self, digest: str, text: str) -> None:
-        """Keep a version's text, in case it becomes (or stays) the one in force."""
+        """Keep a version's text, in case it becomes (or stays) the one in force. Within
+        a bulk (see bulk()), texts wait and go into one pack file at the next save()."""
         if self._blobs is None or not digest:
             return
-        path = self._blobs / f"{digest}.yaml"
-        if path.exists():
+        if self._stored is None:  # listed once: a stat per file costs at 5000 files
+            blobs = self._blobs
+            self._stored = {p.stem for p in blobs.glob("*.yaml")} if blobs.is_dir() else set()
+        if digest in self._stored or digest in self._packed or digest in self._packs_read():
             return
-        if self._write(path, text):
+        if self._pending is not None:
+            self._pending[digest] = text
+            return
+        if self._write(self._blobs / f"{digest}.yaml", text):
             self._kept += 1
+            self._stored.add(digest)
+
+    def bulk(self) -> None:
+        """Texts kept from now until the next save() go into one file, not one each:
+        a first load of thousands of files creates one file, not thousands."""
+        if self._blobs is not None and self._pending is None:
+            self._pending = {}
 
     def text(self, digest: str) -> str | None:
         if self._blobs is None:
@@ -75,7 +96,34 @@ class ConfigMemory:
         try:
             return (self._blobs / f"{digest}.yaml").read_text()
         except (OSError, UnicodeDecodeError):
-            return None
+            pass
+        return self._packs_read().get(digest)
+
+    def _packs_read(self) -> dict[str, str]:
+        """The texts in pack files (read once)."""
+        if self._pack_texts is None:
+            self._pack_texts = {}
+            for path in sorted(self._blobs.glob(f"*{PACK_SUFFIX}")) if self._blobs else ():
+                try:
+                    texts = json.loads(path.read_text())
+                    self._pack_texts.update(
+                        {str(d): t for d, t in texts.items() if isinstance(t, str)}
+                    )
+                except (OSError, ValueError, AttributeError, RecursionError) as exc:
+                    log.warning("ignoring %s: %s", path, safe_text(str(exc)))
+        return self._pack_texts
+
+    def _flush(self) -> bool:
+        """Write the texts waiting since bulk() as one pack; False if that failed."""
+        pending, self._pending = self._pending, None
+        if not pending:
+            return True
+        name = hashlib.sha256("".join(sorted(pending)).encode()).hexdigest()[:32]
+        if not self._write(self._blobs / f"{name}{PACK_SUFFIX}", json.dumps(pending)):
+            return False
+        self._packed.update(pending)
+        self._packs_read().update(pending)
+        return True
 
     def save(
         self,
@@ -97,10 +145,11 @@ class ConfigMemory:
             },
         }
         text = json.dumps(index, sort_keys=True)
+        flushed = self._flush()
         if text == self._saved:
             return
         first = not self._saved
-        if self._write(self.directory / INDEX, text):
+        if flushed and self._write(self.directory / INDEX, text):
             self._saved = text
             if first or self._kept >= SWEEP_AFTER:
                 keep = {r.digest for r in accepted.values()} | set(recent())
@@ -134,17 +183,30 @@ class ConfigMemory:
         return accepted, rejected
 
     def _collect(self, keep: set[str]) -> None:
+        """Drop texts not in `keep`: single ones, and packs none of whose texts is."""
         blobs = self._blobs
         if blobs is None or not blobs.is_dir():
             return
         for path in blobs.iterdir():
-            if path.suffix == ".yaml" and path.stem not in keep:
+            if path.name.endswith(PACK_SUFFIX):
+                try:
+                    held = json.loads(path.read_text())
+                except (OSError, ValueError, RecursionError):
+                    continue
+                if isinstance(held, dict) and not keep.intersection(held):
+                    path.unlink(missing_ok=True)
+                    self._packed.difference_update(held)
+            elif path.suffix == ".yaml" and path.stem not in keep:
                 path.unlink(missing_ok=True)
+                if self._stored is not None:
+                    self._stored.discard(path.stem)
 
     def _write(self, path: Path, text: str) -> bool:
         temporary = path.with_name(f".{path.name}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.parent not in self._made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(path.parent)
             temporary.write_text(text)
             os.replace(temporary, path)
         except OSError as exc:

@@ -210,6 +210,7 @@ class ConfigStore:
         and takes the files on disk as an edit of it."""
         if not self.loaded:
             self._resume()
+            self.memory.bulk()
         return self.update((), rescan=True)
 
     def _resume(self) -> None:
@@ -277,7 +278,9 @@ class ConfigStore:
                 changed.setdefault(name, path)
         latest = dict(self.latest)
         for name in sorted(changed):
-            parsed = self._read(name, changed[name], latest.get(name))
+            # After a restart, the version resumed is what the file most likely still holds.
+            known = latest.get(name) or self.accepted.get(name)
+            parsed = self._read(name, changed[name], known)
             if parsed is None:
                 latest.pop(name, None)
             else:
@@ -298,7 +301,7 @@ class ConfigStore:
             if previous.mtime_ns == content.mtime_ns:
                 return previous
             return replace(previous, mtime_ns=content.mtime_ns)
-        return parse_file(name, content.text, content.mtime_ns)
+        return parse_file(name, content.text, content.mtime_ns, digest)
 
     def rollback(self, good_version: str, bad_version: str, message: str) -> list[str]:
         """Envoy rejected what `bad_version` produced: hold back every file that differs
