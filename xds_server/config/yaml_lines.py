@@ -29,6 +29,10 @@ MAX_NODES = 1_500_000
 # Values per document: a document is built whole in memory (about 1 kB a value), and no
 # resource needs more (a ServiceEntry with 10,000 endpoints has about 50,000).
 MAX_DOCUMENT_NODES = 100_000
+# A text this short without anchors ("&") needs no scan before it is built: without an
+# anchor no alias can expand, a value takes at least a character (so there are fewer
+# than MAX_DOCUMENT_NODES), and libyaml refuses nesting deeper than 1000 levels.
+PRESCAN_FREE = 100_000
 # Lines are kept down to this depth; deeper fields report their closest ancestor's line,
 # so that the map grows with the nodes, not with nodes times depth.
 LINE_DEPTH = 24
@@ -82,38 +86,85 @@ class _Budget:
         self.repeats = MAX_ALIAS_NODES
 
 
-def _record_lines(root: yaml.Node, budget: _Budget) -> dict[Path, int]:
-    """Every field path's line, walking iteratively; refuses depth and alias bombs."""
-    lines: dict[Path, int] = {}
-    seen: set[int] = set()
-    stack: list[tuple[yaml.Node, Path, int]] = [(root, (), root.start_mark.line + 1)]
-    while stack:
-        node, path, line = stack.pop()
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_MERGE = "tag:yaml.org,2002:merge"
+_VALUE = "tag:yaml.org,2002:value"  # the key "=", which PyYAML reads as a string
+
+
+class _Builder:
+    """One document's value and line map, from its node tree in one walk: plain strings,
+    mappings and sequences are built here (PyYAML's constructor is a tenth of a
+    millisecond a node slower); everything else (numbers, booleans, timestamps, merge
+    keys, sets, unknown tags) is left to the loader's constructor, which knows YAML's
+    rules. Refuses depth and alias bombs."""
+
+    def __init__(self, loader: Any, budget: _Budget) -> None:
+        self.loader = loader
+        self.budget = budget
+        self.lines: dict[Path, int] = {}
+        self.seen: set[int] = set()
+
+    def document(self, root: yaml.Node) -> Any:
+        try:
+            return self._node(root, (), root.start_mark.line + 1, True)
+        finally:
+            loader = self.loader
+            loader.constructed_objects = {}
+            loader.recursive_objects = {}
+            loader.state_generators = []
+
+    def _node(self, node: yaml.Node, path: Path, line: int, build: bool) -> Any:
+        """The node's value (when `build`), recording the lines of it and its children."""
         if len(path) <= LINE_DEPTH:
-            lines[path] = line
+            self.lines[path] = line
         if len(path) > MAX_DEPTH:
             raise YamlSyntaxError(f"nested deeper than {MAX_DEPTH} levels", line)
+        budget = self.budget
         budget.nodes -= 1
         if budget.nodes < 0:
             raise YamlSyntaxError(f"more than {MAX_NODES} values in one file", line)
-        if id(node) in seen:
+        if id(node) in self.seen:
             budget.repeats -= 1
             if budget.repeats < 0:
                 raise YamlSyntaxError(f"aliases expand to more than {MAX_ALIAS_NODES} values", line)
         else:
-            seen.add(id(node))
+            self.seen.add(id(node))
+        tag = node.tag
         if isinstance(node, yaml.MappingNode):
+            plain = build and tag == _MAP
+            out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                if isinstance(key_node, yaml.ScalarNode):
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE:
                     key = key_node.value
                 else:
                     key = f"<{key_node.tag.rsplit(':', 1)[-1]} key>"
+                    plain = False
                 # Point at the key, not its value.
-                stack.append((value_node, (*path, key), key_node.start_mark.line + 1))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                stack.append((item, (*path, index), item.start_mark.line + 1))
-    return lines
+                child = (*path, key)
+                value = self._node(value_node, child, key_node.start_mark.line + 1, plain)
+                if plain:
+                    plain_key = key_node.tag in (_STR, _VALUE)
+                    out[key if plain_key else self._scalar(key_node)] = value
+            if build and not plain:
+                return self.loader.construct_object(node, deep=True)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            plain = build and tag == _SEQ
+            items = [
+                self._node(item, (*path, index), item.start_mark.line + 1, plain)
+                for index, item in enumerate(node.value)
+            ]
+            if build and not plain:
+                return self.loader.construct_object(node, deep=True)
+            return items
+        if not build:
+            return None
+        return node.value if tag == _STR else self._scalar(node)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        return self.loader.construct_object(node, deep=True)
 
 
 def _prescan(text: str) -> None:
@@ -167,15 +218,16 @@ def read_documents(text: str) -> Iterator[YamlDocument]:
     budget = _Budget()
     line = 1
     try:
-        _prescan(text)
+        if len(text) > PRESCAN_FREE or "&" in text:
+            _prescan(text)
         while loader.check_node():
             node = loader.get_node()
             if node is None:
                 continue
             line = node.start_mark.line + 1
-            lines = _record_lines(node, budget)
-            value = loader.construct_document(node)
-            yield YamlDocument(value=value, line=line, lines=lines)
+            builder = _Builder(loader, budget)
+            value = builder.document(node)
+            yield YamlDocument(value=value, line=line, lines=builder.lines)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
