@@ -83,6 +83,35 @@ def test_unknown_field_names_its_line_and_path():
     assert "unknown field" in issue.message
 
 
+DIRECT = """apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: teapot}
+spec:
+  hosts: [teapot]
+  http:
+  - directResponse:
+      status: 418
+      body: {bytes: %s}
+"""
+
+
+def test_a_direct_response_body_in_bytes_is_base64_as_kubernetes_writes_it():
+    parsed = parse_file("vs.yaml", DIRECT % "aGVsbG8=")
+    assert errors(parsed) == []
+    (vs,) = parsed.resources
+    assert vs.spec.http[0].direct_response.body.bytes == b"hello"
+    (issue,) = parse_file("vs.yaml", DIRECT % "not*base64").issues
+    assert (issue.line, issue.field) == (9, "spec.http[0].directResponse.body.bytes")
+    assert "base64" in issue.message
+
+
+def test_an_integer_out_of_range_names_its_field():
+    text = DIRECT.replace("status: 418", "status: 99999999999") % "aGVsbG8="
+    (issue,) = parse_file("vs.yaml", text).issues
+    assert (issue.line, issue.field) == (8, "spec.http[0].directResponse.status")
+    assert "out of range" in issue.message
+
+
 def test_semantic_errors_name_field_and_line():
     text = (
         VS.replace("        subset: %s", "        subset: v1\n      weight: 120")
