@@ -1,11 +1,16 @@
-"""How long loading the config directory takes, and how long it holds the event loop.
+"""Loading thousands of files, and what one more file costs the server.
 
-For many small files (one Service + DestinationRule + VirtualService each) and for one
-large file, prints the load time, the throughput, and the longest stall of the asyncio
-event loop while loading: once with the load run on the loop itself (what the server
-did before) and once as the server does it now (ConfigWatcher: in a worker thread);
-then how long the store takes to take in one more file.
-A ticker task sleeps 5 ms in a loop; a stall is how late it wakes up.
+Two directories of N files: one ServiceEntry each (the shape the goal names), and a
+Service, a two-subset DestinationRule and a VirtualService each (three resources). For
+each, as the server runs it:
+- load: ConfigWatcher reading and checking everything in a worker thread, with a state
+  directory keeping the texts; the longest event-loop stall meanwhile (a 5 ms ticker);
+- serving: load plus the first sidecar's translation, the point where it can answer;
+- one more file: the store taking in one more file plus the translation for a connected
+  sidecar (one namespace view), the server work of the push (median of 5);
+- new stream: the full config for one more sidecar connecting, in a namespace already
+  served and in a new one (what its first CDS request waits for; median of 5).
+Then one large file. Every figure is server work in this process, no network.
 
     python bench/loading.py [--files 1000,5000] [--large-mb 4]
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import tempfile
 import time
@@ -21,11 +27,35 @@ from pathlib import Path
 
 from translation import TEMPLATE
 
+from translators import model
+from translators.cache import CrossPushCache
+from translators.snapshot import Translator, World
+from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
 
 # One Service, a two-subset DestinationRule and a VirtualService, as bench/translation.py.
-ENTRY = TEMPLATE.replace("namespace: ns-%(ns)d", "namespace: default")
+TRIPLE = TEMPLATE.replace("namespace: ns-%(ns)d", "namespace: default")
+ENTRY = """apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: ext-%(i)d, namespace: default}
+spec:
+  hosts: [ext-%(i)d.example.com]
+  location: MESH_EXTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+"""
+SHAPES = {"ServiceEntry": ENTRY, "Service+DR+VS": TRIPLE}
+
+
+def _proxy(name: str, namespace: str = "default") -> model.Proxy:
+    return model.Proxy(
+        name,
+        namespace=namespace,
+        labels={"app": name},
+        ip="10.0.0.1",
+        ports=(model.WorkloadPort(8080, 15006),),
+    )
 
 
 async def _measure(load) -> tuple[float, float]:
@@ -50,40 +80,49 @@ async def _measure(load) -> tuple[float, float]:
     return took, worst
 
 
-async def _both(directory: Path) -> tuple[tuple[float, float], tuple[float, float], int]:
-    on_loop = ConfigStore(directory, max_file_bytes=64 << 20)
-
-    async def blocking() -> None:
-        on_loop.load_all()
-
-    threaded_store = ConfigStore(directory, max_file_bytes=64 << 20)
-    watcher = ConfigWatcher(threaded_store, lambda _: None)
-    before = await _measure(blocking)
-    after = await _measure(watcher.load)
-    return before, after, len(threaded_store.snapshot.resources)
-
-
-def _one_more(directory: Path, count: int, edits: int = 5) -> float:
-    """Median time for the store to take in one more file (the work of a config edit
-    before translation), after a full load."""
-    store = ConfigStore(directory, max_file_bytes=64 << 20)
-    store.load_all()
-    times = []
-    for k in range(edits):
-        path = directory / f"more-{k}.yaml"
-        path.write_text(ENTRY % {"i": count + k})
-        started = time.perf_counter()
-        store.update([path])
-        times.append(time.perf_counter() - started)
+def _median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1000
 
 
-def _row(what: str, size_mb: float, result) -> str:
-    (took_loop, stall_loop), (took, stall), resources = result
-    return (
-        f"{what:>22} {size_mb:8.1f} {resources:10d} {took:9.2f} {size_mb / took:8.2f}"
-        f" {stall_loop * 1000:14.0f} {stall * 1000:14.0f}"
-    )
+def measure(directory: Path, template: str, count: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as state:
+        store = ConfigStore(directory, max_file_bytes=64 << 20, memory=ConfigMemory(Path(state)))
+        watcher = ConfigWatcher(store, lambda _: None)
+        load, stall = asyncio.run(_measure(watcher.load))
+        cache = CrossPushCache()
+        proxy = _proxy("first")
+        started = time.perf_counter()
+        translator = Translator(World(store.snapshot, (proxy,), cache=cache))
+        translator.translate(proxy)
+        first = time.perf_counter() - started
+        gc.collect()
+        gc.freeze()  # as the server does after its first load
+        pushes, joins, strangers = [], [], []
+        for k in range(5):
+            path = directory / f"more-{k}.yaml"
+            path.write_text(template % {"i": count + k})
+            started = time.perf_counter()
+            store.update([path])
+            cache.next_round()
+            world = World(store.snapshot, (proxy,), cache=cache)
+            translator = Translator.after_config_change(translator, world)
+            translator.translate(proxy)
+            pushes.append(time.perf_counter() - started)
+        for k in range(5):
+            for namespace, into in (("default", joins), (f"new-{k}", strangers)):
+                started = time.perf_counter()
+                translator.translate(_proxy(f"joining-{k}", namespace))
+                into.append(time.perf_counter() - started)
+        gc.unfreeze()
+        return {
+            "resources": len(store.snapshot.resources),
+            "load": load,
+            "stall": stall * 1000,
+            "serving": load + first,
+            "push": _median_ms(pushes),
+            "join": _median_ms(joins),
+            "stranger": _median_ms(strangers),
+        }
 
 
 def main() -> None:
@@ -92,25 +131,34 @@ def main() -> None:
     parser.add_argument("--large-mb", type=float, default=4.0)
     args = parser.parse_args()
     print(
-        f"{'input':>22} {'MB':>8} {'resources':>10} {'load s':>9} {'MB/s':>8}"
-        f" {'stall ms, loop':>14} {'stall ms, now':>14}"
+        f"{'input':>28} {'MB':>5} {'resources':>9} {'load s':>7} {'stall ms':>8}"
+        f" {'serving s':>9} {'one more ms':>11} {'new stream ms':>16}"
     )
-    for count in (int(n) for n in args.files.split(",")):
+    cases = [
+        (f"{count} files, {shape}", template, count, False)
+        for count in (int(n) for n in args.files.split(","))
+        for shape, template in SHAPES.items()
+    ]
+    cases.append((f"one {args.large_mb:g} MB file", TRIPLE, 0, True))
+    for what, template, count, large in cases:
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp)
-            for i in range(count):
-                (directory / f"svc-{i}.yaml").write_text(ENTRY % {"i": i})
+            if large:
+                repeat = int(args.large_mb * 1e6 / len(template % {"i": 0})) + 1
+                text = "---\n".join(template % {"i": i} for i in range(repeat))
+                (directory / "large.yaml").write_text(text)
+                count = repeat
+            else:
+                for i in range(count):
+                    (directory / f"svc-{i}.yaml").write_text(template % {"i": i})
             size = sum(p.stat().st_size for p in directory.iterdir()) / 1e6
-            print(_row(f"{count} files", size, asyncio.run(_both(directory))), flush=True)
-            print(f"{'':>22} one more file: {_one_more(directory, count):.0f} ms", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        one = ENTRY % {"i": 0}
-        repeat = int(args.large_mb * 1e6 / len(one)) + 1
-        text = "---\n".join(ENTRY % {"i": i} for i in range(repeat))
-        (directory / "large.yaml").write_text(text)
-        size = len(text) / 1e6
-        print(_row("one large file", size, asyncio.run(_both(directory))), flush=True)
+            found = measure(directory, template, count)
+            print(
+                f"{what:>28} {size:5.1f} {found['resources']:9d} {found['load']:7.2f}"
+                f" {found['stall']:8.0f} {found['serving']:9.2f} {found['push']:11.1f}"
+                f" {found['join']:7.1f} / {found['stranger']:6.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ from xds_server.config.loader import (
     parse_file,
     unreadable_file,
 )
-from xds_server.config.memory import ConfigMemory, Remembered, RememberedRejection
+from xds_server.config.memory import ConfigMemory, RememberedRejection
 
 log = logging.getLogger(__name__)
 HISTORY = 32  # config versions whose files are remembered, for rolling back a NACK
@@ -421,7 +421,7 @@ class ConfigStore:
             self.history.popitem(last=False)
         if self.memory.directory is not None:
             self.memory.save(
-                {n: Remembered(p.digest, p.mtime_ns) for n, p in trial.items()},
+                trial,  # a ParsedFile has what a Remembered entry holds
                 {
                     n: RememberedRejection(
                         r.digest, _digest(r.fallback) or None, r.group, r.suspect, r.message
