@@ -8,9 +8,11 @@ without a port go to the service's default port (80 if it has one, else its firs
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from google.protobuf import duration_pb2, wrappers_pb2
@@ -548,13 +550,14 @@ class RouteParts:
                 return None
             for domain in domains:
                 del claimed[domain]
+        fresh = []
         for name, wanted, routes in added:
             domains = tuple(dict.fromkeys(domain for _, domain in sorted(wanted, key=_priority)))
             if name in vhosts or any(domain in claimed for domain in domains):
                 return None
             claimed.update(dict.fromkeys(domains, name))
-            vhosts[name] = (domains, _vhost_field(name, domains, routes, cache))
-        return self._with(dict(sorted(vhosts.items())), claimed)
+            fresh.append((name, (domains, _vhost_field(name, domains, routes, cache))))
+        return self._with(_in_order(vhosts, fresh), claimed)
 
     def _with(
         self, vhosts: dict[str, tuple[tuple[str, ...], bytes]], claimed: dict[str, str] | None
@@ -563,6 +566,19 @@ class RouteParts:
         if claimed is not None:
             parts.__dict__["claimed"] = claimed
         return parts
+
+
+def _in_order(ordered: dict[str, Any], fresh: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`ordered` (sorted by name) with `fresh` items put in their places."""
+    if not fresh:
+        return ordered
+    names = list(ordered)
+    items = list(ordered.items())
+    for name, value in sorted(fresh, reverse=True):
+        at = bisect_left(names, name)
+        names.insert(at, name)
+        items.insert(at, (name, value))
+    return dict(items)
 
 
 def _priority(wanted: tuple[int, str]) -> int:

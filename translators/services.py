@@ -176,7 +176,7 @@ _RESOLUTIONS = {
 }
 
 
-def _hosts(res: model.ConfigResource) -> list[str]:
+def defined_hosts(res: model.ConfigResource) -> list[str]:
     """The hostnames a Service or ServiceEntry defines."""
     if res.kind == model.SERVICE:
         return [fqdn(res.name, res.namespace)]
@@ -254,7 +254,7 @@ def build_registry(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
     definers: dict[str, list[model.ConfigResource]] = {}
     selecting: dict[str, list[model.ConfigResource]] = {}
     for res in (*config.of_kind(model.SERVICE), *config.of_kind(model.SERVICE_ENTRY)):
-        hosts = _hosts(res)
+        hosts = defined_hosts(res)
         for host in hosts:
             definers.setdefault(host, []).append(res)
         if hosts and _selector(res):
@@ -280,13 +280,13 @@ def registry_after_edit(
     selecting = {ns: list(found) for ns, found in previous.selecting.items()}
     hosts: set[str] = set()
     for res in removed:
-        for host in _hosts(res):
+        for host in defined_hosts(res):
             definers[host] = [r for r in definers.get(host, ()) if r is not res]
             hosts.add(host)
         if res in selecting.get(res.namespace, ()):
             selecting[res.namespace] = [r for r in selecting[res.namespace] if r is not res]
     for res in added:
-        found = _hosts(res)
+        found = defined_hosts(res)
         for host in found:
             definers[host] = sorted([*definers.get(host, ()), res], key=_precedence)
             hosts.add(host)
@@ -329,7 +329,7 @@ def update_registry(previous: Registry, proxies: Sequence[model.Proxy]) -> Regis
     for proxy in (*gone, *came):
         for res in previous.selecting.get(proxy.namespace, ()):
             if selects(_selector(res), proxy.labels):
-                hosts.update(h for h in _hosts(res) if previous.definitions.get(h) is res)
+                hosts.update(h for h in defined_hosts(res) if previous.definitions.get(h) is res)
     services = dict(previous.services)
     for host in hosts:
         services[host] = _service(previous.definitions[host], host, index)

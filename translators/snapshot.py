@@ -39,9 +39,11 @@ from translators.routes import (
     sidecar_virtual_services,
 )
 from translators.services import (
+    Registry,
     Service,
     build_registry,
     build_services,
+    defined_hosts,
     registry_after_edit,
     update_registry,
 )
@@ -107,25 +109,15 @@ class World:
         workloads came or went when only they changed."""
         if self.cache is None:
             return build_services(self.config, self.proxies)
-        inputs = tuple(tuple(self.config.of_kind(kind)) for kind in _REGISTRY_KINDS)
-        kept = self.cache.get(("services",))
+        kept = self.cache.get(("services",))  # (config, registry)
         registry = None
-        if kept is not None and _same_objects(kept[0], inputs):
-            registry = kept[1]
-        elif kept is not None and _same_objects(kept[0][2:], inputs[2:]):
-            # Services or ServiceEntries edited, WorkloadEntries as they were.
-            before = {id(r): r for kind in kept[0][:2] for r in kind}
-            after = {id(r): r for kind in inputs[:2] for r in kind}
-            registry = registry_after_edit(
-                kept[1],
-                [r for i, r in before.items() if i not in after],
-                [r for i, r in after.items() if i not in before],
-            )
+        if kept is not None:
+            registry = _registry_after(kept[1], kept[0], self.config)
         if registry is None:
             registry = build_registry(self.config, self.proxies)
         elif registry.proxies != self.proxies:
             registry = update_registry(registry, self.proxies)
-        self.cache.put(("services",), (inputs, registry))
+        self.cache.put(("services",), (self.config, registry))
         return registry.services
 
     @cached_property
@@ -220,11 +212,27 @@ class World:
 _REGISTRY_KINDS = (model.SERVICE, model.SERVICE_ENTRY, model.WORKLOAD_ENTRY)
 
 
-def _same_objects(old: tuple[tuple, ...], new: tuple[tuple, ...]) -> bool:
-    return len(old) == len(new) and all(
-        len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-        for a, b in zip(old, new, strict=True)
-    )
+def _registry_after(
+    registry: Registry, before: model.MeshConfig, after: model.MeshConfig
+) -> Registry | None:
+    """The registry of `before`'s config for `after`'s, when no WorkloadEntry changed:
+    the same when no Service or ServiceEntry did either, else only the hosts of those
+    that did are built again. None when it must be built from nothing."""
+    if before is after:
+        return registry
+    known = after.changes_since(before)
+    if known is not None:
+        removed, added = ([r for r in side if r.kind in _REGISTRY_KINDS] for side in known)
+    else:  # compare the registry's inputs by identity: unchanged files keep their objects
+        old = {id(r): r for kind in _REGISTRY_KINDS for r in before.of_kind(kind)}
+        new = {id(r): r for kind in _REGISTRY_KINDS for r in after.of_kind(kind)}
+        removed = [r for i, r in old.items() if i not in new]
+        added = [r for i, r in new.items() if i not in old]
+    if not removed and not added:
+        return registry
+    if any(r.kind == model.WORKLOAD_ENTRY for r in (*removed, *added)):
+        return None
+    return registry_after_edit(registry, removed, added)
 
 
 _SOURCE_LABELS: dict[int, tuple[Any, bool]] = {}
@@ -430,9 +438,15 @@ class Translator:
         old = previous.world
         world.take(old, _KEPT_BY_SERVICE_EDITS)
         before, after = old.services, world.services
+        edited = world.config.changes_since(old.config)
+        candidates = (
+            {h for side in edited for r in side for h in defined_hosts(r)}
+            if edited is not None
+            else before.keys() | after.keys()
+        )
         changed = {
             h
-            for h in before.keys() | after.keys()
+            for h in candidates
             if (was := before.get(h)) is not (now := after.get(h)) and was != now
         }
         translator = cls(world)

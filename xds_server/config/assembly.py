@@ -11,7 +11,7 @@ would (tests/test_config_store.py checks both ways against each other).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from protos import mesh_config_pb2
@@ -63,12 +63,18 @@ def assemble(files: Mapping[str, ParsedFile]) -> Assembly:
     return Assembly(files, snapshot, frozen, winners, keys, shadowed, mesh_issues)
 
 
-def assemble_after(previous: Assembly | None, files: Mapping[str, ParsedFile]) -> Assembly:
-    """The assembly of `files`, derived from `previous` when few files differ."""
+def assemble_after(
+    previous: Assembly | None,
+    files: Mapping[str, ParsedFile],
+    hint: Iterable[str] | None = None,
+) -> Assembly:
+    """The assembly of `files`, derived from `previous` when few files differ. `hint`:
+    the only names whose version can differ from `previous`'s (None: any)."""
     if previous is None:
         return assemble(files)
     before = previous.files
-    changed = [n for n in files.keys() | before.keys() if files.get(n) is not before.get(n)]
+    names = files.keys() | before.keys() if hint is None else hint
+    changed = [n for n in names if files.get(n) is not before.get(n)]
     if not changed:
         return previous if files is before else _with_files(previous, files)
     if len(changed) * _INCREMENTAL_SHARE > max(len(files), 64):

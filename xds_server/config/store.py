@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path, PurePath
@@ -102,6 +102,11 @@ class StoreState:
     assembly: Assembly | None = None
     cross: CrossChecks = field(default_factory=CrossChecks)
     candidates: dict[str, Candidate] = field(default_factory=dict)
+    # The version each file proposed and its own issues, before holds and duplicates; and
+    # the files held back (see _hold_dangling).
+    proposed: dict[str, ParsedFile] = field(default_factory=dict)
+    proposed_issues: dict[str, tuple[ConfigIssue, ...]] = field(default_factory=dict)
+    held: frozenset[str] = frozenset()
 
     @property
     def digests(self) -> dict[str, str]:
@@ -262,7 +267,7 @@ class ConfigStore:
         parsed = parse_file(name, text, mtime_ns)
         return parsed if parsed.ok and parsed.digest == digest else None
 
-    def update(self, paths: Iterable[Path | str] = (), rescan: bool = False) -> model.MeshConfig:
+    def update(self, paths: Collection[Path | str] = (), rescan: bool = False) -> model.MeshConfig:
         """Re-read `paths` (created, modified or deleted) and decide again what is in force.
         With no paths, only decides again (a settle window ended, a rollback)."""
         changed = {self.display_name(p): Path(p) for p in paths if self.is_config(p)}
@@ -285,7 +290,9 @@ class ConfigStore:
                 latest.pop(name, None)
             else:
                 latest[name] = parsed
-        self._decide(latest)
+        # With no paths (a settle window ended, a rollback, a release) every file is
+        # considered; otherwise only the ones read and those with a reason of their own.
+        self._decide(latest, None if rescan or not paths else changed)
         return self.snapshot
 
     def _read(self, name: str, path: Path, previous: ParsedFile | None) -> ParsedFile | None:
@@ -351,7 +358,9 @@ class ConfigStore:
 
     # ---- deciding -----------------------------------------------------------------------
 
-    def _decide(self, latest: dict[str, ParsedFile]) -> None:
+    def _decide(self, latest: dict[str, ParsedFile], read: Iterable[str] | None = None) -> None:
+        """Decide what is in force. `read`: the files read since the last decision (None:
+        consider every file, as a first load, a rescan or a rollback must)."""
         first = not self.loaded
         now = self.clock()
         rejected = self._current_rejections(latest)
@@ -359,9 +368,24 @@ class ConfigStore:
         issues: dict[str, list[ConfigIssue]] = {}
         settling: dict[str, float] = {}
         known, accepted, open_windows = self.state.candidates, self.accepted, self.settling
-        candidates: dict[str, Candidate] = {}
         deleted = [n for n, r in rejected.items() if not r.digest and n not in latest]
-        for name in [*latest, *deleted]:
+        dirty: set[str] | None = None
+        if first or read is None:
+            candidates: dict[str, Candidate] = {}
+            names: Iterable[str] = [*latest, *deleted]
+        else:
+            # Only files read, rejected, settling or held back can get another answer: every
+            # other one keeps its proposal (its version is the one in force, see Candidate).
+            dirty = {*read, *self.rejected, *rejected, *open_windows, *self.state.held}
+            candidates = dict(known)
+            trial.update(self.state.proposed)
+            issues.update({n: list(found) for n, found in self.state.proposed_issues.items()})
+            for name in dirty:
+                candidates.pop(name, None)
+                trial.pop(name, None)
+                issues.pop(name, None)
+            names = [n for n in dirty if n in latest or n in deleted]
+        for name in names:
             parsed = latest.get(name)
             before = known.get(name)
             if (
@@ -386,11 +410,13 @@ class ConfigStore:
                 trial[name] = candidate
             if found:
                 issues[name] = found
+        proposed, proposed_issues = dict(trial), {n: tuple(found) for n, found in issues.items()}
         if first:
             assembly = assemble(trial)
             dangling = list(dangling_subsets(assembly.snapshot))
+            holds: dict[str, list[ConfigIssue]] = {}
         else:
-            holds, assembly, dangling = self._hold_dangling(trial)
+            holds, assembly, dangling = self._hold_dangling(trial, dirty)
             for name, held in holds.items():
                 issues.setdefault(name, []).extend(held)
         snapshot = assembly.snapshot
@@ -414,6 +440,9 @@ class ConfigStore:
             assembly=assembly,
             cross=cross,
             candidates=candidates,
+            proposed=proposed,
+            proposed_issues=proposed_issues,
+            held=frozenset(holds),
         )
         self.history[snapshot.version] = dict(trial)
         self.history.move_to_end(snapshot.version)
@@ -493,17 +522,19 @@ class ConfigStore:
         return {n: r for n, r in self.rejected.items() if r.group not in ended}
 
     def _hold_dangling(
-        self, trial: dict[str, ParsedFile]
+        self, trial: dict[str, ParsedFile], dirty: Iterable[str] | None
     ) -> tuple[dict[str, list[ConfigIssue]], Assembly, list[CrossFinding]]:
         """Hold back changed files (in `trial`, in place) until no subset reference
         dangles that did not already dangle in the configuration in force. Returns the
-        holds, and the last trial's assembly and dangling references."""
+        holds, and the last trial's assembly and dangling references. `dirty`: the only
+        files that can differ from the configuration in force (None: any)."""
         before = {_reference_key(f) for f in self.state.dangling}
         accepted = self.accepted
-        changed = {n for n in trial.keys() | accepted.keys() if trial.get(n) is not accepted.get(n)}
+        names = trial.keys() | accepted.keys() if dirty is None else dirty
+        changed = {n for n in names if trial.get(n) is not accepted.get(n)}
         held: dict[str, list[ConfigIssue]] = {}
         for _ in range(len(changed) + 1):
-            assembly = assemble_after(self.state.assembly, dict(trial))
+            assembly = assemble_after(self.state.assembly, dict(trial), changed)
             dangling = dangling_after(self.snapshot, self.state.dangling, assembly.snapshot)
             new = [f for f in dangling if _reference_key(f) not in before]
             blamed: dict[str, list[ConfigIssue]] = {}
@@ -559,7 +590,7 @@ class ConfigStore:
                 changed.discard(name)
                 held.setdefault(name, []).extend(found)
         if held:
-            assembly = assemble_after(self.state.assembly, dict(trial))  # after the last hold
+            assembly = assemble_after(self.state.assembly, dict(trial), changed | set(held))
             dangling = dangling_after(self.snapshot, self.state.dangling, assembly.snapshot)
         return held, assembly, dangling
 
