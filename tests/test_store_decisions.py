@@ -1,10 +1,12 @@
 """A decision that looks only at the files read (and those with a reason of their own:
 rejected, settling, held back) gives what looking at every file gives: the versions in
-force, the snapshot, every issue. Random edits: valid, broken, blank, duplicated,
-routes to subsets no rule defines, deletions, and rollbacks of what Envoy refused."""
+force, the snapshot, every issue, the index kept for a restart. Random edits: valid,
+broken, blank, duplicated, routes to subsets no rule defines, deletions, and rollbacks of
+what Envoy refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from tests.helpers import plain_service_yaml
 from tests.helpers import routes_to as vs
 from tests.helpers import subsets_rule as dr
+from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
 
 TEXTS = [
@@ -62,7 +65,9 @@ def test_deciding_from_the_files_read_equals_deciding_from_all(steps) -> None:
         (mesh / "services.yaml").write_text(plain_service_yaml("reviews"))
         (mesh / "a.yaml").write_text(TEXTS[0])
         (mesh / "b.yaml").write_text(TEXTS[2])
-        quick, full = ConfigStore(mesh), _every_file(ConfigStore(mesh))
+        state = Path(tmp) / ".state"
+        quick = ConfigStore(mesh, memory=ConfigMemory(state))
+        full = _every_file(ConfigStore(mesh))
         for store in (quick, full):
             store.load_all()
         versions = [quick.snapshot.version]
@@ -83,4 +88,8 @@ def test_deciding_from_the_files_read_equals_deciding_from_all(steps) -> None:
                 elif what in ("write", "delete"):
                     store.update([path])
             assert _state(quick) == _state(full)
+            index = json.loads((state / "config.json").read_text())
+            assert index["accepted"] == {
+                n: [p.digest, p.mtime_ns] for n, p in quick.accepted.items()
+            }
             versions.append(quick.snapshot.version)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,10 @@ class ConfigMemory:
         self._pending: dict[str, str] | None = None  # texts waiting for a pack (bulk())
         self._packed: set[str] = set()  # digests written in packs by this process
         self._pack_texts: dict[str, str] | None = None
-        self._entries: dict[str, tuple[str, int, str]] = {}  # name -> its index entry
+        # The index's accepted entries: names in order, each rendered, and what each holds.
+        self._order: list[str] = []
+        self._parts: list[str] = []
+        self._entries: dict[str, tuple[str, int]] = {}
 
     @property
     def _blobs(self) -> Path | None:
@@ -131,9 +135,11 @@ class ConfigMemory:
         accepted: Mapping[str, Remembered],
         rejected: Mapping[str, RememberedRejection],
         recent: Callable[[], Iterable[str]] = tuple,
+        changed: Iterable[str] | None = None,
     ) -> None:
         # `accepted`: anything with a digest and a modification time (a ParsedFile too).
-        """Write the index (only when it changed). Texts no longer referenced (`recent`:
+        """Write the index (only when it changed; `changed`: the only files whose entry
+        may have, None: any). Texts no longer referenced (`recent`:
         digests a rollback may still bring back) are dropped at the first write and then
         once SWEEP_AFTER new texts were kept, so an edit does not list the whole directory."""
         if self.directory is None:
@@ -143,7 +149,7 @@ class ConfigMemory:
             for n, r in sorted(rejected.items())
         }
         text = (
-            f'{{"accepted": {self._accepted_json(accepted)}, "format": {FORMAT}, '
+            f'{{"accepted": {self._accepted_json(accepted, changed)}, "format": {FORMAT}, '
             f'"rejected": {json.dumps(rejections, sort_keys=True)}}}'
         )
         flushed = self._flush()
@@ -158,20 +164,36 @@ class ConfigMemory:
                 self._collect(keep)
                 self._kept = 0
 
-    def _accepted_json(self, accepted: Mapping[str, Remembered]) -> str:
-        """The "accepted" object of the index, from each file's entry rendered once (at
-        thousands of files, dumping them all again at every edit cost milliseconds)."""
-        known, fresh = self._entries, {}
-        parts = []
-        for name in sorted(accepted):
-            entry = accepted[name]
-            found = known.get(name)
-            if found is None or found[0] != entry.digest or found[1] != entry.mtime_ns:
-                rendered = f"{json.dumps(name)}: {json.dumps([entry.digest, entry.mtime_ns])}"
-                found = (entry.digest, entry.mtime_ns, rendered)
-            fresh[name] = found
-            parts.append(found[2])
-        self._entries = fresh
+    def _accepted_json(
+        self, accepted: Mapping[str, Remembered], changed: Iterable[str] | None
+    ) -> str:
+        """The "accepted" object of the index, from each file's entry rendered once and
+        kept in name order (at thousands of files, rendering and sorting them all again
+        at every edit cost milliseconds). `changed`: the only names whose entry may
+        differ from the last call's (None: any)."""
+        order, parts, entries = self._order, self._parts, self._entries
+        if changed is None or not order:
+            order[:] = sorted(accepted)
+            parts[:] = [_entry(name, accepted[name]) for name in order]
+            entries.clear()
+            entries.update((n, (r.digest, r.mtime_ns)) for n, r in accepted.items())
+        else:
+            for name in changed:
+                entry, at = accepted.get(name), bisect_left(order, name)
+                present = at < len(order) and order[at] == name
+                if entry is None:
+                    if present:
+                        del order[at], parts[at]
+                        entries.pop(name, None)
+                    continue
+                if present and entries.get(name) == (entry.digest, entry.mtime_ns):
+                    continue
+                if present:
+                    parts[at] = _entry(name, entry)
+                else:
+                    order.insert(at, name)
+                    parts.insert(at, _entry(name, entry))
+                entries[name] = (entry.digest, entry.mtime_ns)
         return "{" + ", ".join(parts) + "}"
 
     def load(self) -> tuple[dict[str, Remembered], dict[str, RememberedRejection]] | None:
@@ -237,3 +259,7 @@ class ConfigMemory:
                 self._warned = True
             return False
         return True
+
+
+def _entry(name: str, entry: Remembered) -> str:
+    return f"{json.dumps(name)}: {json.dumps([entry.digest, entry.mtime_ns])}"

@@ -458,6 +458,7 @@ class ConfigStore:
                     for n, r in rejected.items()
                 },
                 recent=lambda: {p.digest for v in self.history.values() for p in v.values()},
+                changed=dirty,
             )
 
     def _references(
