@@ -30,6 +30,7 @@ from translation import TEMPLATE
 from translators import model
 from translators.cache import CrossPushCache
 from translators.snapshot import Translator, World
+from xds_server import heap
 from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
@@ -95,8 +96,7 @@ def measure(directory: Path, template: str, count: int) -> dict[str, float]:
         translator = Translator(World(store.snapshot, (proxy,), cache=cache))
         translator.translate(proxy)
         first = time.perf_counter() - started
-        gc.collect()
-        gc.freeze()  # as the server does after its first load
+        heap.settle()  # as the server does after its first load
         pushes, joins, strangers = [], [], []
         for k in range(5):
             path = directory / f"more-{k}.yaml"

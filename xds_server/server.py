@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections import deque
@@ -19,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from translators import model
 from translators.resources import SHORT_NAMES
+from xds_server import heap
 from xds_server.ads.servicer import AdsServicer, Nack, add_to_server
 from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
@@ -137,11 +137,7 @@ class ControlPlane:
             self.options.config_dir,
         )
         snapshot = await self.watcher.load()
-        # The loaded configuration stays while it is in force: out of the collector's
-        # sight, full collections (which hold every thread) scan only what came after.
-        # Freezing stops no object from being freed by its reference count.
-        gc.collect()
-        gc.freeze()
+        heap.settle()  # the loaded configuration stays: out of the collector's sight
         self.mesh.start(snapshot)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="watch"))

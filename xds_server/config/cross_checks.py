@@ -9,7 +9,7 @@ VirtualServices for one host wins).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,19 +206,67 @@ def _tcp_ports(res: model.ConfigResource) -> list[tuple[str, int, int]]:
     return [(host, number, i) for i, number, protocol in ports if protocol not in HTTP_PROTOCOLS]
 
 
-def _tcp_port_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
+_PORT_KINDS = (model.SERVICE, model.SERVICE_ENTRY)
+# (host, kind's rank, the resource's config order, port index): the order claims are read in.
+Claim = tuple[tuple[str, int, tuple[str, str, str], int], int, model.ConfigResource]
+
+
+@dataclass(frozen=True)
+class TcpPorts:
     """Sidecars reach TCP services at their outbound address and the service port, so one
-    port can serve one TCP service (plain TCP has no host name to tell them apart)."""
-    first: dict[int, str] = {}
-    claims = [
-        (host, number, i, res)
-        for kind in (model.SERVICE, model.SERVICE_ENTRY)
-        for res in config.of_kind(kind)
-        for host, number, i in _tcp_ports(res)
-    ]
-    for host, number, i, res in sorted(claims, key=lambda claim: claim[0]):
-        owner = first.setdefault(number, host)
-        if owner != host:
+    port can serve one TCP service (plain TCP has no host name to tell them apart): the
+    first host by name keeps a port, and every other claim of it is a finding. Kept by
+    port number, so that a change re-reads the ports it touches."""
+
+    claims: dict[int, tuple[Claim, ...]]
+    found: dict[int, tuple[CrossFinding, ...]]
+
+    @classmethod
+    def of(cls, config: model.MeshConfig) -> TcpPorts:
+        return cls({}, {}).after((), [r for k in _PORT_KINDS for r in config.of_kind(k)])
+
+    def after(
+        self, removed: Iterable[model.ConfigResource], added: Iterable[model.ConfigResource]
+    ) -> TcpPorts:
+        claims = dict(self.claims)
+        gone = {id(r) for r in removed}
+        touched = {number for r in removed for _, number, _ in _tcp_ports(r)}
+        fresh: dict[int, list[Claim]] = {}
+        for res in added:
+            rank = _PORT_KINDS.index(res.kind)
+            for host, number, i in _tcp_ports(res):
+                fresh.setdefault(number, []).append(((host, rank, res.order_key(), i), i, res))
+        found = dict(self.found)
+        for number in touched | fresh.keys():
+            before = claims.get(number, ())
+            kept = [c for c in before if id(c[2]) not in gone]
+            now = tuple(sorted([*kept, *fresh.get(number, ())], key=lambda claim: claim[0]))
+            if not now:
+                claims.pop(number, None)
+                found.pop(number, None)
+                continue
+            claims[number] = now
+            reuse = {}
+            if before and before[0][0][0] == now[0][0][0]:  # the same owner: same messages
+                reuse = {(id(f.resource), f.path): f for f in found.get(number, ())}
+            found[number] = tuple(_port_findings(number, now, reuse))
+        return TcpPorts(claims, found)
+
+    def findings(self) -> list[CrossFinding]:
+        return [finding for number in sorted(self.found) for finding in self.found[number]]
+
+
+def _port_findings(
+    number: int, claims: tuple[Claim, ...], reuse: Mapping[tuple, CrossFinding]
+) -> Iterator[CrossFinding]:
+    owner = claims[0][0][0] if claims else ""
+    for (host, *_), i, res in claims:
+        if host == owner:
+            continue
+        known = reuse.get((id(res), ("spec", "ports", i)))
+        if known is not None and known.resource is res:
+            yield known
+        else:
             yield CrossFinding(
                 res,
                 ("spec", "ports", i),
@@ -226,6 +274,10 @@ def _tcp_port_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
                 f"{owner} only (plain TCP has no host name to route on)",
                 "warning",
             )
+
+
+def _tcp_port_conflicts(config: model.MeshConfig) -> list[CrossFinding]:
+    return TcpPorts.of(config).findings()
 
 
 def _endpoint_addresses(config: model.MeshConfig) -> Iterator[CrossFinding]:
@@ -257,6 +309,7 @@ class CrossChecks:
 
     config: model.MeshConfig | None = None
     results: tuple[tuple[CrossFinding, ...], ...] = ()
+    ports: TcpPorts | None = None
 
     @property
     def findings(self) -> list[CrossFinding]:
@@ -265,17 +318,38 @@ class CrossChecks:
     def after(self, config: model.MeshConfig, changed: Iterable[Any] | None) -> CrossChecks:
         """The findings on `config`, given the changes (with a `kind`) from this one's
         snapshot; None when they are not known. Checks that read none of the changed
-        kinds keep their findings."""
+        kinds keep their findings; the port check re-reads only the ports touched."""
         previous = self.config
         if (
             previous is None
             or changed is None
             or (previous.mesh is not config.mesh and previous.mesh != config.mesh)
         ):
-            return CrossChecks(config, tuple(tuple(check(config)) for check, _ in _CHECKS))
+            ports = TcpPorts.of(config)
+            results = [
+                tuple(ports.findings() if check is _tcp_port_conflicts else check(config))
+                for check, _ in _CHECKS
+            ]
+            return CrossChecks(config, tuple(results), ports)
         kinds = {change.kind for change in changed}
-        results = tuple(
-            kept if reads.isdisjoint(kinds) else tuple(check(config))
-            for (check, reads), kept in zip(_CHECKS, self.results, strict=True)
-        )
-        return CrossChecks(config, results)
+        ports = self.ports
+        results = []
+        for (check, reads), kept in zip(_CHECKS, self.results, strict=True):
+            if reads.isdisjoint(kinds):
+                results.append(kept)
+            elif check is _tcp_port_conflicts:
+                ports = _ports_after(ports, previous, config)
+                results.append(tuple(ports.findings()))
+            else:
+                results.append(tuple(check(config)))
+        return CrossChecks(config, tuple(results), ports)
+
+
+def _ports_after(
+    ports: TcpPorts | None, previous: model.MeshConfig, config: model.MeshConfig
+) -> TcpPorts:
+    known = config.changes_since(previous)
+    if ports is None or known is None:
+        return TcpPorts.of(config)
+    removed, added = ([r for r in side if r.kind in _PORT_KINDS] for side in known)
+    return ports.after(removed, added)
