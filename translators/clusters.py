@@ -142,13 +142,28 @@ def service_clusters(
         variants = [(outbound_cluster(port.port, host), None, {})]
         for subset in rule.subsets if rule and service.resolution != PASSTHROUGH else ():
             variants.append((outbound_cluster(port.port, host, subset.name), subset, subset.labels))
+        first: cluster_pb2.Cluster | None = None
         for name, subset, labels in variants:
+            if first is not None and service.resolution == EDS and not _own_policy(subset):
+                # An EDS subset cluster without a policy of its own is the port's cluster
+                # under another name: copying is a tenth of building.
+                cluster = cluster_pb2.Cluster()
+                cluster.CopyFrom(first)
+                cluster.name = name
+                cluster.eds_cluster_config.service_name = name
+                clusters.append(cluster)
+                continue
             policy = effective_policy(rule, subset, port.port)
             cluster = _cluster(name, service, port, policy, connect_timeout, labels)
             if budget is not None:
                 cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
             clusters.append(cluster)
+            first = first or cluster
     return clusters
+
+
+def _own_policy(subset: destination_rule_pb2.Subset | None) -> bool:
+    return subset is not None and subset.HasField("traffic_policy")
 
 
 def outbound_clusters(

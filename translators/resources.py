@@ -59,6 +59,21 @@ def pack_serialized(name: str, full_name: str, value: bytes) -> Packed:
     return Packed(name, packed, hashlib.blake2b(value, digest_size=8).hexdigest())
 
 
+def field_bytes(number: int, body: bytes) -> bytes:
+    """A length-delimited protobuf field (string, bytes or message) as serialized: tag,
+    length, bytes; for joining messages from cached parts."""
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def pack_all(messages: Iterable[Message]) -> dict[str, Packed]:
     """Pack resources keyed by their `name` (or `cluster_name` for assignments)."""
     out = {}

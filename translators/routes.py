@@ -24,6 +24,7 @@ from translators.cache import CrossPushCache
 from translators.destination_rules import DestinationRuleIndex
 from translators.http_filters import PASSTHROUGH_CLUSTER
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, has_labels, host_matches, outbound_cluster
+from translators.resources import field_bytes
 from translators.route_match import is_catch_all, route_match
 from translators.route_policies import (
     CORS_FILTER,
@@ -468,7 +469,7 @@ def _vhost_field(
     found = cache.get(key) if cache is not None else None
     if found is not None:
         return found[1]
-    body = _field(
+    body = field_bytes(
         2,
         rc.VirtualHost(
             name=name, domains=domains, routes=routes, include_request_attempt_count=True
@@ -477,20 +478,6 @@ def _vhost_field(
     if cache is not None:
         cache.put(key, (routes, body))  # holds the routes: their id stays theirs
     return body
-
-
-def _field(number: int, body: bytes) -> bytes:
-    """A length-delimited protobuf field: tag, length, bytes."""
-    return _varint(number << 3 | 2) + _varint(len(body)) + body
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -512,10 +499,10 @@ class RouteParts:
     def serialized(self) -> bytes:
         return b"".join(
             (
-                _field(1, OUTBOUND_ROUTE_NAME.encode()),
+                field_bytes(1, OUTBOUND_ROUTE_NAME.encode()),
                 *(part for _, part in self.vhosts.values()),
-                _field(2, self.catch_all),
-                _field(7, b""),
+                field_bytes(2, self.catch_all),
+                field_bytes(7, b""),
             )
         )
 

@@ -11,7 +11,7 @@ from translators import gateways, linkerd, model, sidecar_scope
 from translators.cache import CrossPushCache
 from translators.clusters import inbound_clusters, service_clusters
 from translators.destination_rules import DestinationRuleIndex
-from translators.endpoints import service_endpoints
+from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
 from translators.naming import OUTBOUND_ROUTE_NAME, host_matches
@@ -179,7 +179,7 @@ class World:
             if found is None:
                 found = (
                     pack_all(service_clusters(service, rule, timeout, budget)),
-                    pack_all(service_endpoints(service, rule)),
+                    packed_service_endpoints(service, rule),
                 )
             if lasting is not None:
                 self.cache.put(lasting, (rule, found))
