@@ -158,12 +158,15 @@ class MeshState:
         endpoints = (p for p in self.proxies() if can_be_endpoint(p))
         return tuple(sorted(endpoints, key=lambda p: p.node_id))
 
-    def _plan(self) -> tuple[Translator, list[tuple[int, Connection]], bool]:
+    def _plan(self) -> tuple[World, Callable[[], Translator], list[tuple[int, Connection]], bool]:
         """What this push translates: a new World for everyone, or the new connections
-        with the World in force."""
+        with the World in force. The translator is made by the function returned, in
+        the worker thread: deriving it from the previous one (a registry update, the
+        assignments of the services whose endpoints changed) is work too."""
         workloads = self._workloads()
+        previous = self._translator
         if (
-            self._translator is None
+            previous is None
             or self.config is not self.world.config
             or workloads != self.world.proxies
         ):
@@ -172,41 +175,47 @@ class MeshState:
                 self._cache.endpoint_round()
             else:
                 self._cache.next_round()
-            previous, self.world = (
-                self._translator,
-                World(self.config, workloads, self.generation, self._cache),
-            )
-            if previous is None:
-                self._translator = Translator(self.world)
-            elif previous.world.config is self.config:
-                self._translator = Translator.after_endpoint_change(previous, self.world)
-            else:
-                self._translator = Translator.after_config_change(previous, self.world)
+            world = World(self.config, workloads, self.generation, self._cache)
             if self.config.version != self.pushed_config_version:
                 self.pushed_config_version = self.config.version
                 self.config_generation = self.generation
             self._configs[self.generation] = self.config.version
             while len(self._configs) > GENERATIONS_KEPT:
                 self._configs.popitem(last=False)
-            return self._translator, list(self.connections.items()), True
+
+            def derive() -> Translator:
+                if previous is None:
+                    return Translator(world)
+                if previous.world.config is world.config:
+                    return Translator.after_endpoint_change(previous, world)
+                return Translator.after_config_change(previous, world)
+
+            return world, derive, list(self.connections.items()), True
         joined = [(h, c) for h, c in self.connections.items() if c.resources is None]
-        return self._translator, joined, False
+        return self.world, lambda: previous, joined, False
 
     @staticmethod
-    def _translate(translator: Translator, proxies: list[model.Proxy]) -> list[Resources]:
-        return [translator.translate(proxy) for proxy in proxies]
+    def _translate(
+        derive: Callable[[], Translator], proxies: list[model.Proxy]
+    ) -> tuple[Translator, list[Resources]]:
+        translator = derive()
+        return translator, [translator.translate(proxy) for proxy in proxies]
 
     async def push(self) -> int:
         """Translate what changed (in a worker thread) and notify the proxies whose
         resources changed; all at once, so that every proxy moves to one generation."""
         started = time.perf_counter()
-        translator, targets, everyone = self._plan()
+        world, derive, targets, everyone = self._plan()
         if not targets:
+            if everyone:  # nobody to translate for yet: the World still moves on
+                self.world, self._translator = world, await asyncio.to_thread(derive)
             return 0
         generation = self.generation
-        results = await asyncio.to_thread(
-            self._translate, translator, [conn.proxy for _, conn in targets]
+        translator, results = await asyncio.to_thread(
+            self._translate, derive, [conn.proxy for _, conn in targets]
         )
+        # Only once it worked: a push that failed is planned again from the same World.
+        self.world, self._translator = world, translator
         notified = 0
         for index, ((handle, conn), resources) in enumerate(zip(targets, results, strict=True)):
             if index and index % DELIVERY_SLICE == 0:

@@ -18,6 +18,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from translators.resources import SHORT_NAMES
 from xds_server.ads.delta import DeltaStream
+from xds_server.ads.pacing import Pacer
 from xds_server.ads.sotw import SotwStream
 from xds_server.ads.source import ResourceSource
 from xds_server.newest import newest_per_node
@@ -98,6 +99,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.control_plane_id = control_plane_id
         self.on_nack = on_nack
         self.observers: list[Callable[[StreamEvent], None]] = []
+        self.pacer = Pacer()
         self.streams: dict[int, StreamInfo] = {}
         self._stream_ids = 0
 
@@ -147,6 +149,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 kind, item = await events.get()
                 if kind == "end":
                     return
+                await self.pacer.admit()
                 if kind == "request":
                     self._log_request(protocol.node_id if protocol else item.node.id, item)
                     if protocol is None:
