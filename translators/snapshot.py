@@ -70,15 +70,9 @@ _CONFIG_ONLY = (
     "route_cache",
     "uses_source_labels",
 )
-# World properties an edit of Services and ServiceEntries only leaves as they were.
-_KEPT_BY_SERVICE_EDITS = (
-    "bindings",
-    "destination_rules",
-    "linkerd_routes",
-    "retry_budgets",
-    "route_cache",
-    "uses_source_labels",
-)
+# World properties an edit of Services and ServiceEntries only leaves as they were: the
+# same ones, since none of them reads the registry.
+_KEPT_BY_SERVICE_EDITS = _CONFIG_ONLY
 _SERVICE_KINDS = frozenset({model.SERVICE, model.SERVICE_ENTRY})
 # World properties a VirtualService-only edit leaves as they were (bindings and the
 # sourceLabels flag depend on VirtualServices; the registry on workloads, which are equal).
