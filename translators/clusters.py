@@ -19,6 +19,7 @@ from translators.cluster_settings import (
 from translators.destination_rules import DestinationRuleIndex
 from translators.http_filters import forward_proxy_cluster
 from translators.naming import has_labels, inbound_cluster, outbound_cluster
+from translators.resources import Packed, field_bytes, pack_all, pack_serialized
 from translators.services import EDS, LOGICAL_DNS, PASSTHROUGH, STRICT_DNS, Service, ServicePort
 from translators.traffic_policy import effective_policy
 
@@ -160,6 +161,63 @@ def service_clusters(
             clusters.append(cluster)
             first = first or cluster
     return clusters
+
+
+_CLUSTER = "envoy.config.cluster.v3.Cluster"
+# (port protocol, policy, connect timeout, retry budget) -> an EDS cluster's bytes around
+# its name: (type field, EDS config without the service name, every later field).
+_TEMPLATES: dict[tuple[str, bytes, bytes, bytes], tuple[bytes, bytes, bytes]] = {}
+
+
+def packed_service_clusters(
+    service: Service,
+    rule: destination_rule_pb2.DestinationRule | None,
+    connect_timeout: duration_pb2.Duration,
+    budget: RetryBudget | None = None,
+) -> dict[str, Packed]:
+    """service_clusters, packed. An EDS cluster is its name around bytes that depend
+    only on the port's protocol and the policy: those are built once per policy (for
+    all services, and across pushes) and each cluster is joined from them."""
+    if service.resolution != EDS:
+        return pack_all(service_clusters(service, rule, connect_timeout, budget))
+    timeout = connect_timeout.SerializeToString(deterministic=True)
+    limits = budget.SerializeToString(deterministic=True) if budget is not None else b""
+    out: dict[str, Packed] = {}
+    for port in service.ports:
+        variants = [(outbound_cluster(port.port, service.hostname), None)]
+        for subset in rule.subsets if rule else ():
+            variants.append((outbound_cluster(port.port, service.hostname, subset.name), subset))
+        for name, subset in variants:
+            policy = effective_policy(rule, subset, port.port)
+            key = (port.protocol, policy.SerializeToString(deterministic=True), timeout, limits)
+            template = _TEMPLATES.get(key)
+            if template is None:
+                cluster = _cluster(name, service, port, policy, connect_timeout, {})
+                if budget is not None:
+                    cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
+                template = _template(cluster)
+                if len(_TEMPLATES) > 4096:
+                    _TEMPLATES.clear()
+                _TEMPLATES[key] = template
+            kind, eds, rest = template
+            encoded = name.encode()
+            body = field_bytes(1, encoded) + kind + field_bytes(3, eds + field_bytes(2, encoded))
+            out[name] = pack_serialized(name, _CLUSTER, body + rest)
+    return out
+
+
+def _template(cluster: cluster_pb2.Cluster) -> tuple[bytes, bytes, bytes]:
+    """An EDS cluster's bytes without its name (field 1) and EDS service name: the type
+    (field 2), the EDS config (field 3) and the rest (fields 4 and up), as serialized."""
+    copy = cluster_pb2.Cluster()
+    copy.CopyFrom(cluster)
+    copy.name = ""
+    copy.eds_cluster_config.service_name = ""
+    eds = copy.eds_cluster_config.SerializeToString(deterministic=True)
+    kind = cluster_pb2.Cluster(type=copy.type).SerializeToString(deterministic=True)
+    copy.ClearField("eds_cluster_config")
+    copy.ClearField("type")
+    return kind, eds, copy.SerializeToString(deterministic=True)
 
 
 def _own_policy(subset: destination_rule_pb2.Subset | None) -> bool:

@@ -168,15 +168,27 @@ def destination_cluster(
     return outbound_cluster(port, host, subset)
 
 
+# Istio lets gRPC clients' grpc-timeout header apply, uncapped, when the route has no
+# timeout. Envoy 1.40 ignores the route timeout whenever max_stream_duration is set
+# (measured: a 1s route timeout did not fire), so it is left out otherwise.
+_UNTIMED = rc.RouteAction(
+    timeout=ZERO, max_stream_duration=rc.RouteAction.MaxStreamDuration(grpc_timeout_header_max=ZERO)
+)
+
+
 def _forward_action(
-    rule: vs_pb2.HTTPRoute, vs_ns: str, ctx: RouteContext, port: int | None, edits: HeaderEdits
-) -> rc.RouteAction:
-    action = rc.RouteAction(timeout=rule.timeout if rule.HasField("timeout") else ZERO)
-    if not rule.HasField("timeout"):
-        # Istio lets gRPC clients' grpc-timeout header apply, uncapped, when the route has
-        # no timeout. Envoy 1.40 ignores the route timeout whenever max_stream_duration is
-        # set (measured: a 1s route timeout did not fire), so it is left out otherwise.
-        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(ZERO)
+    action: rc.RouteAction,
+    rule: vs_pb2.HTTPRoute,
+    vs_ns: str,
+    ctx: RouteContext,
+    port: int | None,
+    edits: HeaderEdits,
+) -> None:
+    """Fill `action` (a route's, in place: building it apart would mean copying it in)."""
+    if rule.HasField("timeout"):
+        action.timeout.CopyFrom(rule.timeout)
+    else:
+        action.CopyFrom(_UNTIMED)
     destinations = list(rule.route)
     hashed = False
     for dest in destinations:
@@ -193,16 +205,14 @@ def _forward_action(
             if dest.HasField("headers"):
                 edits.add(dest.headers)
             continue
-        weighted = rc.WeightedCluster.ClusterWeight(
-            name=name, weight=wrappers_pb2.UInt32Value(value=dest.weight)
-        )
+        weighted = action.weighted_clusters.clusters.add(name=name)
+        weighted.weight.value = dest.weight
         if dest.HasField("headers"):
             own = HeaderEdits()
             own.add(dest.headers)
             own.apply(weighted)
             if own.host_rewrite:
                 weighted.host_rewrite_literal = own.host_rewrite
-        action.weighted_clusters.clusters.append(weighted)
     retries = retry_policy(rule, hashed)
     if retries is not None:
         action.retry_policy.CopyFrom(retries)
@@ -213,7 +223,6 @@ def _forward_action(
     action.request_mirror_policies.extend(
         mirror_policies(rule, lambda d: destination_cluster(d, vs_ns, ctx.services, port))
     )
-    return action
 
 
 def http_route_template(
@@ -230,7 +239,7 @@ def http_route_template(
     elif rule.HasField("direct_response"):
         route.direct_response.CopyFrom(direct_response(rule.direct_response))
     else:
-        route.route.CopyFrom(_forward_action(rule, vs_ns, ctx, port, edits))
+        _forward_action(route.route, rule, vs_ns, ctx, port, edits)
     edits.apply(route)
     if rule.HasField("fault"):
         fault = fault_config(rule.fault)

@@ -9,7 +9,7 @@ from typing import Any
 
 from translators import gateways, linkerd, model, sidecar_scope
 from translators.cache import CrossPushCache
-from translators.clusters import inbound_clusters, service_clusters
+from translators.clusters import inbound_clusters, packed_service_clusters
 from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
@@ -172,7 +172,7 @@ class World:
                     found = kept[1]
             if found is None:
                 found = (
-                    pack_all(service_clusters(service, rule, timeout, budget)),
+                    packed_service_clusters(service, rule, timeout, budget),
                     packed_service_endpoints(service, rule),
                 )
             if lasting is not None:
