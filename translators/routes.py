@@ -469,6 +469,9 @@ def claim_domains(
     ]
 
 
+_ATTEMPT_COUNT = b"\x70\x01"  # include_request_attempt_count (field 14): true
+
+
 def _vhost_field(
     name: str, domains: tuple[str, ...], routes: list[rc.Route], cache: CrossPushCache | None
 ) -> bytes:
@@ -478,11 +481,18 @@ def _vhost_field(
     found = cache.get(key) if cache is not None else None
     if found is not None:
         return found[1]
+    # VirtualHost{name: 1, domains: 2, routes: 3, include_request_attempt_count: 14}, in
+    # field order as protobuf writes it, without copying the routes into a message.
     body = field_bytes(
         2,
-        rc.VirtualHost(
-            name=name, domains=domains, routes=routes, include_request_attempt_count=True
-        ).SerializeToString(deterministic=True),
+        b"".join(
+            (
+                field_bytes(1, name.encode()),
+                *(field_bytes(2, domain.encode()) for domain in domains),
+                *(field_bytes(3, route.SerializeToString(deterministic=True)) for route in routes),
+                _ATTEMPT_COUNT,
+            )
+        ),
     )
     if cache is not None:
         cache.put(key, (routes, body))  # holds the routes: their id stays theirs
