@@ -62,7 +62,15 @@ def pack_serialized(name: str, full_name: str, value: bytes) -> Packed:
 def field_bytes(number: int, body: bytes) -> bytes:
     """A length-delimited protobuf field (string, bytes or message) as serialized: tag,
     length, bytes; for joining messages from cached parts."""
-    return _varint(number << 3 | 2) + _varint(len(body)) + body
+    size = len(body)
+    length = _SHORT[size] if size < 128 else _varint(size)
+    return (
+        _TAGS[number] + length + body if number < 16 else (_varint(number << 3 | 2) + length + body)
+    )
+
+
+_SHORT = [bytes((n,)) for n in range(128)]  # lengths under 128 take one byte
+_TAGS = [bytes((n << 3 | 2,)) for n in range(16)]  # length-delimited tags of fields 0-15
 
 
 def _varint(value: int) -> bytes:
