@@ -319,6 +319,20 @@ def test_files_rolled_back_together_are_retried_one_at_a_time(mesh):
     assert "vs.yaml" in error and "rejected again" in error and "retried" not in error
 
 
+def test_a_released_suspect_is_retried_by_the_next_decision_whatever_it_reads(mesh):
+    store = loaded(mesh, ("v1", "v2"), "v1")
+    good = store.snapshot.version
+    write(mesh / "dr.yaml", dr("v1", "v2", "v3"))
+    write(mesh / "vs.yaml", vs("v2"))
+    bad = store.update([mesh / "dr.yaml", mesh / "vs.yaml"]).version
+    store.rollback(good, bad, "rejected")
+    store.update()
+    assert store.release_suspect() == str(mesh / "dr.yaml")
+    write(mesh / "other.yaml", plain_service_yaml("ratings"))
+    store.update([mesh / "other.yaml"])  # a file event arrives before the release's update
+    assert subsets(store) == ["v1", "v2", "v3"]
+
+
 def test_a_rejected_version_edited_into_an_invalid_one_is_still_rolled_back(mesh):
     store = loaded(mesh, ("v1", "v2"), "v1")
     good = store.snapshot.version
@@ -364,6 +378,33 @@ def restarted(mesh: Path, state: Path) -> ConfigStore:
     store = ConfigStore(mesh, memory=ConfigMemory(state))
     store.load_all()
     return store
+
+
+DB = """apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec:
+  ports: [{name: tcp, port: 9080}]
+"""
+EXTERNAL_DB = """apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 9080, name: tcp, protocol: TCP}]
+  resolution: DNS
+"""
+
+
+def test_a_warning_follows_its_resource_to_the_file_that_now_defines_it(mesh):
+    write(mesh / "a.yaml", EXTERNAL_DB + "---\n" + DB, mtime=1)
+    write(mesh / "c.yaml", DB, mtime=2)  # the same Service, newer: it wins
+    store = ConfigStore(mesh)
+    store.load_all()
+    write(mesh / "c.yaml", "# db moved out\n", mtime=3)  # a.yaml's identical copy takes over
+    store.update([mesh / "c.yaml"])
+    (warning,) = [str(i) for i in store.all_issues() if "TCP port 9080" in i.message]
+    assert warning.startswith(f"{mesh / 'a.yaml'}:13:")
 
 
 def test_a_restart_resumes_what_was_in_force_not_what_is_on_disk(mesh, tmp_path):

@@ -112,6 +112,23 @@ def test_an_integer_out_of_range_names_its_field():
     assert "out of range" in issue.message
 
 
+def test_a_field_written_in_both_spellings_is_refused_not_merged():
+    text = VS.replace(
+        "  hosts: [reviews]", "  hosts: [reviews]\n  exportTo: [.]\n  export_to: ['*']"
+    )
+    (issue,) = parse_file("vs.yaml", text % "v1").issues
+    assert (issue.line, issue.field) == (8, "spec.export_to")
+    assert "same field" in issue.message
+
+
+def test_numbers_that_are_not_finite_are_refused():
+    text = VS % "v1" + "    mirrorPercentage: {value: .nan}\n"
+    text = text.replace("  - route:", "  - mirror: {host: reviews}\n    route:")
+    (issue,) = parse_file("vs.yaml", text).issues
+    assert issue.field == "spec.http[0].mirrorPercentage.value"
+    assert "finite" in issue.message
+
+
 def test_semantic_errors_name_field_and_line():
     text = (
         VS.replace("        subset: %s", "        subset: v1\n      weight: 120")

@@ -9,7 +9,9 @@ them), and the message is built directly (json_format takes three times as long)
 from __future__ import annotations
 
 import base64
+import math
 import re
+import sys
 from typing import Any
 
 from google.protobuf import json_format
@@ -105,6 +107,13 @@ def _scalar(fd: FieldDescriptor, value: Any, path: Path) -> Any:
     if kind in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SchemaError(path, f"expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        limit = _FLOAT_MAX if kind == FieldDescriptor.TYPE_FLOAT else sys.float_info.max
+        if not math.isfinite(number) or abs(number) > limit:
+            raise SchemaError(path, f"expected a finite number in range, got {value!r}")
         return value
     if kind == FieldDescriptor.TYPE_BYTES:
         if isinstance(value, bytes):  # !!binary
@@ -130,6 +139,7 @@ def _scalar(fd: FieldDescriptor, value: Any, path: Path) -> Any:
     return value
 
 
+_FLOAT_MAX = 3.4028234663852886e38  # the largest 32-bit float
 _INT32 = {
     FieldDescriptor.TYPE_INT32,
     FieldDescriptor.TYPE_UINT32,
@@ -160,6 +170,8 @@ def _fill_message(target: Message, fd: FieldDescriptor, value: Any, path: Path) 
             raise SchemaError(path, str(exc)) from None
         return
     if full_name in _FREE_FORM:
+        if value is None and full_name != "google.protobuf.Value":
+            return  # written empty (`defaultConfig:`): left unset, as JSON null is
         try:
             json_format.ParseDict(value, target)
         except (json_format.ParseError, TypeError, ValueError) as exc:
@@ -181,6 +193,7 @@ def _fill(message: Message, value: Any, path: Path) -> None:
         )
     fields = _fields_by_name(descriptor)
     oneofs: dict[str, str] = {}
+    spelled: dict[str, str] = {}
     for key, item in value.items():
         child = (*path, key)
         fd = fields.get(str(key))
@@ -190,6 +203,9 @@ def _fill(message: Message, value: Any, path: Path) -> None:
                 raise SchemaError(child, unsupported)
             known = ", ".join(sorted({f.json_name for f in descriptor.fields}))
             raise SchemaError(child, f'unknown field "{key}" (known fields: {known})')
+        other = spelled.setdefault(fd.name, str(key))
+        if other != str(key):
+            raise SchemaError(child, f'"{key}" and "{other}" are the same field: write it once')
         if fd.containing_oneof is not None:
             other = oneofs.get(fd.containing_oneof.name)
             if other is not None:
@@ -204,6 +220,8 @@ def _fill(message: Message, value: Any, path: Path) -> None:
                 raise SchemaError(child, f"expected a mapping, got {type(item).__name__}")
             entries = getattr(message, fd.name)
             value_fd = fd.message_type.fields_by_name["value"]
+            if len({str(k) for k in item}) < len(item):
+                raise SchemaError(child, "a key is given twice (as text and as another type)")
             for k, v in item.items():
                 where = (*child, k)
                 if value_fd.type == FieldDescriptor.TYPE_MESSAGE:

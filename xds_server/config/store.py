@@ -151,6 +151,7 @@ class ConfigStore:
         self.history: OrderedDict[str, dict[str, ParsedFile]] = OrderedDict()
         self._groups = itertools.count(1)
         self._reference_issues: dict[tuple, tuple[model.ConfigResource, ConfigIssue]] = {}
+        self._released: set[str] = set()  # suspects let go since the last decision
 
     # The state's parts, for readers that need one of them.
     latest = property(lambda self: self.state.latest)
@@ -350,6 +351,7 @@ class ConfigStore:
         for name in sorted(self.rejected):
             if self.rejected[name].suspect:
                 del self.rejected[name]
+                self._released.add(name)  # the next decision looks at it, whatever it reads
                 return name
         return None
 
@@ -377,6 +379,7 @@ class ConfigStore:
             # Only files read, rejected, settling or held back can get another answer: every
             # other one keeps its proposal (its version is the one in force, see Candidate).
             dirty = {*read, *self.rejected, *rejected, *open_windows, *self.state.held}
+            dirty |= self._released
             candidates = dict(known)
             trial.update(self.state.proposed)
             issues.update({n: list(found) for n, found in self.state.proposed_issues.items()})
@@ -423,10 +426,13 @@ class ConfigStore:
         for issue in assembly.duplicates:
             issues.setdefault(issue.file, []).append(issue)
         changes = change_set(self.snapshot, snapshot)
-        cross = self.state.cross.after(snapshot, None if first else changes)
+        cross = self.state.cross.after(
+            snapshot, None if first else _replaced(self.snapshot, snapshot)
+        )
         references = self._references([*dangling, *cross.findings], trial)
 
         self.rejected = rejected
+        self._released = set()
         self.state = StoreState(
             changes=changes,
             latest=latest,
@@ -635,6 +641,18 @@ def change_set(before: model.MeshConfig, after: model.MeshConfig) -> list[Change
         elif previous is not res and previous.digest != res.digest:
             out.append(Change("changed", *key))
     return sorted(out, key=lambda c: (c.kind, c.namespace, c.name))
+
+
+def _replaced(before: model.MeshConfig, after: model.MeshConfig) -> list[Change] | None:
+    """The resources replaced between two snapshots, by object: one that moved to another
+    file or line keeps its digest but not its origin, which findings name. None when
+    `after` does not know how it was derived from `before`."""
+    if after is before:
+        return []
+    known = after.changes_since(before)
+    if known is None:
+        return None
+    return [Change("changed", r.kind, r.namespace, r.name) for r in (*known[0], *known[1])]
 
 
 @dataclass(frozen=True)
