@@ -149,6 +149,7 @@ edit = st.one_of(
         st.just("entry"), st.integers(0, COUNT - 1), st.sampled_from(["own", "short", "tcp"])
     ),
     st.tuples(st.just("unentry"), st.integers(0, COUNT - 1), st.just(0)),
+    st.tuples(st.just("new"), st.integers(COUNT, COUNT + 20), st.integers(0, 100)),
 )
 
 
@@ -182,6 +183,10 @@ def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
             resources[("entry", i)] = _entry(i, value)
         elif kind == "unentry":
             resources.pop(("entry", i), None)
+        elif kind == "new":  # a service with its rule and routes, in one change
+            resources[("svc", i)] = _doc(SERVICE, i)
+            resources[("rule", i)] = _doc(RULE, i, lb="RANDOM")
+            resources[("routes", i)] = _doc(ROUTES, i, w=value, rest=100 - value)
         elif kind == "join":
             proxy = sidecar(
                 f"svc-{i}-v{value}",

@@ -14,7 +14,7 @@ from translators.destination_rules import DestinationRuleIndex
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
-from translators.naming import OUTBOUND_ROUTE_NAME, host_matches
+from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, host_matches
 from translators.resources import (
     CLUSTER,
     ENDPOINT,
@@ -70,10 +70,9 @@ _CONFIG_ONLY = (
     "route_cache",
     "uses_source_labels",
 )
-# World properties an edit of Services and ServiceEntries only leaves as they were: the
-# same ones, since none of them reads the registry.
-_KEPT_BY_SERVICE_EDITS = _CONFIG_ONLY
 _SERVICE_KINDS = frozenset({model.SERVICE, model.SERVICE_ENTRY})
+# What an edit confined to some hosts may change (see Translator._after_host_edit).
+_HOST_KINDS = _SERVICE_KINDS | {model.DESTINATION_RULE, model.VIRTUAL_SERVICE}
 # World properties a VirtualService-only edit leaves as they were (bindings and the
 # sourceLabels flag depend on VirtualServices; the registry on workloads, which are equal).
 _KEPT_BY_VS_EDITS = (
@@ -395,9 +394,13 @@ class Translator:
             changed is not None
             and world.proxies == old.proxies
             and not old.uses_source_labels
-            and all(r.kind in _SERVICE_KINDS for r in changed)
+            and all(r.kind in _HOST_KINDS for r in changed)
+            and any(r.kind != model.VIRTUAL_SERVICE for r in changed)
+            and not any(
+                _uses_source_labels(r.spec) for r in changed if r.kind == model.VIRTUAL_SERVICE
+            )
         ):
-            return cls._after_service_edit(previous, world)
+            return cls._after_host_edit(previous, world, changed)
         if (
             changed is None
             or world.proxies != old.proxies
@@ -423,42 +426,68 @@ class Translator:
         return translator
 
     @classmethod
-    def _after_service_edit(cls, previous: Translator, world: World) -> Translator:
-        """After an edit of Services and ServiceEntries only: each namespace view gets
-        the clusters, endpoints and virtual hosts of the hosts that changed, and the
-        routes that send traffic to them are built again; everything else stays. Views
-        with a Sidecar, or where a domain would move between virtual hosts, translate
+    def _after_host_edit(
+        cls, previous: Translator, world: World, edited: Sequence[model.ConfigResource]
+    ) -> Translator:
+        """After an edit of Services, ServiceEntries, DestinationRules and VirtualServices
+        that names hosts outright (adding a service with its rule and routes, say): each
+        namespace view gets new virtual hosts, clusters and assignments for the services
+        that changed, new clusters and assignments for the hosts whose rules changed, and
+        new routes for the hosts whose VirtualService or rule changed and for those that
+        send traffic to a changed host; everything else stays. Wildcards, views with a
+        Sidecar, and views where a domain would move between virtual hosts translate
         anew."""
         old = previous.world
-        world.take(old, _KEPT_BY_SERVICE_EDITS)
+        kinds = {r.kind for r in edited}
+        kept = ["linkerd_routes", "retry_budgets", "route_cache"]
+        if model.VIRTUAL_SERVICE not in kinds:
+            kept += ["bindings", "uses_source_labels"]
+        else:
+            world.__dict__["uses_source_labels"] = False  # neither before nor in what changed
+        if model.DESTINATION_RULE not in kinds:
+            kept.append("destination_rules")
+        world.take(old, kept)
         before, after = old.services, world.services
-        edited = world.config.changes_since(old.config)
-        candidates = (
-            {h for side in edited for r in side for h in defined_hosts(r)}
-            if edited is not None
-            else before.keys() | after.keys()
-        )
+        candidates = {h for r in edited if r.kind in _SERVICE_KINDS for h in defined_hosts(r)}
         changed = {
             h
             for h in candidates
             if (was := before.get(h)) is not (now := after.get(h)) and was != now
         }
+        ruled = {fqdn(r.spec.host, r.namespace) for r in edited if r.kind == model.DESTINATION_RULE}
+        sidecar_vs = {
+            id(r)
+            for r in edited
+            if r.kind == model.VIRTUAL_SERVICE and is_sidecar_virtual_service(r)
+        }
+        named = {
+            h for h, vs in (*old.bindings.hosts, *world.bindings.hosts) if id(vs) in sidecar_vs
+        }
         translator = cls(world)
-        world.keep_service_resources(old, changed)
+        world.keep_service_resources(old, changed | ruled)
         if "port_uses" in old.__dict__:
             world.__dict__["port_uses"] = update_port_uses(old.port_uses, before, after, changed)
-        if not changed:
+        if not changed and not ruled and not named:
             translator._shared.update(previous._shared)
             return translator
-        dependents = world.bindings.routing_to(changed, after)
+        dependents = world.bindings.routing_to(changed | ruled, after)
         if (
-            any("*" in h for h in changed)
-            or dependents is None
+            dependents is None
             or world.linkerd_routes
+            or any("*" in h for h in changed | ruled | named)
+            or any(h not in after for h in named)  # a VS host outside the registry
             or any(world.bindings.names(h) for h in changed if h not in after)
         ):
-            return translator  # a VirtualService's host may have left the registry
-        edit = _ServiceEdit(old, world, changed, dependents)
+            return translator
+        touched = changed | ruled | named
+        tcp = any(
+            not port.is_http
+            for host in touched
+            for service in (before.get(host), after.get(host))
+            if service is not None
+            for port in service.ports
+        )
+        edit = _HostEdit(old, world, changed, ruled | named | dependents, changed | ruled, tcp)
         for key, view in previous._shared.items():
             if key[2] is None:  # a Sidecar's view may see other services: anew
                 updated = edit.view(key[0], view)
@@ -567,28 +596,20 @@ def _updated_view(
 
 
 @dataclass
-class _ServiceEdit:
-    """One namespace view after services changed (see Translator._after_service_edit)."""
+class _HostEdit:
+    """One namespace view after an edit confined to some hosts (see
+    Translator._after_host_edit)."""
 
     old: World
     world: World
-    changed: set[str]  # service hosts that came, went or changed
-    dependents: set[str]  # service hosts whose routes send traffic to a changed one
+    changed: set[str]  # service hosts that came, went or changed: virtual hosts anew
+    routed: set[str]  # service hosts whose routes are built again (their domains stay)
+    built: set[str]  # service hosts whose clusters and assignments are built again
+    tcp: bool  # whether the view's TCP routes are built again
 
     @cached_property
     def hosts(self) -> frozenset[str]:
         return frozenset(self.world.services)
-
-    @cached_property
-    def tcp(self) -> bool:
-        """Whether a changed host has (or had) a port that is not HTTP."""
-        return any(
-            not port.is_http
-            for host in self.changed
-            for service in (self.old.services.get(host), self.world.services.get(host))
-            if service is not None
-            for port in service.ports
-        )
 
     def view(self, namespace: str, view: Mapping[str, Any]) -> Mapping[str, Any] | None:
         parts: RouteParts = view[ROUTE_PARTS]
@@ -604,7 +625,7 @@ class _ServiceEdit:
             shared=world.route_cache,
             scope=None,
         )
-        rebuilt = sorted(h for h in self.changed | self.dependents if h in after)
+        rebuilt = sorted(h for h in self.changed | self.routed if h in after)
         sources = service_sources(world.bindings, after, world.linkerd_routes, rebuilt)
         gone = [
             f"{host}:{port.port}"
@@ -629,14 +650,14 @@ class _ServiceEdit:
         parts = parts.with_routes(routes, world.route_cache)
         gone_clusters: list[str] = []
         gone_assignments: list[str] = []
-        for host in self.changed:
+        for host in self.built:
             if host in before:
                 old_clusters, old_assignments = self.old.service_resources(host, namespace)
                 gone_clusters += old_clusters
                 gone_assignments += old_assignments
         new_clusters: dict[str, Packed] = {}
         new_assignments: dict[str, Packed] = {}
-        for host in sorted(self.changed):
+        for host in sorted(self.built):
             if host in after:
                 clusters, assignments = world.service_resources(host, namespace)
                 new_clusters.update(clusters)
