@@ -153,6 +153,16 @@ edit = st.one_of(
 )
 
 
+def _derived(config: model.MeshConfig, resources: tuple) -> model.MeshConfig:
+    """The next snapshot as the store makes it: derived from the previous one, so that it
+    knows what came and went (the translator's incremental paths read that)."""
+    before = {id(r) for r in config.resources}
+    after = {id(r) for r in resources}
+    removed = [r for r in config.resources if id(r) not in after]
+    added = [r for r in resources if id(r) not in before]
+    return config.evolve(resources, removed, added, config.mesh)
+
+
 def _entry(i: int, shape: str) -> model.ConfigResource:
     host = f"svc-{i}.ns-{i % 4}" if shape == "short" else f"ext-{i}.example.com"
     port, name, protocol = (5433, "tcp", "TCP") if shape == "tcp" else (80, "http", "HTTP")
@@ -199,7 +209,7 @@ def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
         elif workloads:
             workloads.pop(sorted(workloads)[i % len(workloads)])
         if kind not in ("join", "leave"):
-            config = model.MeshConfig(resources=tuple(resources.values()))
+            config = _derived(config, tuple(resources.values()))
         proxies = tuple(sorted(workloads.values(), key=lambda p: p.node_id))
         translator = server.push(config, proxies)
         cold = Translator(World(config, proxies))

@@ -370,12 +370,46 @@ class Bindings:
 
     def __init__(self, virtual_services: Sequence[model.ConfigResource]) -> None:
         self.hosts: list[tuple[str, model.ConfigResource]] = [
-            (fqdn(raw, vs.namespace), vs) for vs in virtual_services for raw in vs.spec.hosts
+            (host, vs) for vs in virtual_services for host in vs_hosts(vs)
         ]
         self.exact: dict[str, model.ConfigResource] = {}
         for host, vs in self.hosts:
             self.exact.setdefault(host, vs)
         self.wildcards = [(h, vs) for h, vs in self.hosts if "*" in h]
+
+    @classmethod
+    def after(
+        cls,
+        previous: Bindings,
+        virtual_services: Sequence[model.ConfigResource],
+        removed: Sequence[model.ConfigResource],
+        added: Sequence[model.ConfigResource],
+    ) -> Bindings:
+        """The bindings of `virtual_services`, which are `previous`'s less `removed`
+        plus `added`: only the hosts those name get their owner again."""
+        out = cls.__new__(cls)
+        out.hosts = [(host, vs) for vs in virtual_services for host in vs_hosts(vs)]
+        touched = {host for vs in (*removed, *added) for host in vs_hosts(vs)}
+        exact = dict(previous.exact)
+        for host in touched:
+            exact.pop(host, None)
+        for host, vs in out.hosts if touched else ():
+            if host in touched and host not in exact:  # the first in config order wins
+                exact[host] = vs
+        out.exact = exact
+        out.wildcards = [(h, vs) for h, vs in out.hosts if "*" in h]
+        known = previous.__dict__.get("_by_destination")
+        if known is not None:
+            gone = {id(vs) for vs in removed}
+            index = dict(known)
+            for vs in removed:
+                for target in _source_facts(_source(vs))[0]:
+                    index[target] = [e for e in index.get(target, ()) if id(e[1]) not in gone]
+            for vs in added:
+                for target in _source_facts(_source(vs))[0]:
+                    index[target] = [*index.get(target, ()), *((h, vs) for h in vs_hosts(vs))]
+            out.__dict__["_by_destination"] = index
+        return out
 
     def owner(self, host: str, service_hosts: Collection[str]) -> model.ConfigResource | None:
         """The owner of service host `host` among `service_hosts` (a VS host that is a
@@ -436,6 +470,21 @@ def bind_hosts(virtual_services: Sequence[model.ConfigResource], services: Itera
     """Each service host -> the VirtualService that owns it; plus the VS hosts that name
     no service (see Bindings)."""
     return Bindings(virtual_services).bind(services)
+
+
+_VS_HOSTS: dict[int, tuple[model.ConfigResource, list[str]]] = {}
+
+
+def vs_hosts(vs: model.ConfigResource) -> list[str]:
+    """A VirtualService's hosts as full names; memoised per resource object."""
+    found = _VS_HOSTS.get(id(vs))
+    if found is not None and found[0] is vs:
+        return found[1]
+    hosts = [fqdn(raw, vs.namespace) for raw in vs.spec.hosts]
+    if len(_VS_HOSTS) > 200_000:
+        _VS_HOSTS.clear()
+    _VS_HOSTS[id(vs)] = (vs, hosts)
+    return hosts
 
 
 def _source(vs: model.ConfigResource) -> RouteSource:

@@ -37,6 +37,7 @@ from translators.routes import (
     service_sources,
     service_vhost_routes,
     sidecar_virtual_services,
+    vs_hosts,
 )
 from translators.services import (
     Registry,
@@ -412,13 +413,13 @@ class Translator:
         world.__dict__["uses_source_labels"] = False  # neither before nor in what changed
         world.take(old, _KEPT_BY_VS_EDITS)
         world.keep_service_resources(old)
+        _derive_bindings(old, world)
         sidecar_vs = [r for r in changed if is_sidecar_virtual_service(r)]
         translator = cls(world)
         if not sidecar_vs:
             translator._shared.update(previous._shared)
             return translator
-        edited = {id(r) for r in sidecar_vs}
-        named = {h for h, vs in (*old.bindings.hosts, *world.bindings.hosts) if id(vs) in edited}
+        named = {h for r in sidecar_vs for h in vs_hosts(r)}
         for key, view in previous._shared.items():
             updated = _updated_view(view, named, old, world)
             if updated is not None:
@@ -444,6 +445,7 @@ class Translator:
             kept += ["bindings", "uses_source_labels"]
         else:
             world.__dict__["uses_source_labels"] = False  # neither before nor in what changed
+            _derive_bindings(old, world)
         if model.DESTINATION_RULE not in kinds:
             kept.append("destination_rules")
         world.take(old, kept)
@@ -455,13 +457,11 @@ class Translator:
             if (was := before.get(h)) is not (now := after.get(h)) and was != now
         }
         ruled = {fqdn(r.spec.host, r.namespace) for r in edited if r.kind == model.DESTINATION_RULE}
-        sidecar_vs = {
-            id(r)
+        named = {
+            h
             for r in edited
             if r.kind == model.VIRTUAL_SERVICE and is_sidecar_virtual_service(r)
-        }
-        named = {
-            h for h, vs in (*old.bindings.hosts, *world.bindings.hosts) if id(vs) in sidecar_vs
+            for h in vs_hosts(r)
         }
         translator = cls(world)
         world.keep_service_resources(old, changed | ruled)
@@ -675,6 +675,23 @@ class _HostEdit:
             owners, _ = world.bindings.bind(after)
             updated[TCP_ROUTES] = outbound_tcp_routes(ctx, owners)
         return updated
+
+
+def _derive_bindings(old: World, world: World) -> None:
+    """`world`'s bindings from `old`'s and the VirtualServices the config's lineage says
+    came and went (built from nothing when it does not know)."""
+    if "bindings" not in old.__dict__:
+        return
+    known = world.config.changes_since(old.config)
+    if known is None:
+        return
+    removed, added = (
+        [r for r in side if r.kind == model.VIRTUAL_SERVICE and is_sidecar_virtual_service(r)]
+        for side in known
+    )
+    world.__dict__["bindings"] = Bindings.after(
+        old.bindings, sidecar_virtual_services(world.config), removed, added
+    )
 
 
 def _replaced(base: ResourceSet, gone: Sequence[str], new: Mapping[str, Packed]) -> ResourceSet:
