@@ -10,7 +10,7 @@ from typing import Any
 from translators import gateways, linkerd, model, sidecar_scope
 from translators.cache import CrossPushCache
 from translators.clusters import inbound_clusters, packed_service_clusters
-from translators.destination_rules import DestinationRuleIndex
+from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
@@ -126,7 +126,7 @@ class World:
 
     @cached_property
     def destination_rules(self) -> DestinationRuleIndex:
-        return DestinationRuleIndex(self.config)
+        return rule_index(self.config)
 
     @cached_property
     def linkerd_routes(self) -> Mapping[str, RouteSource]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from translators import model
-from translators.destination_rules import DestinationRuleIndex
+from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.naming import fqdn
 from translators.services import HTTP_PROTOCOLS, port_protocol
 from xds_server.config.checks_envoy import endpoint_findings
@@ -81,7 +81,7 @@ def dangling_subsets(config: model.MeshConfig) -> Iterator[CrossFinding]:
     """Routes to a subset that no DestinationRule defines (Envoy answers 503 there), as
     seen from the VirtualService's namespace and from every namespace whose own rule for
     the host its proxies would use instead."""
-    rules = DestinationRuleIndex(config)
+    rules = rule_index(config)
     for vs in config.of_kind(model.VIRTUAL_SERVICE):
         yield from _vs_dangling(vs, rules)
 
@@ -112,7 +112,7 @@ def dangling_after(
             out += kept.get(id(vs), [])
             continue
         if rules is None:
-            rules = DestinationRuleIndex(config)
+            rules = rule_index(config)
         out += _vs_dangling(vs, rules)
     return out
 
