@@ -16,6 +16,7 @@ from typing import Any
 from translators import model
 from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.naming import fqdn
+from translators.routes import vs_hosts
 from translators.services import HTTP_PROTOCOLS, port_protocol
 from xds_server.config.checks_envoy import endpoint_findings
 from xds_server.config.yaml_lines import Path
@@ -77,6 +78,11 @@ def _subset_refs(vs: model.ConfigResource) -> list[tuple[Path, str, str]]:
     ]
 
 
+@PerResource
+def _subset_hosts(vs: model.ConfigResource) -> frozenset[str]:
+    return frozenset(host for _, host, _ in _subset_refs(vs))
+
+
 def dangling_subsets(config: model.MeshConfig) -> Iterator[CrossFinding]:
     """Routes to a subset that no DestinationRule defines (Envoy answers 503 there), as
     seen from the VirtualService's namespace and from every namespace whose own rule for
@@ -94,22 +100,28 @@ def dangling_after(
     are checked again (an edit of one file in thousands checks a few)."""
     if previous.mesh.root_namespace != config.mesh.root_namespace:
         return list(dangling_subsets(config))
-    before = {id(r): r for r in previous.of_kind(model.DESTINATION_RULE)}
-    after = {id(r): r for r in config.of_kind(model.DESTINATION_RULE)}
-    changed = [r for i, r in before.items() if i not in after]
-    changed += [r for i, r in after.items() if i not in before]
+    lineage = config.changes_since(previous)
+    if lineage is not None:  # what came and went, as the snapshot remembers it
+        changed = [r for side in lineage for r in side if r.kind == model.DESTINATION_RULE]
+        fresh = {id(r) for r in lineage[1] if r.kind == model.VIRTUAL_SERVICE}
+    else:
+        before = {id(r): r for r in previous.of_kind(model.DESTINATION_RULE)}
+        after = {id(r): r for r in config.of_kind(model.DESTINATION_RULE)}
+        changed = [r for i, r in before.items() if i not in after]
+        changed += [r for i, r in after.items() if i not in before]
+        old = {id(vs) for vs in previous.of_kind(model.VIRTUAL_SERVICE)}
+        fresh = {id(vs) for vs in config.of_kind(model.VIRTUAL_SERVICE) if id(vs) not in old}
     hosts = {fqdn(r.spec.host, r.namespace) for r in changed}
     if any("*" in h for h in hosts):
         return list(dangling_subsets(config))  # a wildcard rule: any host may move
-    known = {id(vs) for vs in previous.of_kind(model.VIRTUAL_SERVICE)}
     kept: dict[int, list[CrossFinding]] = {}
     for finding in findings:
         kept.setdefault(id(finding.resource), []).append(finding)
     rules: DestinationRuleIndex | None = None
     out: list[CrossFinding] = []
     for vs in config.of_kind(model.VIRTUAL_SERVICE):
-        if id(vs) in known and not any(h in hosts for _, h, _ in _subset_refs(vs)):
-            out += kept.get(id(vs), [])
+        if id(vs) not in fresh and (not hosts or hosts.isdisjoint(_subset_hosts(vs))):
+            out += kept.get(id(vs), ())
             continue
         if rules is None:
             rules = rule_index(config)
@@ -144,8 +156,7 @@ def _host_conflicts(config: model.MeshConfig) -> Iterator[CrossFinding]:
     for vs in config.of_kind(model.VIRTUAL_SERVICE):
         if vs.spec.gateways and "mesh" not in vs.spec.gateways:
             continue  # gateways merge VirtualServices for one host
-        for i, raw in enumerate(vs.spec.hosts):
-            host = fqdn(raw, vs.namespace)
+        for i, host in enumerate(vs_hosts(vs)):
             first = owners.setdefault(host, vs)
             if first is not vs:
                 yield CrossFinding(
