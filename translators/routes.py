@@ -288,8 +288,18 @@ def virtual_service_routes(
 def default_route(host: str, port: int, ctx: RouteContext) -> rc.Route:
     """A service port without a VirtualService: everything to its cluster (Istio §2.11)."""
     hashing = ctx.consistent_hash(host, "", port)
+    if hashing is None:  # the common case: the same route but for the cluster's name
+        route = rc.Route()
+        route.CopyFrom(_UNHASHED_DEFAULT)
+        route.route.cluster = outbound_cluster(port, host)
+        return route
+    return _default_route(outbound_cluster(port, host), hashing)
+
+
+def _default_route(cluster: str, hashing: ConsistentHash | None) -> rc.Route:
+    """Everything to `cluster`, with Istio's default retries and the hash policy."""
     action = rc.RouteAction(
-        cluster=outbound_cluster(port, host),
+        cluster=cluster,
         timeout=ZERO,
         retry_policy=default_retry_policy(hashed=hashing is not None),
         max_stream_duration=rc.RouteAction.MaxStreamDuration(grpc_timeout_header_max=ZERO),
@@ -301,6 +311,9 @@ def default_route(host: str, port: int, ctx: RouteContext) -> rc.Route:
         match=rc.RouteMatch(prefix="/", case_sensitive=wrappers_pb2.BoolValue(value=True)),
         route=action,
     )
+
+
+_UNHASHED_DEFAULT = _default_route("", None)
 
 
 def catch_all_vhost(allow_any: bool) -> rc.VirtualHost:
