@@ -214,3 +214,54 @@ def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
         translator = server.push(config, proxies)
         cold = Translator(World(config, proxies))
         assert hashes(translator, CLIENTS) == hashes(cold, CLIENTS)
+
+
+TCP_SERVICE = """apiVersion: v1
+kind: Service
+metadata: {name: %(name)s, namespace: default}
+spec:
+  selector: {app: %(name)s}
+  ports: %(ports)s
+"""
+TCP_ROUTES = """apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db]
+  tcp:
+  - route: [{destination: {host: db-new}}]
+"""
+TCP_RULE = """apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: db-new, namespace: default}
+spec:
+  host: db-new
+  trafficPolicy:
+    connectionPool: {tcp: {idleTimeout: 5s}}
+    loadBalancer: {consistentHash: {useSourceIp: true}}
+"""
+
+
+def _one(text: str) -> model.ConfigResource:
+    (res,) = parse_file("tcp.yaml", text).resources
+    return res
+
+
+def test_a_tcp_route_follows_its_destination_s_rule_and_ports() -> None:
+    """A TCP route's proxy settings come from its destination (its ports, its rule),
+    even when the destination itself serves HTTP only."""
+    db = _one(TCP_SERVICE % {"name": "db", "ports": "[{name: tcp, port: 5432}]"})
+    target = _one(TCP_SERVICE % {"name": "db-new", "ports": "[{name: db, port: 6000}]"})
+    wider = _one(
+        TCP_SERVICE % {"name": "db-new", "ports": "[{name: db, port: 6000}, {name: a, port: 6001}]"}
+    )
+    routes = _one(TCP_ROUTES)
+    for edit in (_one(TCP_RULE), wider):
+        config = model.MeshConfig(resources=(db, target, routes))
+        server = Server(config)
+        hashes(server.translator, CLIENTS)
+        resources = {r.key: r for r in config.resources}
+        resources[edit.key] = edit
+        config = _derived(config, tuple(resources.values()))
+        cold = Translator(World(config, ()))
+        assert hashes(server.push(config, ()), CLIENTS) == hashes(cold, CLIENTS)

@@ -455,6 +455,18 @@ class Bindings:
         return found
 
     @cached_property
+    def tcp_destinations(self) -> frozenset[str]:
+        """Every host a sidecar VirtualService's `tcp` routes send to: their ports decide
+        the cluster, their rules the TCP proxy's settings."""
+        unique = {id(vs): vs for _, vs in self.hosts}.values()
+        return frozenset(
+            fqdn(route.destination.host, vs.namespace)
+            for vs in unique
+            for rule in vs.spec.tcp
+            for route in rule.route
+        )
+
+    @cached_property
     def _by_destination(self) -> dict[str, list[tuple[str, model.ConfigResource]]]:
         out: dict[str, list[tuple[str, model.ConfigResource]]] = {}
         for host, vs in self.hosts:

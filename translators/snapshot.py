@@ -486,7 +486,7 @@ class Translator:
             for service in (before.get(host), after.get(host))
             if service is not None
             for port in service.ports
-        )
+        ) or not touched.isdisjoint(old.bindings.tcp_destinations | world.bindings.tcp_destinations)
         edit = _HostEdit(old, world, changed, ruled | named | dependents, changed | ruled, tcp)
         for key, view in previous._shared.items():
             if key[2] is None:  # a Sidecar's view may see other services: anew
