@@ -37,66 +37,76 @@ def _is_map(fd: FieldDescriptor) -> bool:
     return fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.GetOptions().map_entry
 
 
-Walked = Iterator[tuple[FieldDescriptor, Any, Path]]
+def check_fields(spec: Message, root: Path) -> list[Finding]:
+    """check_durations then check_control_chars, from one walk over the spec (each walk
+    costs as much as the rest of a small file's checks)."""
+    durations: list[Finding] = []
+    texts: list[Finding] = []
+    _walk(
+        spec,
+        root,
+        durations if enabled("duration-range") else None,
+        texts if enabled("control-chars") else None,
+    )
+    return durations + texts
 
 
-def _value(fd: FieldDescriptor, value: Any, path: Path) -> Walked:
-    yield fd, value, path
-    if fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.full_name not in _OPAQUE:
-        yield from fields(value, path)
-
-
-def fields(message: Message, path: Path) -> Walked:
-    """(field, value, YAML path) of every value set in `message`, nested ones included;
-    a map yields each key (under the key field) and each value."""
+def _walk(message: Message, path: Path, durations: list | None, texts: list | None) -> None:
     for fd, value in message.ListFields():
         child = (*path, fd.json_name)
         if _is_map(fd):
             key_fd = fd.message_type.fields_by_name["key"]
             value_fd = fd.message_type.fields_by_name["value"]
             for key in sorted(value):
-                yield key_fd, key, (*child, key)
-                yield from _value(value_fd, value[key], (*child, key))
+                where = (*child, key)
+                if texts is not None:
+                    _text(key_fd, key, where, texts)
+                _one(value_fd, value[key], where, durations, texts)
         elif fd.is_repeated:
             for i, item in enumerate(value):
-                yield from _value(fd, item, (*child, i))
+                _one(fd, item, (*child, i), durations, texts)
         else:
-            yield from _value(fd, value, child)
+            _one(fd, value, child, durations, texts)
 
 
-def check_durations(spec: Message, root: Path) -> Iterator[Finding]:
-    """Every Duration: Envoy refuses negative ones, and seconds >= 9223372036 (it converts
-    to int64 nanoseconds), whichever field they end up in."""
-    if not enabled("duration-range"):
+def _one(fd: FieldDescriptor, value: Any, path: Path, durations, texts) -> None:
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        name = fd.message_type.full_name
+        if name == _DURATION:
+            if durations is not None:
+                durations.extend(_duration_findings(value, path))
+        elif name not in _OPAQUE:
+            _walk(value, path, durations, texts)
+    elif texts is not None:
+        _text(fd, value, path, texts)
+
+
+def _text(fd: FieldDescriptor, value: Any, path: Path, texts: list) -> None:
+    if fd.type != FieldDescriptor.TYPE_STRING or fd.full_name in FREE_TEXT_FIELDS:
         return
-    for fd, value, path in fields(spec, root):
-        if fd.type != FieldDescriptor.TYPE_MESSAGE or fd.message_type.full_name != _DURATION:
-            continue
-        if value.seconds < 0 or value.nanos < 0:
-            yield path, "duration must not be negative"
-        elif value.seconds >= DURATION_LIMIT_SECONDS:
-            yield (
-                path,
-                f"duration too long: Envoy's maximum is just under {DURATION_LIMIT_SECONDS}s "
-                "(about 292 years; it counts int64 nanoseconds)",
-            )
-
-
-def check_control_chars(spec: Message, root: Path) -> Iterator[Finding]:
-    """Every string but free text: Envoy refuses CR, LF and NUL in host names, header names
-    and values (HTTP_HEADER_NAME / HTTP_HEADER_VALUE), and no request can carry them."""
-    if not enabled("control-chars"):
-        return
-    for fd, value, path in fields(spec, root):
-        if fd.type != FieldDescriptor.TYPE_STRING or fd.full_name in FREE_TEXT_FIELDS:
-            continue
-        found = _CONTROL.search(value)
-        if found:
-            yield (
+    found = _CONTROL.search(value)
+    if found:
+        texts.append(
+            (
                 path,
                 f"contains {_CONTROL_NAMES[found.group()]}: Envoy refuses CR, LF and NUL in "
                 "host names and in header names and values, and no HTTP request can carry them",
             )
+        )
+
+
+def _duration_findings(value: Any, path: Path) -> list[Finding]:
+    if value.seconds < 0 or value.nanos < 0:
+        return [(path, "duration must not be negative")]
+    if value.seconds >= DURATION_LIMIT_SECONDS:
+        return [
+            (
+                path,
+                f"duration too long: Envoy's maximum is just under {DURATION_LIMIT_SECONDS}s "
+                "(about 292 years; it counts int64 nanoseconds)",
+            )
+        ]
+    return []
 
 
 def endpoint_findings(config: model.MeshConfig) -> Iterator[tuple[model.ConfigResource, Path, str]]:

@@ -39,7 +39,7 @@ from xds_server.config.checks_edge import (
     reserved_port_warnings,
     service_entry_warnings,
 )
-from xds_server.config.checks_envoy import check_control_chars, check_durations
+from xds_server.config.checks_envoy import check_fields
 from xds_server.config.checks_linkerd import check_service_profile, check_traffic_split
 from xds_server.config.checks_virtual_service import (
     check_virtual_service,
@@ -131,6 +131,5 @@ def check(kind: str, spec: Message) -> list[Finding]:
     root = root_path(kind)
     return [
         *CHECKS[kind](spec),
-        *check_durations(spec, root),
-        *check_control_chars(spec, root),
+        *check_fields(spec, root),
     ]
