@@ -497,3 +497,18 @@ def test_each_decision_says_which_resources_it_added_removed_and_changed(mesh):
     write(mesh / "vs.yaml", vs("v2"))  # rewritten, same content: nothing changed
     store.update([mesh / "vs.yaml"])
     assert store.state.changes == []
+
+
+def test_a_text_whose_pack_was_swept_is_kept_again_when_it_comes_back(tmp_path, monkeypatch):
+    from xds_server.config import memory
+
+    monkeypatch.setattr(memory, "SWEEP_AFTER", 1)
+    kept = memory.ConfigMemory(tmp_path)
+    kept.bulk()
+    kept.keep_text("d1", "first")
+    kept.save({"f.yaml": memory.Remembered("d1", 1)}, {})  # d1 goes into a pack
+    kept.keep_text("d2", "second")
+    kept.save({"f.yaml": memory.Remembered("d2", 2)}, {})  # a sweep drops the pack
+    kept.keep_text("d1", "first")  # the first version comes back
+    kept.save({"f.yaml": memory.Remembered("d1", 3)}, {})
+    assert memory.ConfigMemory(tmp_path).text("d1") == "first"  # as a restart reads it

@@ -61,8 +61,7 @@ class ConfigMemory:
         self._stored: set[str] | None = None  # digests whose text is kept
         self._made: set[Path] = set()  # directories known to exist
         self._pending: dict[str, str] | None = None  # texts waiting for a pack (bulk())
-        self._packed: set[str] = set()  # digests written in packs by this process
-        self._pack_texts: dict[str, str] | None = None
+        self._pack_texts: dict[str, str] | None = None  # the texts in packs, by digest
         # The index's accepted entries: names in order, each rendered, and what each holds.
         self._order: list[str] = []
         self._parts: list[str] = []
@@ -80,7 +79,7 @@ class ConfigMemory:
         if self._stored is None:  # listed once: a stat per file costs at 5000 files
             blobs = self._blobs
             self._stored = {p.stem for p in blobs.glob("*.yaml")} if blobs.is_dir() else set()
-        if digest in self._stored or digest in self._packed or digest in self._packs_read():
+        if digest in self._stored or digest in self._packs_read():
             return
         if self._pending is not None:
             self._pending[digest] = text
@@ -126,7 +125,6 @@ class ConfigMemory:
         name = hashlib.sha256("".join(sorted(pending)).encode()).hexdigest()[:32]
         if not self._write(self._blobs / f"{name}{PACK_SUFFIX}", json.dumps(pending)):
             return False
-        self._packed.update(pending)
         self._packs_read().update(pending)
         return True
 
@@ -137,11 +135,11 @@ class ConfigMemory:
         recent: Callable[[], Iterable[str]] = tuple,
         changed: Iterable[str] | None = None,
     ) -> None:
-        # `accepted`: anything with a digest and a modification time (a ParsedFile too).
         """Write the index (only when it changed; `changed`: the only files whose entry
-        may have, None: any). Texts no longer referenced (`recent`:
-        digests a rollback may still bring back) are dropped at the first write and then
-        once SWEEP_AFTER new texts were kept, so an edit does not list the whole directory."""
+        may have, None: any; `accepted`: anything with a digest and a modification time,
+        a ParsedFile too). Texts no longer referenced (`recent`: digests a rollback may
+        still bring back) are dropped at the first write and then once SWEEP_AFTER new
+        texts were kept, so an edit does not list the whole directory."""
         if self.directory is None:
             return
         rejections = {
@@ -234,7 +232,8 @@ class ConfigMemory:
                     continue
                 if isinstance(held, dict) and not keep.intersection(held):
                     path.unlink(missing_ok=True)
-                    self._packed.difference_update(held)
+                    for digest in held:
+                        self._packs_read().pop(digest, None)
             elif path.suffix == ".yaml" and path.stem not in keep:
                 path.unlink(missing_ok=True)
                 if self._stored is not None:
