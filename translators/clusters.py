@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -16,7 +14,6 @@ from translators.cluster_settings import (
     apply_http_options,
     apply_traffic_policy,
 )
-from translators.destination_rules import DestinationRuleIndex
 from translators.http_filters import forward_proxy_cluster
 from translators.naming import has_labels, inbound_cluster, outbound_cluster
 from translators.resources import Packed, field_bytes, pack_all, pack_serialized
@@ -143,23 +140,12 @@ def service_clusters(
         variants = [(outbound_cluster(port.port, host), None, {})]
         for subset in rule.subsets if rule and service.resolution != PASSTHROUGH else ():
             variants.append((outbound_cluster(port.port, host, subset.name), subset, subset.labels))
-        first: cluster_pb2.Cluster | None = None
         for name, subset, labels in variants:
-            if first is not None and service.resolution == EDS and not _own_policy(subset):
-                # An EDS subset cluster without a policy of its own is the port's cluster
-                # under another name: copying is a tenth of building.
-                cluster = cluster_pb2.Cluster()
-                cluster.CopyFrom(first)
-                cluster.name = name
-                cluster.eds_cluster_config.service_name = name
-                clusters.append(cluster)
-                continue
             policy = effective_policy(rule, subset, port.port)
             cluster = _cluster(name, service, port, policy, connect_timeout, labels)
             if budget is not None:
                 cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
             clusters.append(cluster)
-            first = first or cluster
     return clusters
 
 
@@ -218,27 +204,6 @@ def _template(cluster: cluster_pb2.Cluster) -> tuple[bytes, bytes, bytes]:
     copy.ClearField("eds_cluster_config")
     copy.ClearField("type")
     return kind, eds, copy.SerializeToString(deterministic=True)
-
-
-def _own_policy(subset: destination_rule_pb2.Subset | None) -> bool:
-    return subset is not None and subset.HasField("traffic_policy")
-
-
-def outbound_clusters(
-    config: model.MeshConfig,
-    services: dict[str, Service],
-    rules: DestinationRuleIndex,
-    proxy_namespace: str,
-    retry_budgets: Mapping[str, RetryBudget] | None = None,
-) -> list[cluster_pb2.Cluster]:
-    """Every service's clusters, with the DestinationRules this namespace sees."""
-    clusters = []
-    budgets = retry_budgets or {}
-    for host in sorted(services):
-        service = services[host]
-        rule = rules.lookup(host, proxy_namespace, service.namespace)
-        clusters += service_clusters(service, rule, config.mesh.connect_timeout, budgets.get(host))
-    return clusters
 
 
 def inbound_clusters(config: model.MeshConfig, proxy: model.Proxy) -> list[cluster_pb2.Cluster]:

@@ -28,8 +28,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import gateway_pb2
 from translators import model
-from translators.clusters import outbound_clusters, socket_address
-from translators.endpoints import outbound_endpoints
+from translators.clusters import socket_address
 from translators.hcm import build_hcm
 from translators.http_filters import GATEWAY
 from translators.naming import fqdn, host_matches, listener_name, selects
@@ -38,6 +37,7 @@ from translators.resources import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    Packed,
     Resources,
     ResourceSet,
     pack_all,
@@ -271,13 +271,15 @@ def translate_gateway(world: World, proxy: model.Proxy) -> Resources:
     refs = frozenset(f"{gw.namespace}/{gw.name}" for gw in selected_gateways(config, proxy))
     ctx = RouteContext(services, rules, proxy.namespace, proxy.labels, gateways=refs)
     listeners, routes = gateway_resources(config, proxy, ctx)
+    clusters: dict[str, Packed] = {}
+    assignments: dict[str, Packed] = {}
+    for host in sorted(services):  # what a sidecar in the gateway's namespace gets
+        service_clusters, service_assignments = world.service_resources(host, proxy.namespace)
+        clusters.update(service_clusters)
+        assignments.update(service_assignments)
     return {
-        CLUSTER: ResourceSet(
-            pack_all(
-                outbound_clusters(config, services, rules, proxy.namespace, world.retry_budgets)
-            )
-        ),
-        ENDPOINT: ResourceSet(pack_all(outbound_endpoints(services, rules, proxy.namespace))),
+        CLUSTER: ResourceSet(clusters),
+        ENDPOINT: ResourceSet(assignments),
         LISTENER: ResourceSet(pack_all(listeners)),
         ROUTE: ResourceSet(pack_all(routes)),
     }
