@@ -172,6 +172,24 @@ class MeshConfig:
                 return step.removed, step.added
         return None
 
+    def difference(
+        self, earlier: MeshConfig
+    ) -> tuple[tuple[ConfigResource, ...], tuple[ConfigResource, ...]]:
+        """(removed, added) by identity since `earlier`: from the lineage when this
+        snapshot remembers it, else by comparing every resource (the store keeps the
+        objects of unchanged files, so identity tells what changed)."""
+        if earlier is self:
+            return (), ()
+        known = self.changes_since(earlier)
+        if known is not None:
+            return known
+        before = {id(r) for r in earlier.resources}
+        after = {id(r) for r in self.resources}
+        return (
+            tuple(r for r in earlier.resources if id(r) not in after),
+            tuple(r for r in self.resources if id(r) not in before),
+        )
+
 
 def _compose(earlier: Lineage, removed: tuple, added: tuple) -> Lineage:
     """The difference from `earlier.ancestor` after one more step."""

@@ -212,16 +212,9 @@ def _registry_after(
     """The registry of `before`'s config for `after`'s, when no WorkloadEntry changed:
     the same when no Service or ServiceEntry did either, else only the hosts of those
     that did are built again. None when it must be built from nothing."""
-    if before is after:
-        return registry
-    known = after.changes_since(before)
-    if known is not None:
-        removed, added = ([r for r in side if r.kind in _REGISTRY_KINDS] for side in known)
-    else:  # compare the registry's inputs by identity: unchanged files keep their objects
-        old = {id(r): r for kind in _REGISTRY_KINDS for r in before.of_kind(kind)}
-        new = {id(r): r for kind in _REGISTRY_KINDS for r in after.of_kind(kind)}
-        removed = [r for i, r in old.items() if i not in new]
-        added = [r for i, r in new.items() if i not in old]
+    removed, added = (
+        [r for r in side if r.kind in _REGISTRY_KINDS] for side in after.difference(before)
+    )
     if not removed and not added:
         return registry
     if any(r.kind == model.WORKLOAD_ENTRY for r in (*removed, *added)):
@@ -550,14 +543,8 @@ def _changed_resources(
     the objects of unchanged files); None when the mesh settings differ."""
     if old.mesh is not new.mesh and old.mesh != new.mesh:
         return None
-    known = new.changes_since(old)
-    if known is not None:
-        return [*known[0], *known[1]]
-    before = {id(r): r for r in old.resources}
-    after = {id(r): r for r in new.resources}
-    return [r for i, r in before.items() if i not in after] + [
-        r for i, r in after.items() if i not in before
-    ]
+    removed, added = new.difference(old)
+    return [*removed, *added]
 
 
 def _updated_view(
@@ -678,16 +665,12 @@ class _HostEdit:
 
 
 def _derive_bindings(old: World, world: World) -> None:
-    """`world`'s bindings from `old`'s and the VirtualServices the config's lineage says
-    came and went (built from nothing when it does not know)."""
+    """`world`'s bindings from `old`'s and the VirtualServices that came and went."""
     if "bindings" not in old.__dict__:
-        return
-    known = world.config.changes_since(old.config)
-    if known is None:
         return
     removed, added = (
         [r for r in side if r.kind == model.VIRTUAL_SERVICE and is_sidecar_virtual_service(r)]
-        for side in known
+        for side in world.config.difference(old.config)
     )
     world.__dict__["bindings"] = Bindings.after(
         old.bindings, sidecar_virtual_services(world.config), removed, added

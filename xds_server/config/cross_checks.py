@@ -100,17 +100,9 @@ def dangling_after(
     are checked again (an edit of one file in thousands checks a few)."""
     if previous.mesh.root_namespace != config.mesh.root_namespace:
         return list(dangling_subsets(config))
-    lineage = config.changes_since(previous)
-    if lineage is not None:  # what came and went, as the snapshot remembers it
-        changed = [r for side in lineage for r in side if r.kind == model.DESTINATION_RULE]
-        fresh = {id(r) for r in lineage[1] if r.kind == model.VIRTUAL_SERVICE}
-    else:
-        before = {id(r): r for r in previous.of_kind(model.DESTINATION_RULE)}
-        after = {id(r): r for r in config.of_kind(model.DESTINATION_RULE)}
-        changed = [r for i, r in before.items() if i not in after]
-        changed += [r for i, r in after.items() if i not in before]
-        old = {id(vs) for vs in previous.of_kind(model.VIRTUAL_SERVICE)}
-        fresh = {id(vs) for vs in config.of_kind(model.VIRTUAL_SERVICE) if id(vs) not in old}
+    removed, added = config.difference(previous)
+    changed = [r for r in (*removed, *added) if r.kind == model.DESTINATION_RULE]
+    fresh = {id(r) for r in added if r.kind == model.VIRTUAL_SERVICE}
     hosts = {fqdn(r.spec.host, r.namespace) for r in changed}
     if any("*" in h for h in hosts):
         return list(dangling_subsets(config))  # a wildcard rule: any host may move
@@ -359,8 +351,9 @@ class CrossChecks:
 def _ports_after(
     ports: TcpPorts | None, previous: model.MeshConfig, config: model.MeshConfig
 ) -> TcpPorts:
-    known = config.changes_since(previous)
-    if ports is None or known is None:
+    if ports is None:
         return TcpPorts.of(config)
-    removed, added = ([r for r in side if r.kind in _PORT_KINDS] for side in known)
+    removed, added = (
+        [r for r in side if r.kind in _PORT_KINDS] for side in config.difference(previous)
+    )
     return ports.after(removed, added)

@@ -626,13 +626,9 @@ def change_set(before: model.MeshConfig, after: model.MeshConfig) -> list[Change
     resource of a file that did not change is the same object in both, so this is a
     comparison of identities: of what `after` was derived from `before` by when it was,
     of every resource otherwise."""
-    known = after.changes_since(before)
-    if known is not None:
-        old = {r.key: r for r in known[0]}
-        new = {r.key: r for r in known[1]}
-    else:
-        old = {r.key: r for r in before.resources}
-        new = {r.key: r for r in after.resources}
+    removed, added = after.difference(before)
+    old = {r.key: r for r in removed}
+    new = {r.key: r for r in added}
     out = [Change("removed", *key) for key in old.keys() - new.keys()]
     for key, res in new.items():
         previous = old.get(key)
@@ -643,16 +639,11 @@ def change_set(before: model.MeshConfig, after: model.MeshConfig) -> list[Change
     return sorted(out, key=lambda c: (c.kind, c.namespace, c.name))
 
 
-def _replaced(before: model.MeshConfig, after: model.MeshConfig) -> list[Change] | None:
+def _replaced(before: model.MeshConfig, after: model.MeshConfig) -> list[Change]:
     """The resources replaced between two snapshots, by object: one that moved to another
-    file or line keeps its digest but not its origin, which findings name. None when
-    `after` does not know how it was derived from `before`."""
-    if after is before:
-        return []
-    known = after.changes_since(before)
-    if known is None:
-        return None
-    return [Change("changed", r.kind, r.namespace, r.name) for r in (*known[0], *known[1])]
+    file or line keeps its digest but not its origin, which findings name."""
+    removed, added = after.difference(before)
+    return [Change("changed", r.kind, r.namespace, r.name) for r in (*removed, *added)]
 
 
 @dataclass(frozen=True)
