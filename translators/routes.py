@@ -23,6 +23,7 @@ from translators import model
 from translators.cache import CrossPushCache
 from translators.destination_rules import DestinationRuleIndex
 from translators.http_filters import PASSTHROUGH_CLUSTER
+from translators.memo import PerObject
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, has_labels, host_matches, outbound_cluster
 from translators.resources import field_bytes
 from translators.route_match import is_catch_all, route_match
@@ -497,19 +498,10 @@ def bind_hosts(virtual_services: Sequence[model.ConfigResource], services: Itera
     return Bindings(virtual_services).bind(services)
 
 
-_VS_HOSTS: dict[int, tuple[model.ConfigResource, list[str]]] = {}
-
-
+@PerObject
 def vs_hosts(vs: model.ConfigResource) -> list[str]:
-    """A VirtualService's hosts as full names; memoised per resource object."""
-    found = _VS_HOSTS.get(id(vs))
-    if found is not None and found[0] is vs:
-        return found[1]
-    hosts = [fqdn(raw, vs.namespace) for raw in vs.spec.hosts]
-    if len(_VS_HOSTS) > 200_000:
-        _VS_HOSTS.clear()
-    _VS_HOSTS[id(vs)] = (vs, hosts)
-    return hosts
+    """A VirtualService's hosts as full names."""
+    return [fqdn(raw, vs.namespace) for raw in vs.spec.hosts]
 
 
 def _source(vs: model.ConfigResource) -> RouteSource:

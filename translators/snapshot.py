@@ -14,6 +14,7 @@ from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import sidecar_listeners
+from translators.memo import PerObject
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, host_matches
 from translators.resources import (
     CLUSTER,
@@ -222,21 +223,12 @@ def _registry_after(
     return registry_after_edit(registry, removed, added)
 
 
-_SOURCE_LABELS: dict[int, tuple[Any, bool]] = {}
+def _source_labels_in(spec: Any) -> bool:
+    """Whether a VirtualService matches on sourceLabels."""
+    return any(m.source_labels for rule in (*spec.http, *spec.tcp) for m in rule.match)
 
 
-def _uses_source_labels(spec: Any) -> bool:
-    """Whether a VirtualService matches on sourceLabels; memoised per spec object (specs
-    of unchanged files are the same objects from push to push)."""
-    found = _SOURCE_LABELS.get(id(spec))
-    if found is not None and found[0] is spec:
-        return found[1]
-    rules = [*spec.http, *spec.tcp]
-    uses = any(m.source_labels for rule in rules for m in rule.match)
-    if len(_SOURCE_LABELS) > 65536:
-        _SOURCE_LABELS.clear()
-    _SOURCE_LABELS[id(spec)] = (spec, uses)
-    return uses
+_uses_source_labels = PerObject(_source_labels_in, limit=65536)  # per spec object
 
 
 def _service_key(service: Service) -> tuple:

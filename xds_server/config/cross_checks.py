@@ -9,12 +9,13 @@ VirtualServices for one host wins).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from translators import model
 from translators.destination_rules import DestinationRuleIndex, rule_index
+from translators.memo import PerObject
 from translators.naming import fqdn
 from translators.routes import vs_hosts
 from translators.services import HTTP_PROTOCOLS, port_protocol
@@ -47,28 +48,7 @@ def _destinations(vs: model.ConfigResource) -> Iterator[tuple[Path, Any]]:
             yield ("spec", "tcp", i, "route", j, "destination"), d.destination
 
 
-class PerResource:
-    """Values derived from one resource, memoised per resource object: the files that did
-    not change keep their objects, so a decision derives only the changed ones again."""
-
-    LIMIT = 200_000
-
-    def __init__(self, derive: Callable[[model.ConfigResource], Any]) -> None:
-        self.derive = derive
-        self._known: dict[int, tuple[model.ConfigResource, Any]] = {}
-
-    def __call__(self, res: model.ConfigResource) -> Any:
-        found = self._known.get(id(res))
-        if found is not None and found[0] is res:
-            return found[1]
-        value = self.derive(res)
-        if len(self._known) > self.LIMIT:
-            self._known.clear()
-        self._known[id(res)] = (res, value)
-        return value
-
-
-@PerResource
+@PerObject
 def _subset_refs(vs: model.ConfigResource) -> list[tuple[Path, str, str]]:
     """(field path, host, subset) of each destination naming a subset."""
     return [
@@ -78,7 +58,7 @@ def _subset_refs(vs: model.ConfigResource) -> list[tuple[Path, str, str]]:
     ]
 
 
-@PerResource
+@PerObject
 def _subset_hosts(vs: model.ConfigResource) -> frozenset[str]:
     return frozenset(host for _, host, _ in _subset_refs(vs))
 
@@ -190,7 +170,7 @@ def _gateway_references(config: model.MeshConfig) -> Iterator[CrossFinding]:
                 )
 
 
-@PerResource
+@PerObject
 def _tcp_ports(res: model.ConfigResource) -> list[tuple[str, int, int]]:
     """(host, port number, port index) of each port of a Service or ServiceEntry that is
     not HTTP (a ServiceEntry counts under its first host)."""
