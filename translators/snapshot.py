@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -315,12 +315,7 @@ class Translator:
         if world.config is not old.config:
             raise ValueError("not an endpoint change: the config differs")
         world.take(old, _CONFIG_ONLY)
-        changed = {
-            h
-            for h in world.services.keys() | old.services.keys()
-            if (before := old.services.get(h)) is not (now := world.services.get(h))
-            and before != now
-        }
+        changed = _differing(old.services, world.services, old.services.keys() | world.services)
         world.keep_service_resources(old, changed)
         if "port_uses" in old.__dict__:
             world.__dict__["port_uses"] = update_port_uses(
@@ -436,11 +431,7 @@ class Translator:
         world.take(old, kept)
         before, after = old.services, world.services
         candidates = {h for r in edited if r.kind in _SERVICE_KINDS for h in defined_hosts(r)}
-        changed = {
-            h
-            for h in candidates
-            if (was := before.get(h)) is not (now := after.get(h)) and was != now
-        }
+        changed = _differing(before, after, candidates)
         ruled = {fqdn(r.spec.host, r.namespace) for r in edited if r.kind == model.DESTINATION_RULE}
         named = {
             h
@@ -654,6 +645,13 @@ class _HostEdit:
             owners, _ = world.bindings.bind(after)
             updated[TCP_ROUTES] = outbound_tcp_routes(ctx, owners)
         return updated
+
+
+def _differing(
+    before: Mapping[str, Service], after: Mapping[str, Service], hosts: Iterable[str]
+) -> set[str]:
+    """The `hosts` whose service came, went or changed between two registries."""
+    return {h for h in hosts if (was := before.get(h)) is not (now := after.get(h)) and was != now}
 
 
 def _derive_bindings(old: World, world: World) -> None:
