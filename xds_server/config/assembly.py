@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from protos import mesh_config_pb2
 from translators import model
@@ -76,7 +76,7 @@ def assemble_after(
     names = files.keys() | before.keys() if hint is None else hint
     changed = [n for n in names if files.get(n) is not before.get(n)]
     if not changed:
-        return previous if files is before else _with_files(previous, files)
+        return previous if files is before else replace(previous, files=files)
     if len(changed) * _INCREMENTAL_SHARE > max(len(files), 64):
         return assemble(files)
     touched = {
@@ -138,18 +138,6 @@ def assemble_after(
             tuple(resources), removed, added, previous.snapshot.mesh
         )
     return Assembly(files, snapshot, definers, winners, keys, shadowed, mesh_issues)
-
-
-def _with_files(previous: Assembly, files: Mapping[str, ParsedFile]) -> Assembly:
-    return Assembly(
-        files,
-        previous.snapshot,
-        previous.definers,
-        previous.winners,
-        previous.keys,
-        previous.shadowed,
-        previous.mesh_issues,
-    )
 
 
 def _resolve(
