@@ -191,8 +191,10 @@ def measure_edits(count: int, runs: int, full: bool = False) -> dict[str, float]
         (new_vs,) = parse_file(edited.origin.file, text).resources
         resources = list(world.config.resources)
         resources[index] = new_vs
-        config = model.MeshConfig(resources=tuple(resources), mesh=world.config.mesh)
-        config.of_kind(model.SERVICE)  # indexed by kind, as the store's checks leave it
+        # Derived from the previous snapshot, as the store derives it (so it knows what
+        # came and went), and indexed by kind, as the store's checks leave it.
+        config = world.config.evolve(tuple(resources), [edited], [new_vs], world.config.mesh)
+        config.of_kind(model.SERVICE)
         started = time.perf_counter()
         cache.next_round()
         world = World(config, world.proxies, world.generation + 1, cache)
