@@ -17,8 +17,16 @@ from translators.cluster_settings import (
 from translators.http_filters import forward_proxy_cluster
 from translators.naming import has_labels, inbound_cluster, outbound_cluster
 from translators.resources import Packed, field_bytes, pack_all, pack_serialized
-from translators.services import EDS, LOGICAL_DNS, PASSTHROUGH, STRICT_DNS, Service, ServicePort
-from translators.traffic_policy import effective_policy
+from translators.services import (
+    EDS,
+    LOGICAL_DNS,
+    PASSTHROUGH,
+    STRICT_DNS,
+    Endpoint,
+    Service,
+    ServicePort,
+)
+from translators.traffic_policy import effective_policy, has_policies
 
 MAX_UINT32 = 4294967295
 
@@ -64,6 +72,15 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
     )
 
 
+def lb_endpoint(endpoint: Endpoint) -> endpoint_components_pb2.LbEndpoint:
+    return endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=socket_address(endpoint.address, endpoint.port)
+        ),
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),
+    )
+
+
 def load_assignment(name: str, endpoints) -> endpoint_pb2.ClusterLoadAssignment:
     """A ClusterLoadAssignment with one locality; the locality weight keeps gRPC clients happy."""
     return endpoint_pb2.ClusterLoadAssignment(
@@ -71,15 +88,7 @@ def load_assignment(name: str, endpoints) -> endpoint_pb2.ClusterLoadAssignment:
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
-                lb_endpoints=[
-                    endpoint_components_pb2.LbEndpoint(
-                        endpoint=endpoint_components_pb2.Endpoint(
-                            address=socket_address(e.address, e.port)
-                        ),
-                        load_balancing_weight=wrappers_pb2.UInt32Value(value=e.weight),
-                    )
-                    for e in endpoints
-                ],
+                lb_endpoints=[lb_endpoint(e) for e in endpoints],
             )
         ]
         if endpoints
@@ -169,15 +178,23 @@ def packed_service_clusters(
     timeout = connect_timeout.SerializeToString(deterministic=True)
     limits = budget.SerializeToString(deterministic=True) if budget is not None else b""
     out: dict[str, Packed] = {}
+    free = rule is None or not has_policies(rule)  # every variant's policy is empty
     for port in service.ports:
         variants = [(outbound_cluster(port.port, service.hostname), None)]
         for subset in rule.subsets if rule else ():
             variants.append((outbound_cluster(port.port, service.hostname, subset.name), subset))
         for name, subset in variants:
-            policy = effective_policy(rule, subset, port.port)
-            key = (port.protocol, policy.SerializeToString(deterministic=True), timeout, limits)
+            policy = None if free else effective_policy(rule, subset, port.port)
+            key = (
+                port.protocol,
+                policy.SerializeToString(deterministic=True) if policy is not None else b"",
+                timeout,
+                limits,
+            )
             template = _TEMPLATES.get(key)
             if template is None:
+                if policy is None:
+                    policy = effective_policy(rule, subset, port.port)
                 cluster = _cluster(name, service, port, policy, connect_timeout, {})
                 if budget is not None:
                     cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)

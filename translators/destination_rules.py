@@ -86,7 +86,18 @@ class DestinationRuleIndex:
 
     def lookup(self, host: str, proxy_namespace: str, service_namespace: str) -> Rule | None:
         """The rule for `host`: proxy namespace first, then the service's, then the root's;
-        within one, an exact host beats any wildcard."""
+        within one, an exact host beats any wildcard. Remembered: every view asks for
+        every service several times (clusters, routes, hashing)."""
+        found = self.__dict__.get("_found")
+        if found is None:
+            found = self.__dict__["_found"] = {}
+        key = (host, proxy_namespace, service_namespace)
+        if key in found:
+            return found[key]
+        rule = found[key] = self._lookup(host, proxy_namespace, service_namespace)
+        return rule
+
+    def _lookup(self, host: str, proxy_namespace: str, service_namespace: str) -> Rule | None:
         for namespace in (proxy_namespace, service_namespace, self.root):
             rule = self.exact.get(namespace, {}).get(host)
             if rule is not None:

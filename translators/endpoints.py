@@ -8,28 +8,20 @@ Validation reports such an entry with file:line (checks_envoy.endpoint_findings)
 from __future__ import annotations
 
 from protos import destination_rule_pb2 as dr_pb2
-from translators.clusters import load_assignment, subset_endpoints
+from translators.clusters import lb_endpoint, subset_endpoints
+from translators.memo import PerObject
 from translators.naming import is_ip, outbound_cluster
 from translators.resources import Packed, field_bytes, pack_serialized
 from translators.services import EDS, Endpoint, Service
 
-
-def _routable(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
-    if all(is_ip(e.address) for e in endpoints):
-        return endpoints
-    return tuple(e for e in endpoints if is_ip(e.address))
-
-
 _ASSIGNMENT = "envoy.config.endpoint.v3.ClusterLoadAssignment"
-_LOCALITIES: dict[tuple[tuple[str, int, int], ...], bytes] = {}
 
 
 def packed_service_endpoints(
     service: Service, rule: dr_pb2.DestinationRule | None
 ) -> dict[str, Packed]:
     """service_endpoints, packed, built as bytes: an assignment is its cluster name and
-    one locality, and the locality's bytes depend on the endpoints alone, so a subset
-    with the same endpoints as another (or as another push's) costs no message at all."""
+    one locality of the endpoints' own bytes, each built once per endpoint."""
     if service.resolution != EDS:
         return {}
     out: dict[str, Packed] = {}
@@ -45,20 +37,21 @@ def packed_service_endpoints(
             )
         for name, endpoints in variants:
             body = field_bytes(1, name.encode())
-            routable = _routable(tuple(endpoints))
-            if routable:
-                body += field_bytes(2, _locality(routable))
+            fields = b"".join(map(_lb_endpoint, endpoints))
+            if fields:
+                body += field_bytes(2, fields + _LOCALITY_WEIGHT)
             out[name] = pack_serialized(name, _ASSIGNMENT, body)
     return out
 
 
-def _locality(endpoints: tuple[Endpoint, ...]) -> bytes:
-    key = tuple((e.address, e.port, e.weight) for e in endpoints)  # what the bytes hold
-    found = _LOCALITIES.get(key)
-    if found is None:
-        (locality,) = load_assignment("", endpoints).endpoints
-        found = locality.SerializeToString(deterministic=True)
-        if len(_LOCALITIES) > 65536:
-            _LOCALITIES.clear()
-        _LOCALITIES[key] = found
-    return found
+def _lb_endpoint_field(endpoint: Endpoint) -> bytes:
+    if not is_ip(endpoint.address):
+        return b""
+    return field_bytes(2, lb_endpoint(endpoint).SerializeToString(deterministic=True))
+
+
+# An endpoint as a LocalityLbEndpoints.lb_endpoints field (2), serialized; empty when it
+# is not an IP (see above). Endpoints are kept from push to push while they stay.
+_lb_endpoint = PerObject(_lb_endpoint_field)
+# LocalityLbEndpoints.load_balancing_weight (3): UInt32Value{value: 1}, after the endpoints.
+_LOCALITY_WEIGHT = field_bytes(3, b"\x08\x01")

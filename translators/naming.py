@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 
+from translators.memo import PerObject
 from translators.model import CLUSTER_DOMAIN
 
 
@@ -45,6 +47,8 @@ def host_matches(pattern: str, host: str) -> bool:
 def is_ip(address: str) -> bool:
     """An IP literal as Envoy parses one for an endpoint or listener (no brackets, port,
     leading zeros or prefix length)."""
+    if _IPV4.fullmatch(address):  # the common case, without ipaddress's slow parse
+        return True
     try:
         ipaddress.ip_address(address)
     except ValueError:
@@ -52,10 +56,24 @@ def is_ip(address: str) -> bool:
     return True
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}", re.ASCII)
+
+
 def has_labels(labels: Mapping[str, str], required: Mapping[str, str]) -> bool:
     """Whether `labels` carry every required key with its value (an empty requirement
     is met): subsets, sourceLabels, workload selectors of policies."""
-    return all(labels.get(k) == v for k, v in required.items())
+    if type(required) is not dict:
+        required = _plain(required)
+    for key, value in required.items():  # noqa: SIM110 (a loop: no generator to set up)
+        if labels.get(key) != value:
+            return False
+    return True
+
+
+# Label maps of parsed resources (protobuf maps, whose items() is a slow Python mixin)
+# as dicts; they are never changed once parsed.
+_plain = PerObject(dict)
 
 
 def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:

@@ -43,7 +43,8 @@ from translators.route_policies import (
     retry_policy,
 )
 from translators.services import Service
-from translators.traffic_policy import effective_policy, find_subset
+from translators.traffic_policy import effective_policy, find_subset, hashes_consistently
+from translators.wire import Segment, segments, varint
 
 __all__ = ["DEFAULT_RETRY_ON", "RouteContext", "outbound_route_config"]
 ZERO = duration_pb2.Duration()
@@ -67,6 +68,9 @@ class RouteContext:
     scope: tuple | None = None
     _hashing: dict[tuple[str, str, int], ConsistentHash | None] = field(default_factory=dict)
     _destinations: dict[str, tuple] = field(default_factory=dict)
+    _hash_fields: dict[tuple[str, str, int], bytes] = field(default_factory=dict)
+    # Route templates by shape (see route_body): they hold names resolved in this view.
+    _templates: dict[tuple, tuple] = field(default_factory=dict)
     # Objects whose ids are in keys: cached values keep them, so no id is reused.
     _kept: list = field(default_factory=list)
 
@@ -115,9 +119,28 @@ class RouteContext:
             rule = self.rules.lookup(
                 host, self.proxy_ns, service.namespace if service else self.proxy_ns
             )
-            lb = effective_policy(rule, find_subset(rule, subset), port).load_balancer
-            self._hashing[key] = lb.consistent_hash if lb.HasField("consistent_hash") else None
+            hashing = None
+            if rule is not None and hashes_consistently(rule):
+                lb = effective_policy(rule, find_subset(rule, subset), port).load_balancer
+                hashing = lb.consistent_hash if lb.HasField("consistent_hash") else None
+            self._hashing[key] = hashing
         return self._hashing[key]
+
+    def hash_fields(self, host: str, subset: str, port: int) -> bytes:
+        """consistent_hash as RouteAction hash_policy fields (15), serialized."""
+        key = (host, subset, port)
+        found = self._hash_fields.get(key)
+        if found is None:
+            hashing = self.consistent_hash(host, subset, port)
+            found = self._hash_fields[key] = (
+                b"".join(
+                    field_bytes(15, policy.SerializeToString(deterministic=True))
+                    for policy in hash_policies(hashing)
+                )
+                if hashing is not None
+                else b""
+            )
+        return found
 
 
 def _gateway_ref(name: str, namespace: str) -> str:
@@ -184,12 +207,39 @@ def _forward_action(
     ctx: RouteContext,
     port: int | None,
     edits: HeaderEdits,
+    hashed: bool | None = None,
 ) -> None:
-    """Fill `action` (a route's, in place: building it apart would mean copying it in)."""
+    """Fill `action` (a route's, in place: building it apart would mean copying it in).
+    With `hashed` given, the destinations (cluster specifier and hash policies) are left
+    out, for the byte path to splice in; `hashed` says whether they hash consistently."""
     if rule.HasField("timeout"):
         action.timeout.CopyFrom(rule.timeout)
     else:
         action.CopyFrom(_UNTIMED)
+    if hashed is None:
+        hashed = _destinations_into(action, rule, vs_ns, ctx, port, edits)
+    retries = retry_policy(rule, hashed)
+    if retries is not None:
+        action.retry_policy.CopyFrom(retries)
+    if rule.HasField("rewrite"):
+        apply_rewrite(action, rule.rewrite)
+    if edits.host_rewrite and not action.host_rewrite_literal:
+        action.host_rewrite_literal = edits.host_rewrite
+    action.request_mirror_policies.extend(
+        mirror_policies(rule, lambda d: destination_cluster(d, vs_ns, ctx.services, port))
+    )
+
+
+def _destinations_into(
+    action: rc.RouteAction,
+    rule: vs_pb2.HTTPRoute,
+    vs_ns: str,
+    ctx: RouteContext,
+    port: int | None,
+    edits: HeaderEdits,
+) -> bool:
+    """The cluster (or weighted clusters) and hash policies of a forward action; whether
+    its one destination hashes consistently (which turns off previous-host retries)."""
     destinations = list(rule.route)
     hashed = False
     for dest in destinations:
@@ -214,22 +264,18 @@ def _forward_action(
             own.apply(weighted)
             if own.host_rewrite:
                 weighted.host_rewrite_literal = own.host_rewrite
-    retries = retry_policy(rule, hashed)
-    if retries is not None:
-        action.retry_policy.CopyFrom(retries)
-    if rule.HasField("rewrite"):
-        apply_rewrite(action, rule.rewrite)
-    if edits.host_rewrite and not action.host_rewrite_literal:
-        action.host_rewrite_literal = edits.host_rewrite
-    action.request_mirror_policies.extend(
-        mirror_policies(rule, lambda d: destination_cluster(d, vs_ns, ctx.services, port))
-    )
+    return hashed
 
 
 def http_route_template(
-    rule: vs_pb2.HTTPRoute, vs_ns: str, ctx: RouteContext, port: int | None
+    rule: vs_pb2.HTTPRoute,
+    vs_ns: str,
+    ctx: RouteContext,
+    port: int | None,
+    hashed: bool | None = None,
 ) -> rc.Route:
-    """Everything of one Envoy route except its name and match.
+    """Everything of one Envoy route except its name and match (and, with `hashed`
+    given, its destinations: see _forward_action).
     Precedence of actions, as in Istio: redirect, then directResponse, then route."""
     route = rc.Route()
     edits = HeaderEdits()
@@ -240,7 +286,7 @@ def http_route_template(
     elif rule.HasField("direct_response"):
         route.direct_response.CopyFrom(direct_response(rule.direct_response))
     else:
-        _forward_action(route.route, rule, vs_ns, ctx, port, edits)
+        _forward_action(route.route, rule, vs_ns, ctx, port, edits, hashed)
     edits.apply(route)
     if rule.HasField("fault"):
         fault = fault_config(rule.fault)
@@ -254,47 +300,232 @@ def http_route_template(
 def http_routes(
     rules: Iterable[vs_pb2.HTTPRoute], vs_ns: str, ctx: RouteContext, port: int | None
 ) -> list[rc.Route]:
-    """One Envoy route per match entry, in order, stopping after the first catch-all."""
-    routes: list[rc.Route] = []
+    """http_route_bytes, as messages (for gateways, which build their virtual hosts as
+    messages)."""
+    return [rc.Route.FromString(route) for route in http_route_bytes(rules, vs_ns, ctx, port)]
+
+
+def http_route_bytes(
+    rules: Iterable[vs_pb2.HTTPRoute], vs_ns: str, ctx: RouteContext, port: int | None
+) -> list[bytes]:
+    """One Envoy route per match entry, in order, stopping after the first catch-all;
+    serialized, as a virtual host joins them."""
+    routes: list[bytes] = []
     for rule in rules:
-        template = None
-        for match in list(rule.match) or [None]:
-            if not _applies_to(match, port, ctx, vs_ns):
+        body = None
+        facts = _rule_facts(rule)
+        for entry in facts.entries:
+            if entry.filtered and not _applies_to(entry.match, port, ctx, vs_ns):
                 continue
-            if template is None:
-                template = http_route_template(rule, vs_ns, ctx, port)
-                route = template  # most rules have one match: no copy needed
-            else:
-                route = rc.Route()
-                route.CopyFrom(template)
-                route.ClearField("match")
-            route.name = rule.name
-            if match is not None:
-                if match.name:
-                    route.name = f"{rule.name}.{match.name}" if rule.name else match.name
-                route.stat_prefix = match.stat_prefix
-            route.match.CopyFrom(route_match(match))
-            routes.append(route)
-            if is_catch_all(match):
+            if body is None:
+                body = route_body(rule, vs_ns, ctx, port, facts)
+            before_match, before_name, before_stat, rest = body
+            routes.append(
+                b"".join(
+                    (
+                        before_match,
+                        entry.head,
+                        before_name,
+                        entry.name,
+                        before_stat,
+                        entry.stat,
+                        rest,
+                    )
+                )
+            )
+            if entry.catch_all:
                 return routes
     return routes
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One match entry of a rule, as every view sends it."""
+
+    match: vs_pb2.HTTPMatchRequest | None
+    filtered: bool  # names a port, gateways or a source: whether it applies depends on the view
+    head: bytes  # the route's match (field 1)
+    name: bytes  # the route's name (field 14), if any
+    stat: bytes  # its stat prefix (field 19), if any
+    catch_all: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleFacts:
+    """What a rule's routes take from the rule alone, whatever the view."""
+
+    entries: tuple[_Entry, ...]
+    # (host as written, subset, port or 0, weight) of the destinations a forward action
+    # sends to; None when the route is built whole (a redirect, a direct response, no
+    # destination, or one that edits headers).
+    destinations: tuple[tuple[str, str, int, int], ...] | None
+    single: bool  # one destination (its weight is ignored)
+    shape: bytes  # the rule without its matches, destinations and name
+
+
+def _derive_facts(rule: vs_pb2.HTTPRoute) -> _RuleFacts:
+    entries = []
+    for match in list(rule.match) or [None]:
+        name, stat = rule.name, b""
+        filtered = False
+        if match is not None:
+            if match.name:
+                name = f"{rule.name}.{match.name}" if rule.name else match.name
+            if match.stat_prefix:
+                stat = field_bytes(19, match.stat_prefix.encode())
+            filtered = bool(
+                match.port or match.gateways or match.source_labels or match.source_namespace
+            )
+        entries.append(
+            _Entry(
+                match,
+                filtered,
+                _match_field(match),
+                field_bytes(14, name.encode()) if name else b"",
+                stat,
+                is_catch_all(match),
+            )
+        )
+    routed = list(rule.route)
+    destinations = None
+    forward = not (rule.HasField("redirect") or rule.HasField("direct_response"))
+    if forward and routed and not any(dest.HasField("headers") for dest in routed):
+        destinations = tuple(
+            (d.destination.host, d.destination.subset, d.destination.port.number, d.weight)
+            for d in routed
+            if len(routed) == 1 or d.weight > 0
+        )
+    shape = vs_pb2.HTTPRoute()
+    shape.CopyFrom(rule)
+    for field_name in ("match", "route", "name"):
+        shape.ClearField(field_name)
+    return _RuleFacts(
+        tuple(entries), destinations, len(routed) == 1, shape.SerializeToString(deterministic=True)
+    )
+
+
+# Rules are kept from push to push while their file stays (the store's contract).
+_rule_facts = PerObject(_derive_facts)
+_MATCHES: dict[bytes, bytes] = {}
+
+
+def _match_field(match: vs_pb2.HTTPMatchRequest | None) -> bytes:
+    """A route's match (field 1), serialized; built once for equal Istio matches."""
+    key = match.SerializeToString(deterministic=True) if match is not None else b"-"
+    found = _MATCHES.get(key)
+    if found is None:
+        found = field_bytes(1, route_match(match).SerializeToString(deterministic=True))
+        if len(_MATCHES) > 65536:
+            _MATCHES.clear()
+        _MATCHES[key] = found
+    return found
+
+
+RouteBody = tuple[bytes, bytes, bytes, bytes]
+
+
+def route_body(
+    rule: vs_pb2.HTTPRoute,
+    vs_ns: str,
+    ctx: RouteContext,
+    port: int | None,
+    facts: _RuleFacts | None = None,
+) -> RouteBody:
+    """A route without its match (field 1), name (14) and stat prefix (19), cut where
+    those go. A forward rule without per-destination headers is its destinations
+    spliced into a template of everything else, built once per view for every rule of
+    the same shape (a mesh's VirtualServices mostly differ only in where they send)."""
+    facts = facts or _rule_facts(rule)
+    if facts.destinations is None:
+        whole = http_route_template(rule, vs_ns, ctx, port).SerializeToString(deterministic=True)
+        return _cut(segments(whole), (1, 14, 19))  # type: ignore[return-value]
+    specifier, hashes, hashed = _destination_fields(facts, vs_ns, ctx, port)
+    key = (facts.shape, vs_ns, port, hashed)
+    template = ctx._templates.get(key)
+    if template is None:
+        route = http_route_template(rule, vs_ns, ctx, port, hashed)
+        action = segments(route.route.SerializeToString(deterministic=True))
+        route.ClearField("route")
+        outer = segments(route.SerializeToString(deterministic=True))
+        template = ctx._templates[key] = (_cut(outer, (1, 2, 14, 19)), _cut(action, (1, 3, 15)))
+    (before_match, before_action, before_name, before_stat, rest), action_parts = template
+    first, after_cluster, after_weighted, after_hashes = action_parts
+    cluster, weighted = (specifier, b"") if specifier[:1] == _CLUSTER_TAG else (b"", specifier)
+    action = b"".join(
+        (first, cluster, after_cluster, weighted, after_weighted, hashes, after_hashes)
+    )
+    return (
+        before_match,
+        b"".join((before_action, field_bytes(2, action), before_name)),
+        before_stat,
+        rest,
+    )
+
+
+_CLUSTER_TAG = field_bytes(1, b"")[:1]
+
+
+def _cut(parts: list[Segment], numbers: tuple[int, ...]) -> tuple[bytes, ...]:
+    """A message's fields (in field-number order) as len(numbers) + 1 runs of bytes: the
+    fields below numbers[0], those from numbers[0] below numbers[1], and so on."""
+    runs: list[list[bytes]] = [[] for _ in range(len(numbers) + 1)]
+    for number, data in parts:
+        runs[sum(number >= n for n in numbers)].append(data)
+    return tuple(b"".join(run) for run in runs)
+
+
+def _destination_fields(
+    facts: _RuleFacts, vs_ns: str, ctx: RouteContext, port: int | None
+) -> tuple[bytes, bytes, bool]:
+    """What _destinations_into writes, serialized: the cluster specifier (cluster, field
+    1, or weighted_clusters, field 3), the hash policies (field 15), and whether the one
+    destination hashes consistently."""
+    services = ctx.services
+    hashes: list[bytes] = []
+    weighted: list[bytes] = []
+    specifier = b""
+    hashed = False
+    for raw_host, subset, dest_port, weight in facts.destinations or ():
+        host = fqdn(raw_host, vs_ns)
+        if not dest_port:  # as resolve_destination infers it
+            service = services.get(host)
+            if service is not None and len(service.ports) == 1:
+                dest_port = service.ports[0].port
+            else:
+                dest_port = port or 80
+        name = outbound_cluster(dest_port, host, subset).encode()
+        policies = ctx.hash_fields(host, subset, dest_port)
+        if policies:
+            hashes.append(policies)
+            hashed = facts.single
+        if facts.single:
+            specifier = field_bytes(1, name)
+        else:  # ClusterWeight{name: 1, weight: 2 (UInt32Value{value: 1})}
+            weighted.append(
+                field_bytes(1, field_bytes(1, name) + field_bytes(2, b"\x08" + varint(weight)))
+            )
+    if weighted:
+        specifier = field_bytes(3, b"".join(weighted))
+    return specifier, b"".join(hashes), hashed
+
+
 def virtual_service_routes(
     vs: model.ConfigResource, ctx: RouteContext, port: int | None
-) -> list[rc.Route]:
-    return http_routes(vs.spec.http, vs.namespace, ctx, port)
+) -> list[bytes]:
+    return http_route_bytes(vs.spec.http, vs.namespace, ctx, port)
 
 
-def default_route(host: str, port: int, ctx: RouteContext) -> rc.Route:
+def default_route(host: str, port: int, ctx: RouteContext) -> bytes:
     """A service port without a VirtualService: everything to its cluster (Istio §2.11)."""
     hashing = ctx.consistent_hash(host, "", port)
     if hashing is None:  # the common case: the same route but for the cluster's name
-        route = rc.Route()
-        route.CopyFrom(_UNHASHED_DEFAULT)
-        route.route.cluster = outbound_cluster(port, host)
-        return route
-    return _default_route(outbound_cluster(port, host), hashing)
+        (before_action, rest), (before_cluster, after_cluster) = _UNHASHED_DEFAULT
+        cluster = field_bytes(1, outbound_cluster(port, host).encode())
+        action = b"".join((before_cluster, cluster, after_cluster))
+        return b"".join((before_action, field_bytes(2, action), rest))
+    return _default_route(outbound_cluster(port, host), hashing).SerializeToString(
+        deterministic=True
+    )
 
 
 def _default_route(cluster: str, hashing: ConsistentHash | None) -> rc.Route:
@@ -314,7 +545,17 @@ def _default_route(cluster: str, hashing: ConsistentHash | None) -> rc.Route:
     )
 
 
-_UNHASHED_DEFAULT = _default_route("", None)
+def _default_template() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """The unhashed default route cut where its action goes, and its action cut where
+    the cluster goes."""
+    route = _default_route("", None)
+    route.route.ClearField("cluster")  # set, even empty: it is a oneof member
+    action = segments(route.route.SerializeToString(deterministic=True))
+    route.ClearField("route")
+    return _cut(segments(route.SerializeToString(deterministic=True)), (2,)), _cut(action, (1,))
+
+
+_UNHASHED_DEFAULT = _default_template()
 
 
 def catch_all_vhost(allow_any: bool) -> rc.VirtualHost:
@@ -340,11 +581,25 @@ def catch_all_vhost(allow_any: bool) -> rc.VirtualHost:
 @dataclass
 class _VHost:
     name: str
-    routes: list[rc.Route]
+    routes: list[bytes]
     domains: list[tuple[int, str]]  # (priority, domain); priority 0 = full names, claimed first
 
 
 def service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[int, str]]:
+    """The (priority, domain) forms a view's virtual host for one service port wants;
+    remembered per service (kept from push to push while it stays the same)."""
+    forms = _domain_forms(service)
+    key = (port, service.namespace == proxy_ns)
+    found = forms.get(key)
+    if found is None:
+        found = forms[key] = _service_domains(service, port, proxy_ns)
+    return found
+
+
+_domain_forms = PerObject(lambda service: {})
+
+
+def _service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[int, str]]:
     names: list[tuple[int, str]] = [(0, service.hostname), (0, service.hostname + ".")]
     if service.short_name:
         ns_name = f"{service.short_name}.{service.namespace}"
@@ -510,24 +765,23 @@ def _source(vs: model.ConfigResource) -> RouteSource:
 
 def claim_domains(
     vhosts: Sequence[_VHost], contested: set[str] | None = None
-) -> list[tuple[str, tuple[str, ...], list[rc.Route]]]:
+) -> list[tuple[str, tuple[str, ...], list[bytes]]]:
     """Envoy refuses a domain used twice; the first claim wins, full names before short
     forms. Returns (name, domains, routes) per virtual host, sorted by name; adds the
     domains more than one virtual host wanted to `contested`."""
     vhosts = list({v.name: v for v in reversed(vhosts)}.values())[::-1]  # one per name
     claimed: dict[str, str] = {}
     chosen: dict[str, list[str]] = {v.name: [] for v in vhosts}
-    for priority in (0, 1):
-        for vhost in vhosts:
-            for prio, domain in vhost.domains:
-                if prio != priority:
-                    continue
-                owner = claimed.setdefault(domain, vhost.name)
-                if owner == vhost.name:
-                    if domain not in chosen[vhost.name]:
-                        chosen[vhost.name].append(domain)
-                elif contested is not None:
-                    contested.add(domain)
+    later: list[tuple[str, str]] = []  # short forms, claimed after every full name
+    for vhost in vhosts:
+        name = vhost.name
+        for priority, domain in vhost.domains:
+            if priority:
+                later.append((name, domain))
+            else:
+                _claim(name, domain, claimed, chosen, contested)
+    for name, domain in later:
+        _claim(name, domain, claimed, chosen, contested)
     return [
         (v.name, tuple(chosen[v.name]), v.routes)
         for v in sorted(vhosts, key=lambda v: v.name)
@@ -535,11 +789,26 @@ def claim_domains(
     ]
 
 
+def _claim(
+    name: str,
+    domain: str,
+    claimed: dict[str, str],
+    chosen: dict[str, list[str]],
+    contested: set[str] | None,
+) -> None:
+    owner = claimed.setdefault(domain, name)
+    if owner == name:
+        if domain not in chosen[name]:
+            chosen[name].append(domain)
+    elif contested is not None:
+        contested.add(domain)
+
+
 _ATTEMPT_COUNT = b"\x70\x01"  # include_request_attempt_count (field 14): true
 
 
 def _vhost_field(
-    name: str, domains: tuple[str, ...], routes: list[rc.Route], cache: CrossPushCache | None
+    name: str, domains: tuple[str, ...], routes: list[bytes], cache: CrossPushCache | None
 ) -> bytes:
     """One VirtualHost, serialized as a RouteConfiguration field; kept across pushes
     while its routes are the same."""
@@ -555,7 +824,7 @@ def _vhost_field(
             (
                 field_bytes(1, name.encode()),
                 *(field_bytes(2, domain.encode()) for domain in domains),
-                *(field_bytes(3, route.SerializeToString(deterministic=True)) for route in routes),
+                *(field_bytes(3, route) for route in routes),
                 _ATTEMPT_COUNT,
             )
         ),
@@ -592,7 +861,7 @@ class RouteParts:
         )
 
     def with_routes(
-        self, routes: Mapping[str, list[rc.Route]], cache: CrossPushCache | None
+        self, routes: Mapping[str, list[bytes]], cache: CrossPushCache | None
     ) -> RouteParts:
         """These vhosts with new routes: domains stay as claimed, since no domain
         changed."""
@@ -607,7 +876,7 @@ class RouteParts:
     def with_services(
         self,
         gone: Iterable[str],
-        added: Sequence[tuple[str, list[tuple[int, str]], list[rc.Route]]],
+        added: Sequence[tuple[str, list[tuple[int, str]], list[bytes]]],
         cache: CrossPushCache | None,
     ) -> RouteParts | None:
         """These vhosts without the `gone` ones, plus `added` (name, wanted domains,
@@ -687,7 +956,7 @@ _FACTS: dict[int, tuple[Sequence, str, tuple[tuple[str, ...], bool, bool]]] = {}
 
 def _vhost_routes(
     host: str, port: int, source: RouteSource | None, ctx: RouteContext
-) -> list[rc.Route]:
+) -> list[bytes]:
     if ctx.shared is None:
         return _build_routes(host, port, source, ctx)
     key = ("routes", *ctx.routes_key(host, port, source))
@@ -703,9 +972,9 @@ def _vhost_routes(
 
 def _build_routes(
     host: str, port: int, source: RouteSource | None, ctx: RouteContext
-) -> list[rc.Route]:
+) -> list[bytes]:
     if source is not None:
-        return http_routes(source.rules, source.namespace, ctx, port)
+        return http_route_bytes(source.rules, source.namespace, ctx, port)
     return [default_route(host, port, ctx)]
 
 
@@ -772,7 +1041,7 @@ def service_sources(
 
 def service_vhost_routes(
     host: str, service: Service, source: RouteSource | None, ctx: RouteContext
-) -> dict[str, list[rc.Route]]:
+) -> dict[str, list[bytes]]:
     """vhost name -> routes, for each HTTP port of one service."""
     return {
         f"{host}:{port.port}": _vhost_routes(host, port.port, source, ctx)

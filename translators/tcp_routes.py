@@ -20,6 +20,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from protos import virtual_service_pb2 as vs_pb2
 from translators import model
 from translators.listeners import TCP_PROXY_FILTER, network_listener
+from translators.memo import PerObject
 from translators.naming import has_labels, listener_name, outbound_cluster
 from translators.routes import MESH_GATEWAY, RouteContext, resolve_destination
 from translators.services import Service
@@ -153,12 +154,16 @@ def port_uses(services: Mapping[str, Service]) -> PortUse:
     return uses  # type: ignore[return-value]
 
 
-def _host_uses(service: Service) -> dict[str, frozenset[tuple[int, bool]]]:
+def _derive_host_uses(service: Service) -> dict[str, frozenset[tuple[int, bool]]]:
     found: dict[str, set[tuple[int, bool]]] = {}
     for port in service.ports:
         for endpoint in service.endpoints.get(port.port, ()):
             found.setdefault(endpoint.address, set()).add((endpoint.port, port.is_http))
     return {address: frozenset(uses) for address, uses in found.items()}
+
+
+# Per service: services are kept from push to push while they stay the same.
+_host_uses = PerObject(_derive_host_uses)
 
 
 def update_port_uses(

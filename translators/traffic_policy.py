@@ -7,6 +7,7 @@ of their port as a whole; a subset's own blocks then replace the parent's block 
 from __future__ import annotations
 
 from protos import destination_rule_pb2 as dr_pb2
+from translators.memo import PerObject
 
 Rule = dr_pb2.DestinationRule
 TrafficPolicy = dr_pb2.TrafficPolicy
@@ -60,3 +61,27 @@ def find_subset(rule: Rule | None, name: str) -> dr_pb2.Subset | None:
     if rule is None or not name:
         return None
     return next((s for s in rule.subsets if s.name == name), None)
+
+
+def _hashes(rule: Rule) -> bool:
+    policies = [rule.traffic_policy, *(s.traffic_policy for s in rule.subsets)]
+    return any(
+        policy.load_balancer.HasField("consistent_hash")
+        or any(p.load_balancer.HasField("consistent_hash") for p in policy.port_level_settings)
+        for policy in policies
+    )
+
+
+# Whether any policy of a rule (top level, port level, subsets) hashes consistently: most
+# do not, and then no destination of theirs needs its policy resolved to know it.
+hashes_consistently = PerObject(_hashes)
+
+
+# Whether a rule sets any policy (top level or subsets): most set only subsets, and then
+# every subset and port has the empty policy.
+has_policies = PerObject(
+    lambda rule: (
+        rule.HasField("traffic_policy")
+        or any(subset.HasField("traffic_policy") for subset in rule.subsets)
+    )
+)
