@@ -144,7 +144,7 @@ def measure(count: int, runs: int, full: bool = False) -> dict[str, float]:
         resources = Translator(fresh).translate(proxy)
         times.append(time.perf_counter() - started)
     sizes = {t.rsplit(".", 1)[-1]: len(r) for t, r in resources.items()}
-    wire = sum(len(p.any.value) for r in resources.values() for p in r.values())
+    wire = sum(len(p.value) for r in resources.values() for p in r.values())
     started = time.perf_counter()
     World(world.config, world.proxies).services  # noqa: B018
     registry = time.perf_counter() - started
@@ -241,7 +241,8 @@ def main() -> None:
     for count in (int(s) for s in args.sizes.split(",")):
         r = measure(count, args.runs, args.full)
         print(
-            f"{count:>8} {r['first_ms']:>9.1f} {r['median_ms']:>13.1f} {r['min_ms']:>8.1f} {r['push_ms']:>11.1f} "
+            f"{count:>8} {r['first_ms']:>9.1f} {r['median_ms']:>13.1f} {r['min_ms']:>8.1f} "
+            f"{r['push_ms']:>11.1f} "
             f"{r['registry_ms']:>12.1f} {r['Cluster']:>9} {r['ClusterLoadAssignment']:>6} "
             f"{count:>7} {r['bytes']:>10}"
         )

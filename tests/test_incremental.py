@@ -160,9 +160,9 @@ def test_a_route_configuration_joined_from_cached_parts_is_what_protobuf_writes(
     translator = Translator(World(_with(routes_to("v1", "v2"), OTHER_RULE), ()))
     for proxy in CLIENTS:
         packed = translator.translate(proxy)[ROUTE]["http_proxy"]
-        message = route_pb2.RouteConfiguration.FromString(packed.any.value)
+        message = route_pb2.RouteConfiguration.FromString(packed.value)
         assert len(message.virtual_hosts) > len(SERVICES)
-        assert message.SerializeToString(deterministic=True) == packed.any.value
+        assert message.SerializeToString(deterministic=True) == packed.value
 
 
 def test_a_virtual_service_edit_rebuilds_only_the_virtual_hosts_of_its_host(monkeypatch) -> None:

@@ -31,11 +31,17 @@ class Packed:
     """A resource as it goes on the wire, with a hash of its exact bytes (which hold its
     name, so equal hashes mean the same resource with the same content). Never changed
     once made; not a frozen dataclass only because making one costs six times as much,
-    and a cold translation makes thousands."""
+    and a cold translation makes thousands. Responses join `value` into their bytes, so
+    no Any message is made unless asked for."""
 
     name: str
-    any: any_pb2.Any
+    type_url: str
+    value: bytes | None  # None: only a version a reconnecting delta client declared
     hash: str
+
+    @property
+    def any(self) -> any_pb2.Any:
+        return any_pb2.Any(type_url=self.type_url, value=self.value)
 
     @property
     def digest(self) -> int:
@@ -50,17 +56,20 @@ def to_any(message: Message) -> any_pb2.Any:
 
 
 def pack(name: str, message: Message) -> Packed:
-    packed = any_pb2.Any(
-        type_url=_PREFIX + message.DESCRIPTOR.full_name,
-        value=message.SerializeToString(deterministic=True),
+    value = message.SerializeToString(deterministic=True)
+    return Packed(
+        name,
+        _PREFIX + message.DESCRIPTOR.full_name,
+        value,
+        hashlib.blake2b(value, digest_size=8).hexdigest(),
     )
-    return Packed(name, packed, hashlib.blake2b(packed.value, digest_size=8).hexdigest())
 
 
 def pack_serialized(name: str, full_name: str, value: bytes) -> Packed:
     """A resource already serialized (deterministically), e.g. joined from cached parts."""
-    packed = any_pb2.Any(type_url=_PREFIX + full_name, value=value)
-    return Packed(name, packed, hashlib.blake2b(value, digest_size=8).hexdigest())
+    return Packed(
+        name, _PREFIX + full_name, value, hashlib.blake2b(value, digest_size=8).hexdigest()
+    )
 
 
 def field_bytes(number: int, body: bytes) -> bytes:

@@ -92,7 +92,7 @@ class DeltaTypeState(TypeState):
 def _declared(versions: Mapping[str, str]) -> dict[str, Packed]:
     """What a reconnecting client says it holds, to diff against: the versions are our
     hashes, so an unchanged resource compares equal (any other string never does)."""
-    return {n: Packed(n, None, v) for n, v in versions.items()}  # type: ignore[arg-type]
+    return {n: Packed(n, "", None, v) for n, v in versions.items()}
 
 
 @dataclass
@@ -257,7 +257,7 @@ class DeltaStream(SotwStream):
         going = [
             n
             for n in _keys(held) - content.keys_set()
-            if (p := held.get(n)) is not None and p.any is not None  # not merely declared
+            if (p := held.get(n)) is not None and p.value is not None  # not merely declared
         ]
         others_busy = any(
             s.pending or self._differs(s) for s in self.types.values() if s.type_url != CLUSTER

@@ -16,11 +16,9 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from threading import Lock
 
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from translators.resources import Packed, ResourceSet
+from translators.resources import Packed, ResourceSet, field_bytes
 
 MAX_CACHED_BYTES = 256 * 1024 * 1024
 
@@ -81,13 +79,17 @@ def response(type_url: str, version: str, content: ResourceSet, control_plane: s
     then holds."""
 
     def build(nonce: str) -> bytes:
-        return discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=type_url,
-            nonce=nonce,
-            resources=[content[name].any for name in sorted(content)],
-            control_plane=base_pb2.ControlPlane(identifier=control_plane),
-        ).SerializeToString()
+        # DiscoveryResponse{version_info: 1, resources: 2, type_url: 4, nonce: 5,
+        # control_plane: 6}, joined from the resources' bytes (no message per resource).
+        return b"".join(
+            (
+                _string(1, version),
+                *(field_bytes(2, _any(content[name])) for name in sorted(content)),
+                _string(4, type_url),
+                _string(5, nonce),
+                field_bytes(6, _string(1, control_plane)),
+            )
+        )
 
     body, nonce = BODIES.get(("sotw", type_url, version, control_plane, content.version), build)
     return Response(type_url, version, nonce, content, body)
@@ -105,18 +107,26 @@ def delta_response(
     version_text) the state the client then holds."""
 
     def build(nonce: str) -> bytes:
-        return discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version,
-            type_url=type_url,
-            nonce=nonce,
-            resources=[
-                discovery_pb2.Resource(name=name, version=packed.hash, resource=packed.any)
-                for name in sorted(content)
-                for packed in (content[name],)
-            ],
-            removed_resources=sorted(removed),
-            control_plane=base_pb2.ControlPlane(identifier=control_plane),
-        ).SerializeToString()
+        # DeltaDiscoveryResponse{system_version_info: 1, resources: 2, type_url: 4,
+        # nonce: 5, removed_resources: 6, control_plane: 7}, each resource a
+        # Resource{version: 1, resource: 2, name: 3}.
+        return b"".join(
+            (
+                _string(1, version),
+                *(
+                    field_bytes(
+                        2,
+                        _string(1, packed.hash) + field_bytes(2, _any(packed)) + _string(3, name),
+                    )
+                    for name in sorted(content)
+                    for packed in (content[name],)
+                ),
+                _string(4, type_url),
+                _string(5, nonce),
+                *(field_bytes(6, name.encode()) for name in sorted(removed)),
+                field_bytes(7, _string(1, control_plane)),
+            )
+        )
 
     # The removed names by digest: a key must not keep a client's made-up names alive.
     gone = hashlib.blake2b(
@@ -125,3 +135,14 @@ def delta_response(
     key = ("delta", type_url, version, control_plane, content.version, gone)
     body, nonce = BODIES.get(key, build)
     return Response(type_url, version, nonce, content, body)
+
+
+def _string(number: int, text: str) -> bytes:
+    """A string field, left out when empty (as protobuf writes it)."""
+    return field_bytes(number, text.encode()) if text else b""
+
+
+def _any(packed: Packed) -> bytes:
+    """A resource as a google.protobuf.Any{type_url: 1, value: 2}."""
+    assert packed.value is not None, packed.name  # declared versions are never sent
+    return _string(1, packed.type_url) + (field_bytes(2, packed.value) if packed.value else b"")
