@@ -15,6 +15,9 @@ from translators.route_match import is_catch_all, route_match
 from translators.routes import (
     RouteContext,
     _default_route,
+    _VHost,
+    claim_domains,
+    claim_each,
     default_route,
     http_route_bytes,
     http_route_template,
@@ -180,3 +183,20 @@ def test_a_default_route_is_the_route_built_whole() -> None:
     for host in ("reviews.default.svc.cluster.local", "ratings.default.svc.cluster.local"):
         whole = _default_route(outbound_cluster(9080, host), ctx.consistent_hash(host, "", 9080))
         assert default_route(host, 9080, ctx) == whole.SerializeToString(deterministic=True)
+
+
+domain_forms = st.lists(
+    st.tuples(st.integers(0, 1), st.sampled_from(["a", "a.", "b", "b:80", "c", "c.ns", "d"])),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["v1", "v2", "v3", "v4"]), domain_forms), max_size=6))
+def test_claiming_all_domains_at_once_is_claiming_them_one_by_one(wanted) -> None:
+    vhosts = [_VHost(name, [], domains) for name, domains in wanted]
+    at_once, one_by_one = set(), set()
+    assert claim_domains(vhosts, at_once) == claim_each(
+        list({v.name: v for v in reversed(vhosts)}.values())[::-1], one_by_one
+    )
+    assert at_once == one_by_one

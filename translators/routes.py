@@ -12,6 +12,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from typing import Any
 
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -95,7 +96,7 @@ class RouteContext:
             self.gateways,
             self.proxy_ns if by_namespace else None,
             tuple(sorted(self.proxy_labels.items())) if by_labels else None,
-            tuple(self._destination(h) for h in destinations),
+            tuple(map(self._destination, destinations)),
         )
 
     def _destination(self, host: str) -> tuple:
@@ -759,8 +760,8 @@ def vs_hosts(vs: model.ConfigResource) -> list[str]:
     return [fqdn(raw, vs.namespace) for raw in vs.spec.hosts]
 
 
-def _source(vs: model.ConfigResource) -> RouteSource:
-    return RouteSource(vs.namespace, vs.spec.http, vs.ref)
+# A VirtualService's rules as a route source; kept with the VirtualService.
+_source = PerObject(lambda vs: RouteSource(vs.namespace, vs.spec.http, vs.ref))
 
 
 def claim_domains(
@@ -770,6 +771,21 @@ def claim_domains(
     forms. Returns (name, domains, routes) per virtual host, sorted by name; adds the
     domains more than one virtual host wanted to `contested`."""
     vhosts = list({v.name: v for v in reversed(vhosts)}.values())[::-1]  # one per name
+    wanted = [_in_priority_order(v.domains) for v in vhosts]
+    if len(set(chain.from_iterable(wanted))) == sum(map(len, wanted)):
+        # No domain is wanted twice (the common case): each gets all it wants.
+        return sorted(
+            (v.name, domains, v.routes)
+            for v, domains in zip(vhosts, wanted, strict=True)
+            if domains
+        )
+    return claim_each(vhosts, contested)
+
+
+def claim_each(
+    vhosts: Sequence[_VHost], contested: set[str] | None = None
+) -> list[tuple[str, tuple[str, ...], list[bytes]]]:
+    """claim_domains, one domain at a time (for one virtual host per name)."""
     claimed: dict[str, str] = {}
     chosen: dict[str, list[str]] = {v.name: [] for v in vhosts}
     later: list[tuple[str, str]] = []  # short forms, claimed after every full name
@@ -787,6 +803,15 @@ def claim_domains(
         for v in sorted(vhosts, key=lambda v: v.name)
         if chosen[v.name]
     ]
+
+
+def _ordered(wanted: Sequence[tuple[int, str]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(domain for _, domain in sorted(wanted, key=_priority)))
+
+
+# A vhost's wanted (priority, domain) forms as the domains it gets when no other wants
+# them: full names first, each once. Service domain forms are kept per service.
+_in_priority_order = PerObject(_ordered)
 
 
 def _claim(
@@ -823,7 +848,7 @@ def _vhost_field(
         b"".join(
             (
                 field_bytes(1, name.encode()),
-                *(field_bytes(2, domain.encode()) for domain in domains),
+                _domain_fields(domains),
                 *(field_bytes(3, route) for route in routes),
                 _ATTEMPT_COUNT,
             )
@@ -832,6 +857,20 @@ def _vhost_field(
     if cache is not None:
         cache.put(key, (routes, body))  # holds the routes: their id stays theirs
     return body
+
+
+_DOMAIN_FIELDS: dict[tuple[str, ...], bytes] = {}
+
+
+def _domain_fields(domains: tuple[str, ...]) -> bytes:
+    """VirtualHost.domains (field 2) serialized; built once per set of domains."""
+    found = _DOMAIN_FIELDS.get(domains)
+    if found is None:
+        found = b"".join(field_bytes(2, domain.encode()) for domain in domains)
+        if len(_DOMAIN_FIELDS) > 65536:
+            _DOMAIN_FIELDS.clear()
+        _DOMAIN_FIELDS[domains] = found
+    return found
 
 
 @dataclass(frozen=True)
@@ -893,7 +932,7 @@ class RouteParts:
                 del claimed[domain]
         fresh = []
         for name, wanted, routes in added:
-            domains = tuple(dict.fromkeys(domain for _, domain in sorted(wanted, key=_priority)))
+            domains = _in_priority_order(wanted)
             if name in vhosts or any(domain in claimed for domain in domains):
                 return None
             claimed.update(dict.fromkeys(domains, name))
