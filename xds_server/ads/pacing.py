@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-# Measured with 2000 streams connecting at once: 16 a turn held the loop for 0.19 s at
-# most, 64 for 0.31-0.38 s, with the same time to converge (bench/streams.py).
-STEPS_PER_TURN = 16
+# Measured with 2000 streams connecting at once (bench/streams.py, the same machine and
+# hour): 8 a turn held the loop for 91-97 ms at most, 16 for 136-230 ms, 4 for 104-118
+# ms, with the same time to converge.
+STEPS_PER_TURN = 8
 
 
 class Pacer:
