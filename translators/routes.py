@@ -100,14 +100,15 @@ class RouteContext:
         )
 
     def _destination(self, host: str) -> tuple:
-        """What routes read of a destination host in this view: its ports (port
+        """What routes read of a destination host in this view: its port numbers (port
         inference) and its DestinationRule (consistent hashing), by identity."""
         found = self._destinations.get(host)
         if found is None:
             service = self.services.get(host)
             namespace = service.namespace if service is not None else self.proxy_ns
             rule = self.rules.lookup(host, self.proxy_ns, namespace)
-            found = (host, service.ports if service is not None else None, id(rule))
+            ports = tuple(p.port for p in service.ports) if service is not None else None
+            found = (host, ports, id(rule))
             self._destinations[host] = found
             self._kept.append(rule)
         return found
