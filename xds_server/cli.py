@@ -1,4 +1,4 @@
-"""The `xds-server` command: serve, validate, bootstrap, demo."""
+"""The `xds-server` command: serve, validate, bootstrap, iptables, demo."""
 
 from __future__ import annotations
 
@@ -225,6 +225,128 @@ def _add_max_file_bytes(command: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_iptables(args: argparse.Namespace) -> int:
+    from xds_server import iptables
+
+    options = iptables.CaptureOptions(
+        proxy_port=args.envoy_port,
+        inbound_capture_port=args.inbound_capture_port,
+        proxy_uid=tuple(args.proxy_uid),
+        proxy_gid=tuple(args.proxy_gid),
+        include_inbound_ports=args.istio_inbound_ports,
+        exclude_inbound_ports=tuple(args.istio_local_exclude_ports),
+        include_outbound_cidrs=args.istio_service_cidr,
+        exclude_outbound_cidrs=tuple(args.istio_service_exclude_cidr),
+        include_outbound_ports=tuple(args.istio_outbound_ports),
+        exclude_outbound_ports=tuple(args.istio_local_outbound_ports_exclude),
+        exclude_interfaces=tuple(args.istio_exclude_interfaces),
+        redirect_dns=args.redirect_dns,
+        capture_all_dns=args.capture_all_dns,
+        dns_servers=tuple(
+            args.dns_servers if args.dns_servers is not None else iptables.nameservers()
+        ),
+    )
+    try:
+        if args.cleanup:
+            iptables.cleanup(options)
+        elif args.apply:
+            iptables.apply(options)
+        else:
+            sys.stdout.write(iptables.restore_input(iptables.rules(options)))
+    except (iptables.CaptureError, RuntimeError, OSError) as exc:
+        print(f"xds-server iptables: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _port_list(text: str) -> list[int]:
+    return [_port(item) for item in filter(None, (p.strip() for p in text.split(",")))]
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item for item in (p.strip() for p in text.split(",")) if item]
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(item) for item in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numeric ids") from None
+
+
+def _add_capture_options(capture: argparse.ArgumentParser) -> None:
+    """istio-iptables' flags (short and long names as Istio spells them)."""
+    add = capture.add_argument
+    add("-p", "--envoy-port", type=_port, default=15001, help="where outbound TCP goes")
+    add("-z", "--inbound-capture-port", type=_port, default=15006, help="where inbound TCP goes")
+    add("-u", "--proxy-uid", type=_ids, default=[1337], help="the sidecar's uids, not captured")
+    add("-g", "--proxy-gid", type=_ids, default=[1337], help="the sidecar's gids, not captured")
+    add(
+        "-b",
+        "--istio-inbound-ports",
+        default="*",
+        help='inbound ports to capture: "*" for all, a comma list, or "" for none',
+    )
+    add(
+        "-d",
+        "--istio-local-exclude-ports",
+        type=_port_list,
+        default=[15090, 15021, 15020],
+        help='inbound ports not captured when capturing "*"',
+    )
+    add(
+        "-i",
+        "--istio-service-cidr",
+        default="*",
+        help='outbound destinations to capture: "*", a comma list of CIDRs, or "" for none',
+    )
+    add(
+        "-x",
+        "--istio-service-exclude-cidr",
+        type=_comma_list,
+        default=[],
+        help="outbound CIDRs not captured",
+    )
+    add(
+        "-q",
+        "--istio-outbound-ports",
+        type=_port_list,
+        default=[],
+        help="outbound ports captured whatever the destination",
+    )
+    add(
+        "-o",
+        "--istio-local-outbound-ports-exclude",
+        type=_port_list,
+        default=[],
+        help="outbound ports not captured",
+    )
+    add(
+        "-c",
+        "--istio-exclude-interfaces",
+        type=_comma_list,
+        default=[],
+        help="interfaces whose traffic is never captured",
+    )
+    add("--redirect-dns", action="store_true", help="send the app's DNS to the sidecar (15053)")
+    add(
+        "--capture-all-dns",
+        action="store_true",
+        help="with --redirect-dns: all DNS, not only to resolv.conf's nameservers",
+    )
+    add(
+        "--dns-servers",
+        type=_comma_list,
+        default=None,
+        help="with --redirect-dns: the nameservers to capture (default: resolv.conf's)",
+    )
+    mode = capture.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--apply", action="store_true", help="install the rules (with iptables-restore)"
+    )
+    mode.add_argument("--cleanup", action="store_true", help="remove rules an --apply installed")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="xds-server", description=__doc__, formatter_class=_HelpFormatter
@@ -348,6 +470,15 @@ def parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("-o", "--output", default="-", help="file to write, - for standard output")
     boot.set_defaults(func=cmd_bootstrap)
+
+    capture = command(
+        "iptables",
+        "print (or --apply) the iptables rules that capture a pod's traffic into its "
+        "sidecar, as istio-init sets them (REDIRECT mode); run in the pod's network "
+        "namespace",
+    )
+    _add_capture_options(capture)
+    capture.set_defaults(func=cmd_iptables)
 
     demo = command("demo", "run a local mesh: server, Envoy sidecars, sample apps")
     demo.add_argument("--dir", default="demo-mesh", help="where the demo's YAML goes")

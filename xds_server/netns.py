@@ -1,0 +1,105 @@
+"""Network namespaces joined by veth pairs: pods on one host, without Docker.
+
+A pod is a named network namespace (`ip netns`) with loopback up; a veth pair joins two
+namespaces (or a namespace and the host) with an address at each end. Commands run
+inside with `ip netns exec`. Everything made here is removed by `delete`; names carry a
+per-run prefix so that runs never touch namespaces they did not create. Needs root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class NetnsUnavailable(RuntimeError):
+    """This machine cannot make network namespaces (not root, or no `ip`)."""
+
+
+def available() -> str | None:
+    """None when namespaces can be made here, else why not."""
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "making network namespaces needs root"
+    return None
+
+
+def _run(argv: Sequence[str]) -> str:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+@dataclass
+class Namespace:
+    """One named network namespace with loopback up."""
+
+    name: str
+    links: list[str] = field(default_factory=list)  # host-side veth ends to remove
+
+    @classmethod
+    def create(cls, name: str) -> Namespace:
+        why = available()
+        if why is not None:
+            raise NetnsUnavailable(why)
+        _run(["ip", "netns", "add", name])
+        namespace = cls(name)
+        try:
+            namespace.ip("link", "set", "lo", "up")
+        except Exception:
+            namespace.delete()
+            raise
+        return namespace
+
+    def argv(self, *command: str) -> list[str]:
+        """`command` as run inside this namespace."""
+        return ["ip", "netns", "exec", self.name, *command]
+
+    def run(self, *command: str) -> str:
+        return _run(self.argv(*command))
+
+    def ip(self, *args: str) -> str:
+        return _run(["ip", "-n", self.name, *args])
+
+    def delete(self) -> None:
+        for link in self.links:
+            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
+
+
+def connect(a: Namespace, a_address: str, b: Namespace, b_address: str, prefix: int = 24) -> None:
+    """A veth pair between two namespaces, `a_address`/`prefix` in `a` and `b_address` in
+    `b`, both up (the link is removed with either namespace)."""
+    tag = uuid.uuid4().hex[:8]
+    a_end, b_end = f"va{tag}", f"vb{tag}"
+    _run(
+        [
+            "ip",
+            "link",
+            "add",
+            a_end,
+            "netns",
+            a.name,
+            "type",
+            "veth",
+            "peer",
+            b_end,
+            "netns",
+            b.name,
+        ]
+    )
+    for namespace, end, address in ((a, a_end, a_address), (b, b_end, b_address)):
+        namespace.ip("addr", "add", f"{address}/{prefix}", "dev", end)
+        namespace.ip("link", "set", end, "up")
+
+
+def run_prefix() -> str:
+    """A prefix for the names of one run's namespaces (short: interface names are 15
+    bytes at most)."""
+    return f"xds{uuid.uuid4().hex[:6]}"
