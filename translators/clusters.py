@@ -158,6 +158,26 @@ def service_clusters(
     return clusters
 
 
+# A cluster of a service: its port, name, name as field 1 (of a Cluster and of its
+# ClusterLoadAssignment alike), and its subset (None for the port's own cluster).
+Variant = tuple[ServicePort, str, bytes, "destination_rule_pb2.Subset | None"]
+
+
+def cluster_variants(
+    service: Service, rule: destination_rule_pb2.DestinationRule | None
+) -> list[Variant]:
+    """One cluster per port of `service`, plus one per subset of its DestinationRule:
+    what clusters and assignments are both named after."""
+    out: list[Variant] = []
+    for port in service.ports:
+        name = outbound_cluster(port.port, service.hostname)
+        out.append((port, name, field_bytes(1, name.encode()), None))
+        for subset in rule.subsets if rule else ():
+            name = outbound_cluster(port.port, service.hostname, subset.name)
+            out.append((port, name, field_bytes(1, name.encode()), subset))
+    return out
+
+
 _CLUSTER = "envoy.config.cluster.v3.Cluster"
 # (port protocol, policy, connect timeout, retry budget) -> an EDS cluster's bytes around
 # its name: (type field, EDS config without the service name, every later field).
@@ -169,6 +189,7 @@ def packed_service_clusters(
     rule: destination_rule_pb2.DestinationRule | None,
     connect_timeout: duration_pb2.Duration,
     budget: RetryBudget | None = None,
+    variants: list[Variant] | None = None,
 ) -> dict[str, Packed]:
     """service_clusters, packed. An EDS cluster is its name around bytes that depend
     only on the port's protocol and the policy: those are built once per policy (for
@@ -179,34 +200,34 @@ def packed_service_clusters(
     limits = budget.SerializeToString(deterministic=True) if budget is not None else b""
     out: dict[str, Packed] = {}
     free = rule is None or not has_policies(rule)  # every variant's policy is empty
-    for port in service.ports:
-        variants = [(outbound_cluster(port.port, service.hostname), None)]
-        for subset in rule.subsets if rule else ():
-            variants.append((outbound_cluster(port.port, service.hostname, subset.name), subset))
-        for name, subset in variants:
-            policy = None if free else effective_policy(rule, subset, port.port)
-            key = (
-                port.protocol,
-                policy.SerializeToString(deterministic=True) if policy is not None else b"",
-                timeout,
-                limits,
-            )
-            template = _TEMPLATES.get(key)
-            if template is None:
-                if policy is None:
-                    policy = effective_policy(rule, subset, port.port)
-                cluster = _cluster(name, service, port, policy, connect_timeout, {})
-                if budget is not None:
-                    cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
-                template = _template(cluster)
-                if len(_TEMPLATES) > 4096:
-                    _TEMPLATES.clear()
-                _TEMPLATES[key] = template
-            kind, eds, rest = template
-            encoded = name.encode()
-            body = field_bytes(1, encoded) + kind + field_bytes(3, eds + field_bytes(2, encoded))
-            out[name] = pack_serialized(name, _CLUSTER, body + rest)
+    for port, name, name_field, subset in variants or cluster_variants(service, rule):
+        policy = None if free else effective_policy(rule, subset, port.port)
+        key = (
+            port.protocol,
+            policy.SerializeToString(deterministic=True) if policy is not None else b"",
+            timeout,
+            limits,
+        )
+        template = _TEMPLATES.get(key)
+        if template is None:
+            if policy is None:
+                policy = effective_policy(rule, subset, port.port)
+            cluster = _cluster(name, service, port, policy, connect_timeout, {})
+            if budget is not None:
+                cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
+            template = _template(cluster)
+            if len(_TEMPLATES) > 4096:
+                _TEMPLATES.clear()
+            _TEMPLATES[key] = template
+        kind, eds, rest = template
+        # The EDS service name is the cluster's name as field 2 of the EDS config.
+        service_name = _SERVICE_NAME_TAG + name_field[1:]
+        body = name_field + kind + field_bytes(3, eds + service_name)
+        out[name] = pack_serialized(name, _CLUSTER, body + rest)
     return out
+
+
+_SERVICE_NAME_TAG = field_bytes(2, b"")[:1]
 
 
 def _template(cluster: cluster_pb2.Cluster) -> tuple[bytes, bytes, bytes]:

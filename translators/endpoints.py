@@ -8,9 +8,9 @@ Validation reports such an entry with file:line (checks_envoy.endpoint_findings)
 from __future__ import annotations
 
 from protos import destination_rule_pb2 as dr_pb2
-from translators.clusters import lb_endpoint, subset_endpoints
+from translators.clusters import Variant, cluster_variants, lb_endpoint, subset_endpoints
 from translators.memo import PerObject
-from translators.naming import is_ip, outbound_cluster
+from translators.naming import is_ip
 from translators.resources import Packed, field_bytes, pack_serialized
 from translators.services import EDS, Endpoint, Service
 
@@ -18,29 +18,24 @@ _ASSIGNMENT = "envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
 def packed_service_endpoints(
-    service: Service, rule: dr_pb2.DestinationRule | None
+    service: Service,
+    rule: dr_pb2.DestinationRule | None,
+    variants: list[Variant] | None = None,
 ) -> dict[str, Packed]:
     """service_endpoints, packed, built as bytes: an assignment is its cluster name and
     one locality of the endpoints' own bytes, each built once per endpoint."""
     if service.resolution != EDS:
         return {}
     out: dict[str, Packed] = {}
-    for port in service.ports:
-        everyone = service.endpoints.get(port.port, ())
-        variants = [(outbound_cluster(port.port, service.hostname), everyone)]
-        for subset in rule.subsets if rule else ():
-            variants.append(
-                (
-                    outbound_cluster(port.port, service.hostname, subset.name),
-                    subset_endpoints(service, port, subset.labels),
-                )
-            )
-        for name, endpoints in variants:
-            body = field_bytes(1, name.encode())
-            fields = b"".join(map(_lb_endpoint, endpoints))
-            if fields:
-                body += field_bytes(2, fields + _LOCALITY_WEIGHT)
-            out[name] = pack_serialized(name, _ASSIGNMENT, body)
+    for port, name, name_field, subset in variants or cluster_variants(service, rule):
+        endpoints = (
+            service.endpoints.get(port.port, ())
+            if subset is None
+            else subset_endpoints(service, port, subset.labels)
+        )
+        fields = b"".join(map(_lb_endpoint, endpoints))
+        body = name_field + field_bytes(2, fields + _LOCALITY_WEIGHT) if fields else name_field
+        out[name] = pack_serialized(name, _ASSIGNMENT, body)
     return out
 
 

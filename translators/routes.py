@@ -70,6 +70,7 @@ class RouteContext:
     _hashing: dict[tuple[str, str, int], ConsistentHash | None] = field(default_factory=dict)
     _destinations: dict[str, tuple] = field(default_factory=dict)
     _hash_fields: dict[tuple[str, str, int], bytes] = field(default_factory=dict)
+    _hashing_hosts: dict[str, bool] = field(default_factory=dict)
     # Route templates by shape (see route_body): they hold names resolved in this view.
     _templates: dict[tuple, tuple] = field(default_factory=dict)
     # Objects whose ids are in keys: cached values keep them, so no id is reused.
@@ -130,6 +131,14 @@ class RouteContext:
 
     def hash_fields(self, host: str, subset: str, port: int) -> bytes:
         """consistent_hash as RouteAction hash_policy fields (15), serialized."""
+        hashes = self._hashing_hosts.get(host)
+        if hashes is None:  # most hosts' rules hash nowhere: no subset or port to resolve
+            service = self.services.get(host)
+            namespace = service.namespace if service is not None else self.proxy_ns
+            rule = self.rules.lookup(host, self.proxy_ns, namespace)
+            hashes = self._hashing_hosts[host] = rule is not None and hashes_consistently(rule)
+        if not hashes:
+            return b""
         key = (host, subset, port)
         found = self._hash_fields.get(key)
         if found is None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from translators import gateways, linkerd, model, sidecar_scope
 from translators.cache import CrossPushCache
-from translators.clusters import inbound_clusters, packed_service_clusters
+from translators.clusters import cluster_variants, inbound_clusters, packed_service_clusters
 from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
@@ -172,9 +172,10 @@ class World:
                 if kept is not None and kept[0] is rule:
                     found = kept[1]
             if found is None:
+                variants = cluster_variants(service, rule)
                 found = (
-                    packed_service_clusters(service, rule, timeout, budget),
-                    packed_service_endpoints(service, rule),
+                    packed_service_clusters(service, rule, timeout, budget, variants),
+                    packed_service_endpoints(service, rule, variants),
                 )
             if lasting is not None:
                 self.cache.put(lasting, (rule, found))
