@@ -108,7 +108,7 @@ class RouteContext:
             service = self.services.get(host)
             namespace = service.namespace if service is not None else self.proxy_ns
             rule = self.rules.lookup(host, self.proxy_ns, namespace)
-            ports = tuple(p.port for p in service.ports) if service is not None else None
+            ports = service.port_numbers if service is not None else None
             found = (host, ports, id(rule))
             self._destinations[host] = found
             self._kept.append(rule)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from protos import service_entry_pb2
 from translators import model
@@ -62,6 +63,11 @@ class Service:
     vips: tuple[str, ...] = ()
     # service port -> endpoints
     endpoints: Mapping[int, tuple[Endpoint, ...]] = field(default_factory=dict)
+
+    @cached_property
+    def port_numbers(self) -> tuple[int, ...]:
+        """The ports' numbers (what port inference reads)."""
+        return tuple([p.port for p in self.ports])
 
     def port(self, number: int) -> ServicePort | None:
         return next((p for p in self.ports if p.port == number), None)
