@@ -1,4 +1,4 @@
-"""The `xds-server` command: serve, validate, bootstrap, iptables, demo."""
+"""The `xds-server` command: serve, validate, bootstrap, iptables, inject, demo."""
 
 from __future__ import annotations
 
@@ -259,6 +259,48 @@ def cmd_iptables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inject(args: argparse.Namespace) -> int:
+    import yaml
+
+    from xds_server import inject
+
+    if args.mode == "capture":
+        print(
+            "xds-server inject: --mode capture needs the capture listeners, which the server "
+            "does not build yet; use --mode proxy",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        text = sys.stdin.read() if args.compose_file == "-" else Path(args.compose_file).read_text()
+        document = yaml.safe_load(text)
+        options = inject.InjectOptions(
+            namespace=args.namespace,
+            config_dir=f"./{args.config_dir.removeprefix('./')}",
+            bootstrap_dir=f"./{args.bootstrap_dir.removeprefix('./')}",
+        )
+        result = inject.inject(document, options)
+    except (OSError, yaml.YAMLError, inject.InjectError) as exc:
+        print(f"xds-server inject: {args.compose_file}: {exc}", file=sys.stderr)
+        return 1
+    base = Path.cwd() if args.output == "-" else Path(args.output).resolve().parent
+    bootstraps = base / args.bootstrap_dir
+    bootstraps.mkdir(parents=True, exist_ok=True)
+    for name, body in result.bootstraps.items():
+        (bootstraps / name).write_text(body)
+    if args.emit_services:
+        services = Path(args.emit_services)
+        services.mkdir(parents=True, exist_ok=True)
+        for app, body in result.services.items():
+            (services / f"{app}-service.yaml").write_text(body)
+    rendered = inject.dump(result.compose)
+    if args.output == "-":
+        sys.stdout.write(rendered)
+    else:
+        Path(args.output).write_text(rendered)
+    return 0
+
+
 def _port_list(text: str) -> list[int]:
     return [_port(item) for item in filter(None, (p.strip() for p in text.split(",")))]
 
@@ -479,6 +521,37 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_capture_options(capture)
     capture.set_defaults(func=cmd_iptables)
+
+    inject = command(
+        "inject",
+        "add an Envoy sidecar next to each service of a docker-compose file, and the "
+        "control plane (like `linkerd inject`); writes the bootstraps beside the output",
+    )
+    inject.add_argument("compose_file", help="the docker-compose file to read (- for stdin)")
+    inject.add_argument("-o", "--output", default="-", help="file to write, - for stdout")
+    inject.add_argument(
+        "--mode",
+        choices=("proxy", "capture"),
+        default="proxy",
+        help="proxy: apps reach the mesh through HTTP_PROXY=127.0.0.1:15001; capture "
+        "(iptables, as istio-init) is not available yet",
+    )
+    inject.add_argument("--namespace", default="default", help="the workloads' namespace")
+    inject.add_argument(
+        "--bootstrap-dir",
+        default="envoy-configs",
+        help="where the sidecars' bootstraps go, relative to the output file's directory",
+    )
+    inject.add_argument(
+        "--config-dir", default="mesh", help="the mesh YAML the control plane serves (mounted)"
+    )
+    inject.add_argument(
+        "--emit-services",
+        metavar="DIR",
+        default=None,
+        help="also write a Kubernetes Service per app (from its ports) into DIR",
+    )
+    inject.set_defaults(func=cmd_inject)
 
     demo = command("demo", "run a local mesh: server, Envoy sidecars, sample apps")
     demo.add_argument("--dir", default="demo-mesh", help="where the demo's YAML goes")

@@ -1,0 +1,13 @@
+# The control plane's image: `docker build -t xds-server .` (what `xds-server inject`
+# and docker-compose.yml run as the xds-server service).
+FROM python:3.11-slim
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY translators ./translators
+COPY xds_server ./xds_server
+RUN pip install --no-cache-dir . && rm -rf /src
+WORKDIR /
+EXPOSE 15010 15014
+ENTRYPOINT ["xds-server"]
+CMD ["serve", "--config-dir", "/mesh", "--xds-address", "0.0.0.0", "--debug-address", "0.0.0.0"]

@@ -1,0 +1,152 @@
+"""`xds-server inject`: a user's docker-compose file gets a sidecar per app.
+
+The injected form of tests/inject/compose.yaml is kept in
+tests/inject/compose.injected.yaml; `python -m tests.test_inject` rewrites it after an
+intended change, and the diff is the review.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_envoy_configs import envoy_validate
+from xds_server import inject
+from xds_server.config.loader import parse_file
+
+HERE = Path(__file__).resolve().parent / "inject"
+PLAIN, INJECTED = HERE / "compose.yaml", HERE / "compose.injected.yaml"
+
+
+def _injected(text: str) -> inject.Injected:
+    return inject.inject(yaml.safe_load(text))
+
+
+def test_the_injected_file_is_its_golden_form() -> None:
+    assert inject.dump(_injected(PLAIN.read_text()).compose) == INJECTED.read_text(), (
+        "python -m tests.test_inject to accept the change"
+    )
+
+
+def test_injecting_twice_changes_nothing() -> None:
+    once = _injected(PLAIN.read_text())
+    twice = inject.inject(once.compose)
+    assert twice.compose == once.compose
+    assert twice.bootstraps == once.bootstraps  # the same bootstraps, written again
+
+
+def test_each_app_gets_a_sidecar_in_its_network_namespace() -> None:
+    services = _injected(PLAIN.read_text()).compose["services"]
+    for app in ("productpage", "reviews-v1", "reviews-v2", "mysql"):
+        sidecar = services[f"{app}-sidecar"]
+        assert sidecar["network_mode"] == f"service:{app}"
+        assert sidecar["labels"][inject.ROLE] == "sidecar"
+        env = services[app]["environment"]
+        assert (
+            ("HTTP_PROXY=http://127.0.0.1:15001" in env)
+            if isinstance(env, list)
+            else (env["HTTP_PROXY"] == "http://127.0.0.1:15001")
+        )
+    assert "metrics-sidecar" not in services  # opted out
+    assert "LOG=debug" in services["reviews-v1"]["environment"]  # the app's own env stays
+    assert services["xds-server"]["labels"][inject.ROLE] == "control-plane"
+
+
+def test_bootstraps_carry_the_apps_labels_and_ports_and_envoy_accepts_them(tmp_path) -> None:
+    result = _injected(PLAIN.read_text())
+    reviews = yaml.safe_load(result.bootstraps["reviews-v2.yaml"])
+    meta = reviews["node"]["metadata"]
+    assert meta["LABELS"] == {"app": "reviews", "version": "v2"}
+    assert meta["WORKLOAD_PORTS"] == "9080:15006"
+    assert reviews["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"  # xds-server:15010
+    for name, body in result.bootstraps.items():
+        (tmp_path / name).write_text(body)
+        done = envoy_validate(tmp_path / name)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_emitted_services_are_valid_and_merge_versions() -> None:
+    result = _injected(PLAIN.read_text())
+    assert set(result.services) == {"productpage", "reviews", "mysql"}
+    for app, text in result.services.items():
+        parsed = parse_file(f"{app}-service.yaml", text)
+        assert parsed.ok, [str(i) for i in parsed.issues]
+    assert "name: tcp-3306" in result.services["mysql"]  # the label says TCP
+
+
+@pytest.mark.parametrize(
+    ("compose", "message"),
+    [
+        ("services: {a: {ports: ['80-90:80-90']}}", "services.a.ports"),
+        ("services: {a: {labels: 3}}", "services.a.labels"),
+        ("services: {a: {expose: ['15001']}}", "services.a.ports"),
+        ("services: {Big: {}}", "services.Big"),
+        ("services: [a]", "services"),
+    ],
+)
+def test_what_cannot_be_injected_names_the_service_and_field(compose, message) -> None:
+    with pytest.raises(inject.InjectError, match=message.replace(".", r"\.")):
+        _injected(compose)
+
+
+def test_the_command_writes_the_file_bootstraps_and_services(tmp_path) -> None:
+    out = tmp_path / "docker-compose.yml"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xds_server",
+            "inject",
+            str(PLAIN),
+            "-o",
+            str(out),
+            "--emit-services",
+            str(tmp_path / "mesh"),
+        ],
+        check=True,
+        timeout=60,
+    )
+    assert out.read_text() == INJECTED.read_text()
+    assert sorted(p.name for p in (tmp_path / "envoy-configs").iterdir()) == [
+        "mysql.yaml",
+        "productpage.yaml",
+        "reviews-v1.yaml",
+        "reviews-v2.yaml",
+    ]
+    assert (tmp_path / "mesh" / "reviews-service.yaml").exists()
+    capture = subprocess.run(
+        [sys.executable, "-m", "xds_server", "inject", str(PLAIN), "--mode", "capture"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert capture.returncode == 2 and "capture" in capture.stderr
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        if os.environ.get("XDS_TEST_REQUIRE_COMPOSE"):
+            pytest.fail("docker-compose is required here (XDS_TEST_REQUIRE_COMPOSE is set)")
+        return
+    checked = subprocess.run(
+        [compose, "-f", str(out), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def main() -> int:
+    INJECTED.write_text(inject.dump(_injected(PLAIN.read_text()).compose))
+    print(f"wrote {INJECTED}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""`xds-server inject`: a docker-compose file with an Envoy sidecar next to each app, as
+`linkerd inject` does for Kubernetes manifests.
+
+Each selected service gets a `<name>-sidecar` service sharing its network namespace
+(`network_mode: service:<name>`, as containers of one pod), with a bootstrap written from
+the service's labels (`app`, `version`; `app` defaults to the service's name) and its
+container ports; the app is pointed at its sidecar as its HTTP proxy (proxy mode). A
+control plane service is added unless one is there. Services opt out with the label
+`xds-server.io/inject: "false"` (or Istio's `sidecar.istio.io/inject: "false"`), and
+services that already share another's network namespace are left alone. What inject adds
+is labelled `xds-server.io/role`, so injecting an injected file changes nothing.
+
+Only proxy mode exists: capture mode (iptables, as istio-init) needs the capture
+listeners, which the server does not build yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from xds_server.bootstrap import BootstrapOptions, render
+
+ROLE = "xds-server.io/role"
+OPT_OUT = ("xds-server.io/inject", "sidecar.istio.io/inject")
+TCP_PORTS = "xds-server.io/tcp-ports"
+ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
+PROXY = "http://127.0.0.1:15001"
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+class InjectError(ValueError):
+    """The compose file cannot be injected; the message names the service and field."""
+
+
+@dataclass(frozen=True)
+class InjectOptions:
+    namespace: str = "default"
+    control_plane: str = "xds-server"  # the control plane's service name (and DNS name)
+    server_image: str = "${XDS_SERVER_IMAGE:-xds-server}"  # built from the Dockerfile
+    config_dir: str = "./mesh"  # mounted into the control plane
+    bootstrap_dir: str = "./envoy-configs"  # where the sidecars' bootstraps are written
+    envoy_image: str = ENVOY_IMAGE
+
+
+@dataclass
+class Injected:
+    """The injected compose document, the bootstraps to write (file name -> text) and,
+    for --emit-services, a Service per app (file name -> YAML)."""
+
+    compose: dict[str, Any]
+    bootstraps: dict[str, str] = field(default_factory=dict)
+    services: dict[str, str] = field(default_factory=dict)
+
+
+def _labels(service: Mapping[str, Any], name: str) -> dict[str, str]:
+    raw = service.get("labels") or {}
+    if isinstance(raw, list):
+        out = {}
+        for item in raw:
+            key, _, value = str(item).partition("=")
+            out[key] = value
+        return out
+    if not isinstance(raw, Mapping):
+        raise InjectError(f"services.{name}.labels: a map or a list of KEY=VALUE")
+    return {str(k): "" if v is None else str(v) for k, v in raw.items()}
+
+
+def _container_port(entry: Any, name: str) -> int | None:
+    """The container side of a `ports` or `expose` entry; None for UDP."""
+    if isinstance(entry, Mapping):
+        if str(entry.get("protocol", "tcp")).lower() != "tcp":
+            return None
+        entry = entry.get("target")
+    text = str(entry)
+    if text.endswith("/udp"):
+        return None
+    text = text.removesuffix("/tcp").rpartition(":")[2]
+    if "-" in text or not text.isdigit() or not 0 < int(text) < 65536:
+        raise InjectError(f"services.{name}.ports: {entry!r} is not one container port")
+    return int(text)
+
+
+def app_ports(service: Mapping[str, Any], name: str) -> list[int]:
+    """The ports the app listens on: `expose` and the container side of `ports`."""
+    ports: list[int] = []
+    for key in ("expose", "ports"):
+        for entry in service.get(key) or ():
+            port = _container_port(entry, name)
+            if port is not None and port not in ports:
+                ports.append(port)
+    return ports
+
+
+def _environment(service: dict[str, Any], name: str, extra: Mapping[str, str]) -> None:
+    env = service.get("environment")
+    if env is None:
+        service["environment"] = dict(extra)
+    elif isinstance(env, Mapping):
+        service["environment"] = {**env, **extra}
+    elif isinstance(env, list):
+        kept = [e for e in env if str(e).partition("=")[0] not in extra]
+        service["environment"] = kept + [f"{k}={v}" for k, v in extra.items()]
+    else:
+        raise InjectError(f"services.{name}.environment: a map or a list of KEY=VALUE")
+
+
+def _selected(name: str, service: Any) -> bool:
+    if not isinstance(service, Mapping):
+        raise InjectError(f"services.{name}: a map")
+    labels = _labels(service, name)
+    if ROLE in labels or "network_mode" in service:
+        return False
+    return all(labels.get(key, "").lower() != "false" for key in OPT_OUT)
+
+
+def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
+    """The injected form of a parsed compose file (which is not changed)."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("services"), Mapping):
+        raise InjectError("a compose file needs a `services` map")
+    compose = copy.deepcopy(dict(document))
+    services: dict[str, Any] = compose["services"]
+    out = Injected(compose)
+    apps = [name for name, service in services.items() if _selected(str(name), service)]
+    has_control_plane = any(
+        _labels(s, str(n)).get(ROLE) == "control-plane" for n, s in services.items()
+    )
+    kept_apps: dict[str, list[int]] = {}
+    for name in apps:
+        name = str(name)
+        if not _NAME.fullmatch(name):
+            raise InjectError(
+                f"services.{name}: a sidecar's name must be lower case letters, digits and '-'"
+            )
+        service = services[name]
+        labels = _labels(service, name)
+        mesh_labels = {"app": labels.get("app") or name}
+        if labels.get("version"):
+            mesh_labels["version"] = labels["version"]
+        ports = app_ports(service, name)
+        if any(p in (15000, 15001) or 15006 <= p < 15006 + len(ports) for p in ports):
+            raise InjectError(
+                f"services.{name}.ports: the sidecar's ports (15000, 15001, 15006 up) are taken"
+            )
+        _environment(
+            service,
+            name,
+            {
+                "HTTP_PROXY": PROXY,
+                "http_proxy": PROXY,
+                "NO_PROXY": "localhost,127.0.0.1",
+                "no_proxy": "localhost,127.0.0.1",
+            },
+        )
+        bootstrap = f"{name}.yaml"
+        out.bootstraps[bootstrap] = render(
+            BootstrapOptions(
+                node_id=name,
+                namespace=options.namespace,
+                labels=mesh_labels,
+                service_account=mesh_labels["app"],
+                app_ports=ports,
+                xds_address=f"{options.control_plane}:15010",
+                bind_address="0.0.0.0",  # other containers reach the app through it
+            )
+        )
+        services[f"{name}-sidecar"] = {
+            "image": options.envoy_image,
+            "network_mode": f"service:{name}",
+            "depends_on": [options.control_plane],
+            "restart": "unless-stopped",
+            "volumes": [f"{options.bootstrap_dir}/{bootstrap}:/etc/envoy/envoy.yaml:ro"],
+            "command": ["envoy", "-c", "/etc/envoy/envoy.yaml", "--concurrency", "1"],
+            "labels": {ROLE: "sidecar", "xds-server.io/sidecar-for": name},
+        }
+        kept_apps.setdefault(mesh_labels["app"], [])
+        tcp = {p.strip() for p in labels.get(TCP_PORTS, "").split(",") if p.strip()}
+        for port in ports:
+            if port not in kept_apps[mesh_labels["app"]]:
+                kept_apps[mesh_labels["app"]].append(port)
+        out.services[mesh_labels["app"]] = _service_yaml(
+            mesh_labels["app"], options.namespace, kept_apps[mesh_labels["app"]], tcp
+        )
+    if apps and not has_control_plane and options.control_plane not in services:
+        services[options.control_plane] = {
+            "image": options.server_image,
+            "command": [  # after the image's entrypoint, `xds-server`
+                "serve",
+                "--config-dir",
+                "/mesh",
+                "--xds-address",
+                "0.0.0.0",
+                "--debug-address",
+                "0.0.0.0",
+                "--state-dir",
+                "/var/lib/xds-server",
+            ],
+            "volumes": [f"{options.config_dir}:/mesh:ro", "xds-state:/var/lib/xds-server"],
+            "ports": ["15014:15014"],
+            "labels": {ROLE: "control-plane"},
+        }
+        volumes = compose.setdefault("volumes", {}) or {}
+        volumes.setdefault("xds-state", None)
+        compose["volumes"] = volumes
+    return out
+
+
+def _service_yaml(app: str, namespace: str, ports: list[int], tcp: set[str]) -> str:
+    """A Service for `app`: its ports named by protocol (http unless listed as TCP in
+    the xds-server.io/tcp-ports label), as Istio selects protocols by port name."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": app, "namespace": namespace},
+            "spec": {
+                "selector": {"app": app},
+                "ports": [
+                    {"name": f"{'tcp' if str(p) in tcp else 'http'}-{p}", "port": p} for p in ports
+                ],
+            },
+        },
+        sort_keys=False,
+    )
+
+
+def dump(compose: Mapping[str, Any]) -> str:
+    return (
+        "# Injected by `xds-server inject`: each app has an Envoy sidecar in its network\n"
+        "# namespace; injecting this file again changes nothing.\n"
+        + yaml.safe_dump(dict(compose), sort_keys=False, default_flow_style=False)
+    )
