@@ -95,6 +95,27 @@ def test_what_cannot_be_injected_names_the_service_and_field(compose, message) -
         _injected(compose)
 
 
+def test_the_command_names_the_file_and_line_of_a_bad_field(tmp_path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  web:\n    image: nginx\n    ports:\n      - 80-90:80-90\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "xds_server", "inject", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"{bad}:4: services.web.ports:" in done.stderr
+    bad.write_text("services: [\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "xds_server", "inject", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and f"{bad}:2: invalid YAML" in done.stderr
+
+
 def test_the_command_writes_the_file_bootstraps_and_services(tmp_path) -> None:
     out = tmp_path / "docker-compose.yml"
     subprocess.run(

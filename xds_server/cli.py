@@ -260,9 +260,8 @@ def cmd_iptables(args: argparse.Namespace) -> int:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
-    import yaml
-
     from xds_server import inject
+    from xds_server.config.yaml_lines import YamlSyntaxError, read_documents
 
     if args.mode == "capture":
         print(
@@ -273,15 +272,22 @@ def cmd_inject(args: argparse.Namespace) -> int:
         return 2
     try:
         text = sys.stdin.read() if args.compose_file == "-" else Path(args.compose_file).read_text()
-        document = yaml.safe_load(text)
+        documents = list(read_documents(text))
+    except (OSError, UnicodeDecodeError, YamlSyntaxError) as exc:
+        line = f":{exc.line}" if isinstance(exc, YamlSyntaxError) else ""
+        print(f"xds-server inject: {args.compose_file}{line}: {exc}", file=sys.stderr)
+        return 1
+    document = documents[0] if documents else None
+    try:
         options = inject.InjectOptions(
             namespace=args.namespace,
             config_dir=f"./{args.config_dir.removeprefix('./')}",
             bootstrap_dir=f"./{args.bootstrap_dir.removeprefix('./')}",
         )
-        result = inject.inject(document, options)
-    except (OSError, yaml.YAMLError, inject.InjectError) as exc:
-        print(f"xds-server inject: {args.compose_file}: {exc}", file=sys.stderr)
+        result = inject.inject(document.value if document else None, options)
+    except inject.InjectError as exc:
+        line = document.line_of(exc.path) if document else 1
+        print(f"xds-server inject: {args.compose_file}:{line}: {exc}", file=sys.stderr)
         return 1
     base = Path.cwd() if args.output == "-" else Path(args.output).resolve().parent
     bootstraps = base / args.bootstrap_dir

@@ -35,7 +35,12 @@ _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 class InjectError(ValueError):
-    """The compose file cannot be injected; the message names the service and field."""
+    """The compose file cannot be injected; `path` is the field at fault (for its line),
+    and the message names it."""
+
+    def __init__(self, path: tuple[str, ...], problem: str) -> None:
+        super().__init__(f"{'.'.join(path)}: {problem}" if path else problem)
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ def _labels(service: Mapping[str, Any], name: str) -> dict[str, str]:
             out[key] = value
         return out
     if not isinstance(raw, Mapping):
-        raise InjectError(f"services.{name}.labels: a map or a list of KEY=VALUE")
+        raise InjectError(("services", name, "labels"), "a map or a list of KEY=VALUE")
     return {str(k): "" if v is None else str(v) for k, v in raw.items()}
 
 
@@ -82,7 +87,7 @@ def _container_port(entry: Any, name: str) -> int | None:
         return None
     text = text.removesuffix("/tcp").rpartition(":")[2]
     if "-" in text or not text.isdigit() or not 0 < int(text) < 65536:
-        raise InjectError(f"services.{name}.ports: {entry!r} is not one container port")
+        raise InjectError(("services", name, "ports"), f"{entry!r} is not one container port")
     return int(text)
 
 
@@ -107,12 +112,12 @@ def _environment(service: dict[str, Any], name: str, extra: Mapping[str, str]) -
         kept = [e for e in env if str(e).partition("=")[0] not in extra]
         service["environment"] = kept + [f"{k}={v}" for k, v in extra.items()]
     else:
-        raise InjectError(f"services.{name}.environment: a map or a list of KEY=VALUE")
+        raise InjectError(("services", name, "environment"), "a map or a list of KEY=VALUE")
 
 
 def _selected(name: str, service: Any) -> bool:
     if not isinstance(service, Mapping):
-        raise InjectError(f"services.{name}: a map")
+        raise InjectError(("services", name), "a map")
     labels = _labels(service, name)
     if ROLE in labels or "network_mode" in service:
         return False
@@ -122,7 +127,7 @@ def _selected(name: str, service: Any) -> bool:
 def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
     """The injected form of a parsed compose file (which is not changed)."""
     if not isinstance(document, Mapping) or not isinstance(document.get("services"), Mapping):
-        raise InjectError("a compose file needs a `services` map")
+        raise InjectError(("services",), "a compose file needs a `services` map")
     compose = copy.deepcopy(dict(document))
     services: dict[str, Any] = compose["services"]
     out = Injected(compose)
@@ -135,7 +140,7 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
         name = str(name)
         if not _NAME.fullmatch(name):
             raise InjectError(
-                f"services.{name}: a sidecar's name must be lower case letters, digits and '-'"
+                ("services", name), "a sidecar's name must be lower case letters, digits and '-'"
             )
         service = services[name]
         labels = _labels(service, name)
@@ -145,7 +150,8 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
         ports = app_ports(service, name)
         if any(p in (15000, 15001) or 15006 <= p < 15006 + len(ports) for p in ports):
             raise InjectError(
-                f"services.{name}.ports: the sidecar's ports (15000, 15001, 15006 up) are taken"
+                ("services", name, "ports"),
+                "the sidecar's ports (15000, 15001, 15006 up) are taken",
             )
         _environment(
             service,
