@@ -4,6 +4,7 @@
     python -m tests.capture_probe outside ADDR   # ADDR:9080 (TCP) and ADDR:53 (UDP)
     python -m tests.capture_probe tcp HOST PORT  # prints the server's one-line answer
     python -m tests.capture_probe udp HOST PORT
+    python -m tests.capture_probe http URL [NAME:VALUE ...]  # prints the status, then the body
 
 A TCP server answers each connection with one line naming itself and, for a redirected
 connection, its original destination (SO_ORIGINAL_DST; "-" for a connection made to the
@@ -68,6 +69,21 @@ def main(argv: list[str]) -> int:
     elif command == "tcp":
         with socket.create_connection((argv[1], int(argv[2])), timeout=3) as conn:
             print(conn.makefile().readline().strip())
+        return 0
+    elif command == "http":
+        import urllib.error
+        import urllib.request
+
+        headers = dict(h.split(":", 1) for h in argv[2:])
+        request = urllib.request.Request(argv[1], headers=headers)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
+        try:
+            with opener.open(request, timeout=5) as response:
+                print(response.status)
+                print(response.read().decode())
+        except urllib.error.HTTPError as exc:
+            print(exc.code)
+            print(exc.read().decode())
         return 0
     elif command == "udp":
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

@@ -1,25 +1,29 @@
-"""The sidecar's listeners: one outbound HTTP proxy, one inbound listener per app port.
+"""The sidecar's listeners.
 
-There is no traffic capture (iptables): the app sends requests to the outbound listener
-(as HTTP_PROXY, or with a Host header naming the service), and other sidecars reach this
-workload on its inbound listeners, which forward to the app.
+Without traffic capture (INTERCEPTION_MODE NONE): one outbound HTTP proxy, which the app
+uses as HTTP_PROXY or sends a Host header naming the service, and one inbound listener
+per app port, where other sidecars reach this workload. With capture (REDIRECT, the
+iptables rules of `xds-server iptables`): Istio's virtualOutbound and virtualInbound
+(captured_listeners).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from translators import model
 from translators.clusters import socket_address
 from translators.hcm import build_hcm
-from translators.http_filters import INBOUND, OUTBOUND
+from translators.http_filters import INBOUND, OUTBOUND, PASSTHROUGH_CLUSTER
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
 from translators.resources import to_any
 
@@ -63,9 +67,8 @@ def outbound_listener(proxy: model.Proxy) -> listener_pb2.Listener:
     )
 
 
-def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
-    """<bind>:<inbound port> -> the app on <app address>:<app port>, with an inline route."""
-    name = listener_name(proxy.bind_address, port.inbound_port)
+def _inbound_hcm(stat_prefix: str, port: model.WorkloadPort):
+    """Everything to the app's port (cluster `inbound|<app port>||`), with an inline route."""
     cluster = inbound_cluster(port.app_port)
     route = rc.Route(
         name="default",
@@ -78,9 +81,9 @@ def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_p
             ),
         ),
     )
-    hcm = build_hcm(
+    return build_hcm(
         INBOUND,
-        f"inbound_{name}",
+        stat_prefix,
         route_config=route_pb2.RouteConfiguration(
             name=cluster,
             validate_clusters=wrappers_pb2.BoolValue(value=False),
@@ -89,6 +92,12 @@ def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_p
             ],
         ),
     )
+
+
+def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
+    """<bind>:<inbound port> -> the app on <app address>:<app port>, with an inline route."""
+    name = listener_name(proxy.bind_address, port.inbound_port)
+    hcm = _inbound_hcm(f"inbound_{name}", port)
     return network_listener(
         name, proxy.bind_address, port.inbound_port, HCM_FILTER, hcm, base_pb2.INBOUND
     )
@@ -119,3 +128,128 @@ def sidecar_listeners(
         for p in proxy.ports
     ]
     return [outbound_listener(proxy), *inbound]
+
+
+# Istio's capture-mode names (reference/istio-mapping.md §1, §5.2).
+VIRTUAL_OUTBOUND, VIRTUAL_INBOUND = "virtualOutbound", "virtualInbound"
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughClusterIpv4"
+INBOUND_CAPTURE_PORT = 15006
+ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
+# Ports of the sidecar's own listeners and admin: never a per-port outbound listener.
+_SIDECAR_PORTS = frozenset({15000, 15001, 15006, 15008, 15020, 15021, 15090})
+
+
+def _tcp_chain(name: str, cluster: str, port: int | None = None):
+    chain = listener_components_pb2.FilterChain(
+        name=name,
+        filters=[
+            listener_components_pb2.Filter(
+                name=TCP_PROXY_FILTER,
+                typed_config=to_any(tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)),
+            )
+        ],
+    )
+    if port is not None:
+        chain.filter_chain_match.destination_port.value = port
+    return chain
+
+
+def captured_listeners(
+    proxy: model.Proxy,
+    http_ports: Collection[int],
+    tcp_proxies: Mapping[int, tcp_proxy_pb2.TcpProxy],
+    tcp_app_ports: Collection[int],
+    allow_any: bool,
+) -> list[listener_pb2.Listener]:
+    """A captured sidecar's listeners, as Istio builds them: virtualOutbound on 15001
+    hands each connection to the listener of its original destination port (HTTP
+    service ports route by Host through `http_proxy`; TCP service ports go to their one
+    service); what no listener takes goes to PassthroughCluster (ALLOW_ANY) or
+    BlackHoleCluster. virtualInbound on 15006 restores the original destination and
+    serves each app port by its own filter chain; other ports pass through to the pod."""
+    outbound = listener_pb2.Listener(
+        name=VIRTUAL_OUTBOUND,
+        address=socket_address("0.0.0.0", proxy.outbound_port),
+        use_original_dst=wrappers_pb2.BoolValue(value=True),
+        traffic_direction=base_pb2.OUTBOUND,
+        filter_chains=[
+            _tcp_chain(f"{VIRTUAL_OUTBOUND}-blackhole", BLACKHOLE_CLUSTER, proxy.outbound_port)
+        ],
+        default_filter_chain=_tcp_chain(
+            f"{VIRTUAL_OUTBOUND}-catchall-tcp",
+            PASSTHROUGH_CLUSTER if allow_any else BLACKHOLE_CLUSTER,
+        ),
+    )
+    listeners = [outbound]
+    for port in sorted(set(http_ports) - _SIDECAR_PORTS):
+        name = listener_name("0.0.0.0", port)
+        hcm = build_hcm(OUTBOUND, f"outbound_{name}", rds=OUTBOUND_ROUTE_NAME)
+        listener = network_listener(name, "0.0.0.0", port, HCM_FILTER, hcm, base_pb2.OUTBOUND)
+        listener.bind_to_port.value = False  # reached only through virtualOutbound
+        listeners.append(listener)
+    for port, config in sorted(tcp_proxies.items()):
+        if port in _SIDECAR_PORTS or port in http_ports:
+            continue
+        name = listener_name("0.0.0.0", port)
+        listener = network_listener(
+            name, "0.0.0.0", port, TCP_PROXY_FILTER, config, base_pb2.OUTBOUND
+        )
+        listener.bind_to_port.value = False
+        listeners.append(listener)
+    inbound = listener_pb2.Listener(
+        name=VIRTUAL_INBOUND,
+        address=socket_address("0.0.0.0", INBOUND_CAPTURE_PORT),
+        traffic_direction=base_pb2.INBOUND,
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(
+                name=ORIGINAL_DST_FILTER, typed_config=to_any(original_dst_pb2.OriginalDst())
+            )
+        ],
+        filter_chains=[
+            _tcp_chain(f"{VIRTUAL_INBOUND}-blackhole", BLACKHOLE_CLUSTER, INBOUND_CAPTURE_PORT)
+        ],
+        default_filter_chain=_tcp_chain(VIRTUAL_INBOUND, INBOUND_PASSTHROUGH_CLUSTER),
+    )
+    for port in proxy.ports:
+        cluster = inbound_cluster(port.app_port)
+        if port.app_port in tcp_app_ports:
+            chain = _tcp_chain(cluster, cluster, port.app_port)
+        else:
+            chain = listener_components_pb2.FilterChain(
+                name=cluster,
+                filters=[
+                    listener_components_pb2.Filter(
+                        name=HCM_FILTER,
+                        typed_config=to_any(_inbound_hcm(f"inbound_0.0.0.0_{port.app_port}", port)),
+                    )
+                ],
+            )
+            chain.filter_chain_match.destination_port.value = port.app_port
+        inbound.filter_chains.append(chain)
+    listeners.append(inbound)
+    return listeners
+
+
+def captured_clusters(connect_timeout: duration_pb2.Duration) -> list[cluster_pb2.Cluster]:
+    """What captured traffic no service takes goes to: the original destination (from
+    the pod, or into it from 127.0.0.6, which the capture rules let through), or
+    nowhere."""
+    passthrough = cluster_pb2.Cluster(
+        name=PASSTHROUGH_CLUSTER,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=connect_timeout,
+    )
+    inbound = cluster_pb2.Cluster(
+        name=INBOUND_PASSTHROUGH_CLUSTER,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=connect_timeout,
+    )
+    inbound.upstream_bind_config.source_address.address = "127.0.0.6"
+    inbound.upstream_bind_config.source_address.port_value = 0
+    blackhole = cluster_pb2.Cluster(
+        name=BLACKHOLE_CLUSTER, type=cluster_pb2.Cluster.STATIC, connect_timeout=connect_timeout
+    )
+    return [passthrough, inbound, blackhole]

@@ -227,6 +227,10 @@ class WorkloadPort:
     inbound_port: int
 
 
+REDIRECT = "REDIRECT"
+INTERCEPTION_MODES = ("NONE", REDIRECT)
+
+
 @dataclass(frozen=True)
 class Proxy:
     """A connected Envoy, as its bootstrap's node describes it."""
@@ -241,6 +245,13 @@ class Proxy:
     outbound_address: str = "127.0.0.1"
     outbound_port: int = 15001
     ports: tuple[WorkloadPort, ...] = ()
+    # Istio's INTERCEPTION_MODE: NONE (the app uses the sidecar as its proxy) or REDIRECT
+    # (iptables capture, as istio-init sets it: xds-server iptables).
+    interception: str = "NONE"
+
+    @property
+    def captured(self) -> bool:
+        return self.interception == REDIRECT
 
     @property
     def app_address(self) -> str:

@@ -98,6 +98,8 @@ class _Workload:
 
     def endpoint_port(self, port: ServicePort) -> int | None:
         if self.sidecar is not None:
+            if self.sidecar.captured:  # reached at the app's own port; iptables hands it over
+                return port.target_port if self.sidecar.inbound_port_for(port.target_port) else None
             return self.sidecar.inbound_port_for(port.target_port)
         return self.ports.get(port.name, port.target_port)
 

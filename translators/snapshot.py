@@ -13,7 +13,7 @@ from translators.clusters import cluster_variants, inbound_clusters, packed_serv
 from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
-from translators.listeners import sidecar_listeners
+from translators.listeners import captured_clusters, captured_listeners, sidecar_listeners
 from translators.memo import PerObject
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, host_matches
 from translators.resources import (
@@ -476,7 +476,7 @@ class Translator:
         if proxy.role == gateways.GATEWAY_ROLE:
             return gateways.translate_gateway(self.world, proxy)
         shared = self._outbound(proxy)
-        inbound, listeners = self._own(proxy, shared[TCP_ROUTES])
+        inbound, listeners = self._own(proxy, shared[TCP_ROUTES], shared[VIEW_CONTEXT])
         return {
             CLUSTER: ResourceSet(inbound, base=shared[CLUSTER]) if inbound else shared[CLUSTER],
             ENDPOINT: shared[ENDPOINT],
@@ -484,13 +484,23 @@ class Translator:
             ROUTE: shared[ROUTE],
         }
 
-    def _own(self, proxy: model.Proxy, tcp_routes: list) -> tuple[dict[str, Packed], ResourceSet]:
+    def _own(
+        self, proxy: model.Proxy, tcp_routes: list, ctx: RouteContext
+    ) -> tuple[dict[str, Packed], ResourceSet]:
         """The proxy's own clusters and its listeners: they depend on the proxy, the mesh
-        connect timeout, which of its ports only TCP reaches, and the view's TCP routes;
-        kept across pushes while those are the same (most edits change none of them)."""
+        connect timeout, which of its ports only TCP reaches, and the view's TCP routes
+        (captured: also the view's HTTP ports and outbound policy); kept across pushes
+        while those are the same (most edits change none of them)."""
         world = self.world
         timeout = world.config.mesh.connect_timeout.SerializeToString(deterministic=True)
         tcp_ports = frozenset(tcp_app_ports(proxy, world.port_uses))
+        captured = None
+        if proxy.captured:
+            sidecar = sidecar_scope.select_sidecar(world.config, proxy)
+            captured = (
+                frozenset(p.port for s in ctx.services.values() for p in s.ports if p.is_http),
+                sidecar_scope.allow_any(world.config, sidecar),
+            )
         key = ("proxy", proxy.node_id)
         kept = world.cache.get(key) if world.cache is not None else None
         if (
@@ -499,12 +509,29 @@ class Translator:
             and kept[1] == timeout
             and kept[2] == tcp_ports
             and kept[3] is tcp_routes
+            and kept[6] == captured
         ):
             return kept[4], kept[5]
         inbound = pack_all(inbound_clusters(world.config, proxy))
-        listeners = sidecar_listeners(proxy, tcp_ports)
-        listeners += outbound_tcp_listeners(proxy, tcp_routes)
-        found = (proxy, timeout, tcp_ports, tcp_routes, inbound, ResourceSet(pack_all(listeners)))
+        if captured is not None:
+            http_ports, allow_any = captured
+            tcp = {route.port: route.proxy for route in tcp_routes}
+            listeners = captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any)
+            # Overrides the view's PassthroughCluster (a forward proxy by Host, for
+            # uncaptured sidecars) with the original destination.
+            inbound.update(pack_all(captured_clusters(world.config.mesh.connect_timeout)))
+        else:
+            listeners = sidecar_listeners(proxy, tcp_ports)
+            listeners += outbound_tcp_listeners(proxy, tcp_routes)
+        found = (
+            proxy,
+            timeout,
+            tcp_ports,
+            tcp_routes,
+            inbound,
+            ResourceSet(pack_all(listeners)),
+            captured,
+        )
         if world.cache is not None:
             world.cache.put(key, found)
         return found[4], found[5]

@@ -32,6 +32,7 @@ class BootstrapOptions:
     cluster: str = ""
     role: str = "sidecar"  # or "gateway": an ingress proxy Gateway resources select
     xds_api: str = "delta"  # or "sotw": state of the world
+    interception_mode: str = "NONE"  # or "REDIRECT": traffic captured by iptables
 
 
 XDS_APIS = {"delta": "DELTA_GRPC", "sotw": "GRPC"}
@@ -72,6 +73,8 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         node.OUTBOUND_PORT: str(options.outbound_port),
         node.WORKLOAD_PORTS: node.format_ports(ports),
     }
+    if options.interception_mode != "NONE":
+        metadata[node.INTERCEPTION_MODE] = options.interception_mode
     if options.ip:
         metadata[node.INSTANCE_IPS] = options.ip
     if options.bind_address:

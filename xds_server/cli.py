@@ -120,10 +120,13 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         outbound_address=args.outbound_address,
         outbound_port=args.outbound_port,
         ip=args.ip,
-        bind_address=args.bind_address,
+        # Captured, the app is reached on loopback behind virtualInbound on every address.
+        bind_address=args.bind_address
+        or ("0.0.0.0" if args.interception_mode == "REDIRECT" else ""),
         cluster=args.cluster,
         role=args.role,
         xds_api=args.xds_api,
+        interception_mode=args.interception_mode,
     )
     if args.role == "gateway" and options.app_ports:
         print("error: a gateway has no app: drop --app-port", file=sys.stderr)
@@ -515,6 +518,14 @@ def parser() -> argparse.ArgumentParser:
         default="delta",
         help="delta: incremental xDS, only changes are sent; sotw: state of the world, "
         "every resource of a type on each change",
+    )
+    boot.add_argument(
+        "--interception-mode",
+        choices=("NONE", "REDIRECT"),
+        default="NONE",
+        help="REDIRECT: the pod's traffic is captured by iptables (xds-server iptables) and "
+        "the sidecar gets Istio's virtualOutbound (15001) and virtualInbound (15006) "
+        "listeners; NONE: the app uses the sidecar as its proxy",
     )
     boot.add_argument("-o", "--output", default="-", help="file to write, - for standard output")
     boot.set_defaults(func=cmd_bootstrap)

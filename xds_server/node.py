@@ -21,6 +21,7 @@ BIND_ADDRESS = "BIND_ADDRESS"
 OUTBOUND_ADDRESS = "OUTBOUND_ADDRESS"
 OUTBOUND_PORT = "OUTBOUND_PORT"
 WORKLOAD_PORTS = "WORKLOAD_PORTS"  # "app:inbound,app:inbound", e.g. "9080:15006"
+INTERCEPTION_MODE = "INTERCEPTION_MODE"  # Istio's: NONE or REDIRECT
 
 ROLES = ("sidecar", "gateway")
 MAX_NODE_ID = 256
@@ -104,6 +105,11 @@ def check_proxy(proxy: model.Proxy) -> None:
             raise NodeError(f"node.metadata.{LABELS}: {_shown(key)} is not a label name")
         if not _LABEL_VALUE.fullmatch(value):
             raise NodeError(f"node.metadata.{LABELS}.{key}: {_shown(value)} is not a label value")
+    if proxy.interception not in model.INTERCEPTION_MODES:
+        raise NodeError(
+            f"node.metadata.{INTERCEPTION_MODE}: {_shown(proxy.interception)} is not one of "
+            f"{', '.join(model.INTERCEPTION_MODES)}"
+        )
     if proxy.role not in ROLES:
         raise NodeError(f"node.metadata.{ROLE}: unsupported role {_shown(proxy.role)}")
     _ip(proxy.ip, INSTANCE_IPS)
@@ -148,6 +154,7 @@ def proxy_from_node(node: base_pb2.Node, peer: str = "") -> model.Proxy:
         outbound_address=str(meta.get(OUTBOUND_ADDRESS, "127.0.0.1")),
         outbound_port=_port(meta.get(OUTBOUND_PORT, 15001), OUTBOUND_PORT),
         ports=parse_ports(str(meta.get(WORKLOAD_PORTS, ""))),
+        interception=str(meta.get(INTERCEPTION_MODE, "NONE")).upper(),
     )
     check_proxy(proxy)
     return proxy

@@ -1,0 +1,296 @@
+"""Transparent capture, end to end: pods as network namespaces, the capture rules of
+`xds-server iptables`, real Envoys in REDIRECT mode, and an app that calls a service by
+its address with no proxy settings.
+
+A hub namespace holds a bridge (198.18.0.1/24) and the control plane; each pod is a
+namespace on the bridge with its app (uid 1000) and its sidecar (uid 1337, the rules'
+exception). reviews has clusterIP 198.19.0.10 and the routes of seeds 01 and 06.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from xds_server.envoy_binary import find_envoy
+from xds_server.netns import Namespace, available, run_prefix
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+HUB, CLIENT, V1, V2 = "198.18.0.1", "198.18.0.10", "198.18.0.11", "198.18.0.12"
+VIP = "198.19.0.10"
+APP_UID, PROXY_UID = 1000, 1337
+MESH = f"""apiVersion: v1
+kind: Service
+metadata: {{name: reviews}}
+spec:
+  clusterIP: {VIP}
+  selector: {{app: reviews}}
+  ports: [{{name: http, port: 9080}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 75}}
+    - {{destination: {{host: reviews, subset: v2}}, weight: 25}}
+"""
+
+
+def _need_namespaces() -> None:
+    why = available() or (None if shutil.which("iptables-restore") else "iptables is missing")
+    if why is None:
+        return
+    if os.environ.get("XDS_TEST_REQUIRE_NETNS"):
+        pytest.fail(f"network namespaces are required here: {why}")
+    pytest.skip(why)
+
+
+def _as(uid: int, *command: str) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+
+
+class Mesh:
+    def __init__(self) -> None:
+        self.prefix = run_prefix()
+        self.work = Path(tempfile.mkdtemp(prefix="xds-capture-"))
+        self.work.chmod(0o755)  # the sidecars (uid 1337) read their bootstraps here
+        self.namespaces: list[Namespace] = []
+        self.processes: list[subprocess.Popen] = []
+        self.pods: dict[str, Namespace] = {}
+
+    def start(self) -> None:
+        hub = self._namespace("h")
+        hub.ip("link", "add", "br0", "type", "bridge")
+        hub.ip("addr", "add", f"{HUB}/24", "dev", "br0")
+        hub.ip("link", "set", "br0", "up")
+        self.hub = hub
+        config = self.work / "mesh"
+        config.mkdir()
+        (config / "reviews.yaml").write_text(MESH)
+        self._spawn(
+            hub,
+            "server",
+            [
+                sys.executable,
+                "-m",
+                "xds_server",
+                "serve",
+                "--config-dir",
+                str(config),
+                "--xds-address",
+                HUB,
+                "--debug-address",
+                HUB,
+                "--state-dir",
+                str(self.work / "state"),
+                "--restart-grace",
+                "0",
+            ],
+        )
+        for name, address, labels, app in (
+            ("sleep", CLIENT, "app=sleep", None),
+            ("reviews-v1", V1, "app=reviews,version=v1", "reviews:v1:9080@0.0.0.0"),
+            ("reviews-v2", V2, "app=reviews,version=v2", "reviews:v2:9080@0.0.0.0"),
+        ):
+            self._pod(name, address, labels, app)
+
+    def _namespace(self, suffix: str) -> Namespace:
+        namespace = Namespace.create(f"{self.prefix}{suffix}")
+        self.namespaces.append(namespace)
+        return namespace
+
+    def _spawn(self, namespace: Namespace, name: str, argv: list[str]) -> None:
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        self.processes.append(
+            subprocess.Popen(namespace.argv(*argv), stdout=log, stderr=log, cwd=ROOT)
+        )
+
+    def _pod(self, name: str, address: str, labels: str, app: str | None) -> None:
+        pod = self._namespace(str(len(self.pods)))
+        tag = uuid.uuid4().hex[:8]
+        inside, outside = f"ep{tag}", f"eh{tag}"
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                inside,
+                "netns",
+                pod.name,
+                "type",
+                "veth",
+                "peer",
+                outside,
+                "netns",
+                self.hub.name,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        pod.ip("addr", "add", f"{address}/24", "dev", inside)
+        pod.ip("link", "set", inside, "up")
+        pod.ip("route", "add", "default", "via", HUB)
+        self.hub.ip("link", "set", outside, "master", "br0")
+        self.hub.ip("link", "set", outside, "up")
+        bootstrap = self.work / f"{name}.yaml"
+        ports = ["--app-port", "9080"] if app else []
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "xds_server",
+                "bootstrap",
+                "--node-id",
+                name,
+                "--labels",
+                labels,
+                *ports,
+                "--xds-address",
+                f"{HUB}:15010",
+                "--interception-mode",
+                "REDIRECT",
+                "--ip",
+                address,
+                "-o",
+                str(bootstrap),
+            ],
+            check=True,
+            timeout=60,
+        )
+        bootstrap.chmod(0o644)
+        pod.run(sys.executable, "-m", "xds_server", "iptables", "--apply")
+        if app:
+            self._spawn(
+                pod, f"{name}-app", _as(APP_UID, sys.executable, "-m", "xds_server.sample_app", app)
+            )
+        self._spawn(
+            pod,
+            f"{name}-envoy",
+            _as(
+                PROXY_UID,
+                find_envoy(),
+                "-c",
+                str(bootstrap),
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+            ),
+        )
+        self.pods[name] = pod
+
+    def call(self, pod: str, url: str, *headers: str, uid: int = APP_UID) -> tuple[int, dict]:
+        done = subprocess.run(
+            self.pods[pod].argv(
+                *_as(uid, sys.executable, "-m", "tests.capture_probe", "http", url, *headers)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+        status, _, body = done.stdout.partition("\n")
+        if not status.strip().isdigit():
+            return 0, {"error": done.stderr[-500:]}
+        try:
+            return int(status), json.loads(body)
+        except json.JSONDecodeError:
+            return int(status), {"body": body}
+
+    def stats(self, pod: str) -> dict[str, int]:
+        status, body = self.call(pod, "http://127.0.0.1:15000/stats?format=json")
+        assert status == 200, body
+        return {s["name"]: s.get("value", 0) for s in body["stats"] if "name" in s}
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+        for namespace in self.namespaces:
+            namespace.delete()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}"
+            for log in sorted(self.work.glob("*.log"))
+        )
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    _need_namespaces()
+    mesh = Mesh()
+    try:
+        mesh.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if mesh.call("sleep", f"http://{VIP}:9080/")[0] == 200:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the captured mesh never served reviews:\n" + mesh.logs())
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+def test_an_app_calls_a_service_by_address_and_gets_the_seeds_routing(mesh) -> None:
+    versions = Counter()
+    for _ in range(40):
+        status, body = mesh.call("sleep", f"http://{VIP}:9080/")
+        assert status == 200, body
+        versions[body["version"]] += 1
+    assert set(versions) == {"v1", "v2"} and versions["v1"] > versions["v2"], versions  # 75/25
+    for _ in range(10):
+        status, body = mesh.call("sleep", f"http://{VIP}:9080/", "end-user:jason")
+        assert (status, body.get("version")) == (200, "v2"), body
+
+
+def test_the_request_crosses_15001_and_the_subset_cluster_and_15006(mesh) -> None:
+    mesh.call("sleep", f"http://{VIP}:9080/", "end-user:jason")
+    caller, callee = mesh.stats("sleep"), mesh.stats("reviews-v2")
+    # 0.0.0.0_9080 binds no port: only virtualOutbound (15001) hands connections to it,
+    # and Envoy counts a handed-over connection on the listener that takes it.
+    assert caller["listener.0.0.0.0_9080.downstream_cx_total"] > 0
+    assert (
+        caller["cluster.outbound|9080|v2|reviews.default.svc.cluster.local.upstream_rq_total"] > 0
+    )
+    assert callee["listener.0.0.0.0_15006.downstream_cx_total"] > 0
+
+
+def test_the_app_port_is_reached_only_through_its_sidecar(mesh) -> None:
+    # Even a connection that skips the caller's sidecar (its uid) lands in the callee's.
+    status, body = mesh.call("sleep", f"http://{V2}:9080/", uid=PROXY_UID)
+    assert status == 200 and body["version"] == "v2", body
+    assert "x-request-id" in body["headers"]  # added by the callee's sidecar
+    assert body["instance"] == "0.0.0.0:9080" or body["instance"].endswith(":9080")
