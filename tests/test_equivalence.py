@@ -5,6 +5,8 @@ leaving."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -133,6 +135,13 @@ MESH.update({("routes", i): _doc(ROUTES, i, w=90, rest=10) for i in range(COUNT)
 CLIENTS = tuple(
     sidecar(f"client-{ns}", "client", namespace=f"ns-{ns}", ip=f"127.0.3.{ns + 1}")
     for ns in range(4)
+) + tuple(  # captured (iptables): their own listeners follow the view's service ports
+    dataclasses.replace(
+        sidecar(f"captured-{ns}", "client", namespace=f"ns-{ns}", ip=f"127.0.3.{ns + 9}"),
+        interception="REDIRECT",
+        bind_address="0.0.0.0",
+    )
+    for ns in range(4)
 )
 
 edit = st.one_of(
@@ -205,6 +214,8 @@ def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
                 namespace=f"ns-{i % 4}",
                 ip=f"127.0.{4 + i // 250}.{i % 250 + 1}",
             )
+            if value % 2:  # captured: an endpoint at its app port
+                proxy = dataclasses.replace(proxy, interception="REDIRECT")
             workloads[proxy.node_id] = proxy
         elif workloads:
             workloads.pop(sorted(workloads)[i % len(workloads)])
