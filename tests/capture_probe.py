@@ -5,6 +5,7 @@
     python -m tests.capture_probe tcp HOST PORT  # prints the server's one-line answer
     python -m tests.capture_probe udp HOST PORT
     python -m tests.capture_probe http URL [NAME:VALUE ...]  # prints the status, then the body
+    python -m tests.capture_probe resolve NAME   # its IPv4 address, by the system resolver
 
 A TCP server answers each connection with one line naming itself and, for a redirected
 connection, its original destination (SO_ORIGINAL_DST; "-" for a connection made to the
@@ -84,6 +85,12 @@ def main(argv: list[str]) -> int:
         except urllib.error.HTTPError as exc:
             print(exc.code)
             print(exc.read().decode())
+        return 0
+    elif command == "resolve":
+        try:
+            print(socket.gethostbyname(argv[1]))
+        except OSError as exc:
+            print(f"error {exc}")
         return 0
     elif command == "udp":
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

@@ -99,6 +99,8 @@ def test_the_command_prints_what_iptables_restore_reads() -> None:
     assert done.stdout.startswith("*nat\n") and done.stdout.count("COMMIT") == 2
     assert "-A OUTPUT -p udp --dport 53 -d 10.0.0.10/32 -j REDIRECT --to-port 15053" in done.stdout
     assert "-A PREROUTING -p udp --sport 53 -s 10.0.0.10/32 -j CT --zone 1" in done.stdout
+    # The app's query and the sidecar's answer share a zone (answers are un-NATed).
+    assert "-A OUTPUT -p udp --dport 53 -d 10.0.0.10/32 -j CT --zone 2" in done.stdout
 
 
 def _need_namespaces() -> None:

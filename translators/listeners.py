@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.filters.udp.dns_filter.v3 import dns_filter_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from translators import model
@@ -253,3 +254,51 @@ def captured_clusters(connect_timeout: duration_pb2.Duration) -> list[cluster_pb
         name=BLACKHOLE_CLUSTER, type=cluster_pb2.Cluster.STATIC, connect_timeout=connect_timeout
     )
     return [passthrough, inbound, blackhole]
+
+
+DNS_PORT = 15053
+DNS_FILTER = "envoy.filters.udp.dns_filter"
+
+
+def dns_names(services: Mapping, proxy_namespace: str) -> dict[str, tuple[str, ...]]:
+    """Mesh names -> their addresses, as Istio's DNS proxy answers them: a Kubernetes
+    Service by its full name, `name.ns.svc`, `name.ns`, and within its namespace `name`;
+    a ServiceEntry host by itself. Only hosts with addresses (a clusterIP, a
+    ServiceEntry's addresses) are answered."""
+    names: dict[str, tuple[str, ...]] = {}
+    for host, service in sorted(services.items()):
+        addresses = tuple(a for a in service.vips if "/" not in a)
+        if not addresses or "*" in host:
+            continue
+        names[host] = addresses
+        if service.short_name:
+            short = f"{service.short_name}.{service.namespace}"
+            names[f"{short}.svc"] = addresses
+            names[short] = addresses
+            if service.namespace == proxy_namespace:
+                names[service.short_name] = addresses
+    return names
+
+
+def dns_listener(names: Mapping[str, Collection[str]]) -> listener_pb2.Listener:
+    """A UDP listener on 127.0.0.1:15053 (where the capture rules send the app's DNS)
+    answering mesh names from an inline table; other names go to the sidecar's own
+    resolver (its host's resolv.conf)."""
+    config = dns_filter_pb2.DnsFilterConfig(stat_prefix="dns")
+    table = config.server_config.inline_dns_table
+    for name, addresses in names.items():
+        domain = table.virtual_domains.add(name=name)
+        domain.endpoint.address_list.address.extend(addresses)
+        domain.answer_ttl.seconds = 30
+    config.client_config.resolver_timeout.seconds = 5
+    config.client_config.max_pending_lookups = 256
+    listener = listener_pb2.Listener(
+        name="dns",
+        address=socket_address("127.0.0.1", DNS_PORT),
+        traffic_direction=base_pb2.OUTBOUND,
+        listener_filters=[
+            listener_components_pb2.ListenerFilter(name=DNS_FILTER, typed_config=to_any(config))
+        ],
+    )
+    listener.address.socket_address.protocol = address_pb2.SocketAddress.UDP
+    return listener

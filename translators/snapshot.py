@@ -13,7 +13,13 @@ from translators.clusters import cluster_variants, inbound_clusters, packed_serv
 from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
-from translators.listeners import captured_clusters, captured_listeners, sidecar_listeners
+from translators.listeners import (
+    captured_clusters,
+    captured_listeners,
+    dns_listener,
+    dns_names,
+    sidecar_listeners,
+)
 from translators.memo import PerObject
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, host_matches
 from translators.resources import (
@@ -500,6 +506,7 @@ class Translator:
             captured = (
                 frozenset(p.port for s in ctx.services.values() for p in s.ports if p.is_http),
                 sidecar_scope.allow_any(world.config, sidecar),
+                tuple(dns_names(ctx.services, proxy.namespace).items()),
             )
         key = ("proxy", proxy.node_id)
         kept = world.cache.get(key) if world.cache is not None else None
@@ -514,9 +521,10 @@ class Translator:
             return kept[4], kept[5]
         inbound = pack_all(inbound_clusters(world.config, proxy))
         if captured is not None:
-            http_ports, allow_any = captured
+            http_ports, allow_any, names = captured
             tcp = {route.port: route.proxy for route in tcp_routes}
             listeners = captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any)
+            listeners.append(dns_listener(dict(names)))
             # Overrides the view's PassthroughCluster (a forward proxy by Host, for
             # uncaptured sidecars) with the original destination.
             inbound.update(pack_all(captured_clusters(world.config.mesh.connect_timeout)))

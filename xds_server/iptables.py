@@ -158,6 +158,9 @@ def rules(options: CaptureOptions) -> dict[str, list[str]]:
                     f"-A OUTPUT -p udp --sport {options.dns_port} -m owner --{kind}-owner "
                     f"{owner} -j CT --zone 2",
                 ]
+        # The app's queries share the sidecar's answers' zone, so the answers are
+        # translated back to come from the nameserver the app asked.
+        raw += [f"-A OUTPUT -p udp --dport 53{target} -j CT --zone 2" for target in targets]
         sources = [""] if options.capture_all_dns else [f" -s {s}" for s in dns_servers]
         raw += [f"-A PREROUTING -p udp --sport 53{source} -j CT --zone 1" for source in sources]
     tables = {"nat": nat}

@@ -4,7 +4,8 @@ its address with no proxy settings.
 
 A hub namespace holds a bridge (198.18.0.1/24) and the control plane; each pod is a
 namespace on the bridge with its app (uid 1000) and its sidecar (uid 1337, the rules'
-exception). reviews has clusterIP 198.19.0.10 and the routes of seeds 01 and 06.
+exception), with DNS captured too. reviews has clusterIP 198.19.0.10 and the routes of
+seeds 01 and 06.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ class Mesh:
             timeout=60,
         )
         bootstrap.chmod(0o644)
-        pod.run(sys.executable, "-m", "xds_server", "iptables", "--apply")
+        pod.run(sys.executable, "-m", "xds_server", "iptables", "--apply", "--redirect-dns")
         if app:
             self._spawn(
                 pod, f"{name}-app", _as(APP_UID, sys.executable, "-m", "xds_server.sample_app", app)
@@ -223,6 +224,18 @@ class Mesh:
             return int(status), json.loads(body)
         except json.JSONDecodeError:
             return int(status), {"body": body}
+
+    def resolve(self, pod: str, name: str) -> str:
+        done = subprocess.run(
+            self.pods[pod].argv(
+                *_as(APP_UID, sys.executable, "-m", "tests.capture_probe", "resolve", name)
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+        return done.stdout.strip()
 
     def stats(self, pod: str) -> dict[str, int]:
         status, body = self.call(pod, "http://127.0.0.1:15000/stats?format=json")
@@ -274,6 +287,15 @@ def test_an_app_calls_a_service_by_address_and_gets_the_seeds_routing(mesh) -> N
     for _ in range(10):
         status, body = mesh.call("sleep", f"http://{VIP}:9080/", "end-user:jason")
         assert (status, body.get("version")) == (200, "v2"), body
+
+
+def test_mesh_names_resolve_to_the_services_address_in_the_sidecar(mesh) -> None:
+    # The app's DNS goes to the sidecar's DNS listener (127.0.0.1:15053, --redirect-dns).
+    for name in ("reviews", "reviews.default", "reviews.default.svc.cluster.local"):
+        assert mesh.resolve("sleep", name) == VIP, name
+    status, body = mesh.call("sleep", "http://reviews:9080/", "end-user:jason")
+    assert (status, body.get("version")) == (200, "v2"), body
+    assert mesh.stats("sleep")["dns_filter.dns.local_a_record_answers"] > 0
 
 
 def test_the_request_crosses_15001_and_the_subset_cluster_and_15006(mesh) -> None:
