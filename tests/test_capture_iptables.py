@@ -9,15 +9,14 @@ sidecar's to see where their connections land.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests.pods import need_namespaces, probe
 from xds_server import iptables
-from xds_server.netns import Namespace, available, connect, run_prefix
+from xds_server.netns import Namespace, connect, run_prefix
 
 POD, OUTSIDE = "198.18.0.2", "198.18.0.1"
 APP_UID, PROXY_UID = 1000, 1337
@@ -103,20 +102,11 @@ def test_the_command_prints_what_iptables_restore_reads() -> None:
     assert "-A OUTPUT -p udp --dport 53 -d 10.0.0.10/32 -j CT --zone 2" in done.stdout
 
 
-def _need_namespaces() -> None:
-    why = available() or (None if shutil.which("iptables-restore") else "iptables is missing")
-    if why is None:
-        return
-    if os.environ.get("XDS_TEST_REQUIRE_NETNS"):
-        pytest.fail(f"network namespaces are required here: {why}")
-    pytest.skip(why)
-
-
 @pytest.fixture
 def pod():
     """A pod namespace joined to an outside one, with the sidecar's stand-ins listening
     in the pod and the outside world's in the other."""
-    _need_namespaces()
+    need_namespaces()
     prefix = run_prefix()
     made, servers = [], []
     try:
@@ -147,26 +137,7 @@ def _apply(pod: Namespace, *flags: str) -> None:
 
 def _ask(namespace: Namespace, uid: int, kind: str, host: str, port: int) -> str:
     """What a client running as `uid` hears back ("" when nobody answered)."""
-    done = subprocess.run(
-        namespace.argv(
-            "setpriv",
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            sys.executable,
-            "-m",
-            "tests.capture_probe",
-            kind,
-            host,
-            str(port),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    return done.stdout.strip()
+    return probe(namespace, uid, kind, host, str(port))
 
 
 def test_captured_traffic_reaches_the_sidecar_and_its_own_does_not(pod) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.pods import as_user, need_namespaces, probe
 from xds_server.envoy_binary import find_envoy
-from xds_server.netns import Namespace, available, run_prefix
+from xds_server.netns import Namespace, run_prefix
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,19 +61,6 @@ spec:
     - {{destination: {{host: reviews, subset: v1}}, weight: 75}}
     - {{destination: {{host: reviews, subset: v2}}, weight: 25}}
 """
-
-
-def _need_namespaces() -> None:
-    why = available() or (None if shutil.which("iptables-restore") else "iptables is missing")
-    if why is None:
-        return
-    if os.environ.get("XDS_TEST_REQUIRE_NETNS"):
-        pytest.fail(f"network namespaces are required here: {why}")
-    pytest.skip(why)
-
-
-def _as(uid: int, *command: str) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
 
 
 class Mesh:
@@ -188,12 +175,14 @@ class Mesh:
         pod.run(sys.executable, "-m", "xds_server", "iptables", "--apply", "--redirect-dns")
         if app:
             self._spawn(
-                pod, f"{name}-app", _as(APP_UID, sys.executable, "-m", "xds_server.sample_app", app)
+                pod,
+                f"{name}-app",
+                as_user(APP_UID, sys.executable, "-m", "xds_server.sample_app", app),
             )
         self._spawn(
             pod,
             f"{name}-envoy",
-            _as(
+            as_user(
                 PROXY_UID,
                 find_envoy(),
                 "-c",
@@ -208,34 +197,16 @@ class Mesh:
         self.pods[name] = pod
 
     def call(self, pod: str, url: str, *headers: str, uid: int = APP_UID) -> tuple[int, dict]:
-        done = subprocess.run(
-            self.pods[pod].argv(
-                *_as(uid, sys.executable, "-m", "tests.capture_probe", "http", url, *headers)
-            ),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-        )
-        status, _, body = done.stdout.partition("\n")
+        status, _, body = probe(self.pods[pod], uid, "http", url, *headers).partition("\n")
         if not status.strip().isdigit():
-            return 0, {"error": done.stderr[-500:]}
+            return 0, {"error": status}
         try:
             return int(status), json.loads(body)
         except json.JSONDecodeError:
             return int(status), {"body": body}
 
     def resolve(self, pod: str, name: str) -> str:
-        done = subprocess.run(
-            self.pods[pod].argv(
-                *_as(APP_UID, sys.executable, "-m", "tests.capture_probe", "resolve", name)
-            ),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=ROOT,
-        )
-        return done.stdout.strip()
+        return probe(self.pods[pod], APP_UID, "resolve", name)
 
     def stats(self, pod: str) -> dict[str, int]:
         status, body = self.call(pod, "http://127.0.0.1:15000/stats?format=json")
@@ -261,7 +232,7 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh():
-    _need_namespaces()
+    need_namespaces()
     mesh = Mesh()
     try:
         mesh.start()
