@@ -268,8 +268,9 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
     if args.mode == "capture":
         print(
-            "xds-server inject: --mode capture needs the capture listeners, which the server "
-            "does not build yet; use --mode proxy",
+            "xds-server inject: --mode capture is not written yet (a compose file needs a "
+            "pod container per app, so that the capture rules are in place before the app "
+            "starts); use --mode proxy",
             file=sys.stderr,
         )
         return 2
@@ -551,7 +552,7 @@ def parser() -> argparse.ArgumentParser:
         choices=("proxy", "capture"),
         default="proxy",
         help="proxy: apps reach the mesh through HTTP_PROXY=127.0.0.1:15001; capture "
-        "(iptables, as istio-init) is not available yet",
+        "(iptables, as istio-init) is not written yet for compose files",
     )
     inject.add_argument("--namespace", default="default", help="the workloads' namespace")
     inject.add_argument(

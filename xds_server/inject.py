@@ -10,8 +10,9 @@ control plane service is added unless one is there. Services opt out with the la
 services that already share another's network namespace are left alone. What inject adds
 is labelled `xds-server.io/role`, so injecting an injected file changes nothing.
 
-Only proxy mode exists: capture mode (iptables, as istio-init) needs the capture
-listeners, which the server does not build yet.
+Only proxy mode exists: capture mode (the rules of `xds-server iptables` and a sidecar
+with --interception-mode REDIRECT) needs a pod container per app, so that the rules are
+set in its network namespace before the app starts; not written yet.
 """
 
 from __future__ import annotations
