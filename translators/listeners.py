@@ -9,6 +9,8 @@ iptables rules of `xds-server iptables`): Istio's virtualOutbound and virtualInb
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 from collections.abc import Collection, Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -260,16 +262,29 @@ DNS_PORT = 15053
 DNS_FILTER = "envoy.filters.udp.dns_filter"
 
 
+AUTO_ADDRESSES = ipaddress.ip_network("240.240.0.0/16")  # Istio's auto-allocation range
+
+
+def auto_address(host: str) -> str:
+    """An address for a host that has none (no clusterIP, no ServiceEntry addresses), as
+    Istio allocates them for DNS capture: from 240.240.0.0/16, by a hash of the name, so
+    it is the same across restarts and config changes. Two hosts may share one: captured
+    traffic is routed by Host and by port, never by this address."""
+    digest = hashlib.blake2b(host.encode(), digest_size=4).digest()
+    offset = 1 + int.from_bytes(digest, "big") % (AUTO_ADDRESSES.num_addresses - 2)
+    return str(AUTO_ADDRESSES[offset])
+
+
 def dns_names(services: Mapping, proxy_namespace: str) -> dict[str, tuple[str, ...]]:
     """Mesh names -> their addresses, as Istio's DNS proxy answers them: a Kubernetes
     Service by its full name, `name.ns.svc`, `name.ns`, and within its namespace `name`;
-    a ServiceEntry host by itself. Only hosts with addresses (a clusterIP, a
-    ServiceEntry's addresses) are answered."""
+    a ServiceEntry host by itself. A host without addresses gets auto_address; headless
+    Services and wildcard hosts are left to the upstream resolver."""
     names: dict[str, tuple[str, ...]] = {}
     for host, service in sorted(services.items()):
-        addresses = tuple(a for a in service.vips if "/" not in a)
-        if not addresses or "*" in host:
+        if "*" in host or service.headless:
             continue
+        addresses = tuple(a for a in service.vips if "/" not in a) or (auto_address(host),)
         names[host] = addresses
         if service.short_name:
             short = f"{service.short_name}.{service.namespace}"

@@ -61,6 +61,7 @@ class Service:
     ports: tuple[ServicePort, ...]
     resolution: str = EDS
     vips: tuple[str, ...] = ()
+    headless: bool = False  # a Kubernetes Service with clusterIP: None
     # service port -> endpoints
     endpoints: Mapping[int, tuple[Endpoint, ...]] = field(default_factory=dict)
 
@@ -216,6 +217,7 @@ def _service(res: model.ConfigResource, host: str, workloads: _WorkloadIndex) ->
             short_name=res.name,
             ports=ports,
             vips=(spec.cluster_ip,) if spec.cluster_ip and spec.cluster_ip != "None" else (),
+            headless=spec.cluster_ip == "None",
             endpoints=_endpoints(ports, members),
         )
     kind = _RESOLUTIONS[spec.resolution]

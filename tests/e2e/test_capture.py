@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.pods import as_user, need_namespaces, probe
+from translators.listeners import auto_address
 from xds_server.envoy_binary import find_envoy
 from xds_server.netns import Namespace, run_prefix
 
@@ -38,6 +39,13 @@ metadata: {{name: reviews}}
 spec:
   clusterIP: {VIP}
   selector: {{app: reviews}}
+  ports: [{{name: http, port: 9080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ratings}}
+spec:
+  selector: {{app: ratings}}
   ports: [{{name: http, port: 9080}}]
 ---
 apiVersion: networking.istio.io/v1beta1
@@ -264,6 +272,8 @@ def test_mesh_names_resolve_to_the_services_address_in_the_sidecar(mesh) -> None
     # The app's DNS goes to the sidecar's DNS listener (127.0.0.1:15053, --redirect-dns).
     for name in ("reviews", "reviews.default", "reviews.default.svc.cluster.local"):
         assert mesh.resolve("sleep", name) == VIP, name
+    # A Service without a clusterIP gets an address from Istio's auto-allocation range.
+    assert mesh.resolve("sleep", "ratings") == auto_address("ratings.default.svc.cluster.local")
     status, body = mesh.call("sleep", "http://reviews:9080/", "end-user:jason")
     assert (status, body.get("version")) == (200, "v2"), body
     assert mesh.stats("sleep")["dns_filter.dns.local_a_record_answers"] > 0
