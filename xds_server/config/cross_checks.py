@@ -212,7 +212,9 @@ class TcpPorts:
         self, removed: Iterable[model.ConfigResource], added: Iterable[model.ConfigResource]
     ) -> TcpPorts:
         claims = dict(self.claims)
-        gone = {id(r) for r in removed}
+        # By name, not identity: a file written again with the same content may come back
+        # as new objects that no change reports, so a later removal names another object.
+        gone = {_key(r) for r in removed}
         touched = {number for r in removed for _, number, _ in _tcp_ports(r)}
         fresh: dict[int, list[Claim]] = {}
         for res in added:
@@ -222,7 +224,7 @@ class TcpPorts:
         found = dict(self.found)
         for number in touched | fresh.keys():
             before = claims.get(number, ())
-            kept = [c for c in before if id(c[2]) not in gone]
+            kept = [c for c in before if _key(c[2]) not in gone]
             now = tuple(sorted([*kept, *fresh.get(number, ())], key=lambda claim: claim[0]))
             if not now:
                 claims.pop(number, None)
@@ -237,6 +239,10 @@ class TcpPorts:
 
     def findings(self) -> list[CrossFinding]:
         return [finding for number in sorted(self.found) for finding in self.found[number]]
+
+
+def _key(resource: model.ConfigResource) -> tuple[str, str, str]:
+    return resource.kind, resource.namespace, resource.name
 
 
 def _port_findings(
@@ -315,6 +321,9 @@ class CrossChecks:
             ]
             return CrossChecks(config, tuple(results), ports)
         kinds = {change.kind for change in changed}
+        # Objects replaced by equal ones (a file written again as it was) are no change,
+        # but findings name their objects' files and lines: those kinds are read again.
+        kinds.update(r.kind for side in config.difference(previous) for r in side)
         ports = self.ports
         results = []
         for (check, reads), kept in zip(_CHECKS, self.results, strict=True):
