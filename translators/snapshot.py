@@ -503,11 +503,7 @@ class Translator:
         captured = None
         if proxy.captured:
             sidecar = sidecar_scope.select_sidecar(world.config, proxy)
-            captured = (
-                frozenset(p.port for s in ctx.services.values() for p in s.ports if p.is_http),
-                sidecar_scope.allow_any(world.config, sidecar),
-                tuple(dns_names(ctx.services, proxy.namespace).items()),
-            )
+            captured = (*_capture_view(ctx), sidecar_scope.allow_any(world.config, sidecar))
         key = ("proxy", proxy.node_id)
         kept = world.cache.get(key) if world.cache is not None else None
         if (
@@ -521,28 +517,36 @@ class Translator:
             return kept[4], kept[5]
         inbound = pack_all(inbound_clusters(world.config, proxy))
         if captured is not None:
-            http_ports, allow_any, names = captured
+            http_ports, dns, allow_any = captured
             tcp = {route.port: route.proxy for route in tcp_routes}
-            listeners = captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any)
-            listeners.append(dns_listener(dict(names)))
+            listeners = pack_all(captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any))
+            listeners[dns.name] = dns  # built once for the view
             # Overrides the view's PassthroughCluster (a forward proxy by Host, for
             # uncaptured sidecars) with the original destination.
             inbound.update(pack_all(captured_clusters(world.config.mesh.connect_timeout)))
         else:
-            listeners = sidecar_listeners(proxy, tcp_ports)
-            listeners += outbound_tcp_listeners(proxy, tcp_routes)
-        found = (
-            proxy,
-            timeout,
-            tcp_ports,
-            tcp_routes,
-            inbound,
-            ResourceSet(pack_all(listeners)),
-            captured,
-        )
+            listeners = pack_all(
+                [*sidecar_listeners(proxy, tcp_ports), *outbound_tcp_listeners(proxy, tcp_routes)]
+            )
+        found = (proxy, timeout, tcp_ports, tcp_routes, inbound, ResourceSet(listeners), captured)
         if world.cache is not None:
             world.cache.put(key, found)
         return found[4], found[5]
+
+
+def _capture_view(ctx: RouteContext) -> tuple[frozenset[int], Packed]:
+    """What captured sidecars take from their view: its HTTP service ports, and its DNS
+    listener (the same for all of them), packed. Kept on the view's context (a new one
+    is made whenever the view's services change), so that the proxies of a view do not
+    each walk every service or build the table again."""
+    found = ctx.__dict__.get("_capture_view")
+    if found is None:
+        (dns,) = pack_all([dns_listener(dns_names(ctx.services, ctx.proxy_ns))]).values()
+        found = ctx.__dict__["_capture_view"] = (
+            frozenset(p.port for s in ctx.services.values() for p in s.ports if p.is_http),
+            dns,
+        )
+    return found
 
 
 def _route_set(parts: RouteParts) -> ResourceSet:
