@@ -100,14 +100,20 @@ class RouteContext:
             tuple(map(self._destination, destinations)),
         )
 
+    def rule_for(self, host: str) -> dr_pb2.DestinationRule | None:
+        """The DestinationRule this view resolves `host` to (its service's namespace,
+        else the proxy's, as Istio looks a host's rule up)."""
+        service = self.services.get(host)
+        namespace = service.namespace if service is not None else self.proxy_ns
+        return self.rules.lookup(host, self.proxy_ns, namespace)
+
     def _destination(self, host: str) -> tuple:
         """What routes read of a destination host in this view: its port numbers (port
         inference) and its DestinationRule (consistent hashing), by identity."""
         found = self._destinations.get(host)
         if found is None:
             service = self.services.get(host)
-            namespace = service.namespace if service is not None else self.proxy_ns
-            rule = self.rules.lookup(host, self.proxy_ns, namespace)
+            rule = self.rule_for(host)
             ports = service.port_numbers if service is not None else None
             found = (host, ports, id(rule))
             self._destinations[host] = found
@@ -118,10 +124,7 @@ class RouteContext:
         """The destination's DR consistentHash (subset and port settings applied), if any."""
         key = (host, subset, port)
         if key not in self._hashing:
-            service = self.services.get(host)
-            rule = self.rules.lookup(
-                host, self.proxy_ns, service.namespace if service else self.proxy_ns
-            )
+            rule = self.rule_for(host)
             hashing = None
             if rule is not None and hashes_consistently(rule):
                 lb = effective_policy(rule, find_subset(rule, subset), port).load_balancer
@@ -133,9 +136,7 @@ class RouteContext:
         """consistent_hash as RouteAction hash_policy fields (15), serialized."""
         hashes = self._hashing_hosts.get(host)
         if hashes is None:  # most hosts' rules hash nowhere: no subset or port to resolve
-            service = self.services.get(host)
-            namespace = service.namespace if service is not None else self.proxy_ns
-            rule = self.rules.lookup(host, self.proxy_ns, namespace)
+            rule = self.rule_for(host)
             hashes = self._hashing_hosts[host] = rule is not None and hashes_consistently(rule)
         if not hashes:
             return b""
@@ -183,14 +184,20 @@ def resolve_destination(
     """(host, port, subset). Istio's port inference: explicit port, else the service's only
     port, else the vhost's port."""
     host = fqdn(dest.host, vs_namespace)
-    port = dest.port.number
-    if not port:
-        service = services.get(host)
-        if service is not None and len(service.ports) == 1:
-            port = service.ports[0].port
-        else:
-            port = listener_port or 80
-    return host, port, dest.subset
+    return host, infer_port(host, dest.port.number, services, listener_port), dest.subset
+
+
+def infer_port(
+    host: str, port: int, services: Mapping[str, Service], listener_port: int | None
+) -> int:
+    """Istio's port inference for a destination: its port, else its service's only
+    port, else the vhost's port (80 without one)."""
+    if port:
+        return port
+    service = services.get(host)
+    if service is not None and len(service.ports) == 1:
+        return service.ports[0].port
+    return listener_port or 80
 
 
 def destination_cluster(
@@ -491,19 +498,13 @@ def _destination_fields(
     """What _destinations_into writes, serialized: the cluster specifier (cluster, field
     1, or weighted_clusters, field 3), the hash policies (field 15), and whether the one
     destination hashes consistently."""
-    services = ctx.services
     hashes: list[bytes] = []
     weighted: list[bytes] = []
     specifier = b""
     hashed = False
-    for raw_host, subset, dest_port, weight in facts.destinations or ():
+    for raw_host, subset, written_port, weight in facts.destinations or ():
         host = fqdn(raw_host, vs_ns)
-        if not dest_port:  # as resolve_destination infers it
-            service = services.get(host)
-            if service is not None and len(service.ports) == 1:
-                dest_port = service.ports[0].port
-            else:
-                dest_port = port or 80
+        dest_port = infer_port(host, written_port, ctx.services, port)
         name = outbound_cluster(dest_port, host, subset).encode()
         policies = ctx.hash_fields(host, subset, dest_port)
         if policies:
