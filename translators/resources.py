@@ -56,12 +56,8 @@ def to_any(message: Message) -> any_pb2.Any:
 
 
 def pack(name: str, message: Message) -> Packed:
-    value = message.SerializeToString(deterministic=True)
-    return Packed(
-        name,
-        _PREFIX + message.DESCRIPTOR.full_name,
-        value,
-        hashlib.blake2b(value, digest_size=8).hexdigest(),
+    return pack_serialized(
+        name, message.DESCRIPTOR.full_name, message.SerializeToString(deterministic=True)
     )
 
 

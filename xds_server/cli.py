@@ -312,7 +312,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
 
 def _port_list(text: str) -> list[int]:
-    return [_port(item) for item in filter(None, (p.strip() for p in text.split(",")))]
+    return [_port(item) for item in _comma_list(text)]
 
 
 def _comma_list(text: str) -> list[str]:
