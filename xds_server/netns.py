@@ -73,9 +73,8 @@ class Namespace:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
 
 
-def connect(a: Namespace, a_address: str, b: Namespace, b_address: str, prefix: int = 24) -> None:
-    """A veth pair between two namespaces, `a_address`/`prefix` in `a` and `b_address` in
-    `b`, both up (the link is removed with either namespace)."""
+def _veth(a: Namespace, b: Namespace) -> tuple[str, str]:
+    """A veth pair with one end in each namespace (removed with either): its ends' names."""
     tag = uuid.uuid4().hex[:8]
     a_end, b_end = f"va{tag}", f"vb{tag}"
     _run(
@@ -94,9 +93,39 @@ def connect(a: Namespace, a_address: str, b: Namespace, b_address: str, prefix: 
             b.name,
         ]
     )
+    return a_end, b_end
+
+
+def connect(a: Namespace, a_address: str, b: Namespace, b_address: str, prefix: int = 24) -> None:
+    """A veth pair between two namespaces, `a_address`/`prefix` in `a` and `b_address` in
+    `b`, both up (the link is removed with either namespace)."""
+    a_end, b_end = _veth(a, b)
     for namespace, end, address in ((a, a_end, a_address), (b, b_end, b_address)):
         namespace.ip("addr", "add", f"{address}/{prefix}", "dev", end)
         namespace.ip("link", "set", end, "up")
+
+
+BRIDGE = "br0"
+
+
+def add_bridge(hub: Namespace, address: str, prefix: int = 24) -> None:
+    """A bridge in `hub` with `address` on it: the pods' network and their gateway."""
+    hub.ip("link", "add", BRIDGE, "type", "bridge")
+    hub.ip("addr", "add", f"{address}/{prefix}", "dev", BRIDGE)
+    hub.ip("link", "set", BRIDGE, "up")
+
+
+def join_bridge(
+    pod: Namespace, address: str, hub: Namespace, gateway: str, prefix: int = 24
+) -> None:
+    """`pod` on `hub`'s bridge at `address`, its default route through `gateway` (the
+    bridge's address), as a pod on a node's bridge."""
+    inside, outside = _veth(pod, hub)
+    pod.ip("addr", "add", f"{address}/{prefix}", "dev", inside)
+    pod.ip("link", "set", inside, "up")
+    pod.ip("route", "add", "default", "via", gateway)
+    hub.ip("link", "set", outside, "master", BRIDGE)
+    hub.ip("link", "set", outside, "up")
 
 
 def run_prefix() -> str:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pytest
 from tests.pods import as_user, need_namespaces, probe
 from translators.listeners import auto_address
 from xds_server.envoy_binary import find_envoy
-from xds_server.netns import Namespace, run_prefix
+from xds_server.netns import Namespace, add_bridge, join_bridge, run_prefix
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,9 +81,7 @@ class Mesh:
 
     def start(self) -> None:
         hub = self._namespace("h")
-        hub.ip("link", "add", "br0", "type", "bridge")
-        hub.ip("addr", "add", f"{HUB}/24", "dev", "br0")
-        hub.ip("link", "set", "br0", "up")
+        add_bridge(hub, HUB)
         self.hub = hub
         config = self.work / "mesh"
         config.mkdir()
@@ -129,31 +126,7 @@ class Mesh:
 
     def _pod(self, name: str, address: str, labels: str, app: str | None) -> None:
         pod = self._namespace(str(len(self.pods)))
-        tag = uuid.uuid4().hex[:8]
-        inside, outside = f"ep{tag}", f"eh{tag}"
-        subprocess.run(
-            [
-                "ip",
-                "link",
-                "add",
-                inside,
-                "netns",
-                pod.name,
-                "type",
-                "veth",
-                "peer",
-                outside,
-                "netns",
-                self.hub.name,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        pod.ip("addr", "add", f"{address}/24", "dev", inside)
-        pod.ip("link", "set", inside, "up")
-        pod.ip("route", "add", "default", "via", HUB)
-        self.hub.ip("link", "set", outside, "master", "br0")
-        self.hub.ip("link", "set", outside, "up")
+        join_bridge(pod, address, self.hub, HUB)
         bootstrap = self.work / f"{name}.yaml"
         ports = ["--app-port", "9080"] if app else []
         subprocess.run(
