@@ -98,22 +98,21 @@ def test_what_cannot_be_injected_names_the_service_and_field(compose, message) -
 def test_the_command_names_the_file_and_line_of_a_bad_field(tmp_path) -> None:
     bad = tmp_path / "compose.yaml"
     bad.write_text("services:\n  web:\n    image: nginx\n    ports:\n      - 80-90:80-90\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "xds_server", "inject", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _inject(str(bad))
     assert done.returncode == 1
     assert f"{bad}:4: services.web.ports:" in done.stderr
     bad.write_text("services: [\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "xds_server", "inject", str(bad)],
+    done = _inject(str(bad))
+    assert done.returncode == 1 and f"{bad}:2: invalid YAML" in done.stderr
+
+
+def _inject(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "xds_server", "inject", *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1 and f"{bad}:2: invalid YAML" in done.stderr
 
 
 def test_the_command_writes_the_file_bootstraps_and_services(tmp_path) -> None:
@@ -141,12 +140,7 @@ def test_the_command_writes_the_file_bootstraps_and_services(tmp_path) -> None:
         "reviews-v2.yaml",
     ]
     assert (tmp_path / "mesh" / "reviews-service.yaml").exists()
-    capture = subprocess.run(
-        [sys.executable, "-m", "xds_server", "inject", str(PLAIN), "--mode", "capture"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    capture = _inject(str(PLAIN), "--mode", "capture")
     assert capture.returncode == 2 and "capture" in capture.stderr
     compose = shutil.which("docker-compose")
     if compose is None:
