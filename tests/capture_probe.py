@@ -2,6 +2,8 @@
 
     python -m tests.capture_probe sidecar        # 15001, 15006 and 15021 (TCP), 15053 (UDP)
     python -m tests.capture_probe outside ADDR   # ADDR:9080 (TCP) and ADDR:53 (UDP)
+    python -m tests.capture_probe tcp-server ADDR PORT NAME
+    python -m tests.capture_probe dns ADDR NAME=IPV4 ...  # a DNS server on ADDR:53
     python -m tests.capture_probe tcp HOST PORT  # prints the server's one-line answer
     python -m tests.capture_probe udp HOST PORT
     python -m tests.capture_probe http URL [NAME:VALUE ...]  # prints the status, then the body
@@ -57,6 +59,37 @@ def _udp(address: str, port: int, name: str) -> None:
     threading.Thread(target=serve, daemon=True).start()
 
 
+def _dns_answer(query: bytes, table: dict[str, str]) -> bytes:
+    """The answer to one DNS query: A records from `table`, NXDOMAIN for other names
+    (an empty answer for other types of a known name)."""
+    labels, offset = [], 12
+    while query[offset]:
+        length = query[offset]
+        labels.append(query[offset + 1 : offset + 1 + length].decode().lower())
+        offset += 1 + length
+    qtype = struct.unpack("!H", query[offset + 1 : offset + 3])[0]
+    question = query[12 : offset + 5]
+    address = table.get(".".join(labels))
+    answers = b""
+    if address is not None and qtype == 1:
+        answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + socket.inet_aton(address)
+    rcode = 0 if address is not None else 3
+    header = query[:2] + struct.pack("!HHHHH", 0x8180 | rcode, 1, 1 if answers else 0, 0, 0)
+    return header + question + answers
+
+
+def _dns(address: str, table: dict[str, str]) -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((address, 53))
+
+    def serve() -> None:
+        while True:
+            query, peer = server.recvfrom(512)
+            server.sendto(_dns_answer(query, table), peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     command = argv[0]
     if command == "sidecar":
@@ -67,9 +100,16 @@ def main(argv: list[str]) -> int:
     elif command == "outside":
         _tcp(argv[1], 9080, "outside")
         _udp(argv[1], 53, "upstream")
+    elif command == "tcp-server":
+        _tcp(argv[1], int(argv[2]), argv[3])
+    elif command == "dns":
+        _dns(argv[1], dict(entry.split("=", 1) for entry in argv[2:]))
     elif command == "tcp":
-        with socket.create_connection((argv[1], int(argv[2])), timeout=3) as conn:
-            print(conn.makefile().readline().strip())
+        try:
+            with socket.create_connection((argv[1], int(argv[2])), timeout=3) as conn:
+                print(conn.makefile().readline().strip() or "closed")
+        except OSError as exc:
+            print(f"error {exc}")
         return 0
     elif command == "http":
         import urllib.error

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
@@ -161,16 +161,18 @@ def _tcp_chain(name: str, cluster: str, port: int | None = None):
 def captured_listeners(
     proxy: model.Proxy,
     http_ports: Collection[int],
-    tcp_proxies: Mapping[int, tcp_proxy_pb2.TcpProxy],
+    tcp_services: Iterable[tuple[str, int, tcp_proxy_pb2.TcpProxy]],
     tcp_app_ports: Collection[int],
     allow_any: bool,
 ) -> list[listener_pb2.Listener]:
     """A captured sidecar's listeners, as Istio builds them: virtualOutbound on 15001
-    hands each connection to the listener of its original destination port (HTTP
-    service ports route by Host through `http_proxy`; TCP service ports go to their one
-    service); what no listener takes goes to PassthroughCluster (ALLOW_ANY) or
-    BlackHoleCluster. virtualInbound on 15006 restores the original destination and
-    serves each app port by its own filter chain; other ports pass through to the pod."""
+    hands each connection to the listener of its original destination (HTTP service
+    ports, `0.0.0.0_<port>`, route by Host through `http_proxy`; a TCP service port,
+    `<address>_<port>` for each of `tcp_services`' addresses, goes to that service, and
+    takes precedence over the port's wildcard listener); what no listener takes goes to
+    PassthroughCluster (ALLOW_ANY) or BlackHoleCluster. virtualInbound on 15006
+    restores the original destination and serves each app port by its own filter chain;
+    other ports pass through to the pod."""
     outbound = listener_pb2.Listener(
         name=VIRTUAL_OUTBOUND,
         address=socket_address("0.0.0.0", proxy.outbound_port),
@@ -191,12 +193,14 @@ def captured_listeners(
         listener = network_listener(name, "0.0.0.0", port, HCM_FILTER, hcm, base_pb2.OUTBOUND)
         listener.bind_to_port.value = False  # reached only through virtualOutbound
         listeners.append(listener)
-    for port, config in sorted(tcp_proxies.items()):
-        if port in _SIDECAR_PORTS or port in http_ports:
-            continue
-        name = listener_name("0.0.0.0", port)
+    taken: set[str] = set()
+    for address, port, config in tcp_services:
+        name = listener_name(address, port)
+        if name in taken:
+            continue  # two services at one address (auto_address collided): the first
+        taken.add(name)
         listener = network_listener(
-            name, "0.0.0.0", port, TCP_PROXY_FILTER, config, base_pb2.OUTBOUND
+            name, address, port, TCP_PROXY_FILTER, config, base_pb2.OUTBOUND
         )
         listener.bind_to_port.value = False
         listeners.append(listener)
@@ -275,6 +279,11 @@ def auto_address(host: str) -> str:
     return str(AUTO_ADDRESSES[offset])
 
 
+def service_addresses(host: str, service) -> tuple[str, ...]:
+    """Where a captured app reaches a service: its virtual IPs, or auto_address."""
+    return tuple(a for a in service.vips if "/" not in a) or (auto_address(host),)
+
+
 def dns_names(services: Mapping, proxy_namespace: str) -> dict[str, tuple[str, ...]]:
     """Mesh names -> their addresses, as Istio's DNS proxy answers them: a Kubernetes
     Service by its full name, `name.ns.svc`, `name.ns`, and within its namespace `name`;
@@ -284,7 +293,7 @@ def dns_names(services: Mapping, proxy_namespace: str) -> dict[str, tuple[str, .
     for host, service in sorted(services.items()):
         if "*" in host or service.headless:
             continue
-        addresses = tuple(a for a in service.vips if "/" not in a) or (auto_address(host),)
+        addresses = service_addresses(host, service)
         names[host] = addresses
         if service.short_name:
             short = f"{service.short_name}.{service.namespace}"

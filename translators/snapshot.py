@@ -18,6 +18,7 @@ from translators.listeners import (
     captured_listeners,
     dns_listener,
     dns_names,
+    service_addresses,
     sidecar_listeners,
 )
 from translators.memo import PerObject
@@ -518,7 +519,12 @@ class Translator:
         inbound = pack_all(inbound_clusters(world.config, proxy))
         if captured is not None:
             http_ports, dns, allow_any = captured
-            tcp = {route.port: route.proxy for route in tcp_routes}
+            tcp = [
+                (address, route.port, route.proxy)
+                for route in tcp_routes
+                if not ctx.services[route.host].headless
+                for address in service_addresses(route.host, ctx.services[route.host])
+            ]
             listeners = pack_all(captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any))
             listeners[dns.name] = dns  # built once for the view
             # Overrides the view's PassthroughCluster (a forward proxy by Host, for

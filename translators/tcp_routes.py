@@ -4,8 +4,10 @@ Without traffic capture, an app reaches a TCP service through its sidecar's outb
 address at the service's port (like a local ambassador): `127.0.0.1:3306` for a mysql
 Service on 3306. Plain TCP carries no host name, so one port means one service on a
 sidecar: when two visible services share a TCP port, the first by host name gets it (the
-config check warns). On the serving side, an app port that only TCP service ports target
-gets a tcp_proxy inbound listener instead of an HTTP one.
+config check warns). With capture, each TCP service port is reached at the service's own
+address (its virtual IP), as in Istio, so services may share a port. On the serving
+side, an app port that only TCP service ports target gets a tcp_proxy inbound listener
+instead of an HTTP one.
 """
 
 from __future__ import annotations
@@ -106,22 +108,35 @@ def tcp_proxy(
 def outbound_tcp_routes(
     ctx: RouteContext, owners: Mapping[str, model.ConfigResource]
 ) -> list[TcpRoute]:
-    """One tcp_proxy per TCP port among the visible services; the first host claims a port."""
-    routes: dict[int, TcpRoute] = {}
+    """A tcp_proxy per TCP port of each visible service, in host order (a captured
+    sidecar reaches each at its service's address; an uncaptured one has one listener
+    per port, see claimed_ports)."""
+    routes: list[TcpRoute] = []
     for host in sorted(ctx.services):
+        if "*" in host:
+            continue
         service = ctx.services[host]
         for port in service.ports:
-            if port.is_http or port.port in routes or "*" in host:
-                continue
-            proxy = tcp_proxy(service, port.port, owners.get(host), ctx)
-            routes[port.port] = TcpRoute(port.port, host, proxy)
-    return [routes[p] for p in sorted(routes)]
+            if not port.is_http:
+                routes.append(
+                    TcpRoute(port.port, host, tcp_proxy(service, port.port, owners.get(host), ctx))
+                )
+    return routes
+
+
+def claimed_ports(routes: list[TcpRoute]) -> list[TcpRoute]:
+    """One route per port, by port: the first host claims a port."""
+    claimed: dict[int, TcpRoute] = {}
+    for route in routes:
+        claimed.setdefault(route.port, route)
+    return [claimed[p] for p in sorted(claimed)]
 
 
 def outbound_tcp_listeners(
     proxy: model.Proxy, routes: list[TcpRoute]
 ) -> list[listener_pb2.Listener]:
-    """Listeners on the sidecar's outbound address, except on ports it already uses."""
+    """Listeners on the sidecar's outbound address, one per TCP port (claimed_ports),
+    except on ports it already uses."""
     taken = {proxy.outbound_port, *PROXY_PORTS}
     if proxy.outbound_address == proxy.bind_address or proxy.bind_address in ("0.0.0.0", ""):
         taken |= {p.inbound_port for p in proxy.ports}
@@ -136,7 +151,7 @@ def outbound_tcp_listeners(
             r.proxy,
             base_pb2.OUTBOUND,
         )
-        for r in routes
+        for r in claimed_ports(routes)
         if r.port not in taken
     ]
 
@@ -187,10 +202,12 @@ def update_port_uses(
 
 def tcp_app_ports(proxy: model.Proxy, uses: PortUse) -> set[int]:
     """App ports of `proxy` that only TCP service ports reach (so inbound is tcp_proxy)."""
-    inbound_to_app = {p.inbound_port: p.app_port for p in proxy.ports}
+    # A captured workload's endpoints are its app ports (15006 takes them); otherwise
+    # they are its sidecar's inbound ports.
+    to_app = {p.app_port if proxy.captured else p.inbound_port: p.app_port for p in proxy.ports}
     protocols: dict[int, set[bool]] = {}
     for found in uses.get(proxy.ip, {}).values():
         for endpoint_port, is_http in found:
-            if endpoint_port in inbound_to_app:
-                protocols.setdefault(inbound_to_app[endpoint_port], set()).add(is_http)
+            if endpoint_port in to_app:
+                protocols.setdefault(to_app[endpoint_port], set()).add(is_http)
     return {app for app, kinds in protocols.items() if kinds == {False}}

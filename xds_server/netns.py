@@ -14,6 +14,7 @@ import subprocess
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class NetnsUnavailable(RuntimeError):
@@ -44,7 +45,9 @@ class Namespace:
     links: list[str] = field(default_factory=list)  # host-side veth ends to remove
 
     @classmethod
-    def create(cls, name: str) -> Namespace:
+    def create(cls, name: str, nameserver: str | None = None) -> Namespace:
+        """The namespace `name`; with `nameserver`, the programs run in it (`ip netns
+        exec`) resolve names there, as a pod uses its cluster's DNS."""
         why = available()
         if why is not None:
             raise NetnsUnavailable(why)
@@ -52,10 +55,19 @@ class Namespace:
         namespace = cls(name)
         try:
             namespace.ip("link", "set", "lo", "up")
+            if nameserver is not None:
+                # `ip netns exec` mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf.
+                namespace.etc.mkdir(parents=True, exist_ok=True)
+                (namespace.etc / "resolv.conf").write_text(f"nameserver {nameserver}\n")
         except Exception:
             namespace.delete()
             raise
         return namespace
+
+    @property
+    def etc(self) -> Path:
+        """Files `ip netns exec` puts over /etc's inside this namespace."""
+        return Path("/etc/netns") / self.name
 
     def argv(self, *command: str) -> list[str]:
         """`command` as run inside this namespace."""
@@ -71,6 +83,7 @@ class Namespace:
         for link in self.links:
             subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
+        shutil.rmtree(self.etc, ignore_errors=True)
 
 
 def _veth(a: Namespace, b: Namespace) -> tuple[str, str]:

@@ -5,7 +5,9 @@ its address with no proxy settings.
 A hub namespace holds a bridge (198.18.0.1/24) and the control plane; each pod is a
 namespace on the bridge with its app (uid 1000) and its sidecar (uid 1337, the rules'
 exception), with DNS captured too. reviews has clusterIP 198.19.0.10 and the routes of
-seeds 01 and 06.
+seeds 01 and 06; db and cache are TCP services on one port (db at its clusterIP, cache at
+the address DNS gives it). A namespace on the bridge that is not in the mesh stands for
+the outside world: a server, and the DNS server the client pod's resolv.conf names.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from xds_server.netns import Namespace, add_bridge, join_bridge, run_prefix
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 HUB, CLIENT, V1, V2 = "198.18.0.1", "198.18.0.10", "198.18.0.11", "198.18.0.12"
-VIP = "198.19.0.10"
+DB, CACHE, OUTSIDE = "198.18.0.13", "198.18.0.14", "198.18.0.50"
+VIP, DB_VIP = "198.19.0.10", "198.19.0.20"
+OUTSIDE_NAME = "outside.example"
 APP_UID, PROXY_UID = 1000, 1337
+PROBE = [sys.executable, "-m", "tests.capture_probe"]
 MESH = f"""apiVersion: v1
 kind: Service
 metadata: {{name: reviews}}
@@ -46,6 +51,21 @@ metadata: {{name: ratings}}
 spec:
   selector: {{app: ratings}}
   ports: [{{name: http, port: 9080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db}}
+spec:
+  clusterIP: {DB_VIP}
+  selector: {{app: db}}
+  ports: [{{name: tcp, port: 3306}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: cache}}
+spec:
+  selector: {{app: cache}}
+  ports: [{{name: tcp, port: 3306}}]
 ---
 apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
@@ -106,15 +126,34 @@ class Mesh:
                 "0",
             ],
         )
-        for name, address, labels, app in (
-            ("sleep", CLIENT, "app=sleep", None),
-            ("reviews-v1", V1, "app=reviews,version=v1", "reviews:v1:9080@0.0.0.0"),
-            ("reviews-v2", V2, "app=reviews,version=v2", "reviews:v2:9080@0.0.0.0"),
+        outside = self._namespace("o")
+        join_bridge(outside, OUTSIDE, hub, HUB)
+        self._spawn(outside, "outside-dns", [*PROBE, "dns", OUTSIDE, f"{OUTSIDE_NAME}={OUTSIDE}"])
+        self._spawn(outside, "outside-tcp", [*PROBE, "tcp-server", OUTSIDE, "7000", "outside"])
+        sample = [sys.executable, "-m", "xds_server.sample_app"]
+        for name, address, labels, port, app in (
+            ("sleep", CLIENT, "app=sleep", None, None),
+            (
+                "reviews-v1",
+                V1,
+                "app=reviews,version=v1",
+                9080,
+                [*sample, "reviews:v1:9080@0.0.0.0"],
+            ),
+            (
+                "reviews-v2",
+                V2,
+                "app=reviews,version=v2",
+                9080,
+                [*sample, "reviews:v2:9080@0.0.0.0"],
+            ),
+            ("db", DB, "app=db", 3306, [*PROBE, "tcp-server", "0.0.0.0", "3306", "db"]),
+            ("cache", CACHE, "app=cache", 3306, [*PROBE, "tcp-server", "0.0.0.0", "3306", "cache"]),
         ):
-            self._pod(name, address, labels, app)
+            self._pod(name, address, labels, port, app)
 
-    def _namespace(self, suffix: str) -> Namespace:
-        namespace = Namespace.create(f"{self.prefix}{suffix}")
+    def _namespace(self, suffix: str, nameserver: str | None = None) -> Namespace:
+        namespace = Namespace.create(f"{self.prefix}{suffix}", nameserver)
         self.namespaces.append(namespace)
         return namespace
 
@@ -124,11 +163,13 @@ class Mesh:
             subprocess.Popen(namespace.argv(*argv), stdout=log, stderr=log, cwd=ROOT)
         )
 
-    def _pod(self, name: str, address: str, labels: str, app: str | None) -> None:
-        pod = self._namespace(str(len(self.pods)))
+    def _pod(
+        self, name: str, address: str, labels: str, port: int | None, app: list[str] | None
+    ) -> None:
+        pod = self._namespace(str(len(self.pods)), nameserver=OUTSIDE)
         join_bridge(pod, address, self.hub, HUB)
         bootstrap = self.work / f"{name}.yaml"
-        ports = ["--app-port", "9080"] if app else []
+        ports = ["--app-port", str(port)] if port else []
         subprocess.run(
             [
                 sys.executable,
@@ -155,11 +196,7 @@ class Mesh:
         bootstrap.chmod(0o644)
         pod.run(sys.executable, "-m", "xds_server", "iptables", "--apply", "--redirect-dns")
         if app:
-            self._spawn(
-                pod,
-                f"{name}-app",
-                as_user(APP_UID, sys.executable, "-m", "xds_server.sample_app", app),
-            )
+            self._spawn(pod, f"{name}-app", as_user(APP_UID, *app))
         self._spawn(
             pod,
             f"{name}-envoy",
@@ -185,6 +222,15 @@ class Mesh:
             return int(status), json.loads(body)
         except json.JSONDecodeError:
             return int(status), {"body": body}
+
+    def tcp(self, pod: str, host: str, port: int) -> str:
+        return probe(self.pods[pod], APP_UID, "tcp", host, str(port))
+
+    def apply(self, name: str, text: str) -> None:
+        (self.work / "mesh" / name).write_text(text)
+
+    def remove(self, name: str) -> None:
+        (self.work / "mesh" / name).unlink(missing_ok=True)
 
     def resolve(self, pod: str, name: str) -> str:
         return probe(self.pods[pod], APP_UID, "resolve", name)
@@ -270,3 +316,52 @@ def test_the_app_port_is_reached_only_through_its_sidecar(mesh) -> None:
     assert status == 200 and body["version"] == "v2", body
     assert "x-request-id" in body["headers"]  # added by the callee's sidecar
     assert body["instance"] == "0.0.0.0:9080" or body["instance"].endswith(":9080")
+
+
+def _eventually(check, seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_tcp_services_on_one_port_are_reached_by_name(mesh) -> None:
+    # db at its clusterIP, cache at the address DNS made up for it: one port, two services.
+    assert _eventually(lambda: mesh.tcp("sleep", "db", 3306).startswith("db ")), mesh.logs()
+    assert _eventually(lambda: mesh.tcp("sleep", "cache", 3306).startswith("cache "))
+    assert mesh.tcp("sleep", DB_VIP, 3306).startswith("db ")
+    caller = mesh.stats("sleep")
+    assert caller[f"listener.{DB_VIP}_3306.downstream_cx_total"] > 0
+    assert caller["cluster.outbound|3306||cache.default.svc.cluster.local.upstream_cx_total"] > 0
+    # On the callee, the connection came in through 15006 to the app's port.
+    assert mesh.stats("db")["cluster.inbound|3306||.upstream_cx_total"] > 0
+
+
+def test_other_names_are_forwarded_and_registry_only_blocks_them(mesh) -> None:
+    # Not a mesh name: the sidecar's DNS listener asks the pod's resolver (outside).
+    assert mesh.resolve("sleep", OUTSIDE_NAME) == OUTSIDE
+    assert mesh.resolve("sleep", "nowhere.example").startswith("error")
+    assert mesh.stats("sleep")["dns_filter.dns.external_a_record_answers"] > 0
+    # ALLOW_ANY (the default): a host outside the registry passes through.
+    assert mesh.tcp("sleep", OUTSIDE_NAME, 7000) == "outside -"
+    try:
+        mesh.apply("mesh.yaml", REGISTRY_ONLY)
+        assert _eventually(lambda: mesh.tcp("sleep", OUTSIDE_NAME, 7000) != "outside -")
+        assert mesh.tcp("sleep", OUTSIDE, 7000) != "outside -"
+        assert mesh.tcp("sleep", "db", 3306).startswith("db ")  # the mesh still works
+        assert mesh.stats("sleep")["cluster.BlackHoleCluster.upstream_cx_none_healthy"] > 0
+    finally:
+        mesh.remove("mesh.yaml")
+    assert _eventually(lambda: mesh.tcp("sleep", OUTSIDE_NAME, 7000) == "outside -")
+
+
+REGISTRY_ONLY = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+"""

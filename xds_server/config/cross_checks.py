@@ -196,8 +196,8 @@ Claim = tuple[tuple[str, int, tuple[str, str, str], int], int, model.ConfigResou
 
 @dataclass(frozen=True)
 class TcpPorts:
-    """Sidecars reach TCP services at their outbound address and the service port, so one
-    port can serve one TCP service (plain TCP has no host name to tell them apart): the
+    """Uncaptured sidecars reach TCP services at their outbound address and the service
+    port, so one port can serve one TCP service (plain TCP has no host name to tell them apart): the
     first host by name keeps a port, and every other claim of it is a finding. Kept by
     port number, so that a change re-reads the ports it touches."""
 
@@ -259,8 +259,9 @@ def _port_findings(
             yield CrossFinding(
                 res,
                 ("spec", "ports", i),
-                f"TCP port {number} is also {owner}'s; sidecars serve it for "
-                f"{owner} only (plain TCP has no host name to route on)",
+                f"TCP port {number} is also {owner}'s; sidecars without capture serve "
+                f"it for {owner} only (plain TCP has no host name to route on; captured "
+                "sidecars tell them apart by the services' addresses)",
                 "warning",
             )
 

@@ -1,0 +1,108 @@
+"""A captured sidecar's listeners (INTERCEPTION_MODE REDIRECT): which listener
+virtualOutbound hands a connection to, by its original destination."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from envoy.config.listener.v3 import listener_pb2
+
+from tests.helpers import config_from, sidecar
+from translators import model
+from translators.listeners import HCM_FILTER, TCP_PROXY_FILTER, auto_address
+from translators.resources import LISTENER
+from translators.snapshot import Translator, World
+
+MESH = """apiVersion: v1
+kind: Service
+metadata: {name: reviews}
+spec:
+  clusterIP: 198.19.0.10
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mysql}
+spec:
+  clusterIP: 198.19.0.20
+  selector: {app: mysql}
+  ports: [{name: tcp, port: 3306}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mariadb}
+spec:
+  selector: {app: mariadb}
+  ports: [{name: tcp, port: 3306}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy}
+spec:
+  clusterIP: None
+  selector: {app: legacy}
+  ports: [{name: tcp, port: 3306}]
+"""
+
+
+def _listeners(text: str = MESH) -> dict[str, listener_pb2.Listener]:
+    proxy = dataclasses.replace(sidecar("client", "sleep"), interception="REDIRECT")
+    resources = Translator(World(config_from(text))).translate(proxy)
+    out = {}
+    for name, packed in resources[LISTENER].items():
+        out[name] = listener = listener_pb2.Listener()
+        packed.any.Unpack(listener)
+    return out
+
+
+def test_tcp_services_sharing_a_port_are_told_apart_by_address() -> None:
+    listeners = _listeners()
+    mariadb = auto_address("mariadb.default.svc.cluster.local")
+    tcp = {n for n in listeners if n.endswith("_3306")}
+    # A clusterIP, or the address DNS gives a Service without one; a headless Service
+    # has no address of its own (its name resolves upstream, to its pods).
+    assert tcp == {"198.19.0.20_3306", f"{mariadb}_3306"}
+    for name, host in (("198.19.0.20_3306", "mysql"), (f"{mariadb}_3306", "mariadb")):
+        listener = listeners[name]
+        assert listener.address.socket_address.address == name.split("_")[0]
+        assert listener.address.socket_address.port_value == 3306
+        assert not listener.bind_to_port.value and listener.HasField("bind_to_port")
+        (chain,) = listener.filter_chains
+        assert f"outbound|3306||{host}.default.svc.cluster.local".encode() in (
+            chain.filters[0].typed_config.value
+        )
+    # An HTTP port is one wildcard listener routing by Host; no TCP port is a wildcard.
+    assert "0.0.0.0_9080" in listeners and "0.0.0.0_3306" not in listeners
+
+
+def test_a_tcp_service_on_an_http_port_takes_its_address_only() -> None:
+    # Envoy picks the listener matching the original destination's address before the
+    # wildcard one: mysql's address goes to mysql, any other to the HTTP routes.
+    listeners = _listeners(MESH.replace("{name: tcp, port: 3306}", "{name: tcp, port: 9080}"))
+    assert {"0.0.0.0_9080", "198.19.0.20_9080"} <= set(listeners)
+
+
+def test_a_captured_workload_serves_a_tcp_only_app_port_as_tcp() -> None:
+    # Its endpoints are its app ports (15006 takes them): 3306 only TCP services reach.
+    db = model.Proxy(
+        node_id="db",
+        labels={"app": "mysql"},
+        ip="198.18.0.13",
+        bind_address="0.0.0.0",
+        ports=(model.WorkloadPort(3306, 3306), model.WorkloadPort(9080, 9080)),
+        interception="REDIRECT",
+    )
+    text = MESH.replace(
+        "ports: [{name: tcp, port: 3306}]",
+        "ports: [{name: tcp, port: 3306}, {name: http, port: 9080}]",
+        1,
+    )
+    resources = Translator(World(config_from(text), [db])).translate(db)
+    inbound = listener_pb2.Listener()
+    resources[LISTENER]["virtualInbound"].any.Unpack(inbound)
+    filters = {
+        c.filter_chain_match.destination_port.value: c.filters[0].name
+        for c in inbound.filter_chains
+    }
+    assert filters[3306] == TCP_PROXY_FILTER and filters[9080] == HCM_FILTER
