@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from xds_server.netns import Namespace, available
+from xds_server.pods import as_user
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,14 +29,10 @@ def need_namespaces() -> None:
     pytest.skip(why)
 
 
-def as_user(uid: int, *command: str) -> list[str]:
-    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
-
-
 def probe(namespace: Namespace, uid: int, *args: str) -> str:
     """What `python -m tests.capture_probe ARGS` prints, run in `namespace` as `uid`."""
     done = subprocess.run(
-        namespace.argv(*as_user(uid, sys.executable, "-m", "tests.capture_probe", *args)),
+        namespace.argv(*as_user(uid, [sys.executable, "-m", "tests.capture_probe", *args])),
         capture_output=True,
         text=True,
         timeout=30,

@@ -151,6 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         base_port=args.xds_port,
         debug_port=args.debug_port,
         subnet=args.subnet,
+        pods=args.pods,
     )
 
 
@@ -586,6 +587,13 @@ def parser() -> argparse.ArgumentParser:
         default="127.0.10",
         help="loopback /24 for the workloads (127.X.Y); each gets 127.X.Y.N and Istio's "
         "ports there, so a second demo needs another subnet",
+    )
+    demo.add_argument(
+        "--pods",
+        action="store_true",
+        help="run each workload as a pod: its own network namespace on a bridge, its "
+        "traffic captured by iptables (needs root; without it, the demo says so and runs "
+        "as usual)",
     )
     demo.set_defaults(func=cmd_demo)
     return top

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
+from xds_server import demo_pods
 from xds_server.launcher import (
     OUTBOUND_PORT,
     WORKLOAD_PORTS,
@@ -227,22 +228,37 @@ def run_demo(
     base_port: int = 15010,
     debug_port: int | None = None,
     subnet: str = SUBNET,
+    pods: bool = False,
 ) -> int:
-    # Runs of the same --dir on other subnets keep their logs apart.
-    suffix = "" if subnet == SUBNET else f"-{subnet}"
+    if pods:
+        why = demo_pods.unavailable()
+        if why is not None:
+            _say(f"pods need network namespaces, and {why}: running the demo without them")
+            pods = False
+        else:
+            why = demo_pods.clear_leftovers()
+            if why is not None:
+                _say(f"error: {why}", file=sys.stderr)
+                return 2
+    # Runs of the same --dir on other subnets (or as pods) keep their logs apart.
+    suffix = "-pods" if pods else "" if subnet == SUBNET else f"-{subnet}"
     work = directory.parent / f".{directory.name}-run{suffix}"
-    mesh = LocalMesh(
-        directory,  # as the user named it: errors then read demo-mesh/x.yaml:9
-        demo_workloads(),
-        work.resolve(),
-        xds_port=base_port,
-        debug_port=debug_port or base_port + 4,
-        subnet=subnet,
-    )
-    taken = mesh.taken()
-    if taken:
-        _say(taken_message(PortsInUse(taken), mesh, debug_port is not None), file=sys.stderr)
-        return 2
+    mesh: LocalMesh | demo_pods.PodDemo
+    if pods:
+        mesh = demo_pods.PodDemo(directory, work.resolve())
+    else:
+        mesh = LocalMesh(
+            directory,  # as the user named it: errors then read demo-mesh/x.yaml:9
+            demo_workloads(),
+            work.resolve(),
+            xds_port=base_port,
+            debug_port=debug_port or base_port + 4,
+            subnet=subnet,
+        )
+        taken = mesh.taken()
+        if taken:
+            _say(taken_message(PortsInUse(taken), mesh, debug_port is not None), file=sys.stderr)
+            return 2
 
     stop = threading.Event()
     phase = ["starting"]  # then "running"; "stopping" once a signal was acted on
@@ -265,10 +281,15 @@ def run_demo(
             _say(f"wrote the demo's config to {directory}/")
         with contextlib.suppress(FileNotFoundError):
             server_log.unlink()  # a previous run's: follow only this run's output
-        _say("starting the control plane, 4 Envoy sidecars, an ingress gateway and 3 apps ...")
+        how = " as pods" if pods else ""
+        _say(f"starting the control plane, 4 Envoy sidecars, an ingress gateway and 3 apps{how}")
         with ServerLog(server_log), mesh:
             try:
-                status = _serve(mesh, directory, work, stop, phase)
+                if isinstance(mesh, demo_pods.PodDemo):
+                    _say(mesh.instructions(directory))
+                else:
+                    _say(_instructions(mesh, directory, work))
+                status = _watch(mesh.processes, work, stop, phase)
             finally:
                 phase[0] = "stopping"  # a signal must not interrupt the stopping
     except _Stop:
@@ -287,12 +308,11 @@ def run_demo(
     return status
 
 
-def _serve(mesh: LocalMesh, directory: Path, work: Path, stop, phase: list[str]) -> int:
+def _instructions(mesh: LocalMesh, directory: Path, work: Path) -> str:
     sleep_ip = mesh.workload("sleep").ip
     gateway_ip = mesh.workload("ingressgateway").ip
     counts = ", ".join(f"{k} {v}" for k, v in sorted(_sample(sleep_ip).items()))
-    _say(
-        f"""
+    return f"""
 The mesh is up. 100 requests to reviews from the sleep sidecar landed on: {counts}
 
 Send requests through the sleep workload's sidecar, whose outbound proxy is
@@ -314,10 +334,13 @@ errors and warnings show here as "xds-server: FILE:LINE: error: ...".
   curl -s 'http://127.0.0.1:{mesh.debug_port}/debug/config_dump?proxy=sleep'
   curl -s http://{sleep_ip}:15000/stats | grep update_rejected    # Envoy's own view
 Logs: {work}/   Press Ctrl-C to stop."""
-    )
+
+
+def _watch(processes: dict, work: Path, stop, phase: list[str]) -> int:
+    """Until a signal (0), or until one of the mesh's processes exits (1)."""
     phase[0] = "running"  # from now on a signal ends the loop below
     while not stop.wait(0.5):
-        exited = [name for name, p in mesh.processes.items() if p.poll() is not None]
+        exited = [name for name, p in processes.items() if p.poll() is not None]
         if exited:
             _say(f"{', '.join(exited)} exited; see {work}/. Stopping.", file=sys.stderr)
             return 1

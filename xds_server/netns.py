@@ -8,13 +8,25 @@ per-run prefix so that runs never touch namespaces they did not create. Needs ro
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import shutil
 import subprocess
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class NetnsUnavailable(RuntimeError):
@@ -78,6 +90,30 @@ class Namespace:
 
     def ip(self, *args: str) -> str:
         return _run(["ip", "-n", self.name, *args])
+
+    def call(self, function: Callable[[], T], timeout: float = 30.0) -> T:
+        """`function()` run in this namespace: in a thread of its own that joins it
+        (setns applies to one thread), so sockets it opens live there."""
+        result: list = []
+
+        def inside() -> None:
+            try:
+                with open(f"/run/netns/{self.name}", "rb") as handle:
+                    if _libc().setns(handle.fileno(), CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns into {self.name} failed")
+                result.append((True, function()))
+            except BaseException as exc:  # handed to the caller
+                result.append((False, exc))
+
+        thread = threading.Thread(target=inside, name=f"netns-{self.name}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not result:
+            raise TimeoutError(f"a call in namespace {self.name} took over {timeout:.0f}s")
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
 
     def delete(self) -> None:
         for link in self.links:

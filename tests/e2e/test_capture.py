@@ -12,10 +12,8 @@ the outside world: a server, and the DNS server the client pod's resolv.conf nam
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,18 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.pods import as_user, need_namespaces, probe
+from tests.pods import need_namespaces, probe
 from translators.listeners import auto_address
-from xds_server.envoy_binary import find_envoy
-from xds_server.netns import Namespace, add_bridge, join_bridge, run_prefix
+from xds_server.netns import join_bridge, run_prefix
+from xds_server.pods import APP_UID, HUB_ADDRESS, PROXY_UID, PodMesh
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-HUB, CLIENT, V1, V2 = "198.18.0.1", "198.18.0.10", "198.18.0.11", "198.18.0.12"
-DB, CACHE, OUTSIDE = "198.18.0.13", "198.18.0.14", "198.18.0.50"
+V2 = "198.18.0.12"  # pods get 198.18.0.10, .11, ... in the order they are added
+OUTSIDE = "198.18.0.50"
 VIP, DB_VIP = "198.19.0.10", "198.19.0.20"
 OUTSIDE_NAME = "outside.example"
-APP_UID, PROXY_UID = 1000, 1337
+REVIEWS = {"app": "reviews"}
 PROBE = [sys.executable, "-m", "tests.capture_probe"]
 MESH = f"""apiVersion: v1
 kind: Service
@@ -90,132 +88,43 @@ spec:
 """
 
 
-class Mesh:
+class Mesh(PodMesh):
+    """The pods above, and probes run in them as the app's uid (or the sidecar's)."""
+
     def __init__(self) -> None:
-        self.prefix = run_prefix()
-        self.work = Path(tempfile.mkdtemp(prefix="xds-capture-"))
-        self.work.chmod(0o755)  # the sidecars (uid 1337) read their bootstraps here
-        self.namespaces: list[Namespace] = []
-        self.processes: list[subprocess.Popen] = []
-        self.pods: dict[str, Namespace] = {}
+        work = Path(tempfile.mkdtemp(prefix="xds-capture-"))
+        (work / "mesh").mkdir()
+        (work / "mesh" / "reviews.yaml").write_text(MESH)
+        super().__init__(work / "mesh", work / "run", run_prefix(), ["--restart-grace", "0"])
+        self.work = work
 
     def start(self) -> None:
-        hub = self._namespace("h")
-        add_bridge(hub, HUB)
-        self.hub = hub
-        config = self.work / "mesh"
-        config.mkdir()
-        (config / "reviews.yaml").write_text(MESH)
-        self._spawn(
-            hub,
-            "server",
-            [
-                sys.executable,
-                "-m",
-                "xds_server",
-                "serve",
-                "--config-dir",
-                str(config),
-                "--xds-address",
-                HUB,
-                "--debug-address",
-                HUB,
-                "--state-dir",
-                str(self.work / "state"),
-                "--restart-grace",
-                "0",
-            ],
-        )
-        outside = self._namespace("o")
-        join_bridge(outside, OUTSIDE, hub, HUB)
-        self._spawn(outside, "outside-dns", [*PROBE, "dns", OUTSIDE, f"{OUTSIDE_NAME}={OUTSIDE}"])
-        self._spawn(outside, "outside-tcp", [*PROBE, "tcp-server", OUTSIDE, "7000", "outside"])
+        self.start_hub()
+        outside = self.namespace("o")
+        join_bridge(outside, OUTSIDE, self.hub, HUB_ADDRESS)
+        self.spawn(outside, "outside-dns", [*PROBE, "dns", OUTSIDE, f"{OUTSIDE_NAME}={OUTSIDE}"])
+        self.spawn(outside, "outside-tcp", [*PROBE, "tcp-server", OUTSIDE, "7000", "outside"])
         sample = [sys.executable, "-m", "xds_server.sample_app"]
-        for name, address, labels, port, app in (
-            ("sleep", CLIENT, "app=sleep", None, None),
-            (
-                "reviews-v1",
-                V1,
-                "app=reviews,version=v1",
-                9080,
-                [*sample, "reviews:v1:9080@0.0.0.0"],
-            ),
-            (
-                "reviews-v2",
-                V2,
-                "app=reviews,version=v2",
-                9080,
-                [*sample, "reviews:v2:9080@0.0.0.0"],
-            ),
-            ("db", DB, "app=db", 3306, [*PROBE, "tcp-server", "0.0.0.0", "3306", "db"]),
-            ("cache", CACHE, "app=cache", 3306, [*PROBE, "tcp-server", "0.0.0.0", "3306", "cache"]),
+        for name, labels, port, app in (
+            ("sleep", {"app": "sleep"}, None, None),
+            ("reviews-v1", REVIEWS | {"version": "v1"}, 9080, [*sample, "reviews:v1:9080@0.0.0.0"]),
+            ("reviews-v2", REVIEWS | {"version": "v2"}, 9080, [*sample, "reviews:v2:9080@0.0.0.0"]),
+            ("db", {"app": "db"}, 3306, [*PROBE, "tcp-server", "0.0.0.0", "3306", "db"]),
+            ("cache", {"app": "cache"}, 3306, [*PROBE, "tcp-server", "0.0.0.0", "3306", "cache"]),
         ):
-            self._pod(name, address, labels, port, app)
-
-    def _namespace(self, suffix: str, nameserver: str | None = None) -> Namespace:
-        namespace = Namespace.create(f"{self.prefix}{suffix}", nameserver)
-        self.namespaces.append(namespace)
-        return namespace
-
-    def _spawn(self, namespace: Namespace, name: str, argv: list[str]) -> None:
-        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        self.processes.append(
-            subprocess.Popen(namespace.argv(*argv), stdout=log, stderr=log, cwd=ROOT)
-        )
-
-    def _pod(
-        self, name: str, address: str, labels: str, port: int | None, app: list[str] | None
-    ) -> None:
-        pod = self._namespace(str(len(self.pods)), nameserver=OUTSIDE)
-        join_bridge(pod, address, self.hub, HUB)
-        bootstrap = self.work / f"{name}.yaml"
-        ports = ["--app-port", str(port)] if port else []
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "xds_server",
-                "bootstrap",
-                "--node-id",
+            # The rules capture DNS to the pod's nameserver (the outside one).
+            self.add_pod(
                 name,
-                "--labels",
                 labels,
-                *ports,
-                "--xds-address",
-                f"{HUB}:15010",
-                "--interception-mode",
-                "REDIRECT",
-                "--ip",
-                address,
-                "-o",
-                str(bootstrap),
-            ],
-            check=True,
-            timeout=60,
-        )
-        bootstrap.chmod(0o644)
-        pod.run(sys.executable, "-m", "xds_server", "iptables", "--apply", "--redirect-dns")
-        if app:
-            self._spawn(pod, f"{name}-app", as_user(APP_UID, *app))
-        self._spawn(
-            pod,
-            f"{name}-envoy",
-            as_user(
-                PROXY_UID,
-                find_envoy(),
-                "-c",
-                str(bootstrap),
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "-l",
-                "warning",
-            ),
-        )
-        self.pods[name] = pod
+                [port] if port else [],
+                app,
+                nameserver=OUTSIDE,
+                capture_args=["--redirect-dns"],
+            )
 
     def call(self, pod: str, url: str, *headers: str, uid: int = APP_UID) -> tuple[int, dict]:
-        status, _, body = probe(self.pods[pod], uid, "http", url, *headers).partition("\n")
+        answer = probe(self.pods[pod].namespace, uid, "http", url, *headers)
+        status, _, body = answer.partition("\n")
         if not status.strip().isdigit():
             return 0, {"error": status}
         try:
@@ -224,37 +133,23 @@ class Mesh:
             return int(status), {"body": body}
 
     def tcp(self, pod: str, host: str, port: int) -> str:
-        return probe(self.pods[pod], APP_UID, "tcp", host, str(port))
-
-    def apply(self, name: str, text: str) -> None:
-        (self.work / "mesh" / name).write_text(text)
-
-    def remove(self, name: str) -> None:
-        (self.work / "mesh" / name).unlink(missing_ok=True)
+        return probe(self.pods[pod].namespace, APP_UID, "tcp", host, str(port))
 
     def resolve(self, pod: str, name: str) -> str:
-        return probe(self.pods[pod], APP_UID, "resolve", name)
+        return probe(self.pods[pod].namespace, APP_UID, "resolve", name)
 
     def stats(self, pod: str) -> dict[str, int]:
-        status, body = self.call(pod, "http://127.0.0.1:15000/stats?format=json")
-        assert status == 200, body
-        return {s["name"]: s.get("value", 0) for s in body["stats"] if "name" in s}
+        return self.envoy_stats(pod)
+
+    def apply(self, name: str, text: str) -> None:
+        (self.config_dir / name).write_text(text)
+
+    def remove(self, name: str) -> None:
+        (self.config_dir / name).unlink(missing_ok=True)
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.kill()
-        for process in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-        for namespace in self.namespaces:
-            namespace.delete()
+        super().stop()
         shutil.rmtree(self.work, ignore_errors=True)
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}"
-            for log in sorted(self.work.glob("*.log"))
-        )
 
 
 @pytest.fixture(scope="module")
@@ -263,13 +158,13 @@ def mesh():
     mesh = Mesh()
     try:
         mesh.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if mesh.call("sleep", f"http://{VIP}:9080/")[0] == 200:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the captured mesh never served reviews:\n" + mesh.logs())
+        try:
+            mesh.wait_ready()
+            mesh.wait_for(
+                lambda: mesh.call("sleep", f"http://{VIP}:9080/")[0] == 200, 30, "reviews"
+            )
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"the captured mesh never served reviews: {exc}\n{mesh.logs()}")
         yield mesh
     finally:
         mesh.stop()
