@@ -1,6 +1,10 @@
 # The control plane's image: `docker build -t xds-server .` (what `xds-server inject`
 # and docker-compose.yml run as the xds-server service).
 FROM python:3.11-slim
+# iptables: the image also runs as each pod's init container (`xds-server inject --mode
+# capture`), setting the capture rules as istio-init does.
+RUN apt-get update && apt-get install -y --no-install-recommends iptables \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos

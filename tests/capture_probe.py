@@ -3,6 +3,7 @@
     python -m tests.capture_probe sidecar        # 15001, 15006 and 15021 (TCP), 15053 (UDP)
     python -m tests.capture_probe outside ADDR   # ADDR:9080 (TCP) and ADDR:53 (UDP)
     python -m tests.capture_probe tcp-server ADDR PORT NAME
+    python -m tests.capture_probe udp-server ADDR PORT NAME
     python -m tests.capture_probe dns ADDR NAME=IPV4 ...  # a DNS server on ADDR:53
     python -m tests.capture_probe tcp HOST PORT  # prints the server's one-line answer
     python -m tests.capture_probe udp HOST PORT
@@ -102,6 +103,8 @@ def main(argv: list[str]) -> int:
         _udp(argv[1], 53, "upstream")
     elif command == "tcp-server":
         _tcp(argv[1], int(argv[2]), argv[3])
+    elif command == "udp-server":
+        _udp(argv[1], int(argv[2]), argv[3])
     elif command == "dns":
         _dns(argv[1], dict(entry.split("=", 1) for entry in argv[2:]))
     elif command == "tcp":

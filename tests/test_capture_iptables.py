@@ -96,7 +96,9 @@ def test_the_command_prints_what_iptables_restore_reads() -> None:
         check=True,
     )
     assert done.stdout.startswith("*nat\n") and done.stdout.count("COMMIT") == 2
-    assert "-A OUTPUT -p udp --dport 53 -d 10.0.0.10/32 -j REDIRECT --to-port 15053" in done.stdout
+    assert "-I OUTPUT 1 -p udp --dport 53 -j ISTIO_OUTPUT_DNS" in done.stdout
+    redirect = "-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d 10.0.0.10/32 -j REDIRECT --to-port 15053"
+    assert redirect in done.stdout
     assert "-A PREROUTING -p udp --sport 53 -s 10.0.0.10/32 -j CT --zone 1" in done.stdout
     # The app's query and the sidecar's answer share a zone (answers are un-NATed).
     assert "-A OUTPUT -p udp --dport 53 -d 10.0.0.10/32 -j CT --zone 2" in done.stdout
@@ -174,6 +176,39 @@ def test_dns_goes_to_the_sidecar_but_its_own_lookups(pod) -> None:
     _apply(pod, "--redirect-dns", "--dns-servers", OUTSIDE)
     assert _ask(pod, APP_UID, "udp", OUTSIDE, 53) == "dns"
     assert _ask(pod, PROXY_UID, "udp", OUTSIDE, 53) == "upstream"
+
+
+def test_dns_is_captured_ahead_of_a_container_runtimes_own_dns_rules(pod) -> None:
+    # As Docker sets them in a container: 127.0.0.11:53 DNATed to its embedded resolver.
+    for rule in (
+        "-N DOCKER_OUTPUT",
+        "-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT",
+        "-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp --dport 53 -j DNAT "
+        "--to-destination 127.0.0.11:35353",
+    ):
+        pod.run("iptables", "-t", "nat", *rule.split())
+    resolver = subprocess.Popen(
+        pod.argv(
+            sys.executable,
+            "-m",
+            "tests.capture_probe",
+            "udp-server",
+            "127.0.0.11",
+            "35353",
+            "docker",
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert resolver.stdout.readline().strip() == "ready"
+        assert _ask(pod, APP_UID, "udp", "127.0.0.11", 53) == "docker"  # before the rules
+        _apply(pod, "--redirect-dns", "--capture-all-dns")
+        assert _ask(pod, APP_UID, "udp", "127.0.0.11", 53) == "dns"
+        assert _ask(pod, PROXY_UID, "udp", "127.0.0.11", 53) == "docker"
+    finally:
+        resolver.kill()
+        resolver.wait(timeout=10)
 
 
 def test_cleanup_removes_every_rule_it_added(pod) -> None:

@@ -1,8 +1,9 @@
 """`xds-server inject`: a user's docker-compose file gets a sidecar per app.
 
-The injected form of tests/inject/compose.yaml is kept in
-tests/inject/compose.injected.yaml; `python -m tests.test_inject` rewrites it after an
-intended change, and the diff is the review.
+The injected forms of tests/inject/compose.yaml are kept in
+tests/inject/compose.injected.yaml (proxy mode) and compose.captured.yaml (capture mode);
+`python -m tests.test_inject` rewrites them after an intended change, and the diff is the
+review.
 """
 
 from __future__ import annotations
@@ -22,23 +23,49 @@ from xds_server.config.loader import parse_file
 
 HERE = Path(__file__).resolve().parent / "inject"
 PLAIN, INJECTED = HERE / "compose.yaml", HERE / "compose.injected.yaml"
+GOLDEN = {"proxy": INJECTED, "capture": HERE / "compose.captured.yaml"}
 
 
-def _injected(text: str) -> inject.Injected:
-    return inject.inject(yaml.safe_load(text))
+def _injected(text: str, mode: str = "proxy") -> inject.Injected:
+    return inject.inject(yaml.safe_load(text), inject.InjectOptions(mode=mode))
 
 
-def test_the_injected_file_is_its_golden_form() -> None:
-    assert inject.dump(_injected(PLAIN.read_text()).compose) == INJECTED.read_text(), (
+@pytest.mark.parametrize("mode", inject.MODES)
+def test_the_injected_file_is_its_golden_form(mode: str) -> None:
+    assert inject.dump(_injected(PLAIN.read_text(), mode).compose) == GOLDEN[mode].read_text(), (
         "python -m tests.test_inject to accept the change"
     )
 
 
-def test_injecting_twice_changes_nothing() -> None:
-    once = _injected(PLAIN.read_text())
-    twice = inject.inject(once.compose)
+@pytest.mark.parametrize("mode", inject.MODES)
+def test_injecting_twice_changes_nothing(mode: str) -> None:
+    once = _injected(PLAIN.read_text(), mode)
+    twice = inject.inject(once.compose, inject.InjectOptions(mode=mode))
     assert twice.compose == once.compose
     assert twice.bootstraps == once.bootstraps  # the same bootstraps, written again
+    assert twice.services == once.services
+
+
+def test_capture_makes_each_app_a_pod_whose_rules_are_set_before_it_starts() -> None:
+    services = _injected(PLAIN.read_text(), "capture").compose["services"]
+    for app in ("productpage", "reviews-v1", "reviews-v2", "mysql"):
+        pod, init, sidecar = (services[f"{app}-{part}"] for part in ("pod", "init", "sidecar"))
+        assert services[app]["network_mode"] == sidecar["network_mode"] == f"service:{app}-pod"
+        assert init["network_mode"] == f"service:{app}-pod"
+        done = {"condition": "service_completed_successfully"}
+        assert services[app]["depends_on"][f"{app}-init"] == done
+        assert sidecar["depends_on"][f"{app}-init"] == done
+        assert init["command"][:2] == ["iptables", "--apply"] and "NET_ADMIN" in init["cap_add"]
+        assert sidecar["environment"] == {"ENVOY_UID": "1337", "ENVOY_GID": "1337"}
+        # The namespace's settings moved to the pod, which other services find by the
+        # app's name; the app keeps no HTTP_PROXY.
+        assert not {"ports", "expose", "networks"} & set(services[app])
+        assert pod["networks"]["default"]["aliases"] == [app]
+        assert "HTTP_PROXY" not in str(services[app].get("environment"))
+    assert services["productpage-pod"]["ports"] == ["9080:9080"]
+    assert "metrics-pod" not in services
+    bootstrap = yaml.safe_load(_injected(PLAIN.read_text(), "capture").bootstraps["mysql.yaml"])
+    assert bootstrap["node"]["metadata"]["INTERCEPTION_MODE"] == "REDIRECT"
 
 
 def test_each_app_gets_a_sidecar_in_its_network_namespace() -> None:
@@ -81,18 +108,21 @@ def test_emitted_services_are_valid_and_merge_versions() -> None:
 
 
 @pytest.mark.parametrize(
-    ("compose", "message"),
+    ("compose", "message", "mode"),
     [
-        ("services: {a: {ports: ['80-90:80-90']}}", "services.a.ports"),
-        ("services: {a: {labels: 3}}", "services.a.labels"),
-        ("services: {a: {expose: ['15001']}}", "services.a.ports"),
-        ("services: {Big: {}}", "services.Big"),
-        ("services: [a]", "services"),
+        ("services: {a: {ports: ['80-90:80-90']}}", "services.a.ports", "proxy"),
+        ("services: {a: {labels: 3}}", "services.a.labels", "proxy"),
+        ("services: {a: {expose: ['15001']}}", "services.a.ports", "proxy"),
+        ("services: {Big: {}}", "services.Big", "proxy"),
+        ("services: [a]", "services", "proxy"),
+        ("services: {a: {expose: ['15053']}}", "services.a.ports", "capture"),
+        ("services: {b: {depends_on: 3}}", "services.b.depends_on", "capture"),
+        ("services: {a: {networks: 3}}", "services.a.networks", "capture"),
     ],
 )
-def test_what_cannot_be_injected_names_the_service_and_field(compose, message) -> None:
+def test_what_cannot_be_injected_names_the_service_and_field(compose, message, mode) -> None:
     with pytest.raises(inject.InjectError, match=message.replace(".", r"\.")):
-        _injected(compose)
+        _injected(compose, mode)
 
 
 def test_the_command_names_the_file_and_line_of_a_bad_field(tmp_path) -> None:
@@ -140,26 +170,30 @@ def test_the_command_writes_the_file_bootstraps_and_services(tmp_path) -> None:
         "reviews-v2.yaml",
     ]
     assert (tmp_path / "mesh" / "reviews-service.yaml").exists()
-    capture = _inject(str(PLAIN), "--mode", "capture")
-    assert capture.returncode == 2 and "capture" in capture.stderr
+    captured = tmp_path / "captured.yml"
+    done = _inject(str(PLAIN), "--mode", "capture", "-o", str(captured))
+    assert done.returncode == 0, done.stderr
+    assert captured.read_text() == GOLDEN["capture"].read_text()
     compose = shutil.which("docker-compose")
     if compose is None:
         if os.environ.get("XDS_TEST_REQUIRE_COMPOSE"):
             pytest.fail("docker-compose is required here (XDS_TEST_REQUIRE_COMPOSE is set)")
         return
-    checked = subprocess.run(
-        [compose, "-f", str(out), "config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert checked.returncode == 0, checked.stderr
+    for path in (out, captured):
+        checked = subprocess.run(
+            [compose, "-f", str(path), "config"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert checked.returncode == 0, (path.name, checked.stderr)
 
 
 def main() -> int:
-    INJECTED.write_text(inject.dump(_injected(PLAIN.read_text()).compose))
-    print(f"wrote {INJECTED}")
+    for mode, path in GOLDEN.items():
+        path.write_text(inject.dump(_injected(PLAIN.read_text(), mode).compose))
+        print(f"wrote {path}")
     return 0
 
 

@@ -267,14 +267,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from xds_server import inject
     from xds_server.config.yaml_lines import YamlSyntaxError, read_documents
 
-    if args.mode == "capture":
-        print(
-            "xds-server inject: --mode capture is not written yet (a compose file needs a "
-            "pod container per app, so that the capture rules are in place before the app "
-            "starts); use --mode proxy",
-            file=sys.stderr,
-        )
-        return 2
     try:
         text = sys.stdin.read() if args.compose_file == "-" else Path(args.compose_file).read_text()
         documents = list(read_documents(text))
@@ -288,6 +280,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             config_dir=f"./{args.config_dir.removeprefix('./')}",
             bootstrap_dir=f"./{args.bootstrap_dir.removeprefix('./')}",
+            mode=args.mode,
         )
         result = inject.inject(document.value if document else None, options)
     except inject.InjectError as exc:
@@ -552,8 +545,9 @@ def parser() -> argparse.ArgumentParser:
         "--mode",
         choices=("proxy", "capture"),
         default="proxy",
-        help="proxy: apps reach the mesh through HTTP_PROXY=127.0.0.1:15001; capture "
-        "(iptables, as istio-init) is not written yet for compose files",
+        help="proxy: apps reach the mesh through HTTP_PROXY=127.0.0.1:15001; capture: each "
+        "app becomes a pod whose traffic is captured (iptables, as istio-init sets them), "
+        "so apps need no proxy settings",
     )
     inject.add_argument("--namespace", default="default", help="the workloads' namespace")
     inject.add_argument(

@@ -10,9 +10,13 @@ control plane service is added unless one is there. Services opt out with the la
 services that already share another's network namespace are left alone. What inject adds
 is labelled `xds-server.io/role`, so injecting an injected file changes nothing.
 
-Only proxy mode exists: capture mode (the rules of `xds-server iptables` and a sidecar
-with --interception-mode REDIRECT) needs a pod container per app, so that the rules are
-set in its network namespace before the app starts; not written yet.
+In capture mode (`--mode capture`) an app becomes a pod, as Kubernetes runs one: a
+`<name>-pod` service (the pause image) owns the network namespace and takes the app's
+ports, networks and name (a network alias); `<name>-init` (the server's image, NET_ADMIN)
+sets the capture rules there, as istio-init does, and must finish before the app and its
+sidecar start in that namespace; the sidecar runs as uid 1337, the rules' exception, in
+REDIRECT mode. The app needs no proxy settings: `http://reviews:9080/` is captured, DNS
+included.
 """
 
 from __future__ import annotations
@@ -31,7 +35,27 @@ ROLE = "xds-server.io/role"
 OPT_OUT = ("xds-server.io/inject", "sidecar.istio.io/inject")
 TCP_PORTS = "xds-server.io/tcp-ports"
 ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
+POD_IMAGE = "registry.k8s.io/pause:3.10"  # holds a pod's network namespace, as in Kubernetes
 PROXY = "http://127.0.0.1:15001"
+MODES = ("proxy", "capture")
+# What belongs to a container's network namespace: in capture mode it moves to the pod
+# (compose refuses these beside `network_mode`).
+NETWORK_KEYS = (
+    "ports",
+    "expose",
+    "networks",
+    "hostname",
+    "domainname",
+    "dns",
+    "dns_search",
+    "dns_opt",
+    "extra_hosts",
+    "mac_address",
+    "links",
+)
+CAPTURE_RULES = ["iptables", "--apply", "--redirect-dns", "--capture-all-dns"]
+PROXY_UID = "1337"  # the rules' exception (istio-iptables -u)
+POD_FOR = "xds-server.io/pod-for"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -52,6 +76,8 @@ class InjectOptions:
     config_dir: str = "./mesh"  # mounted into the control plane
     bootstrap_dir: str = "./envoy-configs"  # where the sidecars' bootstraps are written
     envoy_image: str = ENVOY_IMAGE
+    pod_image: str = POD_IMAGE
+    mode: str = "proxy"  # or "capture"
 
 
 @dataclass
@@ -116,12 +142,22 @@ def _environment(service: dict[str, Any], name: str, extra: Mapping[str, str]) -
         raise InjectError(("services", name, "environment"), "a map or a list of KEY=VALUE")
 
 
-def _selected(name: str, service: Any) -> bool:
+def _pod_of(services: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    """The pod an earlier capture-mode injection made for app `name`, if any."""
+    pod = services.get(f"{name}-pod")
+    if isinstance(pod, Mapping) and _labels(pod, f"{name}-pod").get(POD_FOR) == name:
+        return pod
+    return None
+
+
+def _selected(name: str, service: Any, services: Mapping[str, Any]) -> bool:
     if not isinstance(service, Mapping):
         raise InjectError(("services", name), "a map")
     labels = _labels(service, name)
-    if ROLE in labels or "network_mode" in service:
+    if ROLE in labels:
         return False
+    if "network_mode" in service:  # another's namespace: only its own pod's (injected)
+        return service["network_mode"] == f"service:{name}-pod" and bool(_pod_of(services, name))
     return all(labels.get(key, "").lower() != "false" for key in OPT_OUT)
 
 
@@ -132,7 +168,7 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
     compose = copy.deepcopy(dict(document))
     services: dict[str, Any] = compose["services"]
     out = Injected(compose)
-    apps = [name for name, service in services.items() if _selected(str(name), service)]
+    apps = [n for n, service in services.items() if _selected(str(n), service, services)]
     has_control_plane = any(
         _labels(s, str(n)).get(ROLE) == "control-plane" for n, s in services.items()
     )
@@ -148,22 +184,18 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
         mesh_labels = {"app": labels.get("app") or name}
         if labels.get("version"):
             mesh_labels["version"] = labels["version"]
-        ports = app_ports(service, name)
-        if any(p in (15000, 15001) or 15006 <= p < 15006 + len(ports) for p in ports):
+        ports = app_ports(_pod_of(services, name) or service, name)
+        capture = options.mode == "capture"
+        if capture:
+            taken = set(SIDECAR_PORTS)
+            what = ", ".join(str(p) for p in SIDECAR_PORTS)
+        else:
+            taken = {15000, 15001, *range(15006, 15006 + len(ports))}
+            what = "15000, 15001, 15006 up"
+        if taken.intersection(ports):
             raise InjectError(
-                ("services", name, "ports"),
-                "the sidecar's ports (15000, 15001, 15006 up) are taken",
+                ("services", name, "ports"), f"the sidecar's ports ({what}) are taken"
             )
-        _environment(
-            service,
-            name,
-            {
-                "HTTP_PROXY": PROXY,
-                "http_proxy": PROXY,
-                "NO_PROXY": "localhost,127.0.0.1",
-                "no_proxy": "localhost,127.0.0.1",
-            },
-        )
         bootstrap = f"{name}.yaml"
         out.bootstraps[bootstrap] = render(
             BootstrapOptions(
@@ -174,9 +206,10 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
                 app_ports=ports,
                 xds_address=f"{options.control_plane}:15010",
                 bind_address="0.0.0.0",  # other containers reach the app through it
+                interception_mode="REDIRECT" if capture else "NONE",
             )
         )
-        services[f"{name}-sidecar"] = {
+        sidecar: dict[str, Any] = {
             "image": options.envoy_image,
             "network_mode": f"service:{name}",
             "depends_on": [options.control_plane],
@@ -185,6 +218,20 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
             "command": ["envoy", "-c", "/etc/envoy/envoy.yaml", "--concurrency", "1"],
             "labels": {ROLE: "sidecar", "xds-server.io/sidecar-for": name},
         }
+        if capture:
+            _make_pod(services, name, sidecar, options)
+        else:
+            _environment(
+                service,
+                name,
+                {
+                    "HTTP_PROXY": PROXY,
+                    "http_proxy": PROXY,
+                    "NO_PROXY": "localhost,127.0.0.1",
+                    "no_proxy": "localhost,127.0.0.1",
+                },
+            )
+        services[f"{name}-sidecar"] = sidecar
         kept_apps.setdefault(mesh_labels["app"], [])
         tcp = {p.strip() for p in labels.get(TCP_PORTS, "").split(",") if p.strip()}
         for port in ports:
@@ -215,6 +262,79 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
         volumes.setdefault("xds-state", None)
         compose["volumes"] = volumes
     return out
+
+
+# What a captured sidecar listens on in the pod: admin, outbound, inbound, DNS, health.
+SIDECAR_PORTS = (15000, 15001, 15006, 15021, 15053, 15090)
+
+
+def _depends_on(service: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A service's depends_on in the long form (conditions), whichever form it had."""
+    found = service.get("depends_on") or {}
+    if isinstance(found, list):
+        return {str(n): {"condition": "service_started"} for n in found}
+    if not isinstance(found, Mapping):
+        raise InjectError(("services", name, "depends_on"), "a list or a map")
+    return {str(n): dict(c or {"condition": "service_started"}) for n, c in found.items()}
+
+
+def _aliased(networks: Any, name: str) -> dict[str, Any]:
+    """The app's networks for its pod, each with the app's name as an alias, so other
+    services still reach it by that name."""
+    if networks is None:
+        networks = ["default"]
+    if isinstance(networks, list):
+        networks = {str(n): None for n in networks}
+    if not isinstance(networks, Mapping):
+        raise InjectError(("services", name, "networks"), "a list or a map")
+    out: dict[str, Any] = {}
+    for network, settings in networks.items():
+        settings = dict(settings or {})
+        aliases = list(settings.get("aliases") or [])
+        if name not in aliases:
+            aliases.append(name)
+        settings["aliases"] = aliases
+        out[str(network)] = settings
+    return out
+
+
+def _rules_set() -> dict[str, str]:
+    return {"condition": "service_completed_successfully"}
+
+
+def _make_pod(
+    services: dict[str, Any], name: str, sidecar: dict[str, Any], options: InjectOptions
+) -> None:
+    """Capture mode: `name` and its sidecar join `<name>-pod`'s network namespace, after
+    `<name>-init` set the capture rules there."""
+    app = services[name]
+    pod, init = f"{name}-pod", f"{name}-init"
+    if _pod_of(services, name) is None:  # else injected before: the pod is there
+        holder: dict[str, Any] = {"image": options.pod_image, "restart": "unless-stopped"}
+        for key in NETWORK_KEYS:
+            if key in app:
+                holder[key] = app.pop(key)
+        holder["networks"] = _aliased(holder.get("networks"), name)
+        holder["labels"] = {ROLE: "pod", POD_FOR: name}
+        services[pod] = holder
+    services[init] = {
+        "image": options.server_image,
+        "network_mode": f"service:{pod}",
+        "cap_add": ["NET_ADMIN", "NET_RAW"],
+        "command": list(CAPTURE_RULES),  # after the image's entrypoint, `xds-server`
+        "depends_on": [pod],
+        "restart": "no",
+        "labels": {ROLE: "init", "xds-server.io/init-for": name},
+    }
+    app["network_mode"] = f"service:{pod}"
+    app["depends_on"] = {**_depends_on(app, name), init: _rules_set()}
+    sidecar["network_mode"] = f"service:{pod}"
+    sidecar["depends_on"] = {
+        init: _rules_set(),
+        options.control_plane: {"condition": "service_started"},
+    }
+    # The image's entrypoint switches to this uid, which the rules let through.
+    sidecar["environment"] = {"ENVOY_UID": PROXY_UID, "ENVOY_GID": PROXY_UID}
 
 
 def _service_yaml(app: str, namespace: str, ports: list[int], tcp: set[str]) -> str:

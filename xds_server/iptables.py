@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 CHAINS = ("ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT")
+DNS_CHAIN = "ISTIO_OUTPUT_DNS"  # ours: the app's UDP DNS, ahead of a runtime's DNS rules
 DNS_PORT = 15053
 
 
@@ -142,13 +143,22 @@ def rules(options: CaptureOptions) -> dict[str, list[str]]:
         ]
     if options.redirect_dns:
         # UDP DNS: the sidecar's own lookups go out; the app's go to the DNS listener.
-        for kind, owners in (("uid", options.proxy_uid), ("gid", options.proxy_gid)):
-            for owner in owners:
-                nat.append(f"-A OUTPUT -p udp --dport 53 -m owner --{kind}-owner {owner} -j RETURN")
+        # istio-iptables appends these to OUTPUT; here they are a chain jumped to from
+        # its top, because a container runtime's own DNS rules (Docker DNATs
+        # 127.0.0.11:53 to its resolver in the container) would otherwise come first and
+        # the app's queries never reach the sidecar, while the sidecar's queries must
+        # still reach them (a RETURN in OUTPUT itself would skip them).
+        nat.append(f"-N {DNS_CHAIN}")
         nat += [
-            f"-A OUTPUT -p udp --dport 53{target} -j REDIRECT --to-port {options.dns_port}"
+            f"-A {DNS_CHAIN} -m owner --{kind}-owner {owner} -j RETURN"
+            for kind, owners in (("uid", options.proxy_uid), ("gid", options.proxy_gid))
+            for owner in owners
+        ]
+        nat += [
+            f"-A {DNS_CHAIN} -p udp --dport 53{target} -j REDIRECT --to-port {options.dns_port}"
             for target in targets
         ]
+        nat.append(f"-I OUTPUT 1 -p udp --dport 53 -j {DNS_CHAIN}")
         # Conntrack zones keep the app's query and the sidecar's upstream query (same
         # ports, same nameserver) from being taken for one connection.
         for kind, owners in (("uid", options.proxy_uid), ("gid", options.proxy_gid)):
@@ -209,16 +219,19 @@ def cleanup(options: CaptureOptions | None = None, run=subprocess.run) -> None:
                     _delete(run, table, line)
     for table, lines in rules(options or CaptureOptions()).items():
         for line in lines:
-            if line.startswith(("-A PREROUTING ", "-A OUTPUT ")):
+            if line.startswith(("-A PREROUTING ", "-A OUTPUT ", "-I OUTPUT ")):
                 _delete(run, table, line)
     for action in ("-F", "-X"):  # all flushed first: they jump to one another
-        for chain in CHAINS:
+        for chain in (*CHAINS, DNS_CHAIN):
             run(["iptables", "-t", "nat", action, chain], capture_output=True, check=False)
 
 
 def _delete(run, table: str, rule: str) -> None:
-    """Delete `rule` ("-A CHAIN spec...") from `table`, if it is there."""
-    _, chain, *spec = rule.split()
+    """Delete `rule` ("-A CHAIN spec..." or "-I CHAIN N spec...") from `table`, if it is
+    there."""
+    action, chain, *spec = rule.split()
+    if action == "-I" and spec and spec[0].isdigit():
+        spec = spec[1:]
     run(["iptables", "-t", table, "-D", chain, *spec], capture_output=True, check=False)
 
 
