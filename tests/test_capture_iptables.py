@@ -178,15 +178,17 @@ def test_dns_goes_to_the_sidecar_but_its_own_lookups(pod) -> None:
     assert _ask(pod, PROXY_UID, "udp", OUTSIDE, 53) == "upstream"
 
 
-def test_dns_is_captured_ahead_of_a_container_runtimes_own_dns_rules(pod) -> None:
-    # As Docker sets them in a container: 127.0.0.11:53 DNATed to its embedded resolver.
+@pytest.mark.parametrize("runtime", iptables.VARIANTS)
+def test_dns_is_captured_ahead_of_a_container_runtimes_own_dns_rules(pod, runtime) -> None:
+    # As Docker sets them in a container, with either iptables: 127.0.0.11:53 DNATed to
+    # its embedded resolver. Ours go where the runtime's are, ahead of them.
     for rule in (
         "-N DOCKER_OUTPUT",
         "-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT",
         "-A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp --dport 53 -j DNAT "
         "--to-destination 127.0.0.11:35353",
     ):
-        pod.run("iptables", "-t", "nat", *rule.split())
+        pod.run(runtime, "-t", "nat", *rule.split())
     resolver = subprocess.Popen(
         pod.argv(
             sys.executable,
@@ -204,6 +206,7 @@ def test_dns_is_captured_ahead_of_a_container_runtimes_own_dns_rules(pod) -> Non
         assert resolver.stdout.readline().strip() == "ready"
         assert _ask(pod, APP_UID, "udp", "127.0.0.11", 53) == "docker"  # before the rules
         _apply(pod, "--redirect-dns", "--capture-all-dns")
+        assert "ISTIO_OUTPUT_DNS" in pod.run(f"{runtime}-save", "-t", "nat")
         assert _ask(pod, APP_UID, "udp", "127.0.0.11", 53) == "dns"
         assert _ask(pod, PROXY_UID, "udp", "127.0.0.11", 53) == "docker"
     finally:

@@ -13,6 +13,7 @@ passthrough source, and ports and CIDRs are included or excluded with the same f
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -205,46 +206,68 @@ def nameservers(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
     return found
 
 
-def cleanup(options: CaptureOptions | None = None, run=subprocess.run) -> None:
+VARIANTS = ("iptables-legacy", "iptables-nft")
+
+
+def variant(run=subprocess.run) -> str:
+    """Which iptables to use, as istio-iptables decides: the variant that already holds
+    rules in this namespace (a container runtime's, or an earlier --apply), so that ours
+    are ordered against them; else the system's `iptables`. Rules of the legacy and the
+    nf_tables variants live apart, and their relative order is not defined."""
+    for name in VARIANTS:
+        if shutil.which(f"{name}-save") is None:
+            continue
+        saved = run([f"{name}-save"], capture_output=True, text=True, check=False).stdout
+        if any(line.startswith("-A ") for line in saved.splitlines()):
+            return name
+    return "iptables"
+
+
+def cleanup(
+    options: CaptureOptions | None = None, run=subprocess.run, binary: str | None = None
+) -> None:
     """Remove what `apply` added and nothing else: every jump into Istio's chains, the
     rules `options` put in built-in chains (DNS, excluded interfaces), then the chains.
     Missing rules are not an error: cleanup is idempotent."""
+    binary = binary or variant(run)
     for table in ("nat", "raw"):
         for chain in ("PREROUTING", "OUTPUT"):
             listed = run(
-                ["iptables", "-t", table, "-S", chain], capture_output=True, text=True, check=False
+                [binary, "-t", table, "-S", chain], capture_output=True, text=True, check=False
             ).stdout
             for line in listed.splitlines():
                 if " -j ISTIO_" in line:
-                    _delete(run, table, line)
+                    _delete(run, binary, table, line)
     for table, lines in rules(options or CaptureOptions()).items():
         for line in lines:
             if line.startswith(("-A PREROUTING ", "-A OUTPUT ", "-I OUTPUT ")):
-                _delete(run, table, line)
+                _delete(run, binary, table, line)
     for action in ("-F", "-X"):  # all flushed first: they jump to one another
         for chain in (*CHAINS, DNS_CHAIN):
-            run(["iptables", "-t", "nat", action, chain], capture_output=True, check=False)
+            run([binary, "-t", "nat", action, chain], capture_output=True, check=False)
 
 
-def _delete(run, table: str, rule: str) -> None:
+def _delete(run, binary: str, table: str, rule: str) -> None:
     """Delete `rule` ("-A CHAIN spec..." or "-I CHAIN N spec...") from `table`, if it is
     there."""
     action, chain, *spec = rule.split()
     if action == "-I" and spec and spec[0].isdigit():
         spec = spec[1:]
-    run(["iptables", "-t", table, "-D", chain, *spec], capture_output=True, check=False)
+    run([binary, "-t", table, "-D", chain, *spec], capture_output=True, check=False)
 
 
-def apply(options: CaptureOptions, run=subprocess.run) -> None:
+def apply(options: CaptureOptions, run=subprocess.run) -> str:
     """Install the rules in the current network namespace, replacing an earlier set
-    (running twice leaves one set)."""
-    cleanup(options, run)
+    (running twice leaves one set); the iptables variant used."""
+    binary = variant(run)
+    cleanup(options, run, binary)
     done = run(
-        ["iptables-restore", "--noflush"],
+        [f"{binary}-restore", "--noflush"],
         input=restore_input(rules(options)),
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"iptables-restore: {done.stderr.strip()}")
+        raise RuntimeError(f"{binary}-restore: {done.stderr.strip()}")
+    return binary
