@@ -2,8 +2,9 @@
 # and docker-compose.yml run as the xds-server service).
 FROM python:3.11-slim
 # iptables: the image also runs as each pod's init container (`xds-server inject --mode
-# capture`), setting the capture rules as istio-init does.
-RUN apt-get update && apt-get install -y --no-install-recommends iptables \
+# capture`), setting the capture rules as istio-init does; curl, to try the mesh from an
+# app container (`docker compose exec sleep curl http://reviews:9080/`).
+RUN apt-get update && apt-get install -y --no-install-recommends iptables curl \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./

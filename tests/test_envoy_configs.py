@@ -13,6 +13,7 @@ import yaml
 
 from xds_server.bootstrap import BootstrapOptions, bootstrap, workload_ports
 from xds_server.envoy_binary import find_envoy
+from xds_server.inject import InjectOptions, dump, inject
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "envoy-configs"
@@ -109,6 +110,17 @@ def test_bootstrap_uses_dns_for_a_server_hostname():
     ]
 
 
+def test_docker_compose_yml_is_the_injected_form_of_the_plain_one():
+    plain = yaml.safe_load((ROOT / "docker-compose.plain.yml").read_text())
+    options = InjectOptions(mode="capture", config_dir="./xds_server/demo_mesh")
+    result = inject(plain, options)
+    assert (ROOT / "docker-compose.yml").read_text() == dump(result.compose, "capture"), (
+        "stale: run the command at the top of docker-compose.plain.yml"
+    )
+    for name, body in result.bootstraps.items():
+        assert (CONFIGS / name).read_text() == body, f"envoy-configs/{name} is stale"
+
+
 def test_docker_compose_config_parses():
     compose = shutil.which("docker-compose")
     if compose is None:
@@ -130,9 +142,11 @@ def test_docker_compose_config_parses():
             mounted = service["volumes"][0]
             source = mounted["source"] if isinstance(mounted, dict) else mounted.split(":")[0]
             assert Path(source).is_file(), f"{name} mounts a missing bootstrap {source}"
-            assert service["network_mode"] == f"service:{name.removesuffix('-sidecar')}"
+            app = name.removesuffix("-sidecar")
+            assert service["network_mode"] == services[app]["network_mode"] == f"service:{app}-pod"
             boot = yaml.safe_load(Path(source).read_text())
-            assert boot["node"]["id"] == name.removesuffix("-sidecar")
+            assert boot["node"]["id"] == app
+            assert boot["node"]["metadata"]["INTERCEPTION_MODE"] == "REDIRECT"
     gateway = services["ingressgateway"]
     mounted = gateway["volumes"][0]
     source = mounted["source"] if isinstance(mounted, dict) else mounted.split(":")[0]

@@ -32,9 +32,9 @@ def _injected(text: str, mode: str = "proxy") -> inject.Injected:
 
 @pytest.mark.parametrize("mode", inject.MODES)
 def test_the_injected_file_is_its_golden_form(mode: str) -> None:
-    assert inject.dump(_injected(PLAIN.read_text(), mode).compose) == GOLDEN[mode].read_text(), (
-        "python -m tests.test_inject to accept the change"
-    )
+    assert (
+        inject.dump(_injected(PLAIN.read_text(), mode).compose, mode) == GOLDEN[mode].read_text()
+    ), "python -m tests.test_inject to accept the change"
 
 
 @pytest.mark.parametrize("mode", inject.MODES)
@@ -192,7 +192,7 @@ def test_the_command_writes_the_file_bootstraps_and_services(tmp_path) -> None:
 
 def main() -> int:
     for mode, path in GOLDEN.items():
-        path.write_text(inject.dump(_injected(PLAIN.read_text(), mode).compose))
+        path.write_text(inject.dump(_injected(PLAIN.read_text(), mode).compose, mode))
         print(f"wrote {path}")
     return 0
 

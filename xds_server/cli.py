@@ -297,7 +297,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
         services.mkdir(parents=True, exist_ok=True)
         for app, body in result.services.items():
             (services / f"{app}-service.yaml").write_text(body)
-    rendered = inject.dump(result.compose)
+    rendered = inject.dump(result.compose, args.mode)
     if args.output == "-":
         sys.stdout.write(rendered)
     else:

@@ -356,9 +356,14 @@ def _service_yaml(app: str, namespace: str, ports: list[int], tcp: set[str]) -> 
     )
 
 
-def dump(compose: Mapping[str, Any]) -> str:
-    return (
-        "# Injected by `xds-server inject`: each app has an Envoy sidecar in its network\n"
-        "# namespace; injecting this file again changes nothing.\n"
-        + yaml.safe_dump(dict(compose), sort_keys=False, default_flow_style=False)
-    )
+_HEADERS = {
+    "proxy": "# Injected by `xds-server inject`: each app has an Envoy sidecar in its network\n"
+    "# namespace; injecting this file again changes nothing.\n",
+    "capture": "# Injected by `xds-server inject --mode capture`: each app is a pod (<app>-pod\n"
+    "# holds its network namespace, <app>-init sets the capture rules there, then the app\n"
+    "# and its Envoy sidecar start in it); injecting this file again changes nothing.\n",
+}
+
+
+def dump(compose: Mapping[str, Any], mode: str = "proxy") -> str:
+    return _HEADERS[mode] + yaml.safe_dump(dict(compose), sort_keys=False, default_flow_style=False)

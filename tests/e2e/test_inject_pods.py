@@ -1,6 +1,7 @@
 """`xds-server inject --mode capture`, run: a plain compose file with seeds 01 and 06's
 workloads, injected, then run as local pods as compose would run it (tests/compose_pods.py),
-routes as the seeds say, with apps that have no proxy settings."""
+routes as the seeds say, with apps that have no proxy settings; and so does the
+repository's docker-compose.yml, the injected form of docker-compose.plain.yml."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from xds_server.netns import run_prefix
 from xds_server.pods import APP_UID
 
 pytestmark = pytest.mark.e2e
-PLAIN = Path(__file__).resolve().parents[1] / "inject" / "bookinfo.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+PLAIN = ROOT / "tests" / "inject" / "bookinfo.yaml"
 ROUTES = """apiVersion: networking.istio.io/v1beta1
 kind: DestinationRule
 metadata: {name: reviews}
@@ -43,10 +45,7 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def pods():
-    need_namespaces()
-    work = Path(tempfile.mkdtemp(prefix="xds-inject-pods-"))
+def _injected_bookinfo(work: Path) -> tuple[Path, Path]:
     compose = work / "docker-compose.yml"
     subprocess.run(
         [sys.executable, "-m", "xds_server", "inject", str(PLAIN), "--mode", "capture"]
@@ -55,7 +54,21 @@ def pods():
         timeout=60,
     )
     (work / "mesh" / "reviews-routes.yaml").write_text(ROUTES)
-    mesh = ComposePods(compose, work / "mesh", work / "run", run_prefix())
+    return compose, work / "mesh"
+
+
+def _repository_compose(work: Path) -> tuple[Path, Path]:
+    """The repository's docker-compose.yml (the injected docker-compose.plain.yml) with
+    the demo's mesh, which its control plane serves."""
+    return ROOT / "docker-compose.yml", ROOT / "xds_server" / "demo_mesh"
+
+
+@pytest.fixture(scope="module", params=[_injected_bookinfo, _repository_compose])
+def pods(request):
+    need_namespaces()
+    work = Path(tempfile.mkdtemp(prefix="xds-inject-pods-"))
+    compose, config = request.param(work)
+    mesh = ComposePods(compose, config, work / "run", run_prefix())
     try:
         mesh.start()
         try:
