@@ -6,11 +6,15 @@ from __future__ import annotations
 import dataclasses
 
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 
 from tests.helpers import config_from, sidecar
 from translators import model
 from translators.listeners import HCM_FILTER, TCP_PROXY_FILTER, auto_address
-from translators.resources import LISTENER
+from translators.resources import LISTENER, ROUTE
 from translators.snapshot import Translator, World
 
 MESH = """apiVersion: v1
@@ -106,3 +110,50 @@ def test_a_captured_workload_serves_a_tcp_only_app_port_as_tcp() -> None:
         for c in inbound.filter_chains
     }
     assert filters[3306] == TCP_PROXY_FILTER and filters[9080] == HCM_FILTER
+
+
+def test_each_http_port_has_istios_route_configuration_named_by_it() -> None:
+    text = MESH.replace(
+        "ports: [{name: http, port: 9080}]",
+        "ports: [{name: http, port: 9080}, {name: http-alt, port: 8080}]",
+        1,
+    ).replace("metadata: {name: mariadb}", "metadata: {name: ratings}", 1)
+    text = text.replace(
+        "selector: {app: mariadb}\n  ports: [{name: tcp, port: 3306}]",
+        "selector: {app: ratings}\n  ports: [{name: http, port: 9080}]",
+    )
+    proxy = dataclasses.replace(sidecar("client", "sleep"), interception="REDIRECT")
+    resources = Translator(World(config_from(text))).translate(proxy)
+    assert set(resources[ROUTE]) == {"8080", "9080"}  # no http_proxy: nothing asks for it
+    configs = {}
+    for name, packed in resources[ROUTE].items():
+        configs[name] = config = route_pb2.RouteConfiguration()
+        packed.any.Unpack(config)
+        assert config.name == name
+    vhosts = {
+        port: {v.name: set(v.domains) for v in config.virtual_hosts}
+        for port, config in configs.items()
+    }
+    reviews, ratings = "reviews.default.svc.cluster.local", "ratings.default.svc.cluster.local"
+    assert set(vhosts["8080"]) == {f"{reviews}:8080", "allow_any"}
+    assert set(vhosts["9080"]) == {f"{reviews}:9080", f"{ratings}:9080", "allow_any"}
+    # On each port, reviews' vhost answers its short name (one port's in http_proxy).
+    for port in ("8080", "9080"):
+        assert {"reviews", f"reviews:{port}", "198.19.0.10", reviews} <= vhosts[port][
+            f"{reviews}:{port}"
+        ]
+    # The same routes as the one configuration of an uncaptured sidecar, new domains aside.
+    (packed,) = (
+        Translator(World(config_from(text))).translate(sidecar("c", "sleep"))[ROUTE].values()
+    )
+    http_proxy = route_pb2.RouteConfiguration()
+    packed.any.Unpack(http_proxy)
+    for vhost in http_proxy.virtual_hosts:
+        port = vhost.name.rpartition(":")[2]
+        (same,) = [
+            v for v in configs.get(port, configs["9080"]).virtual_hosts if v.name == vhost.name
+        ]
+        assert list(same.routes) == list(vhost.routes)
+    hcm = hcm_pb2.HttpConnectionManager()
+    _listeners(text)["0.0.0.0_8080"].filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    assert hcm.rds.route_config_name == "8080"

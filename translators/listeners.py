@@ -140,7 +140,7 @@ INBOUND_PASSTHROUGH_CLUSTER = "InboundPassthroughClusterIpv4"
 INBOUND_CAPTURE_PORT = 15006
 ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
 # Ports of the sidecar's own listeners and admin: never a per-port outbound listener.
-_SIDECAR_PORTS = frozenset({15000, 15001, 15006, 15008, 15020, 15021, 15090})
+SIDECAR_PORTS = frozenset({15000, 15001, 15006, 15008, 15020, 15021, 15090})
 
 
 def _tcp_chain(name: str, cluster: str, port: int | None = None):
@@ -167,8 +167,9 @@ def captured_listeners(
 ) -> list[listener_pb2.Listener]:
     """A captured sidecar's listeners, as Istio builds them: virtualOutbound on 15001
     hands each connection to the listener of its original destination (HTTP service
-    ports, `0.0.0.0_<port>`, route by Host through `http_proxy`; a TCP service port,
-    `<address>_<port>` for each of `tcp_services`' addresses, goes to that service, and
+    ports, `0.0.0.0_<port>`, route by Host through the route configuration `<port>`; a
+    TCP service port, `<address>_<port>` for each of `tcp_services`' addresses, goes to
+    that service, and
     takes precedence over the port's wildcard listener); what no listener takes goes to
     PassthroughCluster (ALLOW_ANY) or BlackHoleCluster. virtualInbound on 15006
     restores the original destination and serves each app port by its own filter chain;
@@ -187,9 +188,10 @@ def captured_listeners(
         ),
     )
     listeners = [outbound]
-    for port in sorted(set(http_ports) - _SIDECAR_PORTS):
+    for port in sorted(set(http_ports) - SIDECAR_PORTS):
         name = listener_name("0.0.0.0", port)
-        hcm = build_hcm(OUTBOUND, f"outbound_{name}", rds=OUTBOUND_ROUTE_NAME)
+        # Istio's route configuration per port, named by it (routes.port_route_configs).
+        hcm = build_hcm(OUTBOUND, f"outbound_{name}", rds=str(port))
         listener = network_listener(name, "0.0.0.0", port, HCM_FILTER, hcm, base_pb2.OUTBOUND)
         listener.bind_to_port.value = False  # reached only through virtualOutbound
         listeners.append(listener)

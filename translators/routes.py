@@ -45,7 +45,7 @@ from translators.route_policies import (
 )
 from translators.services import Service
 from translators.traffic_policy import effective_policy, find_subset, hashes_consistently
-from translators.wire import Segment, segments, varint
+from translators.wire import Segment, field_value, segments, varint
 
 __all__ = ["DEFAULT_RETRY_ON", "RouteContext", "outbound_route_config"]
 ZERO = duration_pb2.Duration()
@@ -597,21 +597,28 @@ class _VHost:
     domains: list[tuple[int, str]]  # (priority, domain); priority 0 = full names, claimed first
 
 
-def service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[int, str]]:
+def service_domains(
+    service: Service, port: int, proxy_ns: str, every_port: bool = False
+) -> list[tuple[int, str]]:
     """The (priority, domain) forms a view's virtual host for one service port wants;
-    remembered per service (kept from push to push while it stays the same)."""
+    remembered per service (kept from push to push while it stays the same). In the one
+    route configuration of all ports, the names without a port go to the service's
+    default port; `every_port` wants them for each port, as a configuration of one port
+    has them (port_route_configs)."""
     forms = _domain_forms(service)
-    key = (port, service.namespace == proxy_ns)
+    key = (port, service.namespace == proxy_ns, every_port)
     found = forms.get(key)
     if found is None:
-        found = forms[key] = _service_domains(service, port, proxy_ns)
+        found = forms[key] = _service_domains(service, port, proxy_ns, every_port)
     return found
 
 
 _domain_forms = PerObject(lambda service: {})
 
 
-def _service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[int, str]]:
+def _service_domains(
+    service: Service, port: int, proxy_ns: str, every_port: bool
+) -> list[tuple[int, str]]:
     names: list[tuple[int, str]] = [(0, service.hostname), (0, service.hostname + ".")]
     if service.short_name:
         ns_name = f"{service.short_name}.{service.namespace}"
@@ -620,7 +627,7 @@ def _service_domains(service: Service, port: int, proxy_ns: str) -> list[tuple[i
             names.append((1, service.short_name))
     names += [(0, vip) for vip in service.vips]
     with_port = [(prio, f"{name}:{port}") for prio, name in names]
-    if port == service.default_port.port:
+    if every_port or port == service.default_port.port:
         return names + with_port
     return with_port
 
@@ -1110,3 +1117,52 @@ def _catch_all_bytes(allow_any: bool) -> bytes:
             deterministic=True
         )
     return found
+
+
+def port_route_configs(
+    parts: RouteParts, ctx: RouteContext, ports: Iterable[int]
+) -> dict[int, bytes]:
+    """Istio's outbound route configuration per port, named by the port: what a captured
+    sidecar's `0.0.0.0_<port>` listener asks for. Each holds the view's virtual hosts
+    for that port, every one claiming its domains among those of the same port only (a
+    service's short name belongs to its vhost on each of its ports), the VS hosts
+    outside the registry, and the catch-all. Derived from `parts`: a vhost whose domains
+    are the same keeps its bytes, others take new domains before the same routes."""
+    by_port: dict[int, list[_VHost]] = {p: [] for p in ports}
+    unbound: list[_VHost] = []
+    for name, built in parts.vhosts.items():
+        host, _, port = name.rpartition(":")
+        service = ctx.services.get(host) if port.isdigit() else None
+        if service is None:
+            unbound.append(_VHost(name, built, [(0, d) for d in built[0]]))
+        elif int(port) in by_port:
+            wanted = service_domains(service, int(port), ctx.proxy_ns, every_port=True)
+            by_port[int(port)].append(_VHost(name, built, wanted))
+    catch_all = field_bytes(2, parts.catch_all)
+    configs = {}
+    for port, vhosts in by_port.items():
+        configs[port] = b"".join(
+            (
+                field_bytes(1, str(port).encode()),
+                *(
+                    _redomained(name, kept, domains)
+                    for name, domains, kept in claim_domains([*vhosts, *unbound])
+                ),
+                catch_all,
+                field_bytes(7, b""),
+            )
+        )
+    return configs
+
+
+def _redomained(name: str, kept: tuple[tuple[str, ...], bytes], domains: tuple[str, ...]) -> bytes:
+    """A serialized vhost (RouteConfiguration field 2) with `domains` instead of the
+    ones it was built with."""
+    old, field = kept
+    if domains == old:
+        return field
+    body = field_value(field)
+    prefix = field_bytes(1, name.encode()) + _domain_fields(old)
+    return field_bytes(
+        2, field_bytes(1, name.encode()) + _domain_fields(domains) + body[len(prefix) :]
+    )

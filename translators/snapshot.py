@@ -14,6 +14,7 @@ from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import (
+    SIDECAR_PORTS,
     captured_clusters,
     captured_listeners,
     dns_listener,
@@ -41,6 +42,7 @@ from translators.routes import (
     RouteSource,
     is_sidecar_virtual_service,
     outbound_route_config,
+    port_route_configs,
     service_domains,
     service_sources,
     service_vhost_routes,
@@ -484,11 +486,14 @@ class Translator:
             return gateways.translate_gateway(self.world, proxy)
         shared = self._outbound(proxy)
         inbound, listeners = self._own(proxy, shared[TCP_ROUTES], shared[VIEW_CONTEXT])
+        routes = shared[ROUTE]
+        if proxy.captured:
+            routes = _port_routes(shared[ROUTE_PARTS], shared[VIEW_CONTEXT])
         return {
             CLUSTER: ResourceSet(inbound, base=shared[CLUSTER]) if inbound else shared[CLUSTER],
             ENDPOINT: shared[ENDPOINT],
             LISTENER: listeners,
-            ROUTE: shared[ROUTE],
+            ROUTE: routes,
         }
 
     def _own(
@@ -549,10 +554,30 @@ def _capture_view(ctx: RouteContext) -> tuple[frozenset[int], Packed]:
     if found is None:
         (dns,) = pack_all([dns_listener(dns_names(ctx.services, ctx.proxy_ns))]).values()
         found = ctx.__dict__["_capture_view"] = (
-            frozenset(p.port for s in ctx.services.values() for p in s.ports if p.is_http),
+            frozenset(p.port for s in ctx.services.values() for p in s.ports if p.is_http)
+            - SIDECAR_PORTS,
             dns,
         )
     return found
+
+
+def _port_routes(parts: RouteParts, ctx: RouteContext) -> ResourceSet:
+    """A captured sidecar's routes: a configuration per HTTP port of its view (Istio's,
+    named by the port), in place of `http_proxy`. Kept on the view's route parts, which
+    are new whenever a route or domain of the view changes."""
+    found = parts.__dict__.get("_port_routes")
+    if found is not None and found[0] is ctx:
+        return found[1]
+    http_ports, _ = _capture_view(ctx)
+    configs = port_route_configs(parts, ctx, sorted(http_ports))
+    routes = ResourceSet(
+        {
+            str(port): pack_serialized(str(port), ROUTE_CONFIGURATION, body)
+            for port, body in configs.items()
+        }
+    )
+    parts.__dict__["_port_routes"] = (ctx, routes)
+    return routes
 
 
 def _route_set(parts: RouteParts) -> ResourceSet:

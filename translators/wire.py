@@ -57,3 +57,10 @@ def segments(data: bytes) -> list[Segment]:
             raise ValueError(f"wire type {kind} at byte {start}")
         out.append((tag >> 3, data[start:at]))
     return out
+
+
+def field_value(field: bytes) -> bytes:
+    """The value of one length-delimited field whose tag is one byte (field numbers 1 to
+    15): what its tag and length wrap."""
+    length, start = _read_varint(field, 1)
+    return field[start : start + length]
