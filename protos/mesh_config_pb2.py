@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos import sidecar_pb2 as sidecar__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11mesh_config.proto\x12\x0cmeshapi.mesh\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\rsidecar.proto\"\xeb\x01\n\nMeshConfig\x12\x16\n\x0eroot_namespace\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12\x32\n\x0f\x63onnect_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0e\x64\x65\x66\x61ult_config\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12J\n\x17outbound_traffic_policy\x18\x05 \x01(\x0b\x32).meshapi.networking.OutboundTrafficPolicyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11mesh_config.proto\x12\x0cmeshapi.mesh\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\rsidecar.proto\"\x88\x02\n\nMeshConfig\x12\x16\n\x0eroot_namespace\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12\x32\n\x0f\x63onnect_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0e\x64\x65\x66\x61ult_config\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12J\n\x17outbound_traffic_policy\x18\x05 \x01(\x0b\x32).meshapi.networking.OutboundTrafficPolicy\x12\x1b\n\x13\x61uto_allocate_range\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESHCONFIG']._serialized_start=113
-  _globals['_MESHCONFIG']._serialized_end=348
+  _globals['_MESHCONFIG']._serialized_end=377
 # @@protoc_insertion_point(module_scope)

@@ -4,18 +4,29 @@ virtualOutbound hands a connection to, by its original destination."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.udp.dns_filter.v3 import dns_filter_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import config_from, sidecar
 from translators import model
-from translators.listeners import HCM_FILTER, TCP_PROXY_FILTER, auto_address
+from translators.listeners import (
+    AUTO_ADDRESSES,
+    HCM_FILTER,
+    TCP_PROXY_FILTER,
+    allocate_addresses,
+    auto_address,
+)
 from translators.resources import LISTENER, ROUTE
 from translators.snapshot import Translator, World
+from xds_server.config.loader import parse_file
 
 MESH = """apiVersion: v1
 kind: Service
@@ -157,3 +168,67 @@ def test_each_http_port_has_istios_route_configuration_named_by_it() -> None:
     hcm = hcm_pb2.HttpConnectionManager()
     _listeners(text)["0.0.0.0_8080"].filter_chains[0].filters[0].typed_config.Unpack(hcm)
     assert hcm.rds.route_config_name == "8080"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.from_regex(r"[a-z]{1,8}\.ns\.svc\.cluster\.local", fullmatch=True), unique=True),
+    st.sampled_from(["10.0.0.0/29", "10.0.0.0/28", AUTO_ADDRESSES]),
+    st.randoms(),
+)
+def test_allocated_addresses_are_unique_and_depend_on_the_names_alone(hosts, network, rnd):
+    allocated = allocate_addresses(hosts, network)
+    shuffled = list(hosts)
+    rnd.shuffle(shuffled)
+    assert allocate_addresses(shuffled, network) == allocated  # the order does not matter
+    room = ipaddress.ip_network(network).num_addresses - 2
+    assert len(set(allocated.values())) == min(len(hosts), room)
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network(network) for a in allocated.values())
+    if len(hosts) < room:
+        # A new host moves only hosts of the run of taken addresses its own falls in.
+        more = allocate_addresses([*hosts, "new.ns.svc.cluster.local"], network)
+        first = int(ipaddress.ip_network(network)[1])
+        slot = int(ipaddress.ip_address(auto_address("new.ns.svc.cluster.local", network)))
+        run = _run(
+            {int(ipaddress.ip_address(a)) - first for a in more.values()}, slot - first, room
+        )
+        for host in hosts:
+            if more[host] != allocated[host]:
+                assert int(ipaddress.ip_address(allocated[host])) - first in run, host
+
+
+def _run(taken: set[int], start: int, size: int) -> set[int]:
+    """The contiguous (wrapping) run of `taken` slots around `start`."""
+    run = {start}
+    for step in (1, -1):
+        at = (start + step) % size
+        while at in taken and at not in run:
+            run.add(at)
+            at = (at + step) % size
+    return run
+
+
+def _dns_table(text: str) -> dict[str, list[str]]:
+    proxy = dataclasses.replace(sidecar("client", "sleep"), interception="REDIRECT")
+    resources = Translator(World(config_from(text))).translate(proxy)
+    listener = listener_pb2.Listener()
+    resources[LISTENER]["dns"].any.Unpack(listener)
+    config = dns_filter_pb2.DnsFilterConfig()
+    listener.listener_filters[0].typed_config.Unpack(config)
+    table = config.server_config.inline_dns_table.virtual_domains
+    return {d.name: list(d.endpoint.address_list.address) for d in table}
+
+
+def test_the_mesh_config_sets_the_range_addresses_are_allocated_from() -> None:
+    mesh = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n"
+        "data:\n  mesh: |\n    autoAllocateRange: 10.99.0.0/24\n"
+    )
+    table = _dns_table(MESH + "---\n" + mesh)
+    (mariadb,) = table["mariadb"]
+    assert ipaddress.ip_address(mariadb) in ipaddress.ip_network("10.99.0.0/24")
+    assert table["mysql"] == ["198.19.0.20"] and "legacy" not in table  # own, headless
+    assert _dns_table(MESH)["mariadb"] == [auto_address("mariadb.default.svc.cluster.local")]
+    bad = parse_file("mesh.yaml", mesh.replace("10.99.0.0/24", "10.99.0.1/24"))
+    (issue,) = [i for i in bad.issues if i.severity == "error"]
+    assert (issue.line, issue.field) == (6, "data.mesh.autoAllocateRange"), issue

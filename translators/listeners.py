@@ -9,6 +9,7 @@ iptables rules of `xds-server iptables`): Istio's virtualOutbound and virtualInb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
@@ -199,7 +200,7 @@ def captured_listeners(
     for address, port, config in tcp_services:
         name = listener_name(address, port)
         if name in taken:
-            continue  # two services at one address (auto_address collided): the first
+            continue  # two services at one address (more hosts than addresses): the first
         taken.add(name)
         listener = network_listener(
             name, address, port, TCP_PROXY_FILTER, config, base_pb2.OUTBOUND
@@ -268,34 +269,71 @@ DNS_PORT = 15053
 DNS_FILTER = "envoy.filters.udp.dns_filter"
 
 
-AUTO_ADDRESSES = ipaddress.ip_network("240.240.0.0/16")  # Istio's auto-allocation range
+AUTO_ADDRESSES = "240.240.0.0/16"  # Istio's auto-allocation range; mesh autoAllocateRange
 
 
-def auto_address(host: str) -> str:
-    """An address for a host that has none (no clusterIP, no ServiceEntry addresses), as
-    Istio allocates them for DNS capture: from 240.240.0.0/16, by a hash of the name, so
-    it is the same across restarts and config changes. Two hosts may share one: captured
-    traffic is routed by Host and by port, never by this address."""
+@functools.cache
+def _slot(host: str, size: int) -> int:
     digest = hashlib.blake2b(host.encode(), digest_size=4).digest()
-    offset = 1 + int.from_bytes(digest, "big") % (AUTO_ADDRESSES.num_addresses - 2)
-    return str(AUTO_ADDRESSES[offset])
+    return int.from_bytes(digest, "big") % size
 
 
-def service_addresses(host: str, service) -> tuple[str, ...]:
-    """Where a captured app reaches a service: its virtual IPs, or auto_address."""
-    return tuple(a for a in service.vips if "/" not in a) or (auto_address(host),)
+def auto_address(host: str, network: str = AUTO_ADDRESSES) -> str:
+    """The address a host without one prefers: in `network`, by a hash of its name (so
+    the same across restarts and config changes); allocate_addresses gives it that one
+    unless another host took it first."""
+    net = ipaddress.ip_network(network)
+    return str(net[1 + _slot(host, net.num_addresses - 2)])
 
 
-def dns_names(services: Mapping, proxy_namespace: str) -> dict[str, tuple[str, ...]]:
+def allocate_addresses(hosts: Iterable[str], network: str = AUTO_ADDRESSES) -> dict[str, str]:
+    """An address for each host, as Istio allocates them for DNS capture: each its
+    auto_address, and where two hosts want one, the one first by name keeps it and the
+    other takes the next free one. So the result depends on the set of names alone, and
+    a new host can move others only within the run of taken addresses its own falls in
+    (rare in a sparse range: a /16 holds 1000 hosts with few neighbours). Hosts share
+    addresses only when there are more hosts than addresses."""
+    net = ipaddress.ip_network(network)
+    size = net.num_addresses - 2
+    taken: set[int] = set()
+    out: dict[str, str] = {}
+    for slot, host in sorted((_slot(h, size), h) for h in hosts):
+        if len(taken) < size:
+            while slot in taken:
+                slot = (slot + 1) % size
+            taken.add(slot)
+        out[host] = str(net[1 + slot])
+    return out
+
+
+def needs_address(host: str, service) -> bool:
+    """A host captured sidecars reach by an allocated address: no address of its own, not
+    headless (its name resolves to its pods), not a wildcard."""
+    return "*" not in host and not service.headless and not any("/" not in a for a in service.vips)
+
+
+def service_addresses(host: str, service, allocated: Mapping[str, str]) -> tuple[str, ...]:
+    """Where a captured app reaches a service: its virtual IPs, or its allocated address."""
+    own = tuple(a for a in service.vips if "/" not in a)
+    if own:
+        return own
+    return (allocated[host],) if host in allocated else ()
+
+
+def dns_names(
+    services: Mapping, proxy_namespace: str, allocated: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
     """Mesh names -> their addresses, as Istio's DNS proxy answers them: a Kubernetes
     Service by its full name, `name.ns.svc`, `name.ns`, and within its namespace `name`;
-    a ServiceEntry host by itself. A host without addresses gets auto_address; headless
-    Services and wildcard hosts are left to the upstream resolver."""
+    a ServiceEntry host by itself. A host without addresses has its `allocated` one;
+    headless Services and wildcard hosts are left to the upstream resolver."""
     names: dict[str, tuple[str, ...]] = {}
     for host, service in sorted(services.items()):
         if "*" in host or service.headless:
             continue
-        addresses = service_addresses(host, service)
+        addresses = service_addresses(host, service, allocated)
+        if not addresses:
+            continue
         names[host] = addresses
         if service.short_name:
             short = f"{service.short_name}.{service.namespace}"

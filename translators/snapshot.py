@@ -14,11 +14,14 @@ from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
 from translators.listeners import (
+    AUTO_ADDRESSES,
     SIDECAR_PORTS,
+    allocate_addresses,
     captured_clusters,
     captured_listeners,
     dns_listener,
     dns_names,
+    needs_address,
     service_addresses,
     sidecar_listeners,
 )
@@ -123,6 +126,21 @@ class World:
             registry = update_registry(registry, self.proxies)
         self.cache.put(("services",), (self.config, registry))
         return registry.services
+
+    @cached_property
+    def auto_addresses(self) -> Mapping[str, str]:
+        """Addresses for the hosts that have none (listeners.allocate_addresses), from the
+        mesh's autoAllocateRange; the previous push's mapping when it is the same, so
+        that what was built from it is kept."""
+        network = self.config.mesh.auto_allocate_range or AUTO_ADDRESSES
+        hosts = [h for h, s in self.services.items() if needs_address(h, s)]
+        found = allocate_addresses(hosts, network)
+        if self.cache is not None:
+            kept = self.cache.get(("auto_addresses",))
+            if kept is not None and kept == found:
+                return kept
+            self.cache.put(("auto_addresses",), found)
+        return found
 
     @cached_property
     def bindings(self) -> Bindings:
@@ -509,7 +527,8 @@ class Translator:
         captured = None
         if proxy.captured:
             sidecar = sidecar_scope.select_sidecar(world.config, proxy)
-            captured = (*_capture_view(ctx), sidecar_scope.allow_any(world.config, sidecar))
+            allow_any = sidecar_scope.allow_any(world.config, sidecar)
+            captured = (*_capture_view(ctx, world.auto_addresses), allow_any)
         key = ("proxy", proxy.node_id)
         kept = world.cache.get(key) if world.cache is not None else None
         if (
@@ -527,8 +546,9 @@ class Translator:
             tcp = [
                 (address, route.port, route.proxy)
                 for route in tcp_routes
-                if not ctx.services[route.host].headless
-                for address in service_addresses(route.host, ctx.services[route.host])
+                for address in service_addresses(
+                    route.host, ctx.services[route.host], world.auto_addresses
+                )
             ]
             listeners = pack_all(captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any))
             listeners[dns.name] = dns  # built once for the view
@@ -545,20 +565,24 @@ class Translator:
         return found[4], found[5]
 
 
-def _capture_view(ctx: RouteContext) -> tuple[frozenset[int], Packed]:
+def _capture_view(ctx: RouteContext, allocated: Mapping[str, str]) -> tuple[frozenset[int], Packed]:
     """What captured sidecars take from their view: its HTTP service ports, and its DNS
     listener (the same for all of them), packed. Kept on the view's context (a new one
-    is made whenever the view's services change), so that the proxies of a view do not
-    each walk every service or build the table again."""
+    is made whenever the view's services change) while the allocated addresses are the
+    same mapping, so that the proxies of a view do not each walk every service or build
+    the table again."""
     found = ctx.__dict__.get("_capture_view")
-    if found is None:
-        (dns,) = pack_all([dns_listener(dns_names(ctx.services, ctx.proxy_ns))]).values()
-        found = ctx.__dict__["_capture_view"] = (
-            frozenset(p.port for s in ctx.services.values() for p in s.ports if p.is_http)
-            - SIDECAR_PORTS,
-            dns,
-        )
-    return found
+    if found is None or found[0] is not allocated:
+        table = dns_names(ctx.services, ctx.proxy_ns, allocated)
+        (dns,) = pack_all([dns_listener(table)]).values()
+        found = ctx.__dict__["_capture_view"] = (allocated, _http_ports(ctx), dns)
+    return found[1], found[2]
+
+
+def _http_ports(ctx: RouteContext) -> frozenset[int]:
+    """The view's HTTP service ports: a captured sidecar's `0.0.0.0_<port>` listeners."""
+    ports = frozenset(p.port for s in ctx.services.values() for p in s.ports if p.is_http)
+    return ports - SIDECAR_PORTS
 
 
 def _port_routes(parts: RouteParts, ctx: RouteContext) -> ResourceSet:
@@ -568,8 +592,7 @@ def _port_routes(parts: RouteParts, ctx: RouteContext) -> ResourceSet:
     found = parts.__dict__.get("_port_routes")
     if found is not None and found[0] is ctx:
         return found[1]
-    http_ports, _ = _capture_view(ctx)
-    configs = port_route_configs(parts, ctx, sorted(http_ports))
+    configs = port_route_configs(parts, ctx, sorted(_http_ports(ctx)))
     routes = ResourceSet(
         {
             str(port): pack_serialized(str(port), ROUTE_CONFIGURATION, body)

@@ -314,7 +314,15 @@ def _parse_mesh(value: dict, doc: YamlDocument, ref: str, out: ParsedFile, issue
             ConfigIssue(out.path, line, str(exc), ref, format_path(("data", "mesh", *exc.path)))
         )
         return
-    _check(model.MESH_CONFIG, mesh, issue, ref)
+
+    def inner_issue(message: str, at: Path, resource: str, severity: str = "error") -> None:
+        """A finding in the embedded mesh YAML, at its own line."""
+        line = base_line
+        if inner is not None and at[:2] == ("data", "mesh") and len(at) > 2:
+            line += inner.line_of(at[2:])
+        out.issues.append(ConfigIssue(out.path, line, message, resource, format_path(at), severity))
+
+    _check(model.MESH_CONFIG, mesh, inner_issue, ref)
     out.mesh = mesh
 
 

@@ -10,6 +10,7 @@ checks_common.skipped_checks (XDS_SERVER_UNSAFE_SKIP_CHECKS).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
 
 from google.protobuf.message import Message
@@ -79,9 +80,18 @@ def _service(svc: service_pb2.ServiceSpec) -> Iterator[Finding]:
 
 def _mesh(mesh: mesh_config_pb2.MeshConfig) -> Iterator[Finding]:
     """Istio wants connectTimeout >= 1ms; Envoy's Cluster.connect_timeout must be > 0 (a
-    0s here would silently become the 10s default when merged)."""
+    0s here would silently become the 10s default when merged). autoAllocateRange must
+    be an IPv4 network with room for hosts."""
     if enabled("mesh-connect-timeout"):
         yield from optional_duration(mesh, "connect_timeout", (*MESH_ROOT, "connectTimeout"))
+    if mesh.auto_allocate_range:
+        try:
+            network = ipaddress.ip_network(mesh.auto_allocate_range, strict=True)
+        except ValueError as exc:
+            yield (*MESH_ROOT, "autoAllocateRange"), f"not a network: {exc}"
+            return
+        if network.version != 4 or network.prefixlen > 30:
+            yield (*MESH_ROOT, "autoAllocateRange"), "an IPv4 network of /30 or larger"
 
 
 CHECKS: dict[str, Callable[[Message], Iterator[Finding]]] = {
