@@ -127,7 +127,7 @@ def workload_entry(address: str, extra: str = "") -> str:
 def mesh(line: str) -> str:
     return (
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n"
-        f"data:\n  mesh: | {MARK}\n    {line}\n"
+        f"data:\n  mesh: |\n    {line} {MARK}\n"
     )
 
 
