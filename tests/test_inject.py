@@ -46,6 +46,46 @@ def test_injecting_twice_changes_nothing(mode: str) -> None:
     assert twice.services == once.services
 
 
+@pytest.mark.parametrize(("first", "then"), [("proxy", "capture"), ("capture", "proxy")])
+def test_an_injected_file_keeps_its_mode(first: str, then: str) -> None:
+    once = _injected(PLAIN.read_text(), first).compose
+    with pytest.raises(inject.InjectError, match=f"--mode {first} already"):
+        inject.inject(once, inject.InjectOptions(mode=then))
+
+
+@pytest.mark.parametrize("mode", inject.MODES)
+def test_sidecars_reach_the_control_plane_on_their_networks_and_by_its_name(mode) -> None:
+    text = """
+x-app: &app {image: example/app, networks: [back], profiles: [full]}
+services:
+  web: *app
+  api: {<<: *app, labels: {xds-server.io/tcp-ports: "81"}, expose: ["81"]}
+  api-v2: {image: example/app, labels: {app: api}, expose: ["81"]}
+networks: {back: {}}
+"""
+    result = _injected(text, mode)
+    services = result.compose["services"]
+    assert services["xds-server"]["networks"] == ["back", "default"]
+    for part in ("sidecar", "pod", "init") if mode == "capture" else ("sidecar",):
+        assert services[f"web-{part}"]["profiles"] == ["full"]
+    assert "name: tcp-81" in result.services["api"]  # one version's label is enough
+    # A shared anchor is written out at each place: the text reads back the same.
+    dumped = inject.dump(result.compose, mode)
+    assert "&id" not in dumped
+    again = inject.inject(yaml.safe_load(dumped), inject.InjectOptions(mode=mode))
+    assert inject.dump(again.compose, mode) == dumped
+    # A control plane the user labelled, under another name, is the one sidecars ask.
+    own = "services:\n  web: {}\n  cp: {image: x, labels: {xds-server.io/role: control-plane}}\n"
+    result = _injected(own, mode)
+    assert "xds-server" not in result.compose["services"]
+    assert (
+        "cp:15010" in result.bootstraps["web.yaml"]
+        or "address: cp" in result.bootstraps["web.yaml"]
+    )
+    depends = result.compose["services"]["web-sidecar"]["depends_on"]
+    assert "cp" in depends
+
+
 def test_capture_makes_each_app_a_pod_whose_rules_are_set_before_it_starts() -> None:
     services = _injected(PLAIN.read_text(), "capture").compose["services"]
     for app in ("productpage", "reviews-v1", "reviews-v2", "mysql"):
@@ -112,10 +152,20 @@ def test_emitted_services_are_valid_and_merge_versions() -> None:
     [
         ("services: {a: {ports: ['80-90:80-90']}}", "services.a.ports", "proxy"),
         ("services: {a: {labels: 3}}", "services.a.labels", "proxy"),
-        ("services: {a: {expose: ['15001']}}", "services.a.ports", "proxy"),
+        ("services: {a: {expose: ['15001']}}", "services.a.expose", "proxy"),
         ("services: {Big: {}}", "services.Big", "proxy"),
         ("services: [a]", "services", "proxy"),
-        ("services: {a: {expose: ['15053']}}", "services.a.ports", "capture"),
+        ("services: {a: {expose: ['15053']}}", "services.a.expose", "capture"),
+        ("services: {a: {expose: ['80-90']}}", "services.a.expose", "capture"),
+        ("services: {a: {}, a-pod: {image: x}}", "services.a-pod", "capture"),
+        (
+            "services: {a: {}, a-sidecar: {labels: {xds-server.io/inject: 'false'}}}",
+            "services.a-sidecar",
+            "proxy",
+        ),
+        ("services: {a: {scale: 2}}", "services.a.scale", "proxy"),
+        ("services: {a: {deploy: {replicas: 3}}}", "services.a.deploy.replicas", "capture"),
+        ("services: {a: {extends: {service: b}}, b: {}}", "services.a.extends", "capture"),
         ("services: {b: {depends_on: 3}}", "services.b.depends_on", "capture"),
         ("services: {a: {networks: 3}}", "services.a.networks", "capture"),
     ],

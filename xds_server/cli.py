@@ -287,7 +287,10 @@ def cmd_inject(args: argparse.Namespace) -> int:
         line = document.line_of(exc.path) if document else 1
         print(f"xds-server inject: {args.compose_file}:{line}: {exc}", file=sys.stderr)
         return 1
-    base = Path.cwd() if args.output == "-" else Path(args.output).resolve().parent
+    # The bootstraps go beside the written file (its volumes name them relative to it),
+    # or in the current directory when it goes to stdout or a device.
+    written = Path(args.output).resolve() if args.output != "-" else None
+    base = written.parent if written and written.parent != Path("/dev") else Path.cwd()
     bootstraps = base / args.bootstrap_dir
     bootstraps.mkdir(parents=True, exist_ok=True)
     for name, body in result.bootstraps.items():

@@ -22,8 +22,9 @@ included.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ NETWORK_KEYS = (
     "extra_hosts",
     "mac_address",
     "links",
+    "external_links",
 )
 CAPTURE_RULES = ["iptables", "--apply", "--redirect-dns", "--capture-all-dns"]
 PROXY_UID = "1337"  # the rules' exception (istio-iptables -u)
@@ -103,7 +105,7 @@ def _labels(service: Mapping[str, Any], name: str) -> dict[str, str]:
     return {str(k): "" if v is None else str(v) for k, v in raw.items()}
 
 
-def _container_port(entry: Any, name: str) -> int | None:
+def _container_port(entry: Any, name: str, key: str) -> int | None:
     """The container side of a `ports` or `expose` entry; None for UDP."""
     if isinstance(entry, Mapping):
         if str(entry.get("protocol", "tcp")).lower() != "tcp":
@@ -114,19 +116,24 @@ def _container_port(entry: Any, name: str) -> int | None:
         return None
     text = text.removesuffix("/tcp").rpartition(":")[2]
     if "-" in text or not text.isdigit() or not 0 < int(text) < 65536:
-        raise InjectError(("services", name, "ports"), f"{entry!r} is not one container port")
+        raise InjectError(("services", name, key), f"{entry!r} is not one container port")
     return int(text)
+
+
+def _declared_ports(service: Mapping[str, Any], name: str) -> dict[int, str]:
+    """Container port -> the key declaring it first (`expose` or `ports`)."""
+    ports: dict[int, str] = {}
+    for key in ("expose", "ports"):
+        for entry in service.get(key) or ():
+            port = _container_port(entry, name, key)
+            if port is not None:
+                ports.setdefault(port, key)
+    return ports
 
 
 def app_ports(service: Mapping[str, Any], name: str) -> list[int]:
     """The ports the app listens on: `expose` and the container side of `ports`."""
-    ports: list[int] = []
-    for key in ("expose", "ports"):
-        for entry in service.get(key) or ():
-            port = _container_port(entry, name)
-            if port is not None and port not in ports:
-                ports.append(port)
-    return ports
+    return list(_declared_ports(service, name))
 
 
 def _environment(service: dict[str, Any], name: str, extra: Mapping[str, str]) -> None:
@@ -168,23 +175,25 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
     compose = copy.deepcopy(dict(document))
     services: dict[str, Any] = compose["services"]
     out = Injected(compose)
-    apps = [n for n, service in services.items() if _selected(str(n), service, services)]
-    has_control_plane = any(
-        _labels(s, str(n)).get(ROLE) == "control-plane" for n, s in services.items()
-    )
-    kept_apps: dict[str, list[int]] = {}
+    apps = [str(n) for n, service in services.items() if _selected(str(n), service, services)]
+    planes = [
+        str(n) for n, s in services.items() if _labels(s, str(n)).get(ROLE) == "control-plane"
+    ]
+    # The control plane the user labelled, else ours (added below): sidecars ask it.
+    control_plane = planes[0] if planes else options.control_plane
+    options = dataclasses.replace(options, control_plane=control_plane)
     for name in apps:
-        name = str(name)
-        if not _NAME.fullmatch(name):
-            raise InjectError(
-                ("services", name), "a sidecar's name must be lower case letters, digits and '-'"
-            )
+        _check_app(services, name, options.mode)
+    kept_apps: dict[str, list[int]] = {}
+    tcp_labels: dict[str, set[str]] = {}
+    for name in apps:
         service = services[name]
         labels = _labels(service, name)
         mesh_labels = {"app": labels.get("app") or name}
         if labels.get("version"):
             mesh_labels["version"] = labels["version"]
-        ports = app_ports(_pod_of(services, name) or service, name)
+        declared = _declared_ports(_pod_of(services, name) or service, name)
+        ports = list(declared)
         capture = options.mode == "capture"
         if capture:
             taken = set(SIDECAR_PORTS)
@@ -192,9 +201,10 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
         else:
             taken = {15000, 15001, *range(15006, 15006 + len(ports))}
             what = "15000, 15001, 15006 up"
-        if taken.intersection(ports):
+        clash = [p for p in ports if p in taken]
+        if clash:
             raise InjectError(
-                ("services", name, "ports"), f"the sidecar's ports ({what}) are taken"
+                ("services", name, declared[clash[0]]), f"the sidecar's ports ({what}) are taken"
             )
         bootstrap = f"{name}.yaml"
         out.bootstraps[bootstrap] = render(
@@ -218,6 +228,8 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
             "command": ["envoy", "-c", "/etc/envoy/envoy.yaml", "--concurrency", "1"],
             "labels": {ROLE: "sidecar", "xds-server.io/sidecar-for": name},
         }
+        if "profiles" in service:  # started with the app, or not at all
+            sidecar["profiles"] = list(service["profiles"])
         if capture:
             _make_pod(services, name, sidecar, options)
         else:
@@ -233,14 +245,15 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
             )
         services[f"{name}-sidecar"] = sidecar
         kept_apps.setdefault(mesh_labels["app"], [])
-        tcp = {p.strip() for p in labels.get(TCP_PORTS, "").split(",") if p.strip()}
+        tcp = tcp_labels.setdefault(mesh_labels["app"], set())  # any version's label counts
+        tcp.update(p.strip() for p in labels.get(TCP_PORTS, "").split(",") if p.strip())
         for port in ports:
             if port not in kept_apps[mesh_labels["app"]]:
                 kept_apps[mesh_labels["app"]].append(port)
         out.services[mesh_labels["app"]] = _service_yaml(
             mesh_labels["app"], options.namespace, kept_apps[mesh_labels["app"]], tcp
         )
-    if apps and not has_control_plane and options.control_plane not in services:
+    if apps and not planes and options.control_plane not in services:
         services[options.control_plane] = {
             "image": options.server_image,
             "command": [  # after the image's entrypoint, `xds-server`
@@ -258,10 +271,69 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
             "ports": ["15014:15014"],
             "labels": {ROLE: "control-plane"},
         }
+        joined = _networks_of(services, apps)
+        if joined != ["default"]:  # every sidecar must reach it
+            services[options.control_plane]["networks"] = joined
         volumes = compose.setdefault("volumes", {}) or {}
         volumes.setdefault("xds-state", None)
         compose["volumes"] = volumes
     return out
+
+
+def _check_app(services: Mapping[str, Any], name: str, mode: str) -> None:
+    """Refuse what inject would silently break: a name it cannot derive others from, a
+    name it would take from another service, an app injected in the other mode, and
+    replicas (one sidecar per container)."""
+    service = services[name]
+    if not _NAME.fullmatch(name):
+        raise InjectError(
+            ("services", name), "a sidecar's name must be lower case letters, digits and '-'"
+        )
+    added = ("sidecar", "pod", "init") if mode == "capture" else ("sidecar",)
+    for part in added:
+        other = services.get(f"{name}-{part}")
+        if other is not None and _labels(other, f"{name}-{part}").get(ROLE) != part:
+            raise InjectError(
+                ("services", f"{name}-{part}"),
+                f"inject names {name}'s {part} so; rename this service (or opt {name} out "
+                'with the label xds-server.io/inject: "false")',
+            )
+    sidecar = services.get(f"{name}-sidecar")
+    captured = isinstance(sidecar, Mapping) and sidecar.get("network_mode") == f"service:{name}-pod"
+    if sidecar is not None and captured != (mode == "capture"):
+        was = "capture" if captured else "proxy"
+        raise InjectError(
+            ("services", name),
+            f"injected with --mode {was} already; inject the original file to change modes",
+        )
+    deploy = service.get("deploy") if isinstance(service.get("deploy"), Mapping) else {}
+    for path, count in (
+        (("scale",), service.get("scale")),
+        (("deploy", "replicas"), deploy.get("replicas")),
+    ):
+        if isinstance(count, int) and count > 1:
+            raise InjectError(
+                ("services", name, *path),
+                "one sidecar serves one container: run replicas as services of their own",
+            )
+    if mode == "capture" and "extends" in service:
+        raise InjectError(
+            ("services", name, "extends"),
+            "capture mode moves the network settings to a pod, which extends would bring "
+            "back: write the service out in full",
+        )
+
+
+def _networks_of(services: Mapping[str, Any], apps: Sequence[str]) -> list[str]:
+    """The networks the apps' sidecars are on (their pods' in capture mode)."""
+    found: list[str] = []
+    for name in apps:
+        holder = _pod_of(services, name) or services[name]
+        networks = holder.get("networks") or ["default"]
+        for network in networks if isinstance(networks, list) else networks.keys():
+            if str(network) not in found:
+                found.append(str(network))
+    return sorted(found)
 
 
 # What a captured sidecar listens on in the pod: admin, outbound, inbound, DNS, health.
@@ -316,6 +388,8 @@ def _make_pod(
                 holder[key] = app.pop(key)
         holder["networks"] = _aliased(holder.get("networks"), name)
         holder["labels"] = {ROLE: "pod", POD_FOR: name}
+        if "profiles" in app:
+            holder["profiles"] = list(app["profiles"])
         services[pod] = holder
     services[init] = {
         "image": options.server_image,
@@ -326,6 +400,8 @@ def _make_pod(
         "restart": "no",
         "labels": {ROLE: "init", "xds-server.io/init-for": name},
     }
+    if "profiles" in app:
+        services[init]["profiles"] = list(app["profiles"])
     app["network_mode"] = f"service:{pod}"
     app["depends_on"] = {**_depends_on(app, name), init: _rules_set()}
     sidecar["network_mode"] = f"service:{pod}"
@@ -365,5 +441,14 @@ _HEADERS = {
 }
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Writes a value shared by two places (a merge key's) out at each, so that reading
+    the file again gives the same text."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump(compose: Mapping[str, Any], mode: str = "proxy") -> str:
-    return _HEADERS[mode] + yaml.safe_dump(dict(compose), sort_keys=False, default_flow_style=False)
+    body = yaml.dump(dict(compose), Dumper=_NoAliases, sort_keys=False, default_flow_style=False)
+    return _HEADERS[mode] + body
