@@ -69,6 +69,13 @@ def test_inclusions_and_exclusions_take_istios_places() -> None:
 
 
 def test_bad_options_name_their_flag() -> None:
+    for options, flag in (
+        (iptables.CaptureOptions(proxy_port=0), "--envoy-port"),
+        (iptables.CaptureOptions(proxy_uid=(), proxy_gid=()), "--proxy-uid"),
+        (iptables.CaptureOptions(redirect_dns=True, dns_servers=()), "--redirect-dns"),
+    ):
+        with pytest.raises(iptables.CaptureError, match=flag):
+            iptables.rules(options)
     with pytest.raises(iptables.CaptureError, match="--include-outbound-cidrs"):
         iptables.rules(iptables.CaptureOptions(include_outbound_cidrs="10.0.0.0/33"))
     with pytest.raises(iptables.CaptureError, match="--include-inbound-ports"):
@@ -96,12 +103,15 @@ def test_the_command_prints_what_iptables_restore_reads() -> None:
         check=True,
     )
     assert done.stdout.startswith("*nat\n") and done.stdout.count("COMMIT") == 2
-    assert "-I OUTPUT 1 -p udp --dport 53 -j ISTIO_OUTPUT_DNS" in done.stdout
+    mark = "-m comment --comment xds-server"
+    assert f"-I OUTPUT 1 {mark} -p udp --dport 53 -j ISTIO_OUTPUT_DNS" in done.stdout
     redirect = "-A ISTIO_OUTPUT_DNS -p udp --dport 53 -d 10.0.0.10/32 -j REDIRECT --to-port 15053"
     assert redirect in done.stdout
-    assert "-A PREROUTING -p udp --sport 53 -s 10.0.0.10/32 -j CT --zone 1" in done.stdout
+    assert f"-A PREROUTING {mark} -p udp --sport 53 -s 10.0.0.10/32 -j CT --zone 1" in done.stdout
     # The app's query and the sidecar's answer share a zone (answers are un-NATed).
-    assert "-A OUTPUT -p udp --dport 53 -d 10.0.0.10/32 -j CT --zone 2" in done.stdout
+    assert f"-A OUTPUT {mark} -p udp --dport 53 -d 10.0.0.10/32 -j CT --zone 2" in done.stdout
+    # TCP DNS goes to the nameserver as it is: the DNS listener is UDP only.
+    assert "-A ISTIO_OUTPUT -p tcp --dport 53 -d 10.0.0.10/32 -j RETURN" in done.stdout
 
 
 @pytest.fixture
@@ -169,7 +179,7 @@ def test_excluded_outbound_ports_and_cidrs_are_not_captured(pod) -> None:
     _apply(pod)
     assert _ask(pod, APP_UID, "tcp", OUTSIDE, 9080) == f"outbound {OUTSIDE}:9080"
     saved = pod.run("iptables-save", "-t", "nat")
-    assert saved.count("-A OUTPUT -p tcp -j ISTIO_OUTPUT") == 1  # one set, not three
+    assert saved.count("-j ISTIO_OUTPUT") == 1, saved  # one set, not three
 
 
 def test_dns_goes_to_the_sidecar_but_its_own_lookups(pod) -> None:
@@ -217,18 +227,10 @@ def test_dns_is_captured_ahead_of_a_container_runtimes_own_dns_rules(pod, runtim
 def test_cleanup_removes_every_rule_it_added(pod) -> None:
     before = pod.run("iptables-save")
     _apply(pod, "--redirect-dns", "--dns-servers", OUTSIDE, "-c", "eth9")
-    pod.run(
-        sys.executable,
-        "-m",
-        "xds_server",
-        "iptables",
-        "--cleanup",
-        "--redirect-dns",
-        "--dns-servers",
-        OUTSIDE,
-        "-c",
-        "eth9",
-    )
+    # Applying with other options, then cleaning up with none, leaves nothing behind.
+    _apply(pod, "-c", "eth8")
+    assert "eth9" not in pod.run("iptables-save")
+    pod.run(sys.executable, "-m", "xds_server", "iptables", "--cleanup")
     assert _rules(pod.run("iptables-save")) == _rules(before)
     assert _ask(pod, APP_UID, "tcp", OUTSIDE, 9080) == "outside -"
 

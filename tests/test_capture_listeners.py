@@ -232,3 +232,30 @@ def test_the_mesh_config_sets_the_range_addresses_are_allocated_from() -> None:
     bad = parse_file("mesh.yaml", mesh.replace("10.99.0.0/24", "10.99.0.1/24"))
     (issue,) = [i for i in bad.issues if i.severity == "error"]
     assert (issue.line, issue.field) == (6, "data.mesh.autoAllocateRange"), issue
+
+
+def test_no_address_is_made_up_for_hosts_an_app_reaches_by_their_own() -> None:
+    # resolution NONE, or network addresses: the name resolves upstream to where the app
+    # means to go, which an allocated address could not stand for (as in Istio).
+    entries = """apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: passthrough}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: ranges}
+spec:
+  hosts: [legacy.example.com]
+  addresses: [10.5.0.0/24]
+  ports: [{number: 7000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.5.0.7}]
+"""
+    table = _dns_table(MESH + "---\n" + entries)
+    assert "db.example.com" not in table and "legacy.example.com" not in table
+    names = set(_listeners(MESH + "---\n" + entries))
+    assert not any(n.endswith(("_5432", "_7000")) for n in names)

@@ -30,6 +30,7 @@ from translators.hcm import build_hcm
 from translators.http_filters import INBOUND, OUTBOUND, PASSTHROUGH_CLUSTER
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
 from translators.resources import to_any
+from translators.services import PASSTHROUGH
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
@@ -307,9 +308,17 @@ def allocate_addresses(hosts: Iterable[str], network: str = AUTO_ADDRESSES) -> d
 
 
 def needs_address(host: str, service) -> bool:
-    """A host captured sidecars reach by an allocated address: no address of its own, not
-    headless (its name resolves to its pods), not a wildcard."""
-    return "*" not in host and not service.headless and not any("/" not in a for a in service.vips)
+    """A host captured sidecars reach by an allocated address: no address of its own,
+    not headless (its name resolves to its pods), not a wildcard, not a ServiceEntry
+    with network addresses or resolution NONE (as Istio: its name resolves upstream to
+    the address the app means to reach, which no allocated one could stand for)."""
+    return not (
+        "*" in host
+        or service.headless
+        or service.cidrs
+        or service.resolution == PASSTHROUGH
+        or any("/" not in a for a in service.vips)
+    )
 
 
 def service_addresses(host: str, service, allocated: Mapping[str, str]) -> tuple[str, ...]:

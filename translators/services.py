@@ -62,6 +62,7 @@ class Service:
     resolution: str = EDS
     vips: tuple[str, ...] = ()
     headless: bool = False  # a Kubernetes Service with clusterIP: None
+    cidrs: bool = False  # a ServiceEntry with addresses that are networks (not in vips)
     # service port -> endpoints
     endpoints: Mapping[int, tuple[Endpoint, ...]] = field(default_factory=dict)
 
@@ -241,6 +242,7 @@ def _service(res: model.ConfigResource, host: str, workloads: _WorkloadIndex) ->
         ports=ports,
         resolution=kind,
         vips=tuple(a for a in spec.addresses if "/" not in a),
+        cidrs=any("/" in a for a in spec.addresses),
         endpoints=_endpoints(ports, members),
     )
 

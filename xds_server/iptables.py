@@ -73,6 +73,15 @@ def _cidrs(items: Sequence[str], flag: str) -> list[str]:
 def rules(options: CaptureOptions) -> dict[str, list[str]]:
     """table -> its rules in iptables-restore form (chains created first), in the order
     istio-iptables writes them."""
+    for flag, port in (
+        ("--envoy-port", options.proxy_port),
+        ("--inbound-capture-port", options.inbound_capture_port),
+        ("--dns-port", options.dns_port),
+    ):
+        if not 0 < port < 65536:
+            raise CaptureError(f"{flag}: {port} is not a port")
+    if not options.proxy_uid and not options.proxy_gid:
+        raise CaptureError("--proxy-uid/--proxy-gid: the sidecar's own traffic must be let through")
     nat = [f"-N {chain}" for chain in CHAINS]
     raw: list[str] = []
     nat += [
@@ -119,11 +128,15 @@ def rules(options: CaptureOptions) -> dict[str, list[str]]:
             ]
     dns_servers = _cidrs(list(options.dns_servers), "--dns-servers")
     if options.redirect_dns:
+        if not options.capture_all_dns and not dns_servers:
+            raise CaptureError(
+                "--redirect-dns: no IPv4 nameserver to capture (none in resolv.conf); "
+                "pass --dns-servers or --capture-all-dns"
+            )
         targets = [""] if options.capture_all_dns else [f" -d {s}" for s in dns_servers]
-        nat += [
-            f"-A ISTIO_OUTPUT -p tcp --dport 53{target} -j REDIRECT --to-ports {options.dns_port}"
-            for target in targets
-        ]
+        # TCP DNS (answers too long for UDP) goes to the nameserver as it is: Envoy's
+        # DNS listener is UDP only, where istio-iptables hands TCP to istio-agent.
+        nat += [f"-A ISTIO_OUTPUT -p tcp --dport 53{target} -j RETURN" for target in targets]
     nat.append("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN")
     nat += [
         f"-A ISTIO_OUTPUT -d {cidr} -j RETURN"
@@ -151,6 +164,9 @@ def rules(options: CaptureOptions) -> dict[str, list[str]]:
         # still reach them (a RETURN in OUTPUT itself would skip them).
         nat.append(f"-N {DNS_CHAIN}")
         nat += [
+            f"-A {DNS_CHAIN} -o {interface} -j RETURN" for interface in options.exclude_interfaces
+        ]
+        nat += [
             f"-A {DNS_CHAIN} -m owner --{kind}-owner {owner} -j RETURN"
             for kind, owners in (("uid", options.proxy_uid), ("gid", options.proxy_gid))
             for owner in owners
@@ -174,10 +190,23 @@ def rules(options: CaptureOptions) -> dict[str, list[str]]:
         raw += [f"-A OUTPUT -p udp --dport 53{target} -j CT --zone 2" for target in targets]
         sources = [""] if options.capture_all_dns else [f" -s {s}" for s in dns_servers]
         raw += [f"-A PREROUTING -p udp --sport 53{source} -j CT --zone 1" for source in sources]
-    tables = {"nat": nat}
+    tables = {"nat": [_marked(rule) for rule in nat]}
     if raw:
-        tables["raw"] = raw
+        tables["raw"] = [_marked(rule) for rule in raw]
     return tables
+
+
+MARK = "-m comment --comment xds-server"
+_BUILT_IN = ("-A PREROUTING ", "-A OUTPUT ", "-I OUTPUT 1 ")
+
+
+def _marked(rule: str) -> str:
+    """A rule for a built-in chain, carrying our mark, so that cleanup finds every one
+    an earlier --apply added, whatever options it had."""
+    for start in _BUILT_IN:
+        if rule.startswith(start):
+            return f"{start}{MARK} {rule[len(start) :]}"
+    return rule
 
 
 def restore_input(tables: dict[str, list[str]]) -> str:
@@ -226,9 +255,10 @@ def variant(run=subprocess.run) -> str:
 def cleanup(
     options: CaptureOptions | None = None, run=subprocess.run, binary: str | None = None
 ) -> None:
-    """Remove what `apply` added and nothing else: every jump into Istio's chains, the
-    rules `options` put in built-in chains (DNS, excluded interfaces), then the chains.
-    Missing rules are not an error: cleanup is idempotent."""
+    """Remove what `apply` added and nothing else: every jump into Istio's chains and
+    every rule with our mark in the built-in chains (DNS, excluded interfaces), whatever
+    the options that added them, then the chains. Missing rules are not an error:
+    cleanup is idempotent. (`options` is kept for callers; the marks make it moot.)"""
     binary = binary or variant(run)
     for table in ("nat", "raw"):
         for chain in ("PREROUTING", "OUTPUT"):
@@ -236,12 +266,8 @@ def cleanup(
                 [binary, "-t", table, "-S", chain], capture_output=True, text=True, check=False
             ).stdout
             for line in listed.splitlines():
-                if " -j ISTIO_" in line:
+                if " -j ISTIO_" in line or "--comment xds-server" in line:
                     _delete(run, binary, table, line)
-    for table, lines in rules(options or CaptureOptions()).items():
-        for line in lines:
-            if line.startswith(("-A PREROUTING ", "-A OUTPUT ", "-I OUTPUT ")):
-                _delete(run, binary, table, line)
     for action in ("-F", "-X"):  # all flushed first: they jump to one another
         for chain in (*CHAINS, DNS_CHAIN):
             run([binary, "-t", "nat", action, chain], capture_output=True, check=False)
