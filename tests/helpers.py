@@ -103,3 +103,14 @@ def sidecar(
         bind_address=ip,
         ports=(model.WorkloadPort(9080, inbound),),
     )
+
+
+# The mesh config that sends hosts outside the registry nowhere.
+REGISTRY_ONLY_MESH = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+"""

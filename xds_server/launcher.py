@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,47 @@ def die_with_parent() -> Callable[[], None] | None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return preexec
+
+
+def serve_command(
+    config_dir: Path,
+    work_dir: Path,
+    log_level: str,
+    listen: Sequence[str],
+    more: Sequence[str] = (),
+) -> list[str]:
+    """`xds-server serve` for a local mesh: `listen` says where; remembered workloads stay
+    with the run (work_dir/state), out of the user's config directory."""
+    return [
+        sys.executable,
+        "-m",
+        "xds_server",
+        "--log-level",
+        log_level,
+        "serve",
+        "--config-dir",
+        str(config_dir),
+        *listen,
+        "--state-dir",
+        str(work_dir / "state"),
+        *more,
+    ]
+
+
+def stop_processes(processes: Iterable[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM each process, give them `grace` seconds in all, then SIGKILL the rest."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
 
 
 @dataclass
@@ -251,24 +292,13 @@ class LocalMesh:
         process.wait(timeout=10)
 
     def server_command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "xds_server",
-            "--log-level",
+        return serve_command(
+            self.config_dir,
+            self.work_dir,
             self.log_level,
-            "serve",
-            "--config-dir",
-            str(self.config_dir),
-            "--xds-port",
-            str(self.xds_port),
-            "--debug-port",
-            str(self.debug_port),
-            # Remembered workloads stay with the run, out of the user's config directory.
-            "--state-dir",
-            str(self.work_dir / "state"),
-            *self.server_args,
-        ]
+            ["--xds-port", str(self.xds_port), "--debug-port", str(self.debug_port)],
+            self.server_args,
+        )
 
     def _assign_addresses(self) -> None:
         ports = tuple(WORKLOAD_PORTS)
@@ -313,17 +343,7 @@ class LocalMesh:
         return False
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
-        deadline = time.monotonic() + 10
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_processes(self.processes.values())
         self.processes.clear()
 
     def __enter__(self) -> LocalMesh:

@@ -12,7 +12,6 @@ removed by `stop()`. Needs root (see netns.available).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -30,7 +29,7 @@ from typing import Any
 
 from xds_server.bootstrap import BootstrapOptions, render
 from xds_server.envoy_binary import find_envoy
-from xds_server.launcher import die_with_parent
+from xds_server.launcher import die_with_parent, serve_command, stop_processes
 from xds_server.netns import Namespace, add_bridge, join_bridge
 
 APP_UID, PROXY_UID = 1000, 1337
@@ -109,27 +108,11 @@ class PodMesh:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.hub = self.namespace("hub")
         add_bridge(self.hub, HUB_ADDRESS)
-        self.spawn(
-            self.hub,
-            "xds-server",
-            [
-                sys.executable,
-                "-m",
-                "xds_server",
-                "--log-level",
-                self.log_level,
-                "serve",
-                "--config-dir",
-                str(self.config_dir),
-                "--xds-address",
-                HUB_ADDRESS,
-                "--debug-address",
-                HUB_ADDRESS,
-                "--state-dir",
-                str(self.work_dir / "state"),
-                *self.server_args,
-            ],
+        listen = ["--xds-address", HUB_ADDRESS, "--debug-address", HUB_ADDRESS]
+        command = serve_command(
+            self.config_dir, self.work_dir, self.log_level, listen, self.server_args
         )
+        self.spawn(self.hub, "xds-server", command)
 
     def namespace(self, suffix: str, nameserver: str | None = None) -> Namespace:
         namespace = Namespace.create(f"{self.prefix}-{suffix}", nameserver)
@@ -293,16 +276,7 @@ class PodMesh:
 
     def stop(self) -> None:
         """End every process, then remove every namespace (and the bridge with the hub)."""
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-        deadline = time.monotonic() + 10
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_processes(self.processes.values())
         self.processes.clear()
         for namespace in reversed(self.namespaces):
             namespace.delete()

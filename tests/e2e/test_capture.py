@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REGISTRY_ONLY_MESH
 from tests.pods import need_namespaces, probe
 from translators.listeners import auto_address
 from xds_server.netns import join_bridge, run_prefix
@@ -252,11 +253,4 @@ def test_other_names_are_forwarded_and_registry_only_blocks_them(mesh) -> None:
     assert _eventually(lambda: mesh.tcp("sleep", OUTSIDE_NAME, 7000) == "outside -")
 
 
-REGISTRY_ONLY = """apiVersion: v1
-kind: ConfigMap
-metadata: {name: istio, namespace: istio-system}
-data:
-  mesh: |
-    outboundTrafficPolicy:
-      mode: REGISTRY_ONLY
-"""
+REGISTRY_ONLY = REGISTRY_ONLY_MESH

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.helpers import REGISTRY_ONLY_MESH
 from xds_server.launcher import free_port
 from xds_server.sample_app import AppSpec, start_apps
 
@@ -124,14 +125,7 @@ def outside_app():
     server.server_close()
 
 
-REGISTRY_ONLY = """apiVersion: v1
-kind: ConfigMap
-metadata: {name: istio, namespace: istio-system}
-data:
-  mesh: |
-    outboundTrafficPolicy:
-      mode: REGISTRY_ONLY
-"""
+REGISTRY_ONLY = REGISTRY_ONLY_MESH
 
 SERVICE_ENTRY = """apiVersion: networking.istio.io/v1beta1
 kind: ServiceEntry
