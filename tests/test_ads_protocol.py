@@ -53,9 +53,12 @@ class Client:
                 yield item
 
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        self.call = getattr(stub, self.METHOD)(requests())
+        self.call = self._call(stub, requests())
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.reader = asyncio.ensure_future(self._read())
+
+    def _call(self, stub, requests):
+        return getattr(stub, self.METHOD)(requests)
 
     async def _read(self) -> None:
         # Reading in a task of its own: cancelling a pending read() would cancel the call.

@@ -33,6 +33,7 @@ class BootstrapOptions:
     role: str = "sidecar"  # or "gateway": an ingress proxy Gateway resources select
     xds_api: str = "delta"  # or "sotw": state of the world
     interception_mode: str = "NONE"  # or "REDIRECT": traffic captured by iptables
+    token: str = ""  # `xds-server token`: sent on the xDS stream, binds it to an identity
 
 
 XDS_APIS = {"delta": "DELTA_GRPC", "sotw": "GRPC"}
@@ -105,6 +106,17 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
             ],
         },
     }
+    grpc_service: dict[str, Any] = {
+        "envoy_grpc": {
+            "cluster_name": "xds_cluster",
+            "retry_policy": {"retry_back_off": {"base_interval": "0.25s", "max_interval": "5s"}},
+        }
+    }
+    if options.token:
+        # gRPC initial metadata on the ADS stream, as Istio's sidecars send theirs.
+        grpc_service["initial_metadata"] = [
+            {"key": "authorization", "value": f"Bearer {options.token}"}
+        ]
     return {
         "node": {
             "id": options.node_id,
@@ -124,16 +136,7 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
                 "api_type": XDS_APIS[options.xds_api],
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [
-                    {
-                        "envoy_grpc": {
-                            "cluster_name": "xds_cluster",
-                            "retry_policy": {
-                                "retry_back_off": {"base_interval": "0.25s", "max_interval": "5s"}
-                            },
-                        }
-                    }
-                ],
+                "grpc_services": [grpc_service],
             },
             "cds_config": {"resource_api_version": "V3", "ads": {}},
             "lds_config": {"resource_api_version": "V3", "ads": {}},

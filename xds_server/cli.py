@@ -1,4 +1,4 @@
-"""The `xds-server` command: serve, validate, bootstrap, iptables, inject, demo."""
+"""The `xds-server` command: serve, validate, token, bootstrap, iptables, inject, demo."""
 
 from __future__ import annotations
 
@@ -82,8 +82,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_file_bytes=args.max_file_bytes,
         settle_ms=args.settle_ms,
         create_config_dir=args.create_config_dir,
+        require_tokens=args.require_tokens,
+        cert_lifetime_s=max(1.0, args.cert_lifetime),
+        cacerts=Path(args.cacerts) if args.cacerts else None,
     )
     return _run_until_signal(lambda stop: serve(options, stop))
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from xds_server import tokens
+    from xds_server.server import STATE_DIR_NAME
+
+    state = Path(args.state_dir) if args.state_dir else Path(args.config_dir) / STATE_DIR_NAME
+    try:
+        key = tokens.load_or_create_key(state)
+    except (OSError, tokens.TokenError) as exc:
+        print(f"xds-server token: {exc}", file=sys.stderr)
+        return 1
+    print(tokens.issue(key, args.namespace, args.service_account, int(args.ttl)))
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -127,6 +144,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         role=args.role,
         xds_api=args.xds_api,
         interception_mode=args.interception_mode,
+        token=args.token,
     )
     if args.role == "gateway" and options.app_ports:
         print("error: a gateway has no app: drop --app-port", file=sys.stderr)
@@ -452,7 +470,45 @@ def parser() -> argparse.ArgumentParser:
         help="a file that turns empty or unparsable gets this long to be written in full "
         "before its errors count",
     )
+    serve.add_argument(
+        "--require-tokens",
+        action="store_true",
+        help="refuse xDS streams without a token (xds-server token); without this flag they "
+        "are served config but never a secret",
+    )
+    serve.add_argument(
+        "--cert-lifetime",
+        type=_non_negative(float),
+        default=24 * 3600.0,
+        metavar="SECONDS",
+        help="workload certificates live this long and are renewed at half of it",
+    )
+    serve.add_argument(
+        "--cacerts",
+        default=None,
+        metavar="DIR",
+        help="sign with your CA, in Istio's cacerts layout (ca-cert.pem, ca-key.pem, "
+        "root-cert.pem, cert-chain.pem); default: a root made in <state-dir>/ca",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    token = command("token", "issue a token that lets a sidecar's xDS stream speak for a workload")
+    token.add_argument("--namespace", default="default", help="the workload's namespace")
+    token.add_argument("--service-account", required=True, help="the workload's service account")
+    token.add_argument(
+        "--ttl",
+        type=_non_negative(float),
+        default=365 * 24 * 3600.0,
+        metavar="SECONDS",
+        help="how long the token is good for (default: a year)",
+    )
+    token.add_argument("--config-dir", default="mesh", help="the server's --config-dir")
+    token.add_argument(
+        "--state-dir",
+        default=None,
+        help="the server's --state-dir (default: <config-dir>/.xds-server)",
+    )
+    token.set_defaults(func=cmd_token)
 
     validate = command("validate", "check a config directory; exit 1 on errors")
     validate.add_argument("config_dir", help="directory of YAML files to check")
@@ -524,6 +580,12 @@ def parser() -> argparse.ArgumentParser:
         help="REDIRECT: the pod's traffic is captured by iptables (xds-server iptables) and "
         "the sidecar gets Istio's virtualOutbound (15001) and virtualInbound (15006) "
         "listeners; NONE: the app uses the sidecar as its proxy",
+    )
+    boot.add_argument(
+        "--token",
+        default="",
+        help="the workload's token (xds-server token), sent on the xDS stream: the server "
+        "gives the stream that identity's certificate",
     )
     boot.add_argument("-o", "--output", default="-", help="file to write, - for standard output")
     boot.set_defaults(func=cmd_bootstrap)

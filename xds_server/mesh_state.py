@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from translators import model
 from translators.cache import CrossPushCache
-from translators.resources import Resources, version_of
+from translators.resources import SECRET, Resources, ResourceSet, version_of
 from translators.services import can_be_endpoint
 from translators.snapshot import Translator, World
 from xds_server.newest import newest_per_node
@@ -48,6 +48,7 @@ class Connection:
     connected_at: float = field(default_factory=time.time)
     versions: dict[str, str] = field(default_factory=dict)
     resources: Resources | None = None
+    secrets: ResourceSet | None = None  # its identity's SDS secrets (identity.py)
 
 
 class MeshState:
@@ -130,6 +131,18 @@ class MeshState:
         self.connections[self._next_id] = Connection(proxy, on_resources)
         self._dirty.set()
         return self._next_id
+
+    def set_secrets(self, handle: int, secrets: ResourceSet) -> None:
+        """The stream's SDS secrets (new, or renewed): sent at once, and with every later
+        push."""
+        conn = self.connections.get(handle)
+        if conn is None:
+            return
+        conn.secrets = secrets
+        if conn.resources is not None:
+            conn.resources = {**conn.resources, SECRET: secrets}
+            conn.versions = {t: version_of(r) for t, r in conn.resources.items()}
+            conn.on_resources(conn.resources, self.generation)
 
     def disconnect(self, handle: int) -> None:
         if self.connections.pop(handle, None) is not None:
@@ -224,6 +237,8 @@ class MeshState:
                 await asyncio.sleep(0)
             if self.connections.get(handle) is not conn:
                 continue  # gone while translating or while delivering
+            if conn.secrets is not None:
+                resources = {**resources, SECRET: conn.secrets}
             versions = {t: version_of(r) for t, r in resources.items()}
             if versions != conn.versions or conn.resources is None:
                 conn.versions, conn.resources = versions, resources

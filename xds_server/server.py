@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from collections import deque
@@ -18,12 +19,14 @@ from grpc_reflection.v1alpha import reflection
 
 from translators import model
 from translators.resources import SHORT_NAMES
-from xds_server import heap
+from xds_server import heap, tokens
 from xds_server.ads.servicer import AdsServicer, Nack, add_to_server
+from xds_server.ca import CertificateAuthority
 from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
 from xds_server.debug_http import make_app
+from xds_server.identity import IdentityService
 from xds_server.loop_monitor import LoopMonitor
 from xds_server.mesh_state import MeshState
 from xds_server.workload_memory import WorkloadMemory
@@ -52,6 +55,13 @@ class ServerOptions:
     settle_ms: int = 1000
     # serve refuses a missing config directory unless this is set.
     create_config_dir: bool = False
+    # Streams without a token (xds-server token) are refused, not only kept from secrets.
+    require_tokens: bool = False
+    # Workload certificates live this long and are renewed at half of it.
+    cert_lifetime_s: float = 24 * 3600
+    # Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem);
+    # None: the server's own root in <state dir>/ca, made on first start.
+    cacerts: Path | None = None
 
 
 class ControlPlane:
@@ -71,7 +81,14 @@ class ControlPlane:
             ready=False,
         )
         self.watcher = ConfigWatcher(self.store, self.mesh.set_config, options.debounce_ms)
-        self.servicer = AdsServicer(self.mesh, on_nack=self.on_nack)
+        self.identity = IdentityService(
+            CertificateAuthority.load_or_create(state_dir / "ca", options.cacerts),
+            tokens.load_or_create_key(state_dir),
+            require_tokens=options.require_tokens,
+            lifetime=datetime.timedelta(seconds=options.cert_lifetime_s),
+            trust_domain=lambda: self.mesh.config.mesh.trust_domain,
+        )
+        self.servicer = AdsServicer(self.mesh, on_nack=self.on_nack, identity=self.identity)
         self.rollbacks: deque[dict] = deque(maxlen=50)
         self.nack_grace = 0.3  # seconds to hear other proxies' answers to a rejected push
         self.loop_monitor = LoopMonitor()

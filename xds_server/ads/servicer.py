@@ -8,6 +8,7 @@ responses' order is exactly the order the state machine chose (checklist item 32
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -21,9 +22,11 @@ from xds_server.ads.delta import DeltaStream
 from xds_server.ads.pacing import Pacer
 from xds_server.ads.sotw import SotwStream
 from xds_server.ads.source import ResourceSource
+from xds_server.identity import IdentityService, StreamRefused
 from xds_server.newest import newest_per_node
 from xds_server.node import NodeError, proxy_from_node
 from xds_server.text import safe_text
+from xds_server.tokens import Identity
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         source: ResourceSource,
         control_plane_id: str = "xds-server",
         on_nack: Callable[[Nack], None] | None = None,
+        identity: IdentityService | None = None,
     ) -> None:
         self.source = source  # where proxies register and get their resources
+        self.identity = identity  # tokens and secrets; None: no SDS at all
         self.control_plane_id = control_plane_id
         self.on_nack = on_nack
         self.observers: list[Callable[[StreamEvent], None]] = []
@@ -144,6 +149,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         protocol: SotwStream | None = None
         waiting: list[discovery_pb2.DiscoveryRequest] = []
         peer = context.peer() or ""
+        bound: Identity | None = None  # the stream's identity, from its token
+        secrets_task: asyncio.Task | None = None
         try:
             while True:
                 kind, item = await events.get()
@@ -159,11 +166,28 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                             log.warning("refusing ADS stream from %s: %s", safe_text(peer), exc)
                             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                             return
+                        if self.identity is not None:
+                            try:
+                                bound = self.identity.authorize(
+                                    context.invocation_metadata(), proxy
+                                )
+                            except StreamRefused as exc:
+                                log.warning("refusing ADS stream from %s: %s", safe_text(peer), exc)
+                                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                                return
                         protocol = protocol_type(proxy.node_id, self.control_plane_id)
                         self._stream_ids += 1
                         stream_id = self._stream_ids
                         self.streams[stream_id] = StreamInfo(proxy.node_id, peer, protocol)
                         handle = self.source.connect(proxy, deliver)
+                        if bound is not None:
+                            secrets_task = asyncio.create_task(
+                                self.identity.keep_secrets(
+                                    proxy.node_id,
+                                    bound,
+                                    functools.partial(self.source.set_secrets, handle),
+                                )
+                            )
                         log.info(
                             "proxy %s connected from %s (%s)", proxy.node_id, peer, protocol.api
                         )
@@ -215,6 +239,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         )
         finally:
             reader.cancel()
+            if secrets_task is not None:
+                secrets_task.cancel()
+            if self.identity is not None and protocol is not None:
+                self.identity.release(protocol.node_id, bound)
             if handle is not None:
                 self.source.disconnect(handle)
             if stream_id is not None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from translators import model
-from translators.resources import Resources
+from translators.resources import Resources, ResourceSet
 
 # Called with a proxy's newest resources and the generation they belong to; a slow
 # stream keeps only the newest (see AdsServicer._serve).
@@ -22,4 +22,8 @@ class ResourceSource(Protocol):
 
     def disconnect(self, handle: int) -> None:
         """Stop the watch (the stream ended)."""
+        ...
+
+    def set_secrets(self, handle: int, secrets: ResourceSet) -> None:
+        """The stream's SDS secrets, sent with its resources from now on."""
         ...
