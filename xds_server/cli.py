@@ -89,6 +89,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _run_until_signal(lambda stop: serve(options, stop))
 
 
+def cmd_cert(args: argparse.Namespace) -> int:
+    """A workload's current certificate (or the root), from a running server's debug API,
+    like `linkerd identity cert`."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"{args.server.rstrip('/')}/debug/certz"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (a URL the user gave)
+            certz = json.load(response)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        print(f"xds-server cert: {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.proxy is None:
+        shown = certz["root"]
+    elif args.proxy in certz["proxies"]:
+        shown = [certz["proxies"][args.proxy]["certificate"]]
+    else:
+        known = ", ".join(certz["proxies"]) or "none"
+        print(
+            f"xds-server cert: {args.proxy} holds no certificate (proxies that do: {known})",
+            file=sys.stderr,
+        )
+        return 1
+    for cert in shown:
+        for field in ("subject", "spiffe_id", "serial", "not_before", "not_after"):
+            print(f"{field:>10}: {cert[field] or '-'}")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from xds_server import tokens
     from xds_server.server import STATE_DIR_NAME
@@ -509,6 +540,13 @@ def parser() -> argparse.ArgumentParser:
         help="the server's --state-dir (default: <config-dir>/.xds-server)",
     )
     token.set_defaults(func=cmd_token)
+
+    cert = command("cert", "show a workload's current certificate, or the mesh root")
+    cert.add_argument("--proxy", default=None, help="the proxy's node id (default: the root)")
+    cert.add_argument(
+        "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
+    )
+    cert.set_defaults(func=cmd_cert)
 
     validate = command("validate", "check a config directory; exit 1 on errors")
     validate.add_argument("config_dir", help="directory of YAML files to check")

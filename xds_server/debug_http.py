@@ -9,6 +9,7 @@ from aiohttp import web
 
 from xds_server import status
 from xds_server.ads.servicer import AdsServicer
+from xds_server.ca import describe
 from xds_server.config.store import ConfigStore
 from xds_server.mesh_state import MeshState
 
@@ -73,6 +74,25 @@ def make_app(
             }
         )
 
+    async def certz(_: web.Request) -> web.Response:
+        """What may be shown of the CA's root and each proxy's current certificate:
+        subject, SPIFFE ID, serial, validity. Never a key."""
+        if servicer.identity is None:
+            return web.json_response({"error": "no certificate authority"}, status=404)
+        identity = servicer.identity
+        return web.json_response(
+            {
+                "root": describe(identity.ca.root_pem),
+                "proxies": {
+                    node_id: {
+                        "certificate": describe(issued.chain_pem)[0],
+                        "issued": identity.issued[node_id],
+                    }
+                    for node_id, issued in sorted(identity.current.items())
+                },
+            }
+        )
+
     async def loopz(request: web.Request) -> web.Response:
         if loop_report is None:
             return web.json_response({"error": "no loop monitor"}, status=404)
@@ -85,4 +105,5 @@ def make_app(
     app.router.add_get("/debug/config_dump", config_dump)
     app.router.add_get("/debug/configz", configz)
     app.router.add_get("/debug/loopz", loopz)
+    app.router.add_get("/debug/certz", certz)
     return app
