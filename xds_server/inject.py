@@ -268,7 +268,7 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
                 "/var/lib/xds-server",
             ],
             "volumes": [f"{options.config_dir}:/mesh:ro", "xds-state:/var/lib/xds-server"],
-            "ports": ["15014:15014"],
+            "ports": ["127.0.0.1:15014:15014"],  # the debug API: this host only
             "labels": {ROLE: "control-plane"},
         }
         joined = _networks_of(services, apps)
