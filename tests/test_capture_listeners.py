@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -24,7 +26,7 @@ from translators.listeners import (
     allocate_addresses,
     auto_address,
 )
-from translators.resources import LISTENER, ROUTE
+from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from translators.snapshot import Translator, World
 from xds_server.config.loader import parse_file
 
@@ -259,3 +261,48 @@ spec:
     assert "db.example.com" not in table and "legacy.example.com" not in table
     names = set(_listeners(MESH + "---\n" + entries))
     assert not any(n.endswith(("_5432", "_7000")) for n in names)
+
+
+def test_a_proxy_holding_its_certificate_speaks_mutual_tls_on_http_ports() -> None:
+    reviews = model.Proxy(
+        node_id="reviews-v1",
+        labels={"app": "reviews"},
+        ip="127.0.5.2",
+        bind_address="127.0.5.2",
+        ports=(model.WorkloadPort(9080, 15006),),
+        mtls=True,
+    )
+    caller = dataclasses.replace(sidecar("sleep", "sleep", ip="127.0.5.1"), mtls=True)
+    plain = sidecar("plain", "sleep", ip="127.0.5.3")
+    translator = Translator(World(config_from(MESH), [reviews]))
+    resources = {p.node_id: translator.translate(p) for p in (caller, plain, reviews)}
+    name = "outbound|9080||reviews.default.svc.cluster.local"
+
+    def cluster(node_id: str) -> cluster_pb2.Cluster:
+        found = cluster_pb2.Cluster()
+        resources[node_id][CLUSTER][name].any.Unpack(found)
+        return found
+
+    # A caller with a certificate: TLS to endpoints that hold one, plaintext to others;
+    # one without keeps plain clusters (it could never load the secrets they name).
+    assert [m.name for m in cluster("sleep").transport_socket_matches] == [
+        "tlsMode-istio",
+        "tlsMode-disabled",
+    ]
+    assert not cluster("plain").transport_socket_matches
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    resources["sleep"][ENDPOINT][name].any.Unpack(assignment)
+    (endpoint,) = assignment.endpoints[0].lb_endpoints
+    assert endpoint.metadata.filter_metadata["envoy.transport_socket_match"]["tlsMode"] == "istio"
+    # The callee: PERMISSIVE, a TLS twin (client certificate required) before plaintext.
+    inbound = listener_pb2.Listener()
+    resources["reviews-v1"][LISTENER]["127.0.5.2_15006"].any.Unpack(inbound)
+    assert [f.name for f in inbound.listener_filters] == ["envoy.filters.listener.tls_inspector"]
+    tls, plaintext = inbound.filter_chains
+    assert tls.filter_chain_match.transport_protocol == "tls"
+    assert "istio" in tls.filter_chain_match.application_protocols
+    assert tls.transport_socket.name == "envoy.transport_sockets.tls"
+    assert (
+        not plaintext.HasField("transport_socket")
+        and not plaintext.filter_chain_match.transport_protocol
+    )

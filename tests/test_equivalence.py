@@ -132,16 +132,26 @@ def _doc(template: str, i: int, **values) -> model.ConfigResource:
 MESH = {("svc", i): _doc(SERVICE, i) for i in range(COUNT)}
 MESH.update({("rule", i): _doc(RULE, i, lb="ROUND_ROBIN") for i in range(COUNT)})
 MESH.update({("routes", i): _doc(ROUTES, i, w=90, rest=10) for i in range(COUNT)})
-CLIENTS = tuple(
-    sidecar(f"client-{ns}", "client", namespace=f"ns-{ns}", ip=f"127.0.3.{ns + 1}")
-    for ns in range(4)
-) + tuple(  # captured (iptables): their own listeners follow the view's service ports
-    dataclasses.replace(
-        sidecar(f"captured-{ns}", "client", namespace=f"ns-{ns}", ip=f"127.0.3.{ns + 9}"),
-        interception="REDIRECT",
-        bind_address="0.0.0.0",
+CLIENTS = (
+    tuple(
+        sidecar(f"client-{ns}", "client", namespace=f"ns-{ns}", ip=f"127.0.3.{ns + 1}")
+        for ns in range(4)
     )
-    for ns in range(4)
+    + tuple(  # captured (iptables): their own listeners follow the view's service ports
+        dataclasses.replace(
+            sidecar(f"captured-{ns}", "client", namespace=f"ns-{ns}", ip=f"127.0.3.{ns + 9}"),
+            interception="REDIRECT",
+            bind_address="0.0.0.0",
+        )
+        for ns in range(4)
+    )
+    + tuple(  # holding certificates: mutual TLS clusters, a view of their own
+        dataclasses.replace(
+            sidecar(f"mtls-{ns}", "client", namespace=f"ns-{ns}", ip=f"127.0.3.{ns + 17}"),
+            mtls=True,
+        )
+        for ns in range(2)
+    )
 )
 
 edit = st.one_of(
@@ -216,6 +226,8 @@ def test_a_200_service_mesh_under_random_edits_and_joins(steps) -> None:
             )
             if value % 2:  # captured: an endpoint at its app port
                 proxy = dataclasses.replace(proxy, interception="REDIRECT")
+            if value % 3 == 0:  # holds its certificate: an endpoint peers speak mTLS to
+                proxy = dataclasses.replace(proxy, mtls=True)
             workloads[proxy.node_id] = proxy
         elif workloads:
             workloads.pop(sorted(workloads)[i % len(workloads)])

@@ -15,6 +15,7 @@ from translators.cluster_settings import (
     apply_traffic_policy,
 )
 from translators.http_filters import forward_proxy_cluster
+from translators.mtls import TRANSPORT_SOCKET_MATCH, client_socket_matches
 from translators.naming import has_labels, inbound_cluster, outbound_cluster
 from translators.resources import Packed, field_bytes, pack_all, pack_serialized
 from translators.services import (
@@ -73,12 +74,15 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 
 def lb_endpoint(endpoint: Endpoint) -> endpoint_components_pb2.LbEndpoint:
-    return endpoint_components_pb2.LbEndpoint(
+    found = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
             address=socket_address(endpoint.address, endpoint.port)
         ),
         load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight),
     )
+    if endpoint.mtls:  # picks the cluster's mutual TLS socket (mtls.client_socket_matches)
+        found.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH].update({"tlsMode": "istio"})
+    return found
 
 
 def load_assignment(name: str, endpoints) -> endpoint_pb2.ClusterLoadAssignment:
@@ -107,6 +111,7 @@ def _cluster(
     policy: destination_rule_pb2.TrafficPolicy,
     connect_timeout: duration_pb2.Duration,
     labels,
+    mtls: bool = False,
 ) -> cluster_pb2.Cluster:
     if service.resolution == PASSTHROUGH:
         cluster = forward_proxy_cluster(name, connect_timeout)
@@ -130,6 +135,9 @@ def _cluster(
         )
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
     apply_traffic_policy(cluster, policy, port)
+    if mtls and port.is_http:
+        # Auto mTLS: TLS to the endpoints that hold a certificate, plaintext to others.
+        cluster.transport_socket_matches.extend(client_socket_matches())
     return cluster
 
 
@@ -141,6 +149,7 @@ def service_clusters(
     rule: destination_rule_pb2.DestinationRule | None,
     connect_timeout: duration_pb2.Duration,
     budget: RetryBudget | None = None,
+    mtls: bool = False,
 ) -> list[cluster_pb2.Cluster]:
     """One cluster per port of `service`, plus one per subset of its DestinationRule."""
     clusters = []
@@ -151,7 +160,7 @@ def service_clusters(
             variants.append((outbound_cluster(port.port, host, subset.name), subset, subset.labels))
         for name, subset, labels in variants:
             policy = effective_policy(rule, subset, port.port)
-            cluster = _cluster(name, service, port, policy, connect_timeout, labels)
+            cluster = _cluster(name, service, port, policy, connect_timeout, labels, mtls)
             if budget is not None:
                 cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
             clusters.append(cluster)
@@ -179,9 +188,9 @@ def cluster_variants(
 
 
 _CLUSTER = "envoy.config.cluster.v3.Cluster"
-# (port protocol, policy, connect timeout, retry budget) -> an EDS cluster's bytes around
+# (port protocol, policy, connect timeout, retry budget, mTLS) -> an EDS cluster's bytes around
 # its name: (type field, EDS config without the service name, every later field).
-_TEMPLATES: dict[tuple[str, bytes, bytes, bytes], tuple[bytes, bytes, bytes]] = {}
+_TEMPLATES: dict[tuple[str, bytes, bytes, bytes, bool], tuple[bytes, bytes, bytes]] = {}
 
 
 def packed_service_clusters(
@@ -190,12 +199,13 @@ def packed_service_clusters(
     connect_timeout: duration_pb2.Duration,
     budget: RetryBudget | None = None,
     variants: list[Variant] | None = None,
+    mtls: bool = False,
 ) -> dict[str, Packed]:
     """service_clusters, packed. An EDS cluster is its name around bytes that depend
     only on the port's protocol and the policy: those are built once per policy (for
     all services, and across pushes) and each cluster is joined from them."""
     if service.resolution != EDS:
-        return pack_all(service_clusters(service, rule, connect_timeout, budget))
+        return pack_all(service_clusters(service, rule, connect_timeout, budget, mtls))
     timeout = connect_timeout.SerializeToString(deterministic=True)
     limits = budget.SerializeToString(deterministic=True) if budget is not None else b""
     out: dict[str, Packed] = {}
@@ -207,12 +217,13 @@ def packed_service_clusters(
             policy.SerializeToString(deterministic=True) if policy is not None else b"",
             timeout,
             limits,
+            mtls,
         )
         template = _TEMPLATES.get(key)
         if template is None:
             if policy is None:
                 policy = effective_policy(rule, subset, port.port)
-            cluster = _cluster(name, service, port, policy, connect_timeout, {})
+            cluster = _cluster(name, service, port, policy, connect_timeout, {}, mtls)
             if budget is not None:
                 cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
             template = _template(cluster)

@@ -274,7 +274,9 @@ def translate_gateway(world: World, proxy: model.Proxy) -> Resources:
     clusters: dict[str, Packed] = {}
     assignments: dict[str, Packed] = {}
     for host in sorted(services):  # what a sidecar in the gateway's namespace gets
-        service_clusters, service_assignments = world.service_resources(host, proxy.namespace)
+        service_clusters, service_assignments = world.service_resources(
+            host, proxy.namespace, proxy.mtls
+        )
         clusters.update(service_clusters)
         assignments.update(service_assignments)
     return {

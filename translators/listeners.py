@@ -20,6 +20,9 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.filters.udp.dns_filter.v3 import dns_filter_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
@@ -28,6 +31,7 @@ from translators import model
 from translators.clusters import socket_address
 from translators.hcm import build_hcm
 from translators.http_filters import INBOUND, OUTBOUND, PASSTHROUGH_CLUSTER
+from translators.mtls import permissive
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
 from translators.resources import to_any
 from translators.services import PASSTHROUGH
@@ -86,9 +90,11 @@ def _inbound_hcm(stat_prefix: str, port: model.WorkloadPort):
             ),
         ),
     )
-    return build_hcm(
+    hcm = build_hcm(
         INBOUND,
         stat_prefix,
+        # As Istio: the app learns its mTLS peer's identity (x-forwarded-client-cert).
+        forward_client_cert_details=hcm_pb2.HttpConnectionManager.APPEND_FORWARD,
         route_config=route_pb2.RouteConfiguration(
             name=cluster,
             validate_clusters=wrappers_pb2.BoolValue(value=False),
@@ -97,6 +103,9 @@ def _inbound_hcm(stat_prefix: str, port: model.WorkloadPort):
             ],
         ),
     )
+    details = hcm.set_current_client_cert_details
+    details.subject.value, details.uri, details.dns = True, True, True
+    return hcm
 
 
 def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
@@ -126,12 +135,15 @@ def sidecar_listeners(
 ) -> list[listener_pb2.Listener]:
     """The outbound HTTP proxy, and an inbound listener per app port (tcp_proxy for the
     ports only TCP services reach)."""
-    inbound = [
-        inbound_tcp_listener(proxy, p)
-        if p.app_port in tcp_app_ports
-        else inbound_listener(proxy, p)
-        for p in proxy.ports
-    ]
+    inbound = []
+    for port in proxy.ports:
+        if port.app_port in tcp_app_ports:
+            inbound.append(inbound_tcp_listener(proxy, port))
+            continue
+        listener = inbound_listener(proxy, port)
+        if proxy.mtls:  # PERMISSIVE: mutual TLS from peers that hold certificates
+            permissive(listener, lambda chain: True)
+        inbound.append(listener)
     return [outbound_listener(proxy), *inbound]
 
 
@@ -238,6 +250,8 @@ def captured_listeners(
             )
             chain.filter_chain_match.destination_port.value = port.app_port
         inbound.filter_chains.append(chain)
+    if proxy.mtls:  # PERMISSIVE on the HTTP app ports (mtls.py)
+        permissive(inbound, lambda chain: chain.filters[0].name == HCM_FILTER)
     listeners.append(inbound)
     return listeners
 

@@ -248,6 +248,9 @@ class Proxy:
     # Istio's INTERCEPTION_MODE: NONE (the app uses the sidecar as its proxy) or REDIRECT
     # (iptables capture, as istio-init sets it: xds-server iptables).
     interception: str = "NONE"
+    # The stream is bound to an identity and holds its SDS certificate (identity.py):
+    # its clusters and inbound listeners speak mutual TLS with peers that hold one too.
+    mtls: bool = False
 
     @property
     def captured(self) -> bool:

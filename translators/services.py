@@ -51,6 +51,7 @@ class Endpoint:
     port: int
     labels: Mapping[str, str]
     weight: int = 1
+    mtls: bool = False  # a sidecar holding its certificate: peers speak mutual TLS to it
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> di
         for w in members:
             number = w.endpoint_port(port)
             if number:
-                found.append(Endpoint(w.address, number, w.labels, w.weight))
+                mtls = w.sidecar is not None and w.sidecar.mtls
+                found.append(Endpoint(w.address, number, w.labels, w.weight, mtls))
         by_port[port.port] = tuple(sorted(found, key=_endpoint_order))
     return by_port
 

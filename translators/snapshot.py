@@ -175,12 +175,14 @@ class World:
         """(host, id(rule)) -> (clusters, assignments), the cross-push key, the rule."""
         return {}
 
-    def service_resources(self, host: str, proxy_namespace: str) -> tuple[dict, dict]:
+    def service_resources(
+        self, host: str, proxy_namespace: str, mtls: bool = False
+    ) -> tuple[dict, dict]:
         """(clusters, assignments) of one service as a namespace sees it, packed. Views
         whose DestinationRule lookup gives the same rule share them within this world."""
         service = self.services[host]
         rule = self.destination_rules.lookup(host, proxy_namespace, service.namespace)
-        key = (host, id(rule))
+        key = (host, id(rule), mtls)
         entry = self._service_cache.get(key)
         found = entry[0] if entry is not None else None
         if found is None:
@@ -194,6 +196,7 @@ class World:
                     id(rule),
                     timeout.SerializeToString(deterministic=True),
                     budget.SerializeToString(deterministic=True) if budget else b"",
+                    mtls,
                 )
                 kept = self.cache.get(lasting)
                 if kept is not None and kept[0] is rule:
@@ -201,7 +204,7 @@ class World:
             if found is None:
                 variants = cluster_variants(service, rule)
                 found = (
-                    packed_service_clusters(service, rule, timeout, budget, variants),
+                    packed_service_clusters(service, rule, timeout, budget, variants, mtls),
                     packed_service_endpoints(service, rule, variants),
                 )
             if lasting is not None:
@@ -262,7 +265,12 @@ _uses_source_labels = PerObject(_source_labels_in, limit=65536)  # per spec obje
 def _service_key(service: Service) -> tuple:
     """Everything of a Service its clusters and endpoints are built from, hashable."""
     endpoints = tuple(
-        (port, tuple((e.address, e.port, e.weight, tuple(sorted(e.labels.items()))) for e in eps))
+        (
+            port,
+            tuple(
+                (e.address, e.port, e.weight, tuple(sorted(e.labels.items())), e.mtls) for e in eps
+            ),
+        )
         for port, eps in sorted(service.endpoints.items())
     )
     return (
@@ -289,7 +297,8 @@ class Translator:
         labels = proxy.labels
         label_key = tuple(sorted(labels.items())) if world.uses_source_labels else ()
         sidecar = sidecar_scope.select_sidecar(world.config, proxy)
-        key = (proxy.namespace, label_key, sidecar.key if sidecar else None)
+        # A proxy holding its certificate gets clusters that speak mutual TLS (mtls.py).
+        key = (proxy.namespace, label_key, sidecar.key if sidecar else None, proxy.mtls)
         shared = self._shared.get(key)
         if shared is None:
             config = world.config
@@ -307,7 +316,7 @@ class Translator:
             assignments: dict[str, Packed] = {}
             for host in sorted(services):
                 service_clusters_, service_assignments = world.service_resources(
-                    host, proxy.namespace
+                    host, proxy.namespace, proxy.mtls
                 )
                 clusters.update(service_clusters_)
                 assignments.update(service_assignments)
@@ -355,13 +364,13 @@ class Translator:
             if not affected:
                 translator._shared[key] = view
                 continue
-            namespace = key[0]
+            namespace, mtls = key[0], key[3]
             new_assignments: dict[str, Packed] = {}
             renamed = False  # an assignment name came or went: no overlay
             changed_clusters: list[tuple[dict, dict]] = []
             for host in affected:
-                old_clusters, old_assignments = old.service_resources(host, namespace)
-                new_clusters, now = world.service_resources(host, namespace)
+                old_clusters, old_assignments = old.service_resources(host, namespace, mtls)
+                new_clusters, now = world.service_resources(host, namespace, mtls)
                 new_assignments.update(now)
                 renamed = renamed or old_assignments.keys() != now.keys()
                 if any(
@@ -380,7 +389,7 @@ class Translator:
             if renamed:
                 assignments = dict(view[ENDPOINT].items())
                 for host in affected:
-                    for name in old.service_resources(host, namespace)[1]:
+                    for name in old.service_resources(host, namespace, mtls)[1]:
                         assignments.pop(name, None)
                 assignments.update(new_assignments)
                 endpoints = ResourceSet(assignments)
@@ -494,7 +503,7 @@ class Translator:
         edit = _HostEdit(old, world, changed, ruled | named | dependents, changed | ruled, tcp)
         for key, view in previous._shared.items():
             if key[2] is None:  # a Sidecar's view may see other services: anew
-                updated = edit.view(key[0], view)
+                updated = edit.view(key[0], view, key[3])
                 if updated is not None:
                     translator._shared[key] = updated
         return translator
@@ -675,7 +684,9 @@ class _HostEdit:
     def hosts(self) -> frozenset[str]:
         return frozenset(self.world.services)
 
-    def view(self, namespace: str, view: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    def view(
+        self, namespace: str, view: Mapping[str, Any], mtls: bool = False
+    ) -> Mapping[str, Any] | None:
         parts: RouteParts = view[ROUTE_PARTS]
         if parts.has_unbound:
             return None  # a VS host outside the registry may now name a service
@@ -716,14 +727,14 @@ class _HostEdit:
         gone_assignments: list[str] = []
         for host in self.built:
             if host in before:
-                old_clusters, old_assignments = self.old.service_resources(host, namespace)
+                old_clusters, old_assignments = self.old.service_resources(host, namespace, mtls)
                 gone_clusters += old_clusters
                 gone_assignments += old_assignments
         new_clusters: dict[str, Packed] = {}
         new_assignments: dict[str, Packed] = {}
         for host in sorted(self.built):
             if host in after:
-                clusters, assignments = world.service_resources(host, namespace)
+                clusters, assignments = world.service_resources(host, namespace, mtls)
                 new_clusters.update(clusters)
                 new_assignments.update(assignments)
         updated = {

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xds_server import tokens
 from xds_server.bootstrap import BootstrapOptions, render
 from xds_server.envoy_binary import find_envoy
 
@@ -195,6 +196,9 @@ class LocalMesh:
     xds_api: str = "delta"  # how the Envoys speak xDS: delta or sotw
     server_args: list[str] = field(default_factory=list)  # more `serve` flags
     server_env: dict[str, str] = field(default_factory=dict)
+    # Each sidecar's bootstrap carries a token for its workload (xds-server token), so
+    # the sidecars hold certificates and speak mutual TLS.
+    tokens: bool = False
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _logs_started: set[str] = field(default_factory=set)
 
@@ -235,6 +239,8 @@ class LocalMesh:
         self.xds_port = self.xds_port or free_port()
         self.debug_port = self.debug_port or free_port()
         self._assign_addresses()
+        if self.tokens:  # the key the server will sign and check tokens with
+            self._token_key = tokens.load_or_create_key(self.work_dir / "state")
         self.start_server(timeout)
         apps = [f"{w.app}:{w.version}:{w.app_port}@{w.ip}" for w in self.workloads if w.app_port]
         if apps:
@@ -371,6 +377,9 @@ class LocalMesh:
             bind_address=workload.ip,
             role=workload.role,
             xds_api=self.xds_api,
+            token=tokens.issue(self._token_key, workload.namespace, workload.app, 86400)
+            if self.tokens
+            else "",
         )
 
     def workload(self, name: str) -> Workload:

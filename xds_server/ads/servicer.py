@@ -8,6 +8,7 @@ responses' order is exactly the order the state machine chose (checklist item 32
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -175,6 +176,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                 log.warning("refusing ADS stream from %s: %s", safe_text(peer), exc)
                                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                                 return
+                            if bound is not None:  # it will hold its certificate: mTLS
+                                proxy = dataclasses.replace(proxy, mtls=True)
                         protocol = protocol_type(proxy.node_id, self.control_plane_id)
                         self._stream_ids += 1
                         stream_id = self._stream_ids

@@ -1,0 +1,111 @@
+"""Mutual TLS between sidecars that hold their certificates (Istio's auto mTLS, with
+PERMISSIVE inbound): the SDS secrets `default` and `ROOTCA` over ADS on both sides.
+
+A client cluster picks TLS for an endpoint whose metadata says `tlsMode: istio` (a
+sidecar that holds its certificate) and plaintext for any other. A server's inbound
+listener reads the first bytes (tls_inspector): TLS with Istio's ALPN goes to a chain
+that requires the client's certificate, anything else to the plaintext chain, so apps
+without a sidecar still reach it. Only HTTP ports, for now: a TCP app port stays
+plaintext (a server-first protocol would wait on the inspector).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from google.protobuf import duration_pb2, struct_pb2
+
+from translators.resources import to_any
+
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"  # endpoint metadata namespace
+TLS_SOCKET = "envoy.transport_sockets.tls"
+RAW_SOCKET = "envoy.transport_sockets.raw_buffer"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+DEFAULT_SECRET, ROOT_SECRET = "default", "ROOTCA"
+# What Istio's sidecars offer and accept for mutual TLS.
+CLIENT_ALPN = ("istio-http/1.1", "istio")
+SERVER_ALPN = ("istio-http/1.0", "istio-http/1.1", "istio-h2", "istio", "istio-peer-exchange")
+
+
+def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(
+        name=name,
+        sds_config=config_source_pb2.ConfigSource(
+            ads=config_source_pb2.AggregatedConfigSource(),
+            resource_api_version=config_source_pb2.V3,
+        ),
+    )
+
+
+def _common(alpn: tuple[str, ...]) -> tls_pb2.CommonTlsContext:
+    return tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[_sds(DEFAULT_SECRET)],
+        validation_context_sds_secret_config=_sds(ROOT_SECRET),
+        alpn_protocols=list(alpn),
+    )
+
+
+def client_socket_matches() -> list[cluster_pb2.Cluster.TransportSocketMatch]:
+    """TLS to endpoints that hold a certificate, plaintext to the others."""
+    tls = base_pb2.TransportSocket(
+        name=TLS_SOCKET,
+        typed_config=to_any(tls_pb2.UpstreamTlsContext(common_tls_context=_common(CLIENT_ALPN))),
+    )
+    raw = base_pb2.TransportSocket(name=RAW_SOCKET, typed_config=to_any(raw_buffer_pb2.RawBuffer()))
+    istio = struct_pb2.Struct()
+    istio.update({"tlsMode": "istio"})
+    return [
+        cluster_pb2.Cluster.TransportSocketMatch(
+            name="tlsMode-istio", match=istio, transport_socket=tls
+        ),
+        cluster_pb2.Cluster.TransportSocketMatch(
+            name="tlsMode-disabled", match=struct_pb2.Struct(), transport_socket=raw
+        ),
+    ]
+
+
+def server_socket() -> base_pb2.TransportSocket:
+    """TLS that requires a client certificate from the mesh's root."""
+    context = tls_pb2.DownstreamTlsContext(common_tls_context=_common(SERVER_ALPN))
+    context.require_client_certificate.value = True
+    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=to_any(context))
+
+
+def tls_inspector() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(
+        name=TLS_INSPECTOR, typed_config=to_any(tls_inspector_pb2.TlsInspector())
+    )
+
+
+def mutual_tls_chain(
+    chain: listener_components_pb2.FilterChain,
+) -> listener_components_pb2.FilterChain:
+    """`chain`'s filters for mutual TLS peers: Istio's ALPN over TLS, then TLS ended."""
+    tls = listener_components_pb2.FilterChain()
+    tls.CopyFrom(chain)
+    tls.name = f"{chain.name}-mtls" if chain.name else "mtls"
+    tls.filter_chain_match.transport_protocol = "tls"
+    tls.filter_chain_match.application_protocols.extend(SERVER_ALPN)
+    tls.transport_socket.CopyFrom(server_socket())
+    return tls
+
+
+def permissive(listener, secured: Callable[[listener_components_pb2.FilterChain], bool]) -> None:
+    """Put a mutual TLS twin before each `secured` chain of `listener`, and the inspector
+    that tells them apart; the listener waits for a client's first bytes at most a
+    second, then takes the plaintext chain."""
+    kept = list(listener.filter_chains)
+    del listener.filter_chains[:]
+    for chain in kept:
+        if secured(chain):
+            listener.filter_chains.append(mutual_tls_chain(chain))
+        listener.filter_chains.append(chain)
+    listener.listener_filters.append(tls_inspector())
+    listener.listener_filters_timeout.CopyFrom(duration_pb2.Duration(seconds=1))
+    listener.continue_on_listener_filters_timeout = True
