@@ -5,6 +5,7 @@ the caller's SPIFFE identity; PERMISSIVE inbound still takes plaintext."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -58,3 +59,30 @@ def test_permissive_inbound_still_takes_plaintext(mesh) -> None:
     reviews_ip = mesh.workload("reviews-v1").ip
     status, body = _get(mesh, f"http://{reviews_ip}:15006/")
     assert status == 200 and "x-forwarded-client-cert" not in body["headers"], body
+
+
+def test_certificates_rotate_while_requests_flow(tmp_path) -> None:
+    config = tmp_path / "mesh"
+    config.mkdir()
+    (config / "svc.yaml").write_text(service_yaml("reviews"))
+    workloads = [Workload("sleep", "sleep", app_port=None), Workload("reviews-v1", "reviews")]
+    # Certificates of 4 s, renewed every 2 s.
+    with LocalMesh(
+        config, workloads, tmp_path / "work", tokens=True, server_args=["--cert-lifetime", "4"]
+    ) as mesh:
+        wait_until(mesh.all_synced, 30, "every sidecar to sync")
+        sleep_ip, _ = mesh.outbound("sleep")
+        serials, statuses = set(), []
+        deadline = time.monotonic() + 7
+        while time.monotonic() < deadline:
+            statuses.append(_get(mesh, f"http://{sleep_ip}:15001/", Host="reviews")[0])
+            certs = json.loads(http_get(f"{mesh.admin_url('reviews-v1')}/certs")[1])
+            serials.update(
+                chain["serial_number"]
+                for cert in certs["certificates"]
+                for chain in cert.get("cert_chain", [])
+                if any("sa/reviews" in s.get("uri", "") for s in chain.get("subject_alt_names", []))
+            )
+            time.sleep(0.1)
+        assert len(serials) >= 3, serials  # renewed on its own, more than once
+        assert statuses and set(statuses) == {200}, statuses  # and no request failed
