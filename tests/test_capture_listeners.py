@@ -26,6 +26,7 @@ from translators.listeners import (
     allocate_addresses,
     auto_address,
 )
+from translators.peer_authentication import port_modes
 from translators.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from translators.snapshot import Translator, World
 from xds_server.config.loader import parse_file
@@ -306,3 +307,33 @@ def test_a_proxy_holding_its_certificate_speaks_mutual_tls_on_http_ports() -> No
         not plaintext.HasField("transport_socket")
         and not plaintext.filter_chain_match.transport_protocol
     )
+
+
+def test_peer_authentication_precedence_is_istios() -> None:
+    def policy(name: str, namespace: str, spec: str) -> str:
+        return (
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\n"
+            f"metadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n---\n"
+        )
+
+    config = config_from(
+        policy("mesh", "istio-system", "{mtls: {mode: STRICT}}")
+        + policy("ns", "prod", "{mtls: {mode: PERMISSIVE}}")
+        + policy("unset", "dev", "{mtls: {}}")
+        + policy(
+            "app",
+            "prod",
+            "{selector: {matchLabels: {app: db}}, mtls: {mode: STRICT}, "
+            "portLevelMtls: {8080: {mode: PERMISSIVE}, 9090: {}}}",
+        )
+    )
+    modes = port_modes
+    assert modes(config, "default", {}, (80,)) == {80: "STRICT"}  # the mesh's
+    assert modes(config, "dev", {}, (80,)) == {80: "STRICT"}  # UNSET inherits
+    assert modes(config, "prod", {"app": "web"}, (80,)) == {80: "PERMISSIVE"}  # namespace
+    assert modes(config, "prod", {"app": "db"}, (80, 8080, 9090)) == {
+        80: "STRICT",  # the workload's policy
+        8080: "PERMISSIVE",  # its port-level mode
+        9090: "STRICT",  # UNSET at the port: the workload's
+    }
+    assert modes(config_from(MESH), "default", {}, (80,)) == {80: "PERMISSIVE"}  # no policy

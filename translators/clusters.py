@@ -135,7 +135,7 @@ def _cluster(
         )
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
     apply_traffic_policy(cluster, policy, port)
-    if mtls and port.is_http:
+    if mtls:
         # Auto mTLS: TLS to the endpoints that hold a certificate, plaintext to others.
         cluster.transport_socket_matches.extend(client_socket_matches())
     return cluster

@@ -31,7 +31,7 @@ from translators import model
 from translators.clusters import socket_address
 from translators.hcm import build_hcm
 from translators.http_filters import INBOUND, OUTBOUND, PASSTHROUGH_CLUSTER
-from translators.mtls import permissive
+from translators.mtls import secure_inbound
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
 from translators.resources import to_any
 from translators.services import PASSTHROUGH
@@ -131,18 +131,21 @@ def inbound_tcp_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listen
 
 
 def sidecar_listeners(
-    proxy: model.Proxy, tcp_app_ports: Collection[int] = ()
+    proxy: model.Proxy,
+    tcp_app_ports: Collection[int] = (),
+    modes: Mapping[int, str] | None = None,
 ) -> list[listener_pb2.Listener]:
     """The outbound HTTP proxy, and an inbound listener per app port (tcp_proxy for the
-    ports only TCP services reach)."""
+    ports only TCP services reach), each with its PeerAuthentication mode (`modes`, by
+    app port; PERMISSIVE when not given)."""
     inbound = []
     for port in proxy.ports:
         if port.app_port in tcp_app_ports:
-            inbound.append(inbound_tcp_listener(proxy, port))
-            continue
-        listener = inbound_listener(proxy, port)
-        if proxy.mtls:  # PERMISSIVE: mutual TLS from peers that hold certificates
-            permissive(listener, lambda chain: True)
+            listener = inbound_tcp_listener(proxy, port)
+        else:
+            listener = inbound_listener(proxy, port)
+        mode = (modes or {}).get(port.app_port, "PERMISSIVE")
+        secure_inbound(listener, lambda chain, mode=mode: mode, proxy.mtls)
         inbound.append(listener)
     return [outbound_listener(proxy), *inbound]
 
@@ -178,6 +181,7 @@ def captured_listeners(
     tcp_services: Iterable[tuple[str, int, tcp_proxy_pb2.TcpProxy]],
     tcp_app_ports: Collection[int],
     allow_any: bool,
+    modes: Mapping[int, str] | None = None,
 ) -> list[listener_pb2.Listener]:
     """A captured sidecar's listeners, as Istio builds them: virtualOutbound on 15001
     hands each connection to the listener of its original destination (HTTP service
@@ -250,8 +254,16 @@ def captured_listeners(
             )
             chain.filter_chain_match.destination_port.value = port.app_port
         inbound.filter_chains.append(chain)
-    if proxy.mtls:  # PERMISSIVE on the HTTP app ports (mtls.py)
-        permissive(inbound, lambda chain: chain.filters[0].name == HCM_FILTER)
+    by_cluster = {inbound_cluster(p.app_port): p.app_port for p in proxy.ports}
+    secure_inbound(  # each app port's chain by its mode; passthrough and 15006 as they are
+        inbound,
+        lambda chain: (
+            (modes or {}).get(by_cluster[chain.name], "PERMISSIVE")
+            if chain.name in by_cluster
+            else None
+        ),
+        proxy.mtls,
+    )
     listeners.append(inbound)
     return listeners
 
@@ -274,10 +286,14 @@ def captured_clusters(connect_timeout: duration_pb2.Duration) -> list[cluster_pb
     )
     inbound.upstream_bind_config.source_address.address = "127.0.0.6"
     inbound.upstream_bind_config.source_address.port_value = 0
-    blackhole = cluster_pb2.Cluster(
+    return [passthrough, inbound, blackhole_cluster(connect_timeout)]
+
+
+def blackhole_cluster(connect_timeout: duration_pb2.Duration) -> cluster_pb2.Cluster:
+    """A cluster with no hosts: where refused traffic goes."""
+    return cluster_pb2.Cluster(
         name=BLACKHOLE_CLUSTER, type=cluster_pb2.Cluster.STATIC, connect_timeout=connect_timeout
     )
-    return [passthrough, inbound, blackhole]
 
 
 DNS_PORT = 15053

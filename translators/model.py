@@ -23,6 +23,7 @@ SIDECAR = "Sidecar"
 TRAFFIC_SPLIT = "TrafficSplit"
 SERVICE_PROFILE = "ServiceProfile"
 MESH_CONFIG = "MeshConfig"
+PEER_AUTHENTICATION = "PeerAuthentication"
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"

@@ -5,8 +5,8 @@ A client cluster picks TLS for an endpoint whose metadata says `tlsMode: istio` 
 sidecar that holds its certificate) and plaintext for any other. A server's inbound
 listener reads the first bytes (tls_inspector): TLS with Istio's ALPN goes to a chain
 that requires the client's certificate, anything else to the plaintext chain, so apps
-without a sidecar still reach it. Only HTTP ports, for now: a TCP app port stays
-plaintext (a server-first protocol would wait on the inspector).
+without a sidecar still reach it; under STRICT (PeerAuthentication) plaintext is
+refused. A plaintext client of a server-first protocol waits a second on the inspector.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import duration_pb2, struct_pb2
@@ -96,16 +97,45 @@ def mutual_tls_chain(
     return tls
 
 
-def permissive(listener, secured: Callable[[listener_components_pb2.FilterChain], bool]) -> None:
-    """Put a mutual TLS twin before each `secured` chain of `listener`, and the inspector
-    that tells them apart; the listener waits for a client's first bytes at most a
-    second, then takes the plaintext chain."""
+def secure_inbound(
+    listener,
+    mode_of: Callable[[listener_components_pb2.FilterChain], str | None],
+    bound: bool,
+) -> None:
+    """Apply each inbound chain's PeerAuthentication mode (mode_of; None: a chain that is
+    not an app port's). PERMISSIVE, for a sidecar that holds its certificate: a mutual
+    TLS twin before the plaintext chain. STRICT: the twin, and plaintext blackholed (a
+    sidecar without a certificate then refuses everything: it fails closed). With a
+    twin, the listener reads a client's first bytes (tls_inspector), at most a second,
+    then takes the plaintext chain."""
     kept = list(listener.filter_chains)
     del listener.filter_chains[:]
+    inspect = False
     for chain in kept:
-        if secured(chain):
+        mode = mode_of(chain)
+        if mode == "STRICT" or (mode == "PERMISSIVE" and bound):
             listener.filter_chains.append(mutual_tls_chain(chain))
+            inspect = True
+            if mode == "STRICT":
+                chain = _refused(chain)
         listener.filter_chains.append(chain)
-    listener.listener_filters.append(tls_inspector())
-    listener.listener_filters_timeout.CopyFrom(duration_pb2.Duration(seconds=1))
-    listener.continue_on_listener_filters_timeout = True
+    if inspect:
+        listener.listener_filters.append(tls_inspector())
+        listener.listener_filters_timeout.CopyFrom(duration_pb2.Duration(seconds=1))
+        listener.continue_on_listener_filters_timeout = True
+
+
+BLACKHOLE = "BlackHoleCluster"
+
+
+def _refused(chain: listener_components_pb2.FilterChain) -> listener_components_pb2.FilterChain:
+    """`chain`'s match, for plaintext that STRICT refuses: to a cluster with no hosts."""
+    refused = listener_components_pb2.FilterChain(name=f"{chain.name}-plaintext-refused")
+    refused.filter_chain_match.CopyFrom(chain.filter_chain_match)
+    refused.filters.append(
+        listener_components_pb2.Filter(
+            name="envoy.filters.network.tcp_proxy",
+            typed_config=to_any(tcp_proxy_pb2.TcpProxy(stat_prefix=BLACKHOLE, cluster=BLACKHOLE)),
+        )
+    )
+    return refused

@@ -17,6 +17,7 @@ from translators.listeners import (
     AUTO_ADDRESSES,
     SIDECAR_PORTS,
     allocate_addresses,
+    blackhole_cluster,
     captured_clusters,
     captured_listeners,
     dns_listener,
@@ -27,6 +28,7 @@ from translators.listeners import (
 )
 from translators.memo import PerObject
 from translators.naming import OUTBOUND_ROUTE_NAME, fqdn, host_matches
+from translators.peer_authentication import proxy_modes
 from translators.resources import (
     CLUSTER,
     ENDPOINT,
@@ -538,6 +540,7 @@ class Translator:
             sidecar = sidecar_scope.select_sidecar(world.config, proxy)
             allow_any = sidecar_scope.allow_any(world.config, sidecar)
             captured = (*_capture_view(ctx, world.auto_addresses), allow_any)
+        modes = proxy_modes(world.config, proxy)  # PeerAuthentication, by app port
         key = ("proxy", proxy.node_id)
         kept = world.cache.get(key) if world.cache is not None else None
         if (
@@ -547,6 +550,7 @@ class Translator:
             and kept[2] == tcp_ports
             and kept[3] is tcp_routes
             and kept[6] == captured
+            and kept[7] == modes
         ):
             return kept[4], kept[5]
         inbound = pack_all(inbound_clusters(world.config, proxy))
@@ -559,16 +563,32 @@ class Translator:
                     route.host, ctx.services[route.host], world.auto_addresses
                 )
             ]
-            listeners = pack_all(captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any))
+            listeners = pack_all(
+                captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any, modes)
+            )
             listeners[dns.name] = dns  # built once for the view
             # Overrides the view's PassthroughCluster (a forward proxy by Host, for
             # uncaptured sidecars) with the original destination.
             inbound.update(pack_all(captured_clusters(world.config.mesh.connect_timeout)))
         else:
             listeners = pack_all(
-                [*sidecar_listeners(proxy, tcp_ports), *outbound_tcp_listeners(proxy, tcp_routes)]
+                [
+                    *sidecar_listeners(proxy, tcp_ports, modes),
+                    *outbound_tcp_listeners(proxy, tcp_routes),
+                ]
             )
-        found = (proxy, timeout, tcp_ports, tcp_routes, inbound, ResourceSet(listeners), captured)
+            if "STRICT" in modes.values():  # where STRICT sends plaintext (mtls.py)
+                inbound.update(pack_all([blackhole_cluster(world.config.mesh.connect_timeout)]))
+        found = (
+            proxy,
+            timeout,
+            tcp_ports,
+            tcp_routes,
+            inbound,
+            ResourceSet(listeners),
+            captured,
+            modes,
+        )
         if world.cache is not None:
             world.cache.put(key, found)
         return found[4], found[5]

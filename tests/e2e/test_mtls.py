@@ -86,3 +86,36 @@ def test_certificates_rotate_while_requests_flow(tmp_path) -> None:
             time.sleep(0.1)
         assert len(serials) >= 3, serials  # renewed on its own, more than once
         assert statuses and set(statuses) == {200}, statuses  # and no request failed
+
+
+STRICT = """apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+"""
+
+
+def test_strict_refuses_plaintext_and_lets_mesh_clients_through(mesh) -> None:
+    reviews_ip = mesh.workload("reviews-v1").ip
+    sleep_ip, _ = mesh.outbound("sleep")
+    policy = mesh.config_dir / "strict.yaml"
+    policy.write_text(STRICT)  # mesh-wide, in the root namespace (seed 16)
+    try:
+        wait_until(
+            lambda: http_get(f"http://{reviews_ip}:15006/", timeout=2)[0] != 200,
+            20,
+            "STRICT to refuse plaintext",
+        )
+        for _ in range(5):
+            assert http_get(f"http://{reviews_ip}:15006/", timeout=2)[0] != 200
+            status, body = _get(mesh, f"http://{sleep_ip}:15001/", Host="reviews")
+            assert status == 200, body
+            assert "sa/sleep" in body["headers"]["x-forwarded-client-cert"]
+    finally:
+        policy.unlink()
+    wait_until(
+        lambda: http_get(f"http://{reviews_ip}:15006/", timeout=2)[0] == 200,
+        20,
+        "PERMISSIVE again",
+    )

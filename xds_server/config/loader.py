@@ -23,6 +23,7 @@ from protos import (
     gateway_pb2,
     mesh_config_pb2,
     meta_pb2,
+    peer_authentication_pb2,
     service_entry_pb2,
     service_pb2,
     service_profile_pb2,
@@ -38,6 +39,7 @@ from xds_server.config.yaml_lines import Path, YamlDocument, YamlSyntaxError, re
 from xds_server.text import safe_text
 
 ISTIO_NETWORKING = "networking.istio.io"
+ISTIO_SECURITY = "security.istio.io"
 SMI_SPLIT = "split.smi-spec.io"
 LINKERD = "linkerd.io"
 # (API group, kind) -> (our kind, spec message type)
@@ -57,12 +59,17 @@ KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
     ("", "Service"): (model.SERVICE, service_pb2.ServiceSpec),
     (SMI_SPLIT, "TrafficSplit"): (model.TRAFFIC_SPLIT, smi_pb2.TrafficSplit),
     (LINKERD, "ServiceProfile"): (model.SERVICE_PROFILE, service_profile_pb2.ServiceProfile),
+    (ISTIO_SECURITY, "PeerAuthentication"): (
+        model.PEER_AUTHENTICATION,
+        peer_authentication_pb2.PeerAuthentication,
+    ),
 }
 # Versions whose fields match our protos, per API group.
 VERSIONS = {
     ISTIO_NETWORKING: {"v1alpha3", "v1beta1", "v1"},
     SMI_SPLIT: {"v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"},
     LINKERD: {"v1alpha2"},
+    ISTIO_SECURITY: {"v1beta1", "v1"},
 }
 # Istio reads mesh config from this ConfigMap (key "mesh").
 MESH_CONFIGMAP = ("istio-system", "istio")

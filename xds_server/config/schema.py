@@ -47,6 +47,10 @@ _NOT_SUPPORTED = {
         "proxy_protocol": "proxyProtocol is not supported yet",
     },
     "meshapi.networking.TrafficPolicy.PortTrafficPolicy": {"tls": _CLIENT_TLS},
+    "meshapi.security.PeerAuthentication.MutualTLS": {
+        "caCertificates": "not Istio's API (PeerAuthentication has no CA field): inbound "
+        "mutual TLS trusts the mesh's CA (serve --cacerts to use yours)",
+    },
 }
 
 
@@ -222,12 +226,19 @@ def _fill(message: Message, value: Any, path: Path) -> None:
             value_fd = fd.message_type.fields_by_name["value"]
             if len({str(k) for k in item}) < len(item):
                 raise SchemaError(child, "a key is given twice (as text and as another type)")
+            key_fd = fd.message_type.fields_by_name["key"]
             for k, v in item.items():
                 where = (*child, k)
+                # A map keyed by numbers (portLevelMtls) takes them as written, 8080 or "8080".
+                map_key = (
+                    _scalar(key_fd, k, where)
+                    if key_fd.type != FieldDescriptor.TYPE_STRING
+                    else str(k)
+                )
                 if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
-                    _fill_message(entries[str(k)], value_fd, v, where)
+                    _fill_message(entries[map_key], value_fd, v, where)
                 else:
-                    entries[str(k)] = _scalar(value_fd, v, where)
+                    entries[map_key] = _scalar(value_fd, v, where)
         elif fd.is_repeated:
             if item is None:
                 continue
