@@ -134,6 +134,7 @@ class PodMesh:
         gateway: bool = False,
         nameserver: str | None = None,
         capture_args: Sequence[str] = ("--redirect-dns", "--capture-all-dns"),
+        token: str = "",
     ) -> Pod:
         """A pod on the bridge: `app` (an argv) as uid 1000, the capture rules (not for a
         gateway) and the sidecar, its bootstrap made from `labels` and `app_ports`."""
@@ -154,6 +155,7 @@ class PodMesh:
             outbound_address="0.0.0.0" if gateway else "127.0.0.1",
             role="gateway" if gateway else "sidecar",
             interception_mode="NONE" if gateway else "REDIRECT",
+            token=token,  # xds-server token: the sidecar holds a certificate, speaks mTLS
         )
         bootstrap = render(options)
         (self.work_dir / f"{name}.yaml").write_text(bootstrap)  # to read; Envoy gets it inline

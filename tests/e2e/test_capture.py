@@ -25,6 +25,7 @@ import pytest
 from tests.helpers import REGISTRY_ONLY_MESH
 from tests.pods import need_namespaces, probe
 from translators.listeners import auto_address
+from xds_server import tokens
 from xds_server.netns import join_bridge, run_prefix
 from xds_server.pods import APP_UID, HUB_ADDRESS, PROXY_UID, PodMesh
 
@@ -100,6 +101,7 @@ class Mesh(PodMesh):
         self.work = work
 
     def start(self) -> None:
+        self.token_key = tokens.load_or_create_key(self.work_dir / "state")
         self.start_hub()
         outside = self.namespace("o")
         join_bridge(outside, OUTSIDE, self.hub, HUB_ADDRESS)
@@ -113,7 +115,8 @@ class Mesh(PodMesh):
             ("db", {"app": "db"}, 3306, [*PROBE, "tcp-server", "0.0.0.0", "3306", "db"]),
             ("cache", {"app": "cache"}, 3306, [*PROBE, "tcp-server", "0.0.0.0", "3306", "cache"]),
         ):
-            # The rules capture DNS to the pod's nameserver (the outside one).
+            # The rules capture DNS to the pod's nameserver (the outside one). Each
+            # sidecar holds a certificate for its app's identity: mutual TLS between pods.
             self.add_pod(
                 name,
                 labels,
@@ -121,6 +124,7 @@ class Mesh(PodMesh):
                 app,
                 nameserver=OUTSIDE,
                 capture_args=["--redirect-dns"],
+                token=tokens.issue(self.token_key, "default", labels["app"], 3600),
             )
 
     def call(self, pod: str, url: str, *headers: str, uid: int = APP_UID) -> tuple[int, dict]:
@@ -204,6 +208,12 @@ def test_the_request_crosses_15001_and_the_subset_cluster_and_15006(mesh) -> Non
         caller["cluster.outbound|9080|v2|reviews.default.svc.cluster.local.upstream_rq_total"] > 0
     )
     assert callee["listener.0.0.0.0_15006.downstream_cx_total"] > 0
+    # Between pods, over mutual TLS: the callee's app sees the caller's identity.
+    status, body = mesh.call("sleep", f"http://{VIP}:9080/", "end-user:jason")
+    assert "spiffe://cluster.local/ns/default/sa/sleep" in body["headers"].get(
+        "x-forwarded-client-cert", ""
+    ), body
+    assert callee["listener.0.0.0.0_15006.ssl.handshake"] > 0
 
 
 def test_the_app_port_is_reached_only_through_its_sidecar(mesh) -> None:
