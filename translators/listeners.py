@@ -28,6 +28,8 @@ from envoy.extensions.filters.udp.dns_filter.v3 import dns_filter_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from translators import model
+from translators.authorization import NONE as NO_RBAC
+from translators.authorization import InboundRbac
 from translators.clusters import socket_address
 from translators.hcm import build_hcm
 from translators.http_filters import INBOUND, OUTBOUND, PASSTHROUGH_CLUSTER
@@ -76,7 +78,7 @@ def outbound_listener(proxy: model.Proxy) -> listener_pb2.Listener:
     )
 
 
-def _inbound_hcm(stat_prefix: str, port: model.WorkloadPort):
+def _inbound_hcm(stat_prefix: str, port: model.WorkloadPort, rbac: InboundRbac = NO_RBAC):
     """Everything to the app's port (cluster `inbound|<app port>||`), with an inline route."""
     cluster = inbound_cluster(port.app_port)
     route = rc.Route(
@@ -105,22 +107,29 @@ def _inbound_hcm(stat_prefix: str, port: model.WorkloadPort):
     )
     details = hcm.set_current_client_cert_details
     details.subject.value, details.uri, details.dns = True, True, True
+    if rbac.http:  # AuthorizationPolicy, before the router
+        router = hcm.http_filters.pop()
+        hcm.http_filters.extend([*rbac.http, router])
     return hcm
 
 
-def inbound_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
+def inbound_listener(
+    proxy: model.Proxy, port: model.WorkloadPort, rbac: InboundRbac = NO_RBAC
+) -> listener_pb2.Listener:
     """<bind>:<inbound port> -> the app on <app address>:<app port>, with an inline route."""
     name = listener_name(proxy.bind_address, port.inbound_port)
-    hcm = _inbound_hcm(f"inbound_{name}", port)
+    hcm = _inbound_hcm(f"inbound_{name}", port, rbac)
     return network_listener(
         name, proxy.bind_address, port.inbound_port, HCM_FILTER, hcm, base_pb2.INBOUND
     )
 
 
-def inbound_tcp_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listener_pb2.Listener:
+def inbound_tcp_listener(
+    proxy: model.Proxy, port: model.WorkloadPort, rbac: InboundRbac = NO_RBAC
+) -> listener_pb2.Listener:
     """<bind>:<inbound port> -> the app, as opaque TCP (an app port only TCP services reach)."""
     cluster = inbound_cluster(port.app_port)
-    return network_listener(
+    listener = network_listener(
         listener_name(proxy.bind_address, port.inbound_port),
         proxy.bind_address,
         port.inbound_port,
@@ -128,12 +137,23 @@ def inbound_tcp_listener(proxy: model.Proxy, port: model.WorkloadPort) -> listen
         tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster),
         base_pb2.INBOUND,
     )
+    _guard(listener.filter_chains[0], rbac)
+    return listener
+
+
+def _guard(chain: listener_components_pb2.FilterChain, rbac: InboundRbac) -> None:
+    """AuthorizationPolicy on a TCP chain: network RBAC before tcp_proxy."""
+    if rbac.network:
+        filters = list(chain.filters)
+        del chain.filters[:]
+        chain.filters.extend([*rbac.network, *filters])
 
 
 def sidecar_listeners(
     proxy: model.Proxy,
     tcp_app_ports: Collection[int] = (),
     modes: Mapping[int, str] | None = None,
+    rbac: InboundRbac = NO_RBAC,
 ) -> list[listener_pb2.Listener]:
     """The outbound HTTP proxy, and an inbound listener per app port (tcp_proxy for the
     ports only TCP services reach), each with its PeerAuthentication mode (`modes`, by
@@ -141,9 +161,9 @@ def sidecar_listeners(
     inbound = []
     for port in proxy.ports:
         if port.app_port in tcp_app_ports:
-            listener = inbound_tcp_listener(proxy, port)
+            listener = inbound_tcp_listener(proxy, port, rbac)
         else:
-            listener = inbound_listener(proxy, port)
+            listener = inbound_listener(proxy, port, rbac)
         mode = (modes or {}).get(port.app_port, "PERMISSIVE")
         secure_inbound(listener, lambda chain, mode=mode: mode, proxy.mtls)
         inbound.append(listener)
@@ -182,6 +202,7 @@ def captured_listeners(
     tcp_app_ports: Collection[int],
     allow_any: bool,
     modes: Mapping[int, str] | None = None,
+    rbac: InboundRbac = NO_RBAC,
 ) -> list[listener_pb2.Listener]:
     """A captured sidecar's listeners, as Istio builds them: virtualOutbound on 15001
     hands each connection to the listener of its original destination (HTTP service
@@ -242,15 +263,12 @@ def captured_listeners(
         cluster = inbound_cluster(port.app_port)
         if port.app_port in tcp_app_ports:
             chain = _tcp_chain(cluster, cluster, port.app_port)
+            _guard(chain, rbac)
         else:
+            hcm = _inbound_hcm(f"inbound_0.0.0.0_{port.app_port}", port, rbac)
             chain = listener_components_pb2.FilterChain(
                 name=cluster,
-                filters=[
-                    listener_components_pb2.Filter(
-                        name=HCM_FILTER,
-                        typed_config=to_any(_inbound_hcm(f"inbound_0.0.0.0_{port.app_port}", port)),
-                    )
-                ],
+                filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=to_any(hcm))],
             )
             chain.filter_chain_match.destination_port.value = port.app_port
         inbound.filter_chains.append(chain)

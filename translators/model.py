@@ -24,6 +24,7 @@ TRAFFIC_SPLIT = "TrafficSplit"
 SERVICE_PROFILE = "ServiceProfile"
 MESH_CONFIG = "MeshConfig"
 PEER_AUTHENTICATION = "PeerAuthentication"
+AUTHORIZATION_POLICY = "AuthorizationPolicy"
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"

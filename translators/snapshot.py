@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from translators import gateways, linkerd, model, sidecar_scope
+from translators.authorization import inbound_rbac
 from translators.cache import CrossPushCache
 from translators.clusters import cluster_variants, inbound_clusters, packed_service_clusters
 from translators.destination_rules import DestinationRuleIndex, rule_index
@@ -541,6 +542,7 @@ class Translator:
             allow_any = sidecar_scope.allow_any(world.config, sidecar)
             captured = (*_capture_view(ctx, world.auto_addresses), allow_any)
         modes = proxy_modes(world.config, proxy)  # PeerAuthentication, by app port
+        rbac = inbound_rbac(world.config, proxy)  # AuthorizationPolicy
         key = ("proxy", proxy.node_id)
         kept = world.cache.get(key) if world.cache is not None else None
         if (
@@ -551,6 +553,7 @@ class Translator:
             and kept[3] is tcp_routes
             and kept[6] == captured
             and kept[7] == modes
+            and kept[8] == rbac
         ):
             return kept[4], kept[5]
         inbound = pack_all(inbound_clusters(world.config, proxy))
@@ -564,7 +567,7 @@ class Translator:
                 )
             ]
             listeners = pack_all(
-                captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any, modes)
+                captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any, modes, rbac)
             )
             listeners[dns.name] = dns  # built once for the view
             # Overrides the view's PassthroughCluster (a forward proxy by Host, for
@@ -573,7 +576,7 @@ class Translator:
         else:
             listeners = pack_all(
                 [
-                    *sidecar_listeners(proxy, tcp_ports, modes),
+                    *sidecar_listeners(proxy, tcp_ports, modes, rbac),
                     *outbound_tcp_listeners(proxy, tcp_routes),
                 ]
             )
@@ -588,6 +591,7 @@ class Translator:
             ResourceSet(listeners),
             captured,
             modes,
+            rbac,
         )
         if world.cache is not None:
             world.cache.put(key, found)

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ from xds_server.launcher import LocalMesh, Workload, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
 REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +123,33 @@ def test_strict_refuses_plaintext_and_lets_mesh_clients_through(mesh) -> None:
         20,
         "PERMISSIVE again",
     )
+
+
+def test_authorization_policy_by_identity_method_and_path(mesh) -> None:
+    # Seed 02, for reviews: only GET /info* from spiffe://cluster.local/ns/default/sa/sleep.
+    seed = (ROOT / "examples" / "seed" / "02-authz-httpbin.yaml").read_text()
+    policy = mesh.config_dir / "authz.yaml"
+    policy.write_text(seed.replace("app: httpbin", "app: reviews"))
+    sleep_ip, _ = mesh.outbound("sleep")
+    reviews_ip = mesh.workload("reviews-v1").ip
+
+    def call(path: str, method: str = "GET") -> int:
+        request = urllib.request.Request(
+            f"http://{sleep_ip}:15001{path}", method=method, headers={"Host": "reviews"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        wait_until(lambda: call("/") == 403, 20, "the policy to apply")
+        assert call("/info") == 200 and call("/info/more") == 200
+        assert call("/") == 403 and call("/other") == 403
+        assert call("/info", "POST") == 403
+        # Plaintext straight to the inbound port: no peer identity, no entry.
+        assert http_get(f"http://{reviews_ip}:15006/info", timeout=5)[0] == 403
+    finally:
+        policy.unlink()
+    wait_until(lambda: call("/") == 200, 20, "the policy to go")

@@ -19,6 +19,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from protos import (
+    authorization_policy_pb2,
     destination_rule_pb2,
     gateway_pb2,
     mesh_config_pb2,
@@ -59,6 +60,10 @@ KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
     ("", "Service"): (model.SERVICE, service_pb2.ServiceSpec),
     (SMI_SPLIT, "TrafficSplit"): (model.TRAFFIC_SPLIT, smi_pb2.TrafficSplit),
     (LINKERD, "ServiceProfile"): (model.SERVICE_PROFILE, service_profile_pb2.ServiceProfile),
+    (ISTIO_SECURITY, "AuthorizationPolicy"): (
+        model.AUTHORIZATION_POLICY,
+        authorization_policy_pb2.AuthorizationPolicy,
+    ),
     (ISTIO_SECURITY, "PeerAuthentication"): (
         model.PEER_AUTHENTICATION,
         peer_authentication_pb2.PeerAuthentication,

@@ -11,6 +11,7 @@ checks_common.skipped_checks (XDS_SERVER_UNSAFE_SKIP_CHECKS).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterator
 
 from google.protobuf.message import Message
@@ -106,7 +107,51 @@ CHECKS: dict[str, Callable[[Message], Iterator[Finding]]] = {
     model.SERVICE: _service,
     model.MESH_CONFIG: _mesh,
     model.PEER_AUTHENTICATION: lambda spec: _peer_authentication(spec),
+    model.AUTHORIZATION_POLICY: lambda spec: _authorization_policy(spec),
 }
+
+
+# `when` keys applied (authorization.py); others are refused by name.
+WHEN_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.port")
+
+
+def _authorization_policy(spec) -> Iterator[Finding]:
+    """What Istio refuses, and what is not applied here yet."""
+    action = spec.Action.Name(spec.action)
+    if action in ("AUDIT", "CUSTOM"):
+        yield ("spec", "action"), f"{action} is not supported yet (ALLOW and DENY are)"
+    for r, rule in enumerate(spec.rules):
+        for f, origin in enumerate(getattr(rule, "from")):
+            where = ("spec", "rules", r, "from", f, "source")
+            for name in ("ip_blocks", "not_ip_blocks"):
+                for i, block in enumerate(getattr(origin.source, name)):
+                    try:
+                        ipaddress.ip_network(block, strict=False)
+                    except ValueError:
+                        yield (*where, _camel(name), i), f"{block!r} is not an address or CIDR"
+        for t, to in enumerate(rule.to):
+            where = ("spec", "rules", r, "to", t, "operation")
+            for name in ("ports", "not_ports"):
+                for i, port in enumerate(getattr(to.operation, name)):
+                    if not port.isdigit() or not 0 < int(port) < 65536:
+                        yield (*where, _camel(name), i), f"{port!r} is not a port"
+        for c, condition in enumerate(rule.when):
+            where = ("spec", "rules", r, "when", c, "key")
+            key = condition.key
+            if key.startswith("request.auth."):
+                yield where, f"{key}: JWT claims (RequestAuthentication) are not supported yet"
+            elif not (key in WHEN_KEYS or re.fullmatch(r"request\.headers\[[^\]]+\]", key)):
+                yield (
+                    where,
+                    (f"unknown key {key!r}: use request.headers[NAME], " + ", ".join(WHEN_KEYS)),
+                )
+            elif not condition.values and not condition.not_values:
+                yield ("spec", "rules", r, "when", c), "needs values or notValues"
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def _peer_authentication(spec) -> Iterator[Finding]:

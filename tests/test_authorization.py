@@ -1,0 +1,97 @@
+"""AuthorizationPolicy -> RBAC: Istio's evaluation order, empty-rule semantics, TCP
+ports, and what is refused at load time."""
+
+from __future__ import annotations
+
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+
+from tests.helpers import config_from, sidecar
+from translators.authorization import applicable, inbound_rbac
+from xds_server.config.loader import parse_file
+
+
+def policy(name: str, spec: str, namespace: str = "default") -> str:
+    return (
+        "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n---\n"
+    )
+
+
+def _http(text: str) -> list[http_rbac_pb2.RBAC]:
+    out = []
+    for f in inbound_rbac(config_from(text), sidecar("web-1", "web")).http:
+        rbac = http_rbac_pb2.RBAC()
+        f.typed_config.Unpack(rbac)
+        out.append(rbac)
+    return out
+
+
+def test_deny_comes_first_then_allow_and_empty_rules_follow_istio() -> None:
+    text = policy("deny-post", "{action: DENY, rules: [{to: [{operation: {methods: [POST]}}]}]}")
+    text += policy("allow-sleep", "{rules: [{from: [{source: {principals: ['*/sa/sleep']}}]}]}")
+    deny, allow = _http(text)
+    assert deny.rules.action == deny.rules.DENY and allow.rules.action == allow.rules.ALLOW
+    assert list(deny.rules.policies) == ["ns[default]-policy[deny-post]-rule[0]"]
+    # An ALLOW policy without rules allows nothing; a DENY one refuses nothing.
+    (nothing,) = _http(policy("none", "{}"))
+    assert nothing.rules.action == nothing.rules.ALLOW and not nothing.rules.policies
+    assert _http(policy("noop", "{action: DENY}")) == []
+    # `rules: [{}]` matches everything.
+    (everything,) = _http(policy("all", "{rules: [{}]}"))
+    (rule,) = everything.rules.policies.values()
+    assert rule.principals[0].any and rule.permissions[0].any
+
+
+def test_policies_apply_by_namespace_root_and_selector() -> None:
+    text = policy("mesh", "{}", namespace="istio-system")
+    text += policy("other-ns", "{}", namespace="prod")
+    text += policy("for-db", "{selector: {matchLabels: {app: db}}}")
+    text += policy("for-web", "{selector: {matchLabels: {app: web}}}")
+    names = [p.name for p in applicable(config_from(text), sidecar("web-1", "web"))]
+    assert sorted(names) == ["for-web", "mesh"]
+
+
+def test_tcp_ports_check_what_they_can_and_err_on_refusing() -> None:
+    text = policy("allow-get", "{rules: [{to: [{operation: {methods: [GET]}}]}]}")
+    text += policy(
+        "deny-path",
+        "{action: DENY, rules: [{from: [{source: {namespaces: [prod]}}], "
+        "to: [{operation: {paths: ['/admin*']}}]}]}",
+    )
+    filters = inbound_rbac(config_from(text), sidecar("web-1", "web")).network
+    deny, allow = (network_rbac_pb2.RBAC() for _ in range(2))
+    filters[0].typed_config.Unpack(deny)
+    filters[1].typed_config.Unpack(allow)
+    # The ALLOW rule names a method TCP cannot see: it matches nothing there.
+    assert not allow.rules.policies
+    # The DENY rule keeps its source and drops the path: every prod peer is refused.
+    (rule,) = deny.rules.policies.values()
+    assert rule.permissions[0].any
+    assert "ns/prod/sa" in rule.principals[0].authenticated.principal_name.safe_regex.regex
+
+
+def test_what_is_not_applied_yet_is_refused_with_its_line() -> None:
+    for spec, field, words in (
+        ("{action: AUDIT}", "spec.action", "not supported yet"),
+        ("{action: CUSTOM}", "spec.action", "not supported yet"),
+        (
+            "{rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}",
+            "spec.rules[0].when[0].key",
+            "JWT claims",
+        ),
+        ("{rules: [{when: [{key: nope, values: [x]}]}]}", "spec.rules[0].when[0].key", "unknown"),
+        (
+            "{rules: [{to: [{operation: {ports: [http]}}]}]}",
+            "spec.rules[0].to[0].operation.ports[0]",
+            "not a port",
+        ),
+        (
+            "{rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}",
+            "spec.rules[0].from[0].source.requestPrincipals",
+            "not supported yet",
+        ),
+    ):
+        parsed = parse_file("authz.yaml", policy("p", spec))
+        errors = [i for i in parsed.issues if i.severity == "error"]
+        assert [(e.field, words in e.message) for e in errors] == [(field, True)], errors

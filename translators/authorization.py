@@ -1,0 +1,314 @@
+"""AuthorizationPolicy -> Envoy RBAC on a sidecar's inbound side, with Istio's semantics.
+
+The policies of a workload are those of the root namespace and of its own namespace
+whose selector matches it (or that have none). DENY is evaluated first: a request that
+any DENY rule matches is refused; then, when any ALLOW policy applies, a request must
+match one of their rules (an ALLOW policy without rules allows nothing). A rule matches
+when one of its sources, one of its operations and all of its conditions do; a field
+left out matches anything. Strings follow Istio: `x*` a prefix, `*x` a suffix, `*` any
+value; principals are SPIFFE IDs without `spiffe://` (they need mutual TLS to be
+known). HTTP ports get the HTTP RBAC filter; TCP ports the network one, where HTTP-only
+fields cannot be checked: an ALLOW rule with them matches nothing there, and a DENY rule
+is applied without them (both err on refusing, as Istio does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+
+from protos import authorization_policy_pb2 as az_pb2
+from translators import model
+from translators.naming import has_labels
+from translators.resources import to_any
+
+HTTP_RBAC = "envoy.filters.http.rbac"
+NETWORK_RBAC = "envoy.filters.network.rbac"
+ALLOW, DENY = az_pb2.AuthorizationPolicy.ALLOW, az_pb2.AuthorizationPolicy.DENY
+
+
+@dataclass(frozen=True)
+class InboundRbac:
+    """A workload's RBAC filters (empty when no policy applies): HTTP, in chain order
+    before the router; network, before tcp_proxy."""
+
+    http: tuple[hcm_pb2.HttpFilter, ...] = ()
+    network: tuple[listener_components_pb2.Filter, ...] = ()
+
+
+NONE = InboundRbac()
+
+
+def applicable(config: model.MeshConfig, proxy: model.Proxy) -> list[model.ConfigResource]:
+    """The policies that apply to `proxy`'s workload, oldest first."""
+    root = config.mesh.root_namespace
+    found = [
+        p
+        for p in config.of_kind(model.AUTHORIZATION_POLICY)
+        if p.namespace in (root, proxy.namespace)
+        and (
+            not p.spec.HasField("selector")
+            or has_labels(proxy.labels, p.spec.selector.match_labels)
+        )
+    ]
+    return sorted(found, key=lambda p: p.order_key())
+
+
+def inbound_rbac(config: model.MeshConfig, proxy: model.Proxy) -> InboundRbac:
+    policies = applicable(config, proxy)
+    if not policies:
+        return NONE
+    http, network = [], []
+    for action in (DENY, ALLOW):
+        chosen = [p for p in policies if p.spec.action == action]
+        if not chosen:
+            continue
+        for tcp, out in ((False, http), (True, network)):
+            rules = rbac_pb2.RBAC(
+                action=rbac_pb2.RBAC.DENY if action == DENY else rbac_pb2.RBAC.ALLOW
+            )
+            for policy in chosen:
+                for index, rule in enumerate(policy.spec.rules):
+                    built = _policy(rule, tcp, action)
+                    if built is not None:
+                        rules.policies[
+                            f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
+                        ].CopyFrom(built)
+            if action == DENY and not rules.policies:
+                continue  # nothing to refuse
+            name = f"{'deny' if action == DENY else 'allow'}"
+            if tcp:
+                config_ = network_rbac_pb2.RBAC(rules=rules, stat_prefix=f"rbac_{name}.")
+                out.append(
+                    listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=to_any(config_))
+                )
+            else:
+                out.append(
+                    hcm_pb2.HttpFilter(
+                        name=HTTP_RBAC, typed_config=to_any(http_rbac_pb2.RBAC(rules=rules))
+                    )
+                )
+    return InboundRbac(tuple(http), tuple(network))
+
+
+# ---- one rule ------------------------------------------------------------------------
+
+_HTTP_ONLY_OPERATION = ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths")
+
+
+def _policy(rule: az_pb2.Rule, tcp: bool, action: int) -> rbac_pb2.Policy | None:
+    """The RBAC policy of one rule; None when it cannot match on a TCP port (ALLOW)."""
+    http_only = any(
+        getattr(to.operation, name) for to in rule.to for name in _HTTP_ONLY_OPERATION
+    ) or any(c.key.startswith("request.") for c in rule.when)
+    if tcp and http_only and action == ALLOW:
+        return None
+    sources = [_source(origin.source) for origin in getattr(rule, "from")]
+    operations = [_operation(to.operation, tcp) for to in rule.to]
+    principal_conditions = [_principal_condition(c) for c in rule.when if _is_source_key(c.key)]
+    permission_conditions = [
+        _permission_condition(c) for c in rule.when if not _is_source_key(c.key)
+    ]
+    if tcp:
+        permission_conditions = [p for p in permission_conditions if p is not None]
+    principals = [_or_ids(sources)] if sources else []
+    principals += [p for p in principal_conditions if p is not None]
+    permissions = [_or_rules(operations)] if operations else []
+    permissions += [p for p in permission_conditions if p is not None]
+    return rbac_pb2.Policy(principals=[_and_ids(principals)], permissions=[_and_rules(permissions)])
+
+
+def _is_source_key(key: str) -> bool:
+    return key.startswith("source.") or key.startswith("request.headers[")
+
+
+def _source(source: az_pb2.Source) -> rbac_pb2.Principal:
+    ids: list[rbac_pb2.Principal] = []
+    for values, negate, make in (
+        (source.principals, False, _principal),
+        (source.not_principals, True, _principal),
+        (source.namespaces, False, _namespace),
+        (source.not_namespaces, True, _namespace),
+        (source.ip_blocks, False, _ip_block),
+        (source.not_ip_blocks, True, _ip_block),
+    ):
+        if values:
+            any_of = _or_ids([make(v) for v in values])
+            ids.append(rbac_pb2.Principal(not_id=any_of) if negate else any_of)
+    return _and_ids(ids)
+
+
+def _operation(operation: az_pb2.Operation, tcp: bool) -> rbac_pb2.Permission:
+    rules: list[rbac_pb2.Permission] = []
+    fields = [
+        (operation.ports, False, _port),
+        (operation.not_ports, True, _port),
+    ]
+    if not tcp:
+        fields += [
+            (operation.hosts, False, _host),
+            (operation.not_hosts, True, _host),
+            (operation.methods, False, _method),
+            (operation.not_methods, True, _method),
+            (operation.paths, False, _path),
+            (operation.not_paths, True, _path),
+        ]
+    for values, negate, make in fields:
+        if values:
+            any_of = _or_rules([make(v) for v in values])
+            rules.append(rbac_pb2.Permission(not_rule=any_of) if negate else any_of)
+    return _and_rules(rules)
+
+
+def _principal_condition(condition: az_pb2.Condition) -> rbac_pb2.Principal | None:
+    key = condition.key
+    if key == "source.ip":
+        make = _ip_block
+    elif key == "source.namespace":
+        make = _namespace
+    elif key == "source.principal":
+        make = _principal
+    elif key.startswith("request.headers["):
+        name = key[len("request.headers[") : -1]
+        make = lambda value, name=name: rbac_pb2.Principal(header=_header(name, value))  # noqa: E731
+    else:
+        return None
+    return _both_ids(condition, make)
+
+
+def _permission_condition(condition: az_pb2.Condition) -> rbac_pb2.Permission | None:
+    if condition.key == "destination.port":
+        return _both_rules(condition, _port)
+    return None
+
+
+def _both_ids(condition, make) -> rbac_pb2.Principal:
+    parts = []
+    if condition.values:
+        parts.append(_or_ids([make(v) for v in condition.values]))
+    if condition.not_values:
+        parts.append(rbac_pb2.Principal(not_id=_or_ids([make(v) for v in condition.not_values])))
+    return _and_ids(parts)
+
+
+def _both_rules(condition, make) -> rbac_pb2.Permission:
+    parts = []
+    if condition.values:
+        parts.append(_or_rules([make(v) for v in condition.values]))
+    if condition.not_values:
+        parts.append(
+            rbac_pb2.Permission(not_rule=_or_rules([make(v) for v in condition.not_values]))
+        )
+    return _and_rules(parts)
+
+
+# ---- values --------------------------------------------------------------------------
+
+
+def _string(value: str, ignore_case: bool = False) -> string_pb2.StringMatcher:
+    """Istio's forms: `*` any (present), `x*` prefix, `*x` suffix, else exact."""
+    if value == "*":
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".+"))
+    if value.endswith("*"):
+        return string_pb2.StringMatcher(prefix=value[:-1], ignore_case=ignore_case)
+    if value.startswith("*"):
+        return string_pb2.StringMatcher(suffix=value[1:], ignore_case=ignore_case)
+    return string_pb2.StringMatcher(exact=value, ignore_case=ignore_case)
+
+
+def _principal(value: str) -> rbac_pb2.Principal:
+    """A peer's SPIFFE ID: `*` any authenticated peer, `x*` / `*x` a prefix / suffix."""
+    if value == "*":
+        name = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".+"))
+    elif value.endswith("*"):
+        name = string_pb2.StringMatcher(prefix=f"spiffe://{value[:-1]}")
+    elif value.startswith("*"):
+        name = string_pb2.StringMatcher(suffix=value[1:])
+    else:
+        name = string_pb2.StringMatcher(exact=f"spiffe://{value}")
+    return rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=name))
+
+
+def _namespace(value: str) -> rbac_pb2.Principal:
+    pattern = ".*" if value == "*" else _escape(value)
+    regex = regex_pb2.RegexMatcher(regex=f"spiffe://[^/]+/ns/{pattern}/sa/[^/]+")
+    return rbac_pb2.Principal(
+        authenticated=rbac_pb2.Principal.Authenticated(
+            principal_name=string_pb2.StringMatcher(safe_regex=regex)
+        )
+    )
+
+
+def _escape(text: str) -> str:
+    return "".join(f"\\{c}" if not c.isalnum() and c not in "-_" else c for c in text)
+
+
+def _ip_block(value: str) -> rbac_pb2.Principal:
+    address, _, length = value.partition("/")
+    prefix = int(length) if length else (128 if ":" in address else 32)
+    return rbac_pb2.Principal(
+        direct_remote_ip=address_pb2.CidrRange(address_prefix=address, prefix_len={"value": prefix})
+    )
+
+
+def _header(name: str, value: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=name, string_match=_string(value))
+
+
+def _method(value: str) -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(header=rc.HeaderMatcher(name=":method", string_match=_string(value)))
+
+
+def _host(value: str) -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(
+        header=rc.HeaderMatcher(name=":authority", string_match=_string(value, ignore_case=True))
+    )
+
+
+def _path(value: str) -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=_string(value)))
+
+
+def _port(value: str) -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(destination_port=int(value))
+
+
+# ---- combinators (an empty list matches anything) -------------------------------------
+
+
+def _and_ids(ids: list[rbac_pb2.Principal]) -> rbac_pb2.Principal:
+    if not ids:
+        return rbac_pb2.Principal(any=True)
+    if len(ids) == 1:
+        return ids[0]
+    return rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=ids))
+
+
+def _or_ids(ids: list[rbac_pb2.Principal]) -> rbac_pb2.Principal:
+    if len(ids) == 1:
+        return ids[0]
+    return rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=ids))
+
+
+def _and_rules(rules: list[rbac_pb2.Permission]) -> rbac_pb2.Permission:
+    if not rules:
+        return rbac_pb2.Permission(any=True)
+    if len(rules) == 1:
+        return rules[0]
+    return rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=rules))
+
+
+def _or_rules(rules: list[rbac_pb2.Permission]) -> rbac_pb2.Permission:
+    if len(rules) == 1:
+        return rules[0]
+    return rbac_pb2.Permission(or_rules=rbac_pb2.Permission.Set(rules=rules))
