@@ -337,3 +337,5 @@ def test_peer_authentication_precedence_is_istios() -> None:
         9090: "STRICT",  # UNSET at the port: the workload's
     }
     assert modes(config_from(MESH), "default", {}, (80,)) == {80: "PERMISSIVE"}  # no policy
+    plain = policy("plain", "prod", "{selector: {matchLabels: {app: web}}, mtls: {mode: DISABLE}}")
+    assert port_modes(config_from(plain), "prod", {"app": "web"}, (80,)) == {80: "DISABLE"}

@@ -15,6 +15,7 @@ from functools import cached_property
 from protos import service_entry_pb2
 from translators import model
 from translators.naming import fqdn, selects
+from translators.peer_authentication import DISABLE, proxy_modes
 
 # Resolutions, named after the Envoy cluster kind they produce.
 EDS = "EDS"
@@ -98,6 +99,8 @@ class _Workload:
     ports: Mapping[str, int]  # port name -> port (WorkloadEntry)
     sidecar: model.Proxy | None = None
     weight: int = 1
+    # App ports whose PeerAuthentication mode is DISABLE: peers reach them in plaintext.
+    plain_ports: frozenset[int] = frozenset()
 
     def endpoint_port(self, port: ServicePort) -> int | None:
         if self.sidecar is not None:
@@ -113,9 +116,7 @@ def can_be_endpoint(proxy: model.Proxy) -> bool:
 
 
 def _workloads(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> list[_Workload]:
-    out = [
-        _Workload(p.namespace, p.ip, p.labels, {}, sidecar=p) for p in proxies if can_be_endpoint(p)
-    ]
+    out = [_sidecar_workload(p, config) for p in proxies if can_be_endpoint(p)]
     for res in config.of_kind(model.WORKLOAD_ENTRY):
         we = res.spec
         out.append(
@@ -174,7 +175,8 @@ def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> di
         for w in members:
             number = w.endpoint_port(port)
             if number:
-                mtls = w.sidecar is not None and w.sidecar.mtls
+                plain = port.target_port in w.plain_ports  # its app port is DISABLE
+                mtls = w.sidecar is not None and w.sidecar.mtls and not plain
                 found.append(Endpoint(w.address, number, w.labels, w.weight, mtls))
         by_port[port.port] = tuple(sorted(found, key=_endpoint_order))
     return by_port
@@ -323,11 +325,14 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
     return build_registry(config, proxies).services
 
 
-def _sidecar_workload(proxy: model.Proxy) -> _Workload:
-    return _Workload(proxy.namespace, proxy.ip, proxy.labels, {}, sidecar=proxy)
+def _sidecar_workload(proxy: model.Proxy, config: model.MeshConfig) -> _Workload:
+    plain = frozenset(p for p, mode in proxy_modes(config, proxy).items() if mode == DISABLE)
+    return _Workload(proxy.namespace, proxy.ip, proxy.labels, {}, sidecar=proxy, plain_ports=plain)
 
 
-def update_registry(previous: Registry, proxies: Sequence[model.Proxy]) -> Registry:
+def update_registry(
+    previous: Registry, proxies: Sequence[model.Proxy], config: model.MeshConfig
+) -> Registry:
     """`previous` with other workloads connected (the config unchanged): only the
     services that select a workload that came, went or changed are built again."""
     before = {p.node_id: p for p in previous.proxies if can_be_endpoint(p)}
@@ -336,9 +341,9 @@ def update_registry(previous: Registry, proxies: Sequence[model.Proxy]) -> Regis
     came = [p for n, p in after.items() if before.get(n) != p]
     index = previous.index  # taken over: the previous registry is not updated again
     for proxy in gone:
-        index.remove(_sidecar_workload(proxy))
+        index.remove(_sidecar_workload(proxy, config))
     for proxy in came:
-        index.add(_sidecar_workload(proxy))
+        index.add(_sidecar_workload(proxy, config))
     hosts: set[str] = set()
     for proxy in (*gone, *came):
         for res in previous.selecting.get(proxy.namespace, ()):

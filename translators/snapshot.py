@@ -126,7 +126,7 @@ class World:
         if registry is None:
             registry = build_registry(self.config, self.proxies)
         elif registry.proxies != self.proxies:
-            registry = update_registry(registry, self.proxies)
+            registry = update_registry(registry, self.proxies, self.config)
         self.cache.put(("services",), (self.config, registry))
         return registry.services
 
@@ -238,7 +238,13 @@ class World:
         )
 
 
-_REGISTRY_KINDS = (model.SERVICE, model.SERVICE_ENTRY, model.WORKLOAD_ENTRY)
+_REGISTRY_KINDS = (
+    model.SERVICE,
+    model.SERVICE_ENTRY,
+    model.WORKLOAD_ENTRY,
+    model.PEER_AUTHENTICATION,  # DISABLE ports: endpoints peers reach in plaintext
+)
+_REBUILDING_KINDS = (model.WORKLOAD_ENTRY, model.PEER_AUTHENTICATION)
 
 
 def _registry_after(
@@ -252,7 +258,7 @@ def _registry_after(
     )
     if not removed and not added:
         return registry
-    if any(r.kind == model.WORKLOAD_ENTRY for r in (*removed, *added)):
+    if any(r.kind in _REBUILDING_KINDS for r in (*removed, *added)):
         return None
     return registry_after_edit(registry, removed, added)
 

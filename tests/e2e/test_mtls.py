@@ -153,3 +153,32 @@ def test_authorization_policy_by_identity_method_and_path(mesh) -> None:
     finally:
         policy.unlink()
     wait_until(lambda: call("/") == 200, 20, "the policy to go")
+
+
+DISABLE = """apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: reviews-plain, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  mtls: {mode: DISABLE}
+"""
+
+
+def test_disable_has_mesh_clients_speak_plaintext_to_the_workload(mesh) -> None:
+    sleep_ip, _ = mesh.outbound("sleep")
+
+    def peer() -> str:
+        status, body = _get(mesh, f"http://{sleep_ip}:15001/", Host="reviews")
+        assert status == 200, body
+        return body["headers"].get("x-forwarded-client-cert", "")
+
+    assert "sa/sleep" in peer()
+    policy = mesh.config_dir / "disable.yaml"
+    policy.write_text(DISABLE)
+    try:
+        # The caller learns it from the endpoint and sends plaintext; the callee takes it.
+        wait_until(lambda: peer() == "", 20, "plaintext to a DISABLE workload")
+        assert all(peer() == "" for _ in range(5))
+    finally:
+        policy.unlink()
+    wait_until(lambda: "sa/sleep" in peer(), 20, "mutual TLS again")

@@ -158,17 +158,9 @@ def _peer_authentication(spec) -> Iterator[Finding]:
     """Istio's rules: port-level modes need a selector (they name a workload's ports)."""
     if spec.port_level_mtls and not spec.HasField("selector"):
         yield ("spec", "portLevelMtls"), "needs a selector: port numbers are a workload's"
-    disable = (
-        "DISABLE is not supported yet (mesh clients here keep sending mutual TLS to a "
-        "sidecar that holds a certificate); use PERMISSIVE"
-    )
-    if spec.mtls.mode == spec.mtls.DISABLE:
-        yield ("spec", "mtls", "mode"), disable
-    for port, setting in spec.port_level_mtls.items():
+    for port in spec.port_level_mtls:
         if not 0 < port < 65536:
             yield ("spec", "portLevelMtls", port), f"{port} is not a port"
-        if setting.mode == setting.DISABLE:
-            yield ("spec", "portLevelMtls", port, "mode"), disable
 
 
 def root_path(kind: str) -> Path:
