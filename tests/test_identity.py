@@ -4,6 +4,7 @@ renewed on their own; keys never show in what the server prints."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ from tests.test_ads_protocol import Client
 from translators.resources import CLUSTER, SECRET
 from xds_server import tokens
 from xds_server.ca import CAError, CertificateAuthority, describe
-from xds_server.launcher import free_port
+from xds_server.launcher import free_port, http_get
 from xds_server.server import STATE_DIR_NAME, ControlPlane, ServerOptions
 from xds_server.status import config_dump
 
@@ -183,3 +184,20 @@ def test_the_ca_keeps_its_key_to_itself_and_takes_istios_cacerts(tmp_path: Path)
     (plugged / "ca-key.pem").write_bytes((tmp_path / "ca" / "ca-key.pem").read_bytes())
     with pytest.raises(CAError, match="is not the key of"):
         CertificateAuthority.load_or_create(tmp_path / "z", plugged)
+
+
+async def test_the_debug_api_wants_an_admin_token_when_told(make_plane) -> None:
+    control, _, key = await make_plane(debug_require_token=True)
+    url = f"http://127.0.0.1:{control.options.debug_port}"
+
+    def get(path: str, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return http_get(url + path, headers=headers)[0]
+
+    admin = tokens.issue(key, "istio-system", "xds-admin", 60)
+    workload = tokens.issue(key, "default", "sleep", 60)
+    assert await asyncio.to_thread(get, "/healthz", None) == 200  # probes need none
+    for path in ("/debug/syncz", "/debug/certz", "/debug/configz"):
+        assert await asyncio.to_thread(get, path, None) == 401
+        assert await asyncio.to_thread(get, path, workload) == 401  # a workload's is not
+        assert await asyncio.to_thread(get, path, admin) == 200

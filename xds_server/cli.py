@@ -85,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         require_tokens=args.require_tokens,
         cert_lifetime_s=max(1.0, args.cert_lifetime),
         cacerts=Path(args.cacerts) if args.cacerts else None,
+        debug_require_token=args.debug_require_token,
     )
     return _run_until_signal(lambda stop: serve(options, stop))
 
@@ -97,8 +98,10 @@ def cmd_cert(args: argparse.Namespace) -> int:
     import urllib.request
 
     url = f"{args.server.rstrip('/')}/debug/certz"
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (a URL the user gave)
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (a URL the user gave)
             certz = json.load(response)
     except (OSError, urllib.error.URLError, ValueError) as exc:
         print(f"xds-server cert: {url}: {exc}", file=sys.stderr)
@@ -515,6 +518,13 @@ def parser() -> argparse.ArgumentParser:
         help="workload certificates live this long and are renewed at half of it",
     )
     serve.add_argument(
+        "--debug-require-token",
+        action="store_true",
+        help="the debug API answers only with an admin token (xds-server token --namespace "
+        "istio-system --service-account xds-admin), even on loopback; off loopback it always "
+        "does",
+    )
+    serve.add_argument(
         "--cacerts",
         default=None,
         metavar="DIR",
@@ -546,6 +556,7 @@ def parser() -> argparse.ArgumentParser:
     cert.add_argument(
         "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
     )
+    cert.add_argument("--token", default="", help="an admin token, if the debug API wants one")
     cert.set_defaults(func=cmd_cert)
 
     validate = command("validate", "check a config directory; exit 1 on errors")

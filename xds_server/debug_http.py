@@ -20,9 +20,25 @@ def make_app(
     store: ConfigStore,
     extra: Callable[[], dict[str, Any]] = dict,
     loop_report: Callable[[bool], dict[str, Any]] | None = None,
+    admin: Callable[[str], bool] | None = None,
 ) -> web.Application:
     """`extra` adds the control plane's own state (readiness, rollbacks, watcher) to
-    syncz and configz."""
+    syncz and configz. With `admin` (a check of a bearer token), /debug/ answers only
+    requests that carry one it accepts: every proxy's config is in there."""
+
+    @web.middleware
+    async def require_admin(request: web.Request, handler):
+        if admin is not None and request.path.startswith("/debug/"):
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not admin(token.strip()):
+                return web.json_response(
+                    {
+                        "error": "the debug API needs an admin token (xds-server token "
+                        "--namespace istio-system --service-account xds-admin)"
+                    },
+                    status=401,
+                )
+        return await handler(request)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -98,7 +114,7 @@ def make_app(
             return web.json_response({"error": "no loop monitor"}, status=404)
         return web.json_response(loop_report(request.query.get("reset") == "1"))
 
-    app = web.Application()
+    app = web.Application(middlewares=[require_admin])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/debug/syncz", syncz)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ipaddress
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from xds_server.workload_memory import WorkloadMemory
 log = logging.getLogger(__name__)
 PENDING_STREAMS = 20_000
 STATE_DIR_NAME = ".xds-server"  # under the config dir by default; hidden, so never config
+ADMIN_IDENTITY = ("istio-system", "xds-admin")  # whose token opens the debug API
 
 
 @dataclass
@@ -62,6 +65,8 @@ class ServerOptions:
     # Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem);
     # None: the server's own root in <state dir>/ca, made on first start.
     cacerts: Path | None = None
+    # The debug API wants an admin token even on loopback (always off loopback).
+    debug_require_token: bool = False
 
 
 class ControlPlane:
@@ -135,7 +140,12 @@ class ControlPlane:
         await server.start()
         self.grpc_server = server
         app = make_app(
-            self.mesh, self.servicer, self.store, self.status_extra, self.loop_monitor.report
+            self.mesh,
+            self.servicer,
+            self.store,
+            self.status_extra,
+            self.loop_monitor.report,
+            admin=self._admin_check() if self._debug_needs_token() else None,
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -161,6 +171,27 @@ class ControlPlane:
         log.info(
             "config loaded: version %s, %d resources", snapshot.version, len(snapshot.resources)
         )
+
+    def _debug_needs_token(self) -> bool:
+        """Off loopback the debug API (every proxy's config) wants an admin token."""
+        if self.options.debug_require_token:
+            return True
+        try:
+            return not ipaddress.ip_address(self.options.debug_address).is_loopback
+        except ValueError:
+            return self.options.debug_address != "localhost"
+
+    def _admin_check(self) -> Callable[[str], bool]:
+        key = self.identity.token_key
+
+        def admin(token: str) -> bool:
+            try:
+                granted = tokens.verify(key, token)
+            except tokens.TokenError:
+                return False
+            return (granted.namespace, granted.service_account) == ADMIN_IDENTITY
+
+        return admin
 
     def on_nack(self, nack: Nack) -> None:
         """Envoy refused a push: roll back the files that changed since what it accepted."""
