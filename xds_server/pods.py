@@ -108,7 +108,9 @@ class PodMesh:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.hub = self.namespace("hub")
         add_bridge(self.hub, HUB_ADDRESS)
-        listen = ["--xds-address", HUB_ADDRESS, "--debug-address", HUB_ADDRESS]
+        # xDS on the bridge for the pods; the debug API on the hub's own loopback, where
+        # it needs no admin token (ip netns exec <hub> curl ...).
+        listen = ["--xds-address", HUB_ADDRESS, "--debug-address", "127.0.0.1"]
         command = serve_command(
             self.config_dir, self.work_dir, self.log_level, listen, self.server_args
         )
@@ -210,7 +212,8 @@ class PodMesh:
 
     @property
     def debug_url(self) -> str:
-        return f"http://{HUB_ADDRESS}:{DEBUG_PORT}"
+        """The control plane's debug API, as seen from inside the hub namespace."""
+        return f"http://127.0.0.1:{DEBUG_PORT}"
 
     def hub_get(self, path: str) -> tuple[int, str]:
         """GET `path` of the control plane's debug HTTP, from the hub."""
