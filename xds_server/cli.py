@@ -304,7 +304,7 @@ def cmd_iptables(args: argparse.Namespace) -> int:
     )
     try:
         if args.cleanup:
-            iptables.cleanup(options)
+            iptables.cleanup()
         elif args.apply:
             iptables.apply(options)
         else:

@@ -196,7 +196,8 @@ def rules(options: CaptureOptions) -> dict[str, list[str]]:
     return tables
 
 
-MARK = "-m comment --comment xds-server"
+COMMENT = "--comment xds-server"  # what iptables -S shows of our mark
+MARK = f"-m comment {COMMENT}"
 _BUILT_IN = ("-A PREROUTING ", "-A OUTPUT ", "-I OUTPUT 1 ")
 
 
@@ -252,13 +253,11 @@ def variant(run=subprocess.run) -> str:
     return "iptables"
 
 
-def cleanup(
-    options: CaptureOptions | None = None, run=subprocess.run, binary: str | None = None
-) -> None:
+def cleanup(run=subprocess.run, binary: str | None = None) -> None:
     """Remove what `apply` added and nothing else: every jump into Istio's chains and
     every rule with our mark in the built-in chains (DNS, excluded interfaces), whatever
     the options that added them, then the chains. Missing rules are not an error:
-    cleanup is idempotent. (`options` is kept for callers; the marks make it moot.)"""
+    cleanup is idempotent."""
     binary = binary or variant(run)
     for table in ("nat", "raw"):
         for chain in ("PREROUTING", "OUTPUT"):
@@ -266,7 +265,7 @@ def cleanup(
                 [binary, "-t", table, "-S", chain], capture_output=True, text=True, check=False
             ).stdout
             for line in listed.splitlines():
-                if " -j ISTIO_" in line or "--comment xds-server" in line:
+                if " -j ISTIO_" in line or COMMENT in line:
                     _delete(run, binary, table, line)
     for action in ("-F", "-X"):  # all flushed first: they jump to one another
         for chain in (*CHAINS, DNS_CHAIN):
@@ -286,7 +285,7 @@ def apply(options: CaptureOptions, run=subprocess.run) -> str:
     """Install the rules in the current network namespace, replacing an earlier set
     (running twice leaves one set); the iptables variant used."""
     binary = variant(run)
-    cleanup(options, run, binary)
+    cleanup(run, binary)
     done = run(
         [f"{binary}-restore", "--noflush"],
         input=restore_input(rules(options)),
