@@ -95,3 +95,11 @@ def test_what_is_not_applied_yet_is_refused_with_its_line() -> None:
         parsed = parse_file("authz.yaml", policy("p", spec))
         errors = [i for i in parsed.issues if i.severity == "error"]
         assert [(e.field, words in e.message) for e in errors] == [(field, True)], errors
+
+
+def test_rbac_is_built_once_per_set_of_policies() -> None:
+    config = config_from(policy("allow-get", "{rules: [{to: [{operation: {methods: [GET]}}]}]}"))
+    first = inbound_rbac(config, sidecar("web-1", "web"))
+    assert inbound_rbac(config, sidecar("web-2", "web")) is first  # another proxy
+    edited = config_from(policy("allow-get", "{rules: [{to: [{operation: {methods: [PUT]}}]}]}"))
+    assert inbound_rbac(edited, sidecar("web-1", "web")) != first  # a new policy object

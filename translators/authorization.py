@@ -65,9 +65,27 @@ def applicable(config: model.MeshConfig, proxy: model.Proxy) -> list[model.Confi
 
 
 def inbound_rbac(config: model.MeshConfig, proxy: model.Proxy) -> InboundRbac:
-    policies = applicable(config, proxy)
+    """The RBAC filters of `proxy`'s workload: built once per set of applicable policies
+    (parsed resources are kept while their files do not change), so the proxies that
+    share policies, and every push after the first, reuse them."""
+    policies = tuple(applicable(config, proxy))
     if not policies:
         return NONE
+    key = tuple(map(id, policies))
+    found = _BUILT.get(key)
+    if found is not None and all(a is b for a, b in zip(found[0], policies, strict=True)):
+        return found[1]
+    built = _rbac_of(policies)
+    if len(_BUILT) > 4096:
+        _BUILT.clear()
+    _BUILT[key] = (policies, built)  # holds the policies: their ids stay theirs
+    return built
+
+
+_BUILT: dict[tuple[int, ...], tuple[tuple[model.ConfigResource, ...], InboundRbac]] = {}
+
+
+def _rbac_of(policies: tuple[model.ConfigResource, ...]) -> InboundRbac:
     http, network = [], []
     for action in (DENY, ALLOW):
         chosen = [p for p in policies if p.spec.action == action]

@@ -208,11 +208,10 @@ def captured_listeners(
     hands each connection to the listener of its original destination (HTTP service
     ports, `0.0.0.0_<port>`, route by Host through the route configuration `<port>`; a
     TCP service port, `<address>_<port>` for each of `tcp_services`' addresses, goes to
-    that service, and
-    takes precedence over the port's wildcard listener); what no listener takes goes to
-    PassthroughCluster (ALLOW_ANY) or BlackHoleCluster. virtualInbound on 15006
-    restores the original destination and serves each app port by its own filter chain;
-    other ports pass through to the pod."""
+    that service, and takes precedence over the port's wildcard listener); what no
+    listener takes goes to PassthroughCluster (ALLOW_ANY) or BlackHoleCluster.
+    virtualInbound on 15006 restores the original destination and serves each app port
+    by its own filter chain; other ports pass through to the pod."""
     outbound = listener_pb2.Listener(
         name=VIRTUAL_OUTBOUND,
         address=socket_address("0.0.0.0", proxy.outbound_port),
@@ -321,7 +320,7 @@ DNS_FILTER = "envoy.filters.udp.dns_filter"
 AUTO_ADDRESSES = "240.240.0.0/16"  # Istio's auto-allocation range; mesh autoAllocateRange
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1 << 16)  # host names come and go over a server's life
 def _slot(host: str, size: int) -> int:
     digest = hashlib.blake2b(host.encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") % size

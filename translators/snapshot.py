@@ -80,6 +80,7 @@ VIEW_CONTEXT = "context"  # what the view's routes were built with
 VIEW_HOSTS = "hosts"  # the services a view sees
 # World properties that depend on the config alone: kept when only workloads change.
 _CONFIG_ONLY = (
+    "auto_addresses",
     "bindings",
     "destination_rules",
     "linkerd_routes",
@@ -93,6 +94,7 @@ _HOST_KINDS = _SERVICE_KINDS | {model.DESTINATION_RULE, model.VIRTUAL_SERVICE}
 # World properties a VirtualService-only edit leaves as they were (bindings and the
 # sourceLabels flag depend on VirtualServices; the registry on workloads, which are equal).
 _KEPT_BY_VS_EDITS = (
+    "auto_addresses",
     "destination_rules",
     "linkerd_routes",
     "retry_budgets",
