@@ -208,9 +208,13 @@ class World:
                     found = kept[1]
             if found is None:
                 variants = cluster_variants(service, rule)
+                # Assignments are the same for views with and without mutual TLS.
+                twin = self._service_cache.get((host, id(rule), not mtls))
                 found = (
                     packed_service_clusters(service, rule, timeout, budget, variants, mtls),
-                    packed_service_endpoints(service, rule, variants),
+                    twin[0][1]
+                    if twin is not None
+                    else packed_service_endpoints(service, rule, variants),
                 )
             if lasting is not None:
                 self.cache.put(lasting, (rule, found))
