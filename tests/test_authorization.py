@@ -76,9 +76,14 @@ def test_what_is_not_applied_yet_is_refused_with_its_line() -> None:
         ("{action: AUDIT}", "spec.action", "not supported yet"),
         ("{action: CUSTOM}", "spec.action", "not supported yet"),
         (
-            "{rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}",
+            "{rules: [{when: [{key: 'request.auth.claims[iss', values: [x]}]}]}",
             "spec.rules[0].when[0].key",
-            "JWT claims",
+            "unknown key",
+        ),
+        (
+            "{rules: [{when: [{key: 'request.auth.claims[]', values: [x]}]}]}",
+            "spec.rules[0].when[0].key",
+            "unknown key",
         ),
         ("{rules: [{when: [{key: nope, values: [x]}]}]}", "spec.rules[0].when[0].key", "unknown"),
         (
@@ -87,8 +92,8 @@ def test_what_is_not_applied_yet_is_refused_with_its_line() -> None:
             "not a port",
         ),
         (
-            "{rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}",
-            "spec.rules[0].from[0].source.requestPrincipals",
+            "{rules: [{from: [{source: {remoteIpBlocks: ['10.0.0.0/8']}}]}]}",
+            "spec.rules[0].from[0].source.remoteIpBlocks",
             "not supported yet",
         ),
     ):

@@ -7,13 +7,17 @@ match one of their rules (an ALLOW policy without rules allows nothing). A rule 
 when one of its sources, one of its operations and all of its conditions do; a field
 left out matches anything. Strings follow Istio: `x*` a prefix, `*x` a suffix, `*` any
 value; principals are SPIFFE IDs without `spiffe://` (they need mutual TLS to be
-known). HTTP ports get the HTTP RBAC filter; TCP ports the network one, where HTTP-only
+known); request principals are `<iss>/<sub>` of a token the JWT filter verified
+(translators.request_authentication), matched on its issuer and subject claims, which
+are known only for the issuers the workload's RequestAuthentications name. HTTP ports
+get the HTTP RBAC filter; TCP ports the network one, where HTTP-only
 fields cannot be checked: an ALLOW rule with them matches nothing there, and a DENY rule
 is applied without them (both err on refusing, as Istio does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import address_pb2
@@ -25,10 +29,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
-from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
 from protos import authorization_policy_pb2 as az_pb2
-from translators import model
+from translators import model, request_authentication
 from translators.naming import has_labels
 from translators.resources import to_any
 
@@ -39,8 +43,8 @@ ALLOW, DENY = az_pb2.AuthorizationPolicy.ALLOW, az_pb2.AuthorizationPolicy.DENY
 
 @dataclass(frozen=True)
 class InboundRbac:
-    """A workload's RBAC filters (empty when no policy applies): HTTP, in chain order
-    before the router; network, before tcp_proxy."""
+    """A workload's JWT and RBAC filters (empty when no policy applies): HTTP, in chain
+    order before the router; network, before tcp_proxy."""
 
     http: tuple[hcm_pb2.HttpFilter, ...] = ()
     network: tuple[listener_components_pb2.Filter, ...] = ()
@@ -64,28 +68,44 @@ def applicable(config: model.MeshConfig, proxy: model.Proxy) -> list[model.Confi
     return sorted(found, key=lambda p: p.order_key())
 
 
-def inbound_rbac(config: model.MeshConfig, proxy: model.Proxy) -> InboundRbac:
-    """The RBAC filters of `proxy`'s workload: built once per set of applicable policies
-    (parsed resources are kept while their files do not change), so the proxies that
-    share policies, and every push after the first, reuse them."""
+def inbound_rbac(
+    config: model.MeshConfig, proxy: model.Proxy, fetched: Mapping[str, str] | None = None
+) -> InboundRbac:
+    """The JWT (RequestAuthentication, with the keys `fetched` from jwksUris) and RBAC
+    (AuthorizationPolicy) filters of `proxy`'s workload: built once per set of
+    applicable policies (parsed resources are kept while their files do not change), so
+    the proxies that share policies, and every push after the first, reuse them."""
+    fetched = _NOTHING_FETCHED if fetched is None else fetched
     policies = tuple(applicable(config, proxy))
-    if not policies:
+    authn = tuple(request_authentication.applicable(config, proxy))
+    if not policies and not authn:
         return NONE
-    key = tuple(map(id, policies))
+    both = policies + authn
+    key = tuple(map(id, both))
     found = _BUILT.get(key)
-    if found is not None and all(a is b for a, b in zip(found[0], policies, strict=True)):
-        return found[1]
-    built = _rbac_of(policies)
+    if (
+        found is not None
+        and found[1] is fetched
+        and all(a is b for a, b in zip(found[0], both, strict=True))
+    ):
+        return found[2]
+    jwt = request_authentication.jwt_filter(list(authn), fetched)
+    built = _rbac_of(policies, request_authentication.issuers(list(authn)))
+    if jwt is not None:
+        built = InboundRbac((jwt, *built.http), built.network)
     if len(_BUILT) > 4096:
         _BUILT.clear()
-    _BUILT[key] = (policies, built)  # holds the policies: their ids stay theirs
+    _BUILT[key] = (both, fetched, built)  # holds the policies: their ids stay theirs
     return built
 
 
-_BUILT: dict[tuple[int, ...], tuple[tuple[model.ConfigResource, ...], InboundRbac]] = {}
+_NOTHING_FETCHED: Mapping[str, str] = {}
+_BUILT: dict[
+    tuple[int, ...], tuple[tuple[model.ConfigResource, ...], Mapping[str, str], InboundRbac]
+] = {}
 
 
-def _rbac_of(policies: tuple[model.ConfigResource, ...]) -> InboundRbac:
+def _rbac_of(policies: tuple[model.ConfigResource, ...], issuers: tuple[str, ...]) -> InboundRbac:
     http, network = [], []
     for action in (DENY, ALLOW):
         chosen = [p for p in policies if p.spec.action == action]
@@ -97,7 +117,7 @@ def _rbac_of(policies: tuple[model.ConfigResource, ...]) -> InboundRbac:
             )
             for policy in chosen:
                 for index, rule in enumerate(policy.spec.rules):
-                    built = _policy(rule, tcp, action)
+                    built = _policy(rule, tcp, action, issuers)
                     if built is not None:
                         rules.policies[
                             f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
@@ -122,18 +142,25 @@ def _rbac_of(policies: tuple[model.ConfigResource, ...]) -> InboundRbac:
 # ---- one rule ------------------------------------------------------------------------
 
 _HTTP_ONLY_OPERATION = ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths")
+_HTTP_ONLY_SOURCE = ("request_principals", "not_request_principals")
 
 
-def _policy(rule: az_pb2.Rule, tcp: bool, action: int) -> rbac_pb2.Policy | None:
+def _policy(
+    rule: az_pb2.Rule, tcp: bool, action: int, issuers: tuple[str, ...] = ()
+) -> rbac_pb2.Policy | None:
     """The RBAC policy of one rule; None when it cannot match on a TCP port (ALLOW)."""
-    http_only = any(
-        getattr(to.operation, name) for to in rule.to for name in _HTTP_ONLY_OPERATION
-    ) or any(c.key.startswith("request.") for c in rule.when)
+    http_only = (
+        any(getattr(to.operation, name) for to in rule.to for name in _HTTP_ONLY_OPERATION)
+        or any(c.key.startswith("request.") for c in rule.when)
+        or any(getattr(f.source, n) for f in getattr(rule, "from") for n in _HTTP_ONLY_SOURCE)
+    )
     if tcp and http_only and action == ALLOW:
         return None
-    sources = [_source(origin.source) for origin in getattr(rule, "from")]
+    sources = [_source(origin.source, tcp, issuers) for origin in getattr(rule, "from")]
     operations = [_operation(to.operation, tcp) for to in rule.to]
-    principal_conditions = [_principal_condition(c) for c in rule.when if _is_source_key(c.key)]
+    principal_conditions = [
+        _principal_condition(c, tcp, issuers) for c in rule.when if _is_source_key(c.key)
+    ]
     permission_conditions = [
         _permission_condition(c) for c in rule.when if not _is_source_key(c.key)
     ]
@@ -147,19 +174,26 @@ def _policy(rule: az_pb2.Rule, tcp: bool, action: int) -> rbac_pb2.Policy | None
 
 
 def _is_source_key(key: str) -> bool:
-    return key.startswith("source.") or key.startswith("request.headers[")
+    return key.startswith(("source.", "request.headers[", "request.auth."))
 
 
-def _source(source: az_pb2.Source) -> rbac_pb2.Principal:
+def _source(source: az_pb2.Source, tcp: bool, issuers: tuple[str, ...]) -> rbac_pb2.Principal:
     ids: list[rbac_pb2.Principal] = []
-    for values, negate, make in (
+    fields = [
         (source.principals, False, _principal),
         (source.not_principals, True, _principal),
         (source.namespaces, False, _namespace),
         (source.not_namespaces, True, _namespace),
         (source.ip_blocks, False, _ip_block),
         (source.not_ip_blocks, True, _ip_block),
-    ):
+    ]
+    if not tcp:  # a token is an HTTP request's
+        request_principal = lambda value: _request_principal(value, issuers)  # noqa: E731
+        fields += [
+            (source.request_principals, False, request_principal),
+            (source.not_request_principals, True, request_principal),
+        ]
+    for values, negate, make in fields:
         if values:
             any_of = _or_ids([make(v) for v in values])
             ids.append(rbac_pb2.Principal(not_id=any_of) if negate else any_of)
@@ -188,9 +222,15 @@ def _operation(operation: az_pb2.Operation, tcp: bool) -> rbac_pb2.Permission:
     return _and_rules(rules)
 
 
-def _principal_condition(condition: az_pb2.Condition) -> rbac_pb2.Principal | None:
+def _principal_condition(
+    condition: az_pb2.Condition, tcp: bool, issuers: tuple[str, ...]
+) -> rbac_pb2.Principal | None:
     key = condition.key
-    if key == "source.ip":
+    if key.startswith("request.auth."):
+        if tcp:
+            return None
+        make = _auth_maker(key, issuers)
+    elif key == "source.ip":
         make = _ip_block
     elif key == "source.namespace":
         make = _namespace
@@ -277,6 +317,99 @@ def _ip_block(value: str) -> rbac_pb2.Principal:
     return rbac_pb2.Principal(
         direct_remote_ip=address_pb2.CidrRange(address_prefix=address, prefix_len={"value": prefix})
     )
+
+
+# ---- verified tokens (the JWT filter's metadata) -------------------------------------
+
+_NEVER = rbac_pb2.Principal(not_id=rbac_pb2.Principal(any=True))
+_CLAIM_KEYS = {"request.auth.audiences": ("aud",), "request.auth.presenter": ("azp",)}
+
+
+def claim_path(key: str) -> tuple[str, ...] | None:
+    """The claim a `request.auth.*` key names (`claims[a][b]`: nested), or None."""
+    if key in _CLAIM_KEYS:
+        return _CLAIM_KEYS[key]
+    head = "request.auth.claims"
+    if not key.startswith(head + "[") or not key.endswith("]"):
+        return None
+    parts = key[len(head) + 1 : -1].split("][")
+    return tuple(parts) if all(p and "[" not in p and "]" not in p for p in parts) else None
+
+
+def _auth_maker(key: str, issuers: tuple[str, ...]):
+    if key == "request.auth.principal":
+        return lambda value: _request_principal(value, issuers)
+    path = claim_path(key)
+    if path is None:  # validation refuses it; never an open door
+        return lambda value: _NEVER
+    return lambda value: _claim(path, _string(value))
+
+
+def _claim(path: tuple[str, ...], match: string_pb2.StringMatcher) -> rbac_pb2.Principal:
+    """A claim that is the string, or a list holding it (`groups`, `aud`)."""
+    return _or_ids(
+        [
+            _metadata(path, value_pb2.ValueMatcher(string_match=match)),
+            _metadata(
+                path,
+                value_pb2.ValueMatcher(
+                    list_match=value_pb2.ListMatcher(
+                        one_of=value_pb2.ValueMatcher(string_match=match)
+                    )
+                ),
+            ),
+        ]
+    )
+
+
+def _metadata(path: tuple[str, ...], value: value_pb2.ValueMatcher) -> rbac_pb2.Principal:
+    segments = [
+        metadata_pb2.MetadataMatcher.PathSegment(key=k)
+        for k in (request_authentication.PAYLOAD_KEY, *path)
+    ]
+    return rbac_pb2.Principal(
+        metadata=metadata_pb2.MetadataMatcher(
+            filter=request_authentication.JWT_FILTER, path=segments, value=value
+        )
+    )
+
+
+def _iss_sub(issuer: str, sub: string_pb2.StringMatcher | None) -> rbac_pb2.Principal:
+    iss = _metadata(
+        ("iss",), value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=issuer))
+    )
+    if sub is None:
+        return iss
+    return _and_ids([iss, _metadata(("sub",), value_pb2.ValueMatcher(string_match=sub))])
+
+
+def _request_principal(value: str, issuers: tuple[str, ...]) -> rbac_pb2.Principal:
+    """Istio's `<iss>/<sub>` (with `*`, `x*`, `*x`) as matches of the token's `iss` and
+    `sub` claims: the issuer may hold `/` too, so each issuer the workload verifies
+    splits the value its own way (one that none verifies can never match)."""
+    if value == "*":
+        return _metadata(("iss",), value_pb2.ValueMatcher(present_match=True))
+    options: list[rbac_pb2.Principal] = []
+    for issuer in issuers:
+        head = issuer + "/"
+        if value.endswith("*"):
+            prefix = value[:-1]
+            if head.startswith(prefix):
+                options.append(_iss_sub(issuer, None))
+            elif prefix.startswith(head):
+                rest = prefix[len(head) :]
+                options.append(_iss_sub(issuer, string_pb2.StringMatcher(prefix=rest)))
+        elif value.startswith("*"):
+            suffix = value[1:]
+            options.append(_iss_sub(issuer, string_pb2.StringMatcher(suffix=suffix)))
+            for cut in range(1, len(suffix) + 1):  # the suffix reaches into the issuer
+                if head.endswith(suffix[:cut]):
+                    sub = string_pb2.StringMatcher(exact=suffix[cut:])
+                    options.append(_iss_sub(issuer, sub))
+        elif value.startswith(head):
+            sub = string_pb2.StringMatcher(exact=value[len(head) :])
+            options.append(_iss_sub(issuer, sub))
+    return _or_ids(options) if options else _NEVER
 
 
 def _header(name: str, value: str) -> rc.HeaderMatcher:

@@ -25,6 +25,7 @@ SERVICE_PROFILE = "ServiceProfile"
 MESH_CONFIG = "MeshConfig"
 PEER_AUTHENTICATION = "PeerAuthentication"
 AUTHORIZATION_POLICY = "AuthorizationPolicy"
+REQUEST_AUTHENTICATION = "RequestAuthentication"
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"

@@ -113,6 +113,8 @@ class World:
     generation: int = 0
     # Outputs of earlier pushes, for inputs that did not change (translators.cache).
     cache: CrossPushCache | None = field(default=None, compare=False)
+    # Key sets the server fetched for RequestAuthentication, by source (JwksSource).
+    jwks: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def services(self) -> dict[str, Service]:
@@ -554,7 +556,7 @@ class Translator:
             allow_any = sidecar_scope.allow_any(world.config, sidecar)
             captured = (*_capture_view(ctx, world.auto_addresses), allow_any)
         modes = proxy_modes(world.config, proxy)  # PeerAuthentication, by app port
-        rbac = inbound_rbac(world.config, proxy)  # AuthorizationPolicy
+        rbac = inbound_rbac(world.config, proxy, world.jwks)  # RequestAuthn, AuthzPolicy
         key = ("proxy", proxy.node_id)
         kept = world.cache.get(key) if world.cache is not None else None
         if (

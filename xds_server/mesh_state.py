@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from translators import model
@@ -64,6 +64,7 @@ class MeshState:
         self.config = config
         self.generation = 0
         self.world = World(config, (), 0)
+        self.jwks: Mapping[str, str] = self.world.jwks
         self.connections: dict[int, Connection] = {}
         self.debounce = debounce
         self.last_push_seconds = 0.0
@@ -89,6 +90,12 @@ class MeshState:
     def set_config(self, config: model.MeshConfig) -> None:
         if config.version != self.config.version:
             self.config = config
+            self._dirty.set()
+
+    def set_jwks(self, jwks: Mapping[str, str]) -> None:
+        """The key sets fetched for RequestAuthentication changed (xds_server.jwks)."""
+        if jwks != self.jwks:
+            self.jwks = jwks
             self._dirty.set()
 
     def start(self, config: model.MeshConfig) -> None:
@@ -182,13 +189,14 @@ class MeshState:
             previous is None
             or self.config is not self.world.config
             or workloads != self.world.proxies
+            or self.jwks is not self.world.jwks
         ):
             self.generation += 1
             if self.config is self.world.config:
                 self._cache.endpoint_round()
             else:
                 self._cache.next_round()
-            world = World(self.config, workloads, self.generation, self._cache)
+            world = World(self.config, workloads, self.generation, self._cache, self.jwks)
             if self.config.version != self.pushed_config_version:
                 self.pushed_config_version = self.config.version
                 self.config_generation = self.generation

@@ -29,6 +29,7 @@ from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
 from xds_server.debug_http import make_app
 from xds_server.identity import IdentityService
+from xds_server.jwks import JwksSource
 from xds_server.loop_monitor import LoopMonitor
 from xds_server.mesh_state import MeshState
 from xds_server.workload_memory import WorkloadMemory
@@ -67,6 +68,10 @@ class ServerOptions:
     cacerts: Path | None = None
     # The debug API wants an admin token even on loopback (always off loopback).
     debug_require_token: bool = False
+    # RequestAuthentication keys (jwksUri) are fetched again this often.
+    jwks_refresh_s: float = 20 * 60
+    # The first push waits this long for the keys named in the configuration.
+    jwks_first_wait_s: float = 5.0
 
 
 class ControlPlane:
@@ -85,7 +90,8 @@ class ControlPlane:
             restart_grace=options.restart_grace_s,
             ready=False,
         )
-        self.watcher = ConfigWatcher(self.store, self.mesh.set_config, options.debounce_ms)
+        self.jwks = JwksSource(self.mesh.set_jwks, refresh=options.jwks_refresh_s)
+        self.watcher = ConfigWatcher(self.store, self._on_config, options.debounce_ms)
         self.identity = IdentityService(
             CertificateAuthority.load_or_create(state_dir / "ca", options.cacerts),
             tokens.load_or_create_key(state_dir),
@@ -165,12 +171,18 @@ class ControlPlane:
         )
         snapshot = await self.watcher.load()
         heap.settle()  # the loaded configuration stays: out of the collector's sight
+        self.jwks.track(snapshot)
+        await self.jwks.first_tries(self.options.jwks_first_wait_s)
         self.mesh.start(snapshot)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="watch"))
         log.info(
             "config loaded: version %s, %d resources", snapshot.version, len(snapshot.resources)
         )
+
+    def _on_config(self, config: model.MeshConfig) -> None:
+        self.mesh.set_config(config)
+        self.jwks.track(config)
 
     def _debug_needs_token(self) -> bool:
         """Off loopback the debug API (every proxy's config) wants an admin token."""
@@ -246,6 +258,7 @@ class ControlPlane:
             "watcher_restarts": self.watcher.restarts,
             "watcher_error": self.watcher.last_error,
             "remembered_workloads": sorted(self.mesh.remembered),
+            "jwks": self.jwks.report(),
         }
 
     async def stop(self) -> None:
@@ -255,6 +268,7 @@ class ControlPlane:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.jwks.close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1)
         if self.http_runner is not None:

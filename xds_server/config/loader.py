@@ -25,6 +25,7 @@ from protos import (
     mesh_config_pb2,
     meta_pb2,
     peer_authentication_pb2,
+    request_authentication_pb2,
     service_entry_pb2,
     service_pb2,
     service_profile_pb2,
@@ -67,6 +68,10 @@ KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
     (ISTIO_SECURITY, "PeerAuthentication"): (
         model.PEER_AUTHENTICATION,
         peer_authentication_pb2.PeerAuthentication,
+    ),
+    (ISTIO_SECURITY, "RequestAuthentication"): (
+        model.REQUEST_AUTHENTICATION,
+        request_authentication_pb2.RequestAuthentication,
     ),
 }
 # Versions whose fields match our protos, per API group.

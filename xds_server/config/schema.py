@@ -39,7 +39,6 @@ _WRAPPERS = {
 # refused by name as "not supported yet" rather than reported as unknown, which would read
 # like a typo. (protos/ leaves them out, so that nothing can set them by accident.)
 _CLIENT_TLS = "client TLS to the destination (DestinationRule tls) is not supported yet"
-_JWT = "request principals (JWT, RequestAuthentication) are not supported yet"
 _NOT_SUPPORTED = {
     "meshapi.networking.TrafficPolicy": {
         "tls": _CLIENT_TLS,
@@ -49,13 +48,15 @@ _NOT_SUPPORTED = {
     },
     "meshapi.networking.TrafficPolicy.PortTrafficPolicy": {"tls": _CLIENT_TLS},
     "meshapi.security.Source": {
-        "requestPrincipals": _JWT,
-        "notRequestPrincipals": _JWT,
         "remoteIpBlocks": "remoteIpBlocks is not supported yet (use ipBlocks)",
         "notRemoteIpBlocks": "notRemoteIpBlocks is not supported yet (use notIpBlocks)",
     },
     "meshapi.security.AuthorizationPolicy": {
         "provider": "CUSTOM providers (ext_authz) are not supported yet",
+        "targetRef": "targetRef is not supported yet (use selector)",
+        "targetRefs": "targetRefs is not supported yet (use selector)",
+    },
+    "meshapi.security.RequestAuthentication": {
         "targetRef": "targetRef is not supported yet (use selector)",
         "targetRefs": "targetRefs is not supported yet (use selector)",
     },

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 
 from google.protobuf.message import Message
 
 from protos import mesh_config_pb2, service_pb2
-from translators import model
+from translators import jwks, model
+from translators.authorization import claim_path
 from translators.services import port_protocol
 from xds_server.config.checks_common import (
     CHECK_NAMES,
@@ -108,11 +110,20 @@ CHECKS: dict[str, Callable[[Message], Iterator[Finding]]] = {
     model.MESH_CONFIG: _mesh,
     model.PEER_AUTHENTICATION: lambda spec: _peer_authentication(spec),
     model.AUTHORIZATION_POLICY: lambda spec: _authorization_policy(spec),
+    model.REQUEST_AUTHENTICATION: lambda spec: _request_authentication(spec),
 }
 
 
 # `when` keys applied (authorization.py); others are refused by name.
-WHEN_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.port")
+WHEN_KEYS = (
+    "source.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.port",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+)
 
 
 def _authorization_policy(spec) -> Iterator[Finding]:
@@ -138,15 +149,58 @@ def _authorization_policy(spec) -> Iterator[Finding]:
         for c, condition in enumerate(rule.when):
             where = ("spec", "rules", r, "when", c, "key")
             key = condition.key
-            if key.startswith("request.auth."):
-                yield where, f"{key}: JWT claims (RequestAuthentication) are not supported yet"
-            elif not (key in WHEN_KEYS or re.fullmatch(r"request\.headers\[[^\]]+\]", key)):
-                yield (
-                    where,
-                    (f"unknown key {key!r}: use request.headers[NAME], " + ", ".join(WHEN_KEYS)),
-                )
+            if not (
+                key in WHEN_KEYS
+                or re.fullmatch(r"request\.headers\[[^\]]+\]", key)
+                or claim_path(key) is not None
+            ):
+                known = ("request.headers[NAME]", "request.auth.claims[NAME]", *WHEN_KEYS)
+                yield where, f"unknown key {key!r}: use {', '.join(known)}"
             elif not condition.values and not condition.not_values:
                 yield ("spec", "rules", r, "when", c), "needs values or notValues"
+
+
+def _request_authentication(spec) -> Iterator[Finding]:
+    """What Envoy's JWT filter or the key fetcher would trip on, found at load time."""
+    for r, rule in enumerate(spec.jwt_rules):
+        where = ("spec", "jwtRules", r)
+        if not rule.issuer:
+            yield (*where, "issuer"), "required: the `iss` of the tokens this rule verifies"
+        if rule.jwks and rule.jwks_uri:
+            yield (*where, "jwks"), "give jwks or jwksUri, not both"
+        elif rule.jwks:
+            found = jwks.problem(rule.jwks)
+            if found is not None:
+                yield (*where, "jwks"), f"not a usable key set: {found}"
+        elif rule.jwks_uri:
+            url = urllib.parse.urlsplit(rule.jwks_uri)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                yield (*where, "jwksUri"), f"{rule.jwks_uri!r} is not an http(s) URL"
+        else:
+            url = urllib.parse.urlsplit(rule.issuer)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                yield (
+                    (*where, "issuer"),
+                    "without jwks or jwksUri the keys are found by OpenID discovery, "
+                    "which wants an issuer that is an http(s) URL",
+                )
+        for h, header in enumerate(rule.from_headers):
+            if not _HEADER_NAME.fullmatch(header.name):
+                yield (*where, "fromHeaders", h, "name"), f"{header.name!r} is not a header name"
+        for c, claim in enumerate(rule.output_claim_to_headers):
+            if not _HEADER_NAME.fullmatch(claim.header):
+                yield (*where, "outputClaimToHeaders", c, "header"), "not a header name"
+            if not claim.claim:
+                yield (*where, "outputClaimToHeaders", c, "claim"), "required"
+        if rule.output_payload_to_header and not _HEADER_NAME.fullmatch(
+            rule.output_payload_to_header
+        ):
+            yield (*where, "outputPayloadToHeader"), "not a header name"
+        if rule.HasField("timeout") and rule.timeout.ToTimedelta().total_seconds() <= 0:
+            yield (*where, "timeout"), "must be positive"
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 def _camel(name: str) -> str:
