@@ -128,7 +128,9 @@ async def plane(tmp_path: Path):
     config_dir.mkdir()
     (config_dir / "svc.yaml").write_text(service_yaml("reviews", "ratings"))
     control = ControlPlane(
-        ServerOptions(config_dir, xds_port=free_port(), debug_port=free_port(), debounce_ms=10)
+        ServerOptions(
+            config_dir, xds_port=free_port(), xds_tls_port=0, debug_port=free_port(), debounce_ms=10
+        )
     )
     await control.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{control.xds_port}")
@@ -322,6 +324,7 @@ async def test_workloads_remembered_across_a_restart_stay_endpoints_until_grace_
         return ServerOptions(
             config_dir,
             xds_port=free_port(),
+            xds_tls_port=0,
             debug_port=free_port(),
             debounce_ms=10,
             state_dir=tmp_path / "state",

@@ -104,7 +104,9 @@ def test_serve_help_shows_the_new_flags_with_their_defaults():
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())  # undo argparse's wrapping
     for expected in (
-        "--xds-port XDS_PORT xDS (ADS, gRPC) port (default: 15010)",
+        "--xds-port XDS_PORT plaintext xDS (ADS, gRPC) port; off: none",
+        "--xds-tls-port XDS_TLS_PORT xDS over TLS",
+        "(default: 15012)",
         "(default: <config-dir>/.xds-server)",
         "--restart-grace SECONDS",
         "reconnect (default: 30.0)",
@@ -190,6 +192,16 @@ def test_serve_defaults_match_server_options(tmp_path: Path, served: list):
     assert options.state_dir is None  # the server puts it under the config directory
     for name in ("restart_grace_s", "max_file_bytes", "settle_ms", "create_config_dir"):
         assert getattr(options, name) == getattr(defaults, name), name
+    argv = ["serve", "--config-dir", str(tmp_path), "--debug-port", "0"]
+    assert cli.main([*argv, "--xds-port", "0", "--xds-tls-port", "0"]) == 0
+    for name in ("xds_tls_names", "jwks_refresh_s"):
+        assert getattr(options, name) == getattr(defaults, name), name
+
+
+def test_serve_wants_one_xds_port(tmp_path: Path, served: list, capsys):
+    argv = ["serve", "--config-dir", str(tmp_path), "--xds-port", "off", "--xds-tls-port", "off"]
+    assert cli.main(argv) == 2 and not served
+    assert "both off" in capsys.readouterr().err
 
 
 def test_serve_names_a_taken_port(tmp_path: Path, served: list, capsys):

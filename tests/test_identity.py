@@ -48,7 +48,10 @@ async def make_plane(tmp_path: Path):
         (config_dir / "svc.yaml").write_text(service_yaml("reviews"))
         control = ControlPlane(
             ServerOptions(
-                config_dir, xds_port=free_port(), debug_port=free_port(), debounce_ms=10, **options
+                config_dir,
+                **{"xds_port": free_port(), "xds_tls_port": 0, **options},
+                debug_port=free_port(),
+                debounce_ms=10,
             )
         )
         await control.start()
@@ -201,3 +204,55 @@ async def test_the_debug_api_wants_an_admin_token_when_told(make_plane) -> None:
         assert await asyncio.to_thread(get, path, None) == 401
         assert await asyncio.to_thread(get, path, workload) == 401  # a workload's is not
         assert await asyncio.to_thread(get, path, admin) == 200
+
+
+def _served_certificate(port: int, root: Path, name: str = "xds-server") -> x509.Certificate:
+    """The certificate the TLS port serves, checked against `root` and `name`."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(root))
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+async def test_xds_over_tls_with_a_certificate_from_the_mesh_root(make_plane, tmp_path) -> None:
+    control, _, key = await make_plane(xds_port=None, cert_lifetime_s=2.0)
+    assert control.grpc_server is not None and control.xds_tls_port
+    root = tmp_path / "mesh" / STATE_DIR_NAME / "ca" / "root-cert.pem"
+    credentials = grpc.ssl_channel_credentials(root.read_bytes())
+    secure = grpc.aio.secure_channel(
+        f"127.0.0.1:{control.xds_tls_port}",
+        credentials,
+        options=[("grpc.ssl_target_name_override", "xds-server")],
+    )
+    try:
+        client = TokenClient(secure, "caller", tokens.issue(key, "default", "caller", 60))
+        secrets = await _secrets(client)  # a whole ADS exchange, over TLS
+        assert "default" in secrets
+        client.close()
+    finally:
+        await secure.close()
+    # The plaintext port is off.
+    assert control.options.xds_port is None
+    first = await asyncio.to_thread(_served_certificate, control.xds_tls_port, root)
+    names = first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "xds-server" in names.get_values_for_type(x509.DNSName)
+    # Another root does not verify it.
+    other = CertificateAuthority.load_or_create(tmp_path / "other-ca")
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+        await asyncio.to_thread(
+            _served_certificate, control.xds_tls_port, tmp_path / "other-ca" / "root-cert.pem"
+        )
+    assert other.root_pem != root.read_bytes()
+    # Renewed at half its lifetime (1 s here), without a restart.
+    await asyncio.sleep(1.2)
+    second = await asyncio.to_thread(_served_certificate, control.xds_tls_port, root)
+    assert second.serial_number != first.serial_number
+    status = control.status_extra()["xds"]
+    assert status["plaintext_port"] is None and status["tls_port"] == control.xds_tls_port
+    assert "PRIVATE KEY" not in json.dumps(status)

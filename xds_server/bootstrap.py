@@ -12,6 +12,7 @@ from translators.naming import is_ip
 from xds_server import node
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 @dataclass
@@ -34,6 +35,10 @@ class BootstrapOptions:
     xds_api: str = "delta"  # or "sotw": state of the world
     interception_mode: str = "NONE"  # or "REDIRECT": traffic captured by iptables
     token: str = ""  # `xds-server token`: sent on the xDS stream, binds it to an identity
+    # The mesh root (a PEM file Envoy reads): xDS goes over TLS, and the server must hold
+    # a certificate from that root for `xds_server_name`.
+    xds_root_cert: str = ""
+    xds_server_name: str = "xds-server"
 
 
 XDS_APIS = {"delta": "DELTA_GRPC", "sotw": "GRPC"}
@@ -58,6 +63,26 @@ def _split_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"--xds-address {address!r} must be HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def _xds_tls(root_cert: str, server_name: str) -> dict[str, Any]:
+    """TLS to the server's xDS port, verified with the mesh root and by name."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"type.googleapis.com/{UPSTREAM_TLS}",
+            "sni": server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "validation_context": {
+                    "trusted_ca": {"filename": root_cert},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": server_name}}
+                    ],
+                },
+            },
+        },
+    }
 
 
 def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
@@ -106,6 +131,8 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
             ],
         },
     }
+    if options.xds_root_cert:
+        xds_cluster["transport_socket"] = _xds_tls(options.xds_root_cert, options.xds_server_name)
     grpc_service: dict[str, Any] = {
         "envoy_grpc": {
             "cluster_name": "xds_cluster",

@@ -10,6 +10,7 @@ Signing is CPU work: callers on the event loop run `issue` in a thread.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,29 @@ class CertificateAuthority:
     ) -> Issued:
         """A new key and a certificate for the workload identity ns/sa (in the mesh
         config's trust domain, when given)."""
-        key = _new_key(key_type)
         identity = spiffe_id(trust_domain or self.trust_domain, namespace, service_account)
+        return self._sign([x509.UniformResourceIdentifier(identity)], identity, lifetime, key_type)
+
+    def issue_server(
+        self,
+        names: list[str],
+        addresses: list[str],
+        lifetime: datetime.timedelta = WORKLOAD_LIFETIME,
+    ) -> Issued:
+        """A new key and a certificate for the server's own TLS port (xDS over TLS): the
+        DNS names and IP addresses clients may check it by."""
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+        return self._sign(sans, "", lifetime, "ecdsa")
+
+    def _sign(
+        self,
+        sans: list[x509.GeneralName],
+        identity: str,
+        lifetime: datetime.timedelta,
+        key_type: str,
+    ) -> Issued:
+        key = _new_key(key_type)
         now = _now()
         serial = x509.random_serial_number()
         cert = (
@@ -149,7 +171,7 @@ class CertificateAuthority:
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(now + lifetime)
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
+                x509.SubjectAlternativeName(sans),
                 critical=True,  # the subject is empty: the SAN is the identity
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

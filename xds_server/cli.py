@@ -56,8 +56,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             return 2
         config_dir.mkdir(parents=True, exist_ok=True)
+    if args.xds_port is None and args.xds_tls_port is None:
+        print("error: --xds-port and --xds-tls-port are both off: no xDS", file=sys.stderr)
+        return 2
     for flag, host, port in (
         ("--xds-port", args.xds_address, args.xds_port),
+        ("--xds-tls-port", args.xds_address, args.xds_tls_port),
         ("--debug-port", args.debug_address, args.debug_port),
     ):
         if port and not port_free(host, port):
@@ -74,6 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config_dir=config_dir,
         xds_address=args.xds_address,
         xds_port=args.xds_port,
+        xds_tls_port=args.xds_tls_port,
+        xds_tls_names=tuple(args.xds_tls_name),
         debug_address=args.debug_address,
         debug_port=args.debug_port,
         max_message_mb=args.max_message_mb,
@@ -179,6 +185,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         xds_api=args.xds_api,
         interception_mode=args.interception_mode,
         token=args.token,
+        xds_root_cert=args.xds_root_cert,
+        xds_server_name=args.xds_server_name,
     )
     if args.role == "gateway" and options.app_ports:
         print("error: a gateway has no app: drop --app-port", file=sys.stderr)
@@ -256,6 +264,10 @@ def _port(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"not a port: {text}")
     return value
+
+
+def _port_or_off(text: str) -> int | None:
+    return None if text.strip().lower() == "off" else _port(text)
 
 
 def _subnet(text: str) -> str:
@@ -471,7 +483,26 @@ def parser() -> argparse.ArgumentParser:
         help="create --config-dir when it does not exist, instead of refusing to start",
     )
     serve.add_argument("--xds-address", default="127.0.0.1", help="address of the xDS gRPC port")
-    serve.add_argument("--xds-port", type=_port, default=15010, help="xDS (ADS, gRPC) port")
+    serve.add_argument(
+        "--xds-port",
+        type=_port_or_off,
+        default=15010,
+        help="plaintext xDS (ADS, gRPC) port; off: none, sidecars use --xds-tls-port",
+    )
+    serve.add_argument(
+        "--xds-tls-port",
+        type=_port_or_off,
+        default=15012,
+        help="xDS over TLS, with a certificate from the mesh CA for the name xds-server "
+        "(bootstrap --xds-root-cert); off: none",
+    )
+    serve.add_argument(
+        "--xds-tls-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS name or IP address for the TLS port's certificate; repeatable",
+    )
     serve.add_argument(
         "--debug-address", default="127.0.0.1", help="address of the debug/health HTTP port"
     )
@@ -636,6 +667,19 @@ def parser() -> argparse.ArgumentParser:
         help="the workload's token (xds-server token), sent on the xDS stream: the server "
         "gives the stream that identity's certificate",
     )
+    boot.add_argument(
+        "--xds-root-cert",
+        default="",
+        metavar="FILE",
+        help="speak xDS over TLS (the server's --xds-tls-port, 15012), verifying the server "
+        "with this mesh root (<state-dir>/ca/root-cert.pem, or your cacerts' "
+        "root-cert.pem); Envoy reads the file, so give its path as Envoy sees it",
+    )
+    boot.add_argument(
+        "--xds-server-name",
+        default="xds-server",
+        help="the name the server's TLS certificate must carry (SNI and SAN check)",
+    )
     boot.add_argument("-o", "--output", default="-", help="file to write, - for standard output")
     boot.set_defaults(func=cmd_bootstrap)
 
@@ -682,7 +726,12 @@ def parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "run a local mesh: server, Envoy sidecars, sample apps")
     demo.add_argument("--dir", default="demo-mesh", help="where the demo's YAML goes")
-    demo.add_argument("--xds-port", type=_port, default=15010, help="the control plane's xDS port")
+    demo.add_argument(
+        "--xds-port",
+        type=_port,
+        default=15010,
+        help="the control plane's xDS port (xDS over TLS on the next but one, 15012)",
+    )
     demo.add_argument(
         "--debug-port",
         type=_port,

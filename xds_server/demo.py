@@ -187,9 +187,14 @@ def _free_subnet(mesh: LocalMesh) -> str | None:
 
 
 def _free_ports(base: int, both: bool) -> int | None:
-    """An xDS port near `base` that is free (with the debug port at +4 when `both`)."""
+    """An xDS port near `base` that is free, with the TLS port at +2 (and the debug port
+    at +4 when `both`)."""
     for port in range(base + 10, min(base + 210, 65531), 10):
-        if port_free("127.0.0.1", port) and (not both or port_free("127.0.0.1", port + 4)):
+        if (
+            port_free("127.0.0.1", port)
+            and port_free("127.0.0.1", port + 2)
+            and (not both or port_free("127.0.0.1", port + 4))
+        ):
             return port
     return None
 
@@ -199,12 +204,12 @@ def taken_message(error: PortsInUse, mesh: LocalMesh, debug_port_set: bool) -> s
     kinds = collections.defaultdict(list)
     for setting, address, what in error.taken:
         kinds[setting].append(f"{address} ({what})")
-    parts = kinds["xds_port"] + kinds["debug_port"]
+    parts = kinds["xds_port"] + kinds["xds_tls_port"] + kinds["debug_port"]
     if kinds["subnet"]:
         more = len(kinds["subnet"]) - 1
         parts.append(kinds["subnet"][0] + (f" and {more} more on {mesh.subnet}.*" if more else ""))
     flags = []
-    if kinds["xds_port"] or (kinds["debug_port"] and not debug_port_set):
+    if kinds["xds_port"] or kinds["xds_tls_port"] or (kinds["debug_port"] and not debug_port_set):
         port = _free_ports(mesh.xds_port, both=not debug_port_set)
         flags.append(f"--xds-port {port or 'PORT'}")
     if kinds["debug_port"] and debug_port_set:
@@ -252,6 +257,7 @@ def run_demo(
             demo_workloads(),
             work.resolve(),
             xds_port=base_port,
+            xds_tls_port=base_port + 2,
             debug_port=debug_port or base_port + 4,
             subnet=subnet,
         )

@@ -199,6 +199,10 @@ class LocalMesh:
     # Each sidecar's bootstrap carries a token for its workload (xds-server token), so
     # the sidecars hold certificates and speak mutual TLS.
     tokens: bool = False
+    # Sidecars speak xDS over TLS (the server's TLS port, verified with the mesh root);
+    # None: when they carry tokens.
+    xds_tls: bool | None = None
+    xds_tls_port: int = 0  # 0: pick a free port
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _logs_started: set[str] = field(default_factory=set)
 
@@ -218,6 +222,7 @@ class LocalMesh:
         found = []
         for setting, port, what in (
             ("xds_port", self.xds_port, "xDS"),
+            ("xds_tls_port", self.xds_tls_port, "xDS over TLS"),
             ("debug_port", self.debug_port, "debug HTTP"),
         ):
             if port and not port_free("127.0.0.1", port):
@@ -237,6 +242,7 @@ class LocalMesh:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.xds_port = self.xds_port or free_port()
+        self.xds_tls_port = self.xds_tls_port or free_port()
         self.debug_port = self.debug_port or free_port()
         self._assign_addresses()
         if self.tokens:  # the key the server will sign and check tokens with
@@ -302,7 +308,11 @@ class LocalMesh:
             self.config_dir,
             self.work_dir,
             self.log_level,
-            ["--xds-port", str(self.xds_port), "--debug-port", str(self.debug_port)],
+            [
+                *("--xds-port", str(self.xds_port)),
+                *("--xds-tls-port", str(self.xds_tls_port)),
+                *("--debug-port", str(self.debug_port)),
+            ],
             self.server_args,
         )
 
@@ -368,7 +378,8 @@ class LocalMesh:
             service_account=workload.app,
             app_ports=[workload.app_port] if workload.app_port else [],
             inbound_ports=[INBOUND_PORT] if workload.app_port else [],
-            xds_address=f"127.0.0.1:{self.xds_port}",
+            xds_address=f"127.0.0.1:{self.xds_tls_port if self.uses_tls else self.xds_port}",
+            xds_root_cert=str(self.root_cert) if self.uses_tls else "",
             admin_address=workload.ip,
             admin_port=ADMIN_PORT,
             outbound_address=workload.ip,
@@ -381,6 +392,15 @@ class LocalMesh:
             if self.tokens
             else "",
         )
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tokens if self.xds_tls is None else self.xds_tls
+
+    @property
+    def root_cert(self) -> Path:
+        """The mesh root the server made in its state directory (serve_command)."""
+        return self.work_dir / "state" / "ca" / "root-cert.pem"
 
     def workload(self, name: str) -> Workload:
         return next(w for w in self.workloads if w.name == name)

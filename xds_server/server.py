@@ -23,7 +23,7 @@ from translators import model
 from translators.resources import SHORT_NAMES
 from xds_server import heap, tokens
 from xds_server.ads.servicer import AdsServicer, Nack, add_to_server
-from xds_server.ca import CertificateAuthority
+from xds_server.ca import CertificateAuthority, describe
 from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
@@ -33,6 +33,7 @@ from xds_server.jwks import JwksSource
 from xds_server.loop_monitor import LoopMonitor
 from xds_server.mesh_state import MeshState
 from xds_server.workload_memory import WorkloadMemory
+from xds_server.xds_tls import ServerCertificate, server_addresses, server_names
 
 log = logging.getLogger(__name__)
 PENDING_STREAMS = 20_000
@@ -44,7 +45,12 @@ ADMIN_IDENTITY = ("istio-system", "xds-admin")  # whose token opens the debug AP
 class ServerOptions:
     config_dir: Path
     xds_address: str = "127.0.0.1"
-    xds_port: int = 15010
+    # Plaintext xDS; None: off (sidecars then need the TLS port).
+    xds_port: int | None = 15010
+    # xDS over TLS with a certificate from the mesh CA (Istio's 15012); None: off, 0: any.
+    xds_tls_port: int | None = 15012
+    # More DNS names or IP addresses for the TLS port's certificate (xds_tls.DEFAULT_NAMES).
+    xds_tls_names: tuple[str, ...] = ()
     debug_address: str = "127.0.0.1"
     debug_port: int = 15014
     max_message_mb: int = 64
@@ -106,6 +112,8 @@ class ControlPlane:
         self.grpc_server: grpc.aio.Server | None = None
         self.http_runner: web.AppRunner | None = None
         self.xds_port = options.xds_port
+        self.xds_tls_port = options.xds_tls_port
+        self.server_certificate: ServerCertificate | None = None
         self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -126,6 +134,8 @@ class ControlPlane:
                 # over 1000 of them (a mesh reconnecting at once) are refused.
                 ("grpc.server.max_pending_requests", PENDING_STREAMS),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_STREAMS),
+                # A second server on our port must fail to bind, not share its streams.
+                ("grpc.so_reuseport", 0),
             ]
         )
         add_to_server(self.servicer, server)
@@ -140,9 +150,21 @@ class ControlPlane:
             ),
             server,
         )
-        self.xds_port = server.add_insecure_port(
-            f"{self.options.xds_address}:{self.options.xds_port}"
-        )
+        if self.options.xds_port is not None:
+            self.xds_port = server.add_insecure_port(
+                f"{self.options.xds_address}:{self.options.xds_port}"
+            )
+        if self.options.xds_tls_port is not None:
+            self.server_certificate = ServerCertificate(
+                self.identity.ca,
+                server_names(self.options.xds_tls_names),
+                server_addresses(self.options.xds_address, self.options.xds_tls_names),
+                datetime.timedelta(seconds=self.options.cert_lifetime_s),
+            )
+            self.xds_tls_port = server.add_secure_port(
+                f"{self.options.xds_address}:{self.options.xds_tls_port}",
+                self.server_certificate.credentials(),
+            )
         await server.start()
         self.grpc_server = server
         app = make_app(
@@ -162,9 +184,11 @@ class ControlPlane:
             asyncio.create_task(self.loop_monitor.run(), name="loop monitor"),
         ]
         log.info(
-            "xDS (ADS, gRPC) on %s:%d, debug HTTP on http://%s:%d, config from %s",
+            "xDS (ADS, gRPC) on %s plaintext %s, TLS %s; debug HTTP on http://%s:%d; "
+            "config from %s",
             self.options.xds_address,
-            self.xds_port,
+            self.xds_port if self.options.xds_port is not None else "off",
+            self.xds_tls_port if self.options.xds_tls_port is not None else "off",
             self.options.debug_address,
             self.options.debug_port,
             self.options.config_dir,
@@ -259,6 +283,14 @@ class ControlPlane:
             "watcher_error": self.watcher.last_error,
             "remembered_workloads": sorted(self.mesh.remembered),
             "jwks": self.jwks.report(),
+            "xds": {
+                "address": self.options.xds_address,
+                "plaintext_port": self.xds_port if self.options.xds_port is not None else None,
+                "tls_port": self.xds_tls_port if self.options.xds_tls_port is not None else None,
+                "tls_certificate": describe(self.server_certificate.current.chain_pem)[0]
+                if self.server_certificate is not None
+                else None,
+            },
         }
 
     async def stop(self) -> None:

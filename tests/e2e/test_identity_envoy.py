@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import service_yaml
+from xds_server.ca import CertificateAuthority
 from xds_server.envoy_binary import find_envoy
 from xds_server.launcher import free_port, http_get, stop_processes, wait_until
 
@@ -25,7 +26,9 @@ def _cli(*args: str) -> str:
     ).stdout
 
 
-def _envoy(tmp_path: Path, name: str, sa: str, token: str, xds: int, processes: list) -> int:
+def _envoy(
+    tmp_path: Path, name: str, sa: str, token: str, xds: int, processes: list, root: Path
+) -> int:
     admin = free_port()
     bootstrap = tmp_path / f"{name}.yaml"
     _cli(
@@ -44,6 +47,8 @@ def _envoy(tmp_path: Path, name: str, sa: str, token: str, xds: int, processes: 
         str(free_port()),
         "--token",
         token,
+        "--xds-root-cert",
+        str(root),
         "-o",
         str(bootstrap),
     )
@@ -79,7 +84,10 @@ def test_a_sidecar_with_its_token_gets_its_certificate_and_a_forged_one_nothing(
                 "serve",
                 "--config-dir",
                 str(config),
+                # Only xDS over TLS: the sidecars verify the server with the mesh root.
                 "--xds-port",
+                "off",
+                "--xds-tls-port",
                 str(xds),
                 "--debug-port",
                 str(debug),
@@ -93,9 +101,16 @@ def test_a_sidecar_with_its_token_gets_its_certificate_and_a_forged_one_nothing(
         wait_until(lambda: http_get(f"{server}/readyz")[0] == 200, 30, "the server")
         good = _cli("token", "--config-dir", str(config), "--service-account", "sleep").strip()
         other = _cli("token", "--config-dir", str(config), "--service-account", "reviews").strip()
-        _envoy(tmp_path, "sleep", "sleep", good, xds, processes)
+        root = config / ".xds-server" / "ca" / "root-cert.pem"
+        sleep = _envoy(tmp_path, "sleep", "sleep", good, xds, processes, root)
         # Claims sa/sleep, holds a token for sa/reviews: refused.
-        forged = _envoy(tmp_path, "impostor", "sleep", other, xds, processes)
+        forged = _envoy(tmp_path, "impostor", "sleep", other, xds, processes, root)
+        # Trusts another root: the server's certificate does not verify, no stream.
+        strange = CertificateAuthority.load_or_create(tmp_path / "other-ca").root_pem
+        (tmp_path / "other-root.pem").write_bytes(strange)
+        doubter = _envoy(
+            tmp_path, "doubter", "sleep", good, xds, processes, tmp_path / "other-root.pem"
+        )
 
         def certz() -> dict:
             return json.loads(http_get(f"{server}/debug/certz")[1])
@@ -111,6 +126,23 @@ def test_a_sidecar_with_its_token_gets_its_certificate_and_a_forged_one_nothing(
         assert "sleep" in proxies and "impostor" not in proxies
         stats = http_get(f"http://127.0.0.1:{forged}/stats?filter=connected_state")[1]
         assert "control_plane.connected_state: 0" in stats
+        # The good one speaks xDS over TLS; the doubter never got past the handshake.
+        stats = http_get(f"http://127.0.0.1:{sleep}/stats?filter=xds_cluster.ssl")[1]
+        assert "cluster.xds_cluster.ssl.handshake: " in stats
+        assert "cluster.xds_cluster.ssl.handshake: 0" not in stats, stats
+
+        def doubts() -> str:
+            return http_get(f"http://127.0.0.1:{doubter}/stats?filter=xds_cluster.ssl")[1]
+
+        wait_until(
+            lambda: (
+                "ssl.fail_verify_error: " in doubts() and "ssl.fail_verify_error: 0" not in doubts()
+            ),
+            20,
+            "the doubter to refuse the server's certificate",
+        )
+        assert "cluster.xds_cluster.ssl.handshake: 0" in doubts()
+        assert "doubter" not in proxies
         # Nothing the server shows, or logs, holds a key.
         dump = http_get(f"{server}/debug/config_dump?proxy=sleep")[1]
         for text in (json.dumps(certz()), json.dumps(syncz), dump, shown):

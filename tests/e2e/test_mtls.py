@@ -57,6 +57,9 @@ def test_sidecars_with_certificates_call_each_other_over_mutual_tls(mesh) -> Non
         for san in chain.get("subject_alt_names", [])
     ]
     assert "spiffe://cluster.local/ns/default/sa/reviews" in sans, certs
+    # Their xDS stream itself runs over TLS, to the server's TLS port.
+    xds = mesh.envoy_stats("sleep", r"cluster\.xds_cluster\.ssl\.handshake")
+    assert int(xds["cluster.xds_cluster.ssl.handshake"]) >= 1, xds
 
 
 def test_permissive_inbound_still_takes_plaintext(mesh) -> None:
