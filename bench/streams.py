@@ -286,6 +286,8 @@ def main() -> None:
                     str(config),
                     "--xds-port",
                     str(xds),
+                    "--xds-tls-port",
+                    "off",
                     "--debug-port",
                     str(debug),
                     "--state-dir",
