@@ -67,7 +67,10 @@ class Sidecar:
 
     def _request(self, type_url: str, names=(), version="", nonce="", first=False) -> bytes:
         request = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce
+            type_url=type_url,
+            resource_names=list(names),
+            version_info=version,
+            response_nonce=nonce,
         )
         if first:
             metadata = struct_pb2.Struct()
@@ -113,10 +116,9 @@ async def _round(k: int, port: int, debug: int, root: bytes, key: bytes, channel
     loopz = f"http://127.0.0.1:{debug}/debug/loopz"
     _get(loopz + "?reset=1")
     credentials = grpc.ssl_channel_credentials(root)
+    name = [("grpc.ssl_target_name_override", "xds-server")]
     opened = [
-        grpc.aio.secure_channel(
-            f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "xds-server")]
-        )
+        grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=name)
         for _ in range(min(k, channels))
     ]
     sims = []
@@ -132,7 +134,8 @@ async def _round(k: int, port: int, debug: int, root: bytes, key: bytes, channel
         loop = _get(loopz)
         refused = [s.error for s in sims if s.error]
         note = f"   e.g. {refused[0]}" if refused else ""
-        return f"{k:>7} {elapsed:12.2f} {len(refused):8d} {loop['max_stall_ms']:14.0f}{note}"
+        gc = f"   (longest GC pause {loop['max_gc_pause_ms']:.0f} ms)"
+        return f"{k:>7} {elapsed:12.2f} {len(refused):8d} {loop['max_stall_ms']:14.0f}{gc}{note}"
     finally:
         for s in sims:
             s.outbox.put_nowait(None)
@@ -180,6 +183,9 @@ def main() -> None:
                     *("--debug-port", str(debug), "--restart-grace", "0"),
                 ],
                 stdout=subprocess.DEVNULL,
+                stderr=open(os.environ["BENCH_SERVER_LOG"], "ab")  # noqa: SIM115
+                if os.environ.get("BENCH_SERVER_LOG")
+                else None,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             try:
