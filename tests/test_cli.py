@@ -194,7 +194,7 @@ def test_serve_defaults_match_server_options(tmp_path: Path, served: list):
         assert getattr(options, name) == getattr(defaults, name), name
     argv = ["serve", "--config-dir", str(tmp_path), "--debug-port", "0"]
     assert cli.main([*argv, "--xds-port", "0", "--xds-tls-port", "0"]) == 0
-    for name in ("xds_tls_names", "jwks_refresh_s"):
+    for name in ("xds_tls_names", "jwks_refresh_s", "workload_key"):
         assert getattr(options, name) == getattr(defaults, name), name
 
 

@@ -256,3 +256,16 @@ async def test_xds_over_tls_with_a_certificate_from_the_mesh_root(make_plane, tm
     status = control.status_extra()["xds"]
     assert status["plaintext_port"] is None and status["tls_port"] == control.xds_tls_port
     assert "PRIVATE KEY" not in json.dumps(status)
+
+
+async def test_rsa_workload_keys_as_an_option(make_plane) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    _, channel, key = await make_plane(workload_key="rsa")
+    client = TokenClient(channel, "caller", tokens.issue(key, "default", "caller", 60))
+    secrets = await _secrets(client)
+    pem = secrets["default"].tls_certificate.private_key.inline_bytes
+    private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, rsa.RSAPrivateKey) and private.key_size == 2048
+    client.close()

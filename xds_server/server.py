@@ -69,6 +69,8 @@ class ServerOptions:
     require_tokens: bool = False
     # Workload certificates live this long and are renewed at half of it.
     cert_lifetime_s: float = 24 * 3600
+    # Workload keys: "ecdsa" (P-256, as Istio) or "rsa" (2048 bits).
+    workload_key: str = "ecdsa"
     # Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem);
     # None: the server's own root in <state dir>/ca, made on first start.
     cacerts: Path | None = None
@@ -103,6 +105,7 @@ class ControlPlane:
             tokens.load_or_create_key(state_dir),
             require_tokens=options.require_tokens,
             lifetime=datetime.timedelta(seconds=options.cert_lifetime_s),
+            key_type=options.workload_key,
             trust_domain=lambda: self.mesh.config.mesh.trust_domain,
         )
         self.servicer = AdsServicer(self.mesh, on_nack=self.on_nack, identity=self.identity)
