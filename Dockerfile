@@ -13,6 +13,6 @@ COPY translators ./translators
 COPY xds_server ./xds_server
 RUN pip install --no-cache-dir . && rm -rf /src
 WORKDIR /
-EXPOSE 15010 15014
+EXPOSE 15010 15012 15014
 ENTRYPOINT ["xds-server"]
 CMD ["serve", "--config-dir", "/mesh", "--xds-address", "0.0.0.0", "--debug-address", "0.0.0.0"]

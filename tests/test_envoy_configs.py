@@ -37,6 +37,25 @@ def envoy_validate(path: Path) -> subprocess.CompletedProcess:
     )
 
 
+def validate_with_identities(bootstraps: Path, out: Path) -> None:
+    """What compose's xds-identity writes from these bootstraps, as each sidecar mounts
+    it (its /var/run/xds), accepted by Envoy: every bootstrap, with its token."""
+    from xds_server import identity_files
+
+    names = [p.stem for p in bootstraps.glob("*.yaml") if "/var/run/xds/" in p.read_text()]
+    assert names, bootstraps
+    sidecars = [identity_files.Sidecar(n) for n in names]
+    identity_files.write(out / "state", bootstraps, out / "identities", sidecars, 3600)
+    for name in names:
+        mounted = out / "identities" / name
+        text = (mounted / "envoy.yaml").read_text()
+        assert "Bearer xds1." in text and "PRIVATE KEY" not in text
+        local = out / f"{name}.as-mounted.yaml"
+        local.write_text(text.replace("/var/run/xds/", f"{mounted}/"))
+        done = envoy_validate(local)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_envoy_configs_are_fresh(tmp_path: Path):
     subprocess.run(
         [sys.executable, str(CONFIGS / "generate.py"), str(tmp_path)], check=True, timeout=60
@@ -48,10 +67,17 @@ def test_envoy_configs_are_fresh(tmp_path: Path):
         )
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+@pytest.mark.parametrize(
+    "name",
+    sorted(p.name for p in CONFIGS.glob("*.yaml") if "/var/run/xds/" not in p.read_text()),
+)
 def test_envoy_accepts_bootstrap(name: str):
     result = envoy_validate(CONFIGS / name)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_accepts_the_compose_sidecars_with_their_identities(tmp_path: Path):
+    validate_with_identities(CONFIGS, tmp_path)
 
 
 def test_cli_bootstrap_with_several_ports(tmp_path: Path):
@@ -121,6 +147,14 @@ def test_docker_compose_yml_is_the_injected_form_of_the_plain_one():
         assert (CONFIGS / name).read_text() == body, f"envoy-configs/{name} is stale"
 
 
+def _mount(volume) -> tuple[str, str, bool]:
+    """(source, target, read-only) of a volume in compose's long or short form."""
+    if isinstance(volume, dict):
+        return volume["source"], volume["target"], bool(volume.get("read_only"))
+    source, target, *mode = volume.split(":")
+    return source, target, mode == ["ro"]
+
+
 def test_docker_compose_config_parses():
     compose = shutil.which("docker-compose")
     if compose is None:
@@ -137,14 +171,23 @@ def test_docker_compose_config_parses():
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]
+    identity = services["xds-identity"]
+    written = {entry.split(":")[0] for entry in identity["command"] if ":" in entry}
+    mounts = {target: source for source, target, _ in map(_mount, identity["volumes"])}
+    assert mounts["/bootstraps"] == str(CONFIGS)
     for name, service in services.items():
         if name.endswith("-sidecar"):
-            mounted = service["volumes"][0]
-            source = mounted["source"] if isinstance(mounted, dict) else mounted.split(":")[0]
-            assert Path(source).is_file(), f"{name} mounts a missing bootstrap {source}"
             app = name.removesuffix("-sidecar")
+            ((source, target, read_only),) = map(_mount, service["volumes"])
+            assert target == "/var/run/xds" and read_only
+            # Its own directory of what xds-identity writes, and nobody else's.
+            assert source == str(Path(mounts["/identities"]) / app)
+            assert app in written and service["command"][2] == "/var/run/xds/envoy.yaml"
+            assert service["depends_on"]["xds-identity"]["condition"] == (
+                "service_completed_successfully"
+            )
             assert service["network_mode"] == services[app]["network_mode"] == f"service:{app}-pod"
-            boot = yaml.safe_load(Path(source).read_text())
+            boot = yaml.safe_load((CONFIGS / f"{app}.yaml").read_text())
             assert boot["node"]["id"] == app
             assert boot["node"]["metadata"]["INTERCEPTION_MODE"] == "REDIRECT"
     gateway = services["ingressgateway"]

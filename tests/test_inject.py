@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_envoy_configs import envoy_validate
+from tests.test_envoy_configs import validate_with_identities
 from xds_server import inject
 from xds_server.config.loader import parse_file
 
@@ -131,11 +131,11 @@ def test_bootstraps_carry_the_apps_labels_and_ports_and_envoy_accepts_them(tmp_p
     meta = reviews["node"]["metadata"]
     assert meta["LABELS"] == {"app": "reviews", "version": "v2"}
     assert meta["WORKLOAD_PORTS"] == "9080:15006"
-    assert reviews["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"  # xds-server:15010
+    assert reviews["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"  # xds-server:15012
+    (tmp_path / "boot").mkdir()
     for name, body in result.bootstraps.items():
-        (tmp_path / name).write_text(body)
-        done = envoy_validate(tmp_path / name)
-        assert done.returncode == 0, done.stdout + done.stderr
+        (tmp_path / "boot" / name).write_text(body)
+    validate_with_identities(tmp_path / "boot", tmp_path)
 
 
 def test_emitted_services_are_valid_and_merge_versions() -> None:

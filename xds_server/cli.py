@@ -144,6 +144,21 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sidecar_identities(args: argparse.Namespace) -> int:
+    from xds_server import identity_files
+
+    try:
+        sidecars = [identity_files.parse_sidecar(s) for s in args.sidecar]
+        identity_files.write(
+            Path(args.state_dir), Path(args.bootstraps), Path(args.out), sidecars, int(args.ttl)
+        )
+    except (OSError, identity_files.IdentityFileError) as exc:
+        print(f"xds-server sidecar-identities: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote the identities of {len(sidecars)} sidecars to {args.out}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from xds_server.config.store import ConfigStore
 
@@ -588,6 +603,28 @@ def parser() -> argparse.ArgumentParser:
         help="the server's --state-dir (default: <config-dir>/.xds-server)",
     )
     token.set_defaults(func=cmd_token)
+
+    identities = command(
+        "sidecar-identities",
+        "write each sidecar's bootstrap with its token, and the mesh root, each into a "
+        "directory of its own (what compose's xds-identity service runs before the mesh)",
+    )
+    identities.add_argument(
+        "sidecar", nargs="+", help="NAME[:UID]: <bootstraps>/NAME.yaml, run by UID"
+    )
+    identities.add_argument("--state-dir", required=True, help="the server's --state-dir")
+    identities.add_argument(
+        "--bootstraps", required=True, help="where the sidecars' bootstraps are (from inject)"
+    )
+    identities.add_argument("--out", required=True, help="writes <out>/NAME/ per sidecar")
+    identities.add_argument(
+        "--ttl",
+        type=_non_negative(float),
+        default=365 * 24 * 3600.0,
+        metavar="SECONDS",
+        help="how long the tokens are good for (default: a year)",
+    )
+    identities.set_defaults(func=cmd_sidecar_identities)
 
     cert = command("cert", "show a workload's current certificate, or the mesh root")
     cert.add_argument("--proxy", default=None, help="the proxy's node id (default: the root)")

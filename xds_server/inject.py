@@ -17,6 +17,14 @@ sets the capture rules there, as istio-init does, and must finish before the app
 sidecar start in that namespace; the sidecar runs as uid 1337, the rules' exception, in
 REDIRECT mode. The app needs no proxy settings: `http://reviews:9080/` is captured, DNS
 included.
+
+Sidecars speak xDS over TLS (the server's 15012) and each presents its workload's token.
+Tokens are signed with the server's key, in its state volume, so they are made when the
+mesh starts: the one-shot `xds-identity` service (the server's image, `xds-server
+sidecar-identities`) writes each sidecar's bootstrap with its token, and the mesh root,
+into `<identities dir>/<sidecar>/`, which only that sidecar mounts (at /var/run/xds). It
+runs before the control plane (which then finds the root and key it made) and before
+every sidecar.
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ NETWORK_KEYS = (
 CAPTURE_RULES = ["iptables", "--apply", "--redirect-dns", "--capture-all-dns"]
 PROXY_UID = "1337"  # the rules' exception (istio-iptables -u)
 POD_FOR = "xds-server.io/pod-for"
+IDENTITY_SERVICE = "xds-identity"
+IDENTITY_MOUNT = "/var/run/xds"  # a sidecar's own directory: bootstrap, token, root
+STATE_VOLUME, STATE_MOUNT = "xds-state", "/var/lib/xds-server"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -77,6 +88,8 @@ class InjectOptions:
     server_image: str = "${XDS_SERVER_IMAGE:-xds-server}"  # built from the Dockerfile
     config_dir: str = "./mesh"  # mounted into the control plane
     bootstrap_dir: str = "./envoy-configs"  # where the sidecars' bootstraps are written
+    # Where xds-identity writes each sidecar's bootstrap with its token (made at `up`).
+    identities_dir: str = "./.xds-identities"
     envoy_image: str = ENVOY_IMAGE
     pod_image: str = POD_IMAGE
     mode: str = "proxy"  # or "capture"
@@ -184,6 +197,14 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
     options = dataclasses.replace(options, control_plane=control_plane)
     for name in apps:
         _check_app(services, name, options.mode)
+    if apps:
+        other = services.get(IDENTITY_SERVICE)
+        if other is not None and _labels(other, IDENTITY_SERVICE).get(ROLE) != "identity":
+            raise InjectError(
+                ("services", IDENTITY_SERVICE),
+                "inject adds a service of this name (it writes the sidecars' tokens): "
+                "rename this one",
+            )
     kept_apps: dict[str, list[int]] = {}
     tcp_labels: dict[str, set[str]] = {}
     for name in apps:
@@ -214,7 +235,8 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
                 labels=mesh_labels,
                 service_account=mesh_labels["app"],
                 app_ports=ports,
-                xds_address=f"{options.control_plane}:15010",
+                xds_address=f"{options.control_plane}:15012",
+                xds_root_cert=f"{IDENTITY_MOUNT}/root-cert.pem",
                 bind_address="0.0.0.0",  # other containers reach the app through it
                 interception_mode="REDIRECT" if capture else "NONE",
             )
@@ -222,10 +244,17 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
         sidecar: dict[str, Any] = {
             "image": options.envoy_image,
             "network_mode": f"service:{name}",
-            "depends_on": [options.control_plane],
+            "depends_on": {
+                IDENTITY_SERVICE: _completed(),
+                options.control_plane: {"condition": "service_started"},
+            },
             "restart": "unless-stopped",
-            "volumes": [f"{options.bootstrap_dir}/{bootstrap}:/etc/envoy/envoy.yaml:ro"],
-            "command": ["envoy", "-c", "/etc/envoy/envoy.yaml", "--concurrency", "1"],
+            # Its own directory only: its bootstrap with its token, and the mesh root.
+            "volumes": [f"{options.identities_dir}/{name}:{IDENTITY_MOUNT}:ro"],
+            "command": ["envoy", "-c", f"{IDENTITY_MOUNT}/envoy.yaml", "--concurrency", "1"],
+            # The image's entrypoint switches to this uid (the capture rules' exception),
+            # and the identity files are that uid's.
+            "environment": {"ENVOY_UID": PROXY_UID, "ENVOY_GID": PROXY_UID},
             "labels": {ROLE: "sidecar", "xds-server.io/sidecar-for": name},
         }
         if "profiles" in service:  # started with the app, or not at all
@@ -253,6 +282,11 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
         out.services[mesh_labels["app"]] = _service_yaml(
             mesh_labels["app"], options.namespace, kept_apps[mesh_labels["app"]], tcp
         )
+    if apps:
+        services[IDENTITY_SERVICE] = _identity_service(apps, options)
+    if apps and planes:  # the user's control plane waits for the state it shares
+        plane = services[control_plane]
+        plane["depends_on"] = {**_depends_on(plane, control_plane), IDENTITY_SERVICE: _completed()}
     if apps and not planes and options.control_plane not in services:
         services[options.control_plane] = {
             "image": options.server_image,
@@ -265,19 +299,45 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
                 "--debug-address",
                 "0.0.0.0",
                 "--state-dir",
-                "/var/lib/xds-server",
+                STATE_MOUNT,
             ],
-            "volumes": [f"{options.config_dir}:/mesh:ro", "xds-state:/var/lib/xds-server"],
+            "volumes": [f"{options.config_dir}:/mesh:ro", f"{STATE_VOLUME}:{STATE_MOUNT}"],
             "ports": ["127.0.0.1:15014:15014"],  # the debug API: this host only
+            "depends_on": {IDENTITY_SERVICE: _completed()},
             "labels": {ROLE: "control-plane"},
         }
         joined = _networks_of(services, apps)
         if joined != ["default"]:  # every sidecar must reach it
             services[options.control_plane]["networks"] = joined
+    if apps:
         volumes = compose.setdefault("volumes", {}) or {}
-        volumes.setdefault("xds-state", None)
+        volumes.setdefault(STATE_VOLUME, None)
         compose["volumes"] = volumes
     return out
+
+
+def _completed() -> dict[str, str]:
+    return {"condition": "service_completed_successfully"}
+
+
+def _identity_service(apps: Sequence[str], options: InjectOptions) -> dict[str, Any]:
+    """The one-shot service that writes each sidecar's bootstrap with its token."""
+    return {
+        "image": options.server_image,
+        "command": [  # after the image's entrypoint, `xds-server`
+            "sidecar-identities",
+            *("--state-dir", STATE_MOUNT, "--bootstraps", "/bootstraps"),
+            *("--out", "/identities"),
+            *(f"{name}:{PROXY_UID}" for name in apps),
+        ],
+        "volumes": [
+            f"{STATE_VOLUME}:{STATE_MOUNT}",
+            f"{options.bootstrap_dir}:/bootstraps:ro",
+            f"{options.identities_dir}:/identities",
+        ],
+        "restart": "no",
+        "labels": {ROLE: "identity"},
+    }
 
 
 def _check_app(services: Mapping[str, Any], name: str, mode: str) -> None:
@@ -405,12 +465,7 @@ def _make_pod(
     app["network_mode"] = f"service:{pod}"
     app["depends_on"] = {**_depends_on(app, name), init: _rules_set()}
     sidecar["network_mode"] = f"service:{pod}"
-    sidecar["depends_on"] = {
-        init: _rules_set(),
-        options.control_plane: {"condition": "service_started"},
-    }
-    # The image's entrypoint switches to this uid, which the rules let through.
-    sidecar["environment"] = {"ENVOY_UID": PROXY_UID, "ENVOY_GID": PROXY_UID}
+    sidecar["depends_on"] = {init: _rules_set(), **sidecar["depends_on"]}
 
 
 def _service_yaml(app: str, namespace: str, ports: list[int], tcp: set[str]) -> str:

@@ -103,3 +103,7 @@ def test_the_injected_file_run_as_pods_routes_as_the_seeds_say(pods) -> None:
     assert caller["listener.0.0.0.0_9080.downstream_cx_total"] > 0
     assert caller["cluster.outbound|9080|v2|reviews.default.svc.cluster.local.upstream_rq_total"]
     assert pods.envoy_stats("reviews-v2")["listener.0.0.0.0_15006.downstream_cx_total"] > 0
+    # The sidecars got their tokens from xds-identity: xDS over TLS, certificates, and
+    # mutual TLS between the pods, the callee seeing the caller's identity.
+    assert caller["cluster.xds_cluster.ssl.handshake"] > 0
+    assert "URI=spiffe://cluster.local/ns/default/sa/sleep" in body, body
