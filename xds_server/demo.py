@@ -260,6 +260,7 @@ def run_demo(
             xds_tls_port=base_port + 2,
             debug_port=debug_port or base_port + 4,
             subnet=subnet,
+            tokens=True,  # certificates, mutual TLS, xDS over TLS
         )
         taken = mesh.taken()
         if taken:
@@ -339,6 +340,8 @@ errors and warnings show here as "xds-server: FILE:LINE: error: ...".
   curl -s http://127.0.0.1:{mesh.debug_port}/debug/syncz          # what each Envoy ACKed
   curl -s 'http://127.0.0.1:{mesh.debug_port}/debug/config_dump?proxy=sleep'
   curl -s http://{sleep_ip}:15000/stats | grep update_rejected    # Envoy's own view
+The sidecars call each other over mutual TLS (see x-forwarded-client-cert in a reply):
+  xds-server cert --server http://127.0.0.1:{mesh.debug_port} --proxy sleep
 Logs: {work}/   Press Ctrl-C to stop."""
 
 
