@@ -38,6 +38,7 @@ class BootstrapOptions:
     # The mesh root (a PEM file Envoy reads): xDS goes over TLS, and the server must hold
     # a certificate from that root for `xds_server_name`.
     xds_root_cert: str = ""
+    xds_root_pem: str = ""  # the root itself, inline, instead of a file
     xds_server_name: str = "xds-server"
 
 
@@ -65,7 +66,7 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _xds_tls(root_cert: str, server_name: str) -> dict[str, Any]:
+def _xds_tls(trusted: dict[str, str], server_name: str) -> dict[str, Any]:
     """TLS to the server's xDS port, verified with the mesh root and by name."""
     return {
         "name": "envoy.transport_sockets.tls",
@@ -75,7 +76,7 @@ def _xds_tls(root_cert: str, server_name: str) -> dict[str, Any]:
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
                 "validation_context": {
-                    "trusted_ca": {"filename": root_cert},
+                    "trusted_ca": trusted,
                     "match_typed_subject_alt_names": [
                         {"san_type": "DNS", "matcher": {"exact": server_name}}
                     ],
@@ -131,8 +132,13 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
             ],
         },
     }
-    if options.xds_root_cert:
-        xds_cluster["transport_socket"] = _xds_tls(options.xds_root_cert, options.xds_server_name)
+    if options.xds_root_cert or options.xds_root_pem:
+        trusted = (
+            {"inline_string": options.xds_root_pem}
+            if options.xds_root_pem
+            else {"filename": options.xds_root_cert}
+        )
+        xds_cluster["transport_socket"] = _xds_tls(trusted, options.xds_server_name)
     grpc_service: dict[str, Any] = {
         "envoy_grpc": {
             "cluster_name": "xds_cluster",

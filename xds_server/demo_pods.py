@@ -64,7 +64,8 @@ class PodDemo(PodMesh):
     def __enter__(self) -> PodDemo:
         try:
             self.start_hub()
-            self.add_pod("sleep", {"app": "sleep"})
+            # Each with its workload's token: xDS over TLS, certificates, mutual TLS.
+            self.add_pod("sleep", {"app": "sleep"}, token=self.token("default", "sleep"))
             for version in ("v1", "v2", "v3"):
                 app = [sys.executable, "-m", "xds_server.sample_app"]
                 self.add_pod(
@@ -73,12 +74,14 @@ class PodDemo(PodMesh):
                     [9080],
                     [*app, f"reviews:{version}:9080@0.0.0.0"],
                     service_account="reviews",
+                    token=self.token("default", "reviews"),
                 )
             # Gateways select it by its label istio=ingressgateway (demo_mesh/gateway.yaml).
             self.add_pod(
                 "ingressgateway",
                 {"app": "istio-ingressgateway", "istio": "ingressgateway"},
                 gateway=True,
+                token=self.token("default", "istio-ingressgateway"),
             )
             self.wait_ready(timeout=60)
         except BaseException:

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xds_server import tokens
 from xds_server.bootstrap import BootstrapOptions, render
+from xds_server.ca import CertificateAuthority
 from xds_server.envoy_binary import find_envoy
 from xds_server.launcher import die_with_parent, serve_command, stop_processes
 from xds_server.netns import Namespace, add_bridge, join_bridge
@@ -36,7 +38,7 @@ APP_UID, PROXY_UID = 1000, 1337
 NETWORK = "198.18.0"  # the pods' /24, on the hub's bridge
 HUB_ADDRESS = f"{NETWORK}.1"
 FIRST_POD = 10  # pods get NETWORK.10, .11, ...
-XDS_PORT, DEBUG_PORT, ADMIN_PORT = 15010, 15014, 15000
+XDS_PORT, XDS_TLS_PORT, DEBUG_PORT, ADMIN_PORT = 15010, 15012, 15014, 15000
 
 
 def as_user(uid: int, argv: Sequence[str]) -> list[str]:
@@ -108,6 +110,9 @@ class PodMesh:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.hub = self.namespace("hub")
         add_bridge(self.hub, HUB_ADDRESS)
+        # The server's root and token key, made before it starts: pods read them at once.
+        self.root_pem()
+        tokens.load_or_create_key(self.work_dir / "state")
         # xDS on the bridge for the pods; the debug API on the hub's own loopback, where
         # it needs no admin token (ip netns exec <hub> curl ...).
         listen = ["--xds-address", HUB_ADDRESS, "--debug-address", "127.0.0.1"]
@@ -115,6 +120,15 @@ class PodMesh:
             self.config_dir, self.work_dir, self.log_level, listen, self.server_args
         )
         self.spawn(self.hub, "xds-server", command)
+
+    def root_pem(self) -> str:
+        """The mesh root of the hub's server (made here first, as serve would)."""
+        return CertificateAuthority.load_or_create(self.work_dir / "state" / "ca").root_pem.decode()
+
+    def token(self, namespace: str, service_account: str) -> str:
+        """A token for the workload, signed with the hub server's key (`xds-server token`)."""
+        key = tokens.load_or_create_key(self.work_dir / "state")
+        return tokens.issue(key, namespace, service_account, 24 * 3600)
 
     def namespace(self, suffix: str, nameserver: str | None = None) -> Namespace:
         namespace = Namespace.create(f"{self.prefix}-{suffix}", nameserver)
@@ -149,7 +163,10 @@ class PodMesh:
             labels=labels,
             service_account=service_account or labels.get("app", name),
             app_ports=list(app_ports),
-            xds_address=f"{HUB_ADDRESS}:{XDS_PORT}",
+            # With a token, xDS over TLS, verified with the root (inline: uid 1337 may not
+            # read files under the work directory).
+            xds_address=f"{HUB_ADDRESS}:{XDS_TLS_PORT if token else XDS_PORT}",
+            xds_root_pem=self.root_pem() if token else "",
             admin_address="0.0.0.0",
             admin_port=ADMIN_PORT,
             ip=address,

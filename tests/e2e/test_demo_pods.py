@@ -53,6 +53,8 @@ def test_the_pod_demo_routes_captured_traffic_and_cleans_up(tmp_path) -> None:
             assert command.startswith("ip netns exec xdsdemo-"), command
             done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=30)
             assert version in done.stdout, (command, done.stdout, done.stderr)
+            # Over mutual TLS: the app sees its caller's identity (sleep, or the gateway).
+            assert "URI=spiffe://cluster.local/ns/default/sa/" in done.stdout, done.stdout
 
         # A second pod demo is refused while this one runs.
         second = subprocess.run(COMMAND, cwd=tmp_path, capture_output=True, text=True, timeout=60)
