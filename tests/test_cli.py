@@ -277,24 +277,31 @@ def test_server_log_shows_warnings_and_errors_only(tmp_path: Path):
     ]
 
 
-# ---- DestinationRule tls: a real Istio field, not implemented yet ---------------------------
+# ---- DestinationRule tls: credentialName is a real Istio field, not implemented yet --------
 
 
 @pytest.mark.parametrize(
     "spec, path",
     [
-        ({"trafficPolicy": {"tls": {"mode": "SIMPLE"}}}, ("trafficPolicy", "tls")),
         (
-            {"trafficPolicy": {"portLevelSettings": [{"port": {"number": 80}, "tls": {}}]}},
-            ("trafficPolicy", "portLevelSettings", 0, "tls"),
+            {"trafficPolicy": {"tls": {"mode": "MUTUAL", "credentialName": "c"}}},
+            ("trafficPolicy", "tls", "credentialName"),
         ),
         (
-            {"subsets": [{"name": "v1", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}]},
-            ("subsets", 0, "trafficPolicy", "tls"),
+            {
+                "trafficPolicy": {
+                    "portLevelSettings": [{"port": {"number": 80}, "tls": {"credentialName": "c"}}]
+                }
+            },
+            ("trafficPolicy", "portLevelSettings", 0, "tls", "credentialName"),
+        ),
+        (
+            {"subsets": [{"name": "v1", "trafficPolicy": {"tls": {"credentialName": "c"}}}]},
+            ("subsets", 0, "trafficPolicy", "tls", "credentialName"),
         ),
     ],
 )
-def test_destination_rule_tls_is_not_supported_yet(spec: dict, path: tuple):
+def test_destination_rule_credential_name_is_not_supported_yet(spec: dict, path: tuple):
     with pytest.raises(SchemaError) as caught:
         to_message(destination_rule_pb2.DestinationRule, {"host": "reviews", **spec})
     assert caught.value.path == path
@@ -310,8 +317,12 @@ spec:
   host: reviews
   trafficPolicy:
     tls:
-      mode: ISTIO_MUTUAL
+      mode: MUTUAL
+      caCertificates: /etc/certs/ca.pem
 """
-    (issue,) = parse_file("dr.yaml", text).issues
-    assert (issue.severity, issue.line, issue.field) == ("error", 7, "spec.trafficPolicy.tls")
-    assert "DestinationRule tls) is not supported yet" in issue.message
+    issues = parse_file("dr.yaml", text).issues
+    assert [(i.severity, i.field) for i in issues] == [
+        ("error", "spec.trafficPolicy.tls.clientCertificate"),
+        ("error", "spec.trafficPolicy.tls.privateKey"),
+    ]
+    assert "required with mode MUTUAL" in issues[0].message and issues[0].line >= 7

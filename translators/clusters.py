@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import destination_rule_pb2
 from translators import model
+from translators.client_tls import apply_client_tls
 from translators.cluster_settings import (
     apply_connection_limits,
     apply_http_options,
@@ -135,7 +136,10 @@ def _cluster(
         )
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
     apply_traffic_policy(cluster, policy, port)
-    if mtls:
+    if policy.HasField("tls"):  # DestinationRule tls, in place of auto mTLS
+        hostname = None if service.resolution == EDS else service.hostname
+        apply_client_tls(cluster, policy.tls, port.is_http, hostname, mtls)
+    elif mtls:
         # Auto mTLS: TLS to the endpoints that hold a certificate, plaintext to others.
         cluster.transport_socket_matches.extend(client_socket_matches())
     return cluster

@@ -44,7 +44,7 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
     )
 
 
-def _common(alpn: tuple[str, ...]) -> tls_pb2.CommonTlsContext:
+def common_context(alpn: tuple[str, ...]) -> tls_pb2.CommonTlsContext:
     return tls_pb2.CommonTlsContext(
         tls_certificate_sds_secret_configs=[_sds(DEFAULT_SECRET)],
         validation_context_sds_secret_config=_sds(ROOT_SECRET),
@@ -56,7 +56,9 @@ def client_socket_matches() -> list[cluster_pb2.Cluster.TransportSocketMatch]:
     """TLS to endpoints that hold a certificate, plaintext to the others."""
     tls = base_pb2.TransportSocket(
         name=TLS_SOCKET,
-        typed_config=to_any(tls_pb2.UpstreamTlsContext(common_tls_context=_common(CLIENT_ALPN))),
+        typed_config=to_any(
+            tls_pb2.UpstreamTlsContext(common_tls_context=common_context(CLIENT_ALPN))
+        ),
     )
     raw = base_pb2.TransportSocket(name=RAW_SOCKET, typed_config=to_any(raw_buffer_pb2.RawBuffer()))
     istio = struct_pb2.Struct()
@@ -73,7 +75,7 @@ def client_socket_matches() -> list[cluster_pb2.Cluster.TransportSocketMatch]:
 
 def server_socket() -> base_pb2.TransportSocket:
     """TLS that requires a client certificate from the mesh's root."""
-    context = tls_pb2.DownstreamTlsContext(common_tls_context=_common(SERVER_ALPN))
+    context = tls_pb2.DownstreamTlsContext(common_tls_context=common_context(SERVER_ALPN))
     context.require_client_certificate.value = True
     return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=to_any(context))
 

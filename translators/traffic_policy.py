@@ -11,7 +11,7 @@ from translators.memo import PerObject
 
 Rule = dr_pb2.DestinationRule
 TrafficPolicy = dr_pb2.TrafficPolicy
-_PORT_BLOCKS = ("load_balancer", "connection_pool", "outlier_detection")
+_PORT_BLOCKS = ("load_balancer", "connection_pool", "outlier_detection", "tls")
 _EMPTY = TrafficPolicy()
 
 

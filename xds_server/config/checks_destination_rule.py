@@ -143,10 +143,40 @@ def _outlier(outlier: dr_pb2.OutlierDetection, path: Path) -> Iterator[Finding]:
     yield from optional_duration(outlier, "base_ejection_time", (*path, "baseEjectionTime"))
 
 
+_TLS = dr_pb2.ClientTLSSettings.TLSmode
+_FILES = (
+    ("client_certificate", "clientCertificate"),
+    ("private_key", "privateKey"),
+    ("ca_certificates", "caCertificates"),
+)
+
+
+def _tls(tls: dr_pb2.ClientTLSSettings, path: Path) -> Iterator[Finding]:
+    """Istio's rules for client TLS: what each mode needs and refuses."""
+    mode = tls.mode
+    if mode == _TLS.MUTUAL:
+        for field, name in _FILES[:2]:
+            if not getattr(tls, field):
+                yield (*path, name), "required with mode MUTUAL (a file on the sidecar's machine)"
+    elif mode == _TLS.ISTIO_MUTUAL:
+        for field, name in _FILES:
+            if getattr(tls, field):
+                yield (*path, name), "not with ISTIO_MUTUAL: the mesh's certificates are used"
+    elif mode == _TLS.SIMPLE:
+        for field, name in _FILES[:2]:
+            if getattr(tls, field):
+                yield (*path, name), "only with mode MUTUAL (SIMPLE sends no certificate)"
+    for i, san in enumerate(tls.subject_alt_names):
+        if not san.strip():
+            yield (*path, "subjectAltNames", i), "must not be empty"
+
+
 def _policy(policy: dr_pb2.TrafficPolicy, path: Path) -> Iterator[Finding]:
     yield from _load_balancer(policy.load_balancer, (*path, "loadBalancer"))
     yield from _connection_pool(policy.connection_pool, (*path, "connectionPool"))
     yield from _outlier(policy.outlier_detection, (*path, "outlierDetection"))
+    if policy.HasField("tls"):
+        yield from _tls(policy.tls, (*path, "tls"))
     seen: set[int] = set()
     for i, entry in enumerate(policy.port_level_settings):
         ppath = (*path, "portLevelSettings", i)
@@ -159,6 +189,8 @@ def _policy(policy: dr_pb2.TrafficPolicy, path: Path) -> Iterator[Finding]:
         yield from _load_balancer(entry.load_balancer, (*ppath, "loadBalancer"))
         yield from _connection_pool(entry.connection_pool, (*ppath, "connectionPool"))
         yield from _outlier(entry.outlier_detection, (*ppath, "outlierDetection"))
+        if entry.HasField("tls"):
+            yield from _tls(entry.tls, (*ppath, "tls"))
 
 
 def check_destination_rule(dr: dr_pb2.DestinationRule) -> Iterator[Finding]:

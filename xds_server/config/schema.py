@@ -38,15 +38,17 @@ _WRAPPERS = {
 # Real fields of the Istio API that this control plane does not implement yet, by message:
 # refused by name as "not supported yet" rather than reported as unknown, which would read
 # like a typo. (protos/ leaves them out, so that nothing can set them by accident.)
-_CLIENT_TLS = "client TLS to the destination (DestinationRule tls) is not supported yet"
 _NOT_SUPPORTED = {
     "meshapi.networking.TrafficPolicy": {
-        "tls": _CLIENT_TLS,
         "tunnel": "tunnel settings are not supported yet",
         "proxyProtocol": "proxyProtocol is not supported yet",
         "proxy_protocol": "proxyProtocol is not supported yet",
     },
-    "meshapi.networking.TrafficPolicy.PortTrafficPolicy": {"tls": _CLIENT_TLS},
+    "meshapi.networking.ClientTLSSettings": {
+        "credentialName": "credentialName is not supported yet on DestinationRules: give "
+        "clientCertificate, privateKey and caCertificates files",
+        "credential_name": "credentialName is not supported yet on DestinationRules",
+    },
     "meshapi.security.Source": {
         "remoteIpBlocks": "remoteIpBlocks is not supported yet (use ipBlocks)",
         "notRemoteIpBlocks": "notRemoteIpBlocks is not supported yet (use notIpBlocks)",
