@@ -23,12 +23,14 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import gateway_pb2
-from translators import model
+from translators import model, mtls
 from translators.clusters import socket_address
+from translators.credentials import SDS_PREFIX, find
 from translators.hcm import build_hcm
 from translators.http_filters import GATEWAY
 from translators.naming import fqdn, host_matches, listener_name, selects
@@ -37,6 +39,7 @@ from translators.resources import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    SECRET,
     Packed,
     Resources,
     ResourceSet,
@@ -171,11 +174,52 @@ def _hcm(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
 
 
 def _tls_socket(tls: gateway_pb2.ServerTLSSettings) -> base_pb2.TransportSocket:
+    """SIMPLE: the server's certificate (files, or the Secret `credentialName` over
+    SDS, which rotates without a listener change); MUTUAL: and a client certificate
+    from the CA (`caCertificates`, or the Secret's); ISTIO_MUTUAL: the gateway's own mesh
+    certificate, and clients' from the mesh root."""
     context = tls_pb2.DownstreamTlsContext()
     common = context.common_tls_context
-    certificate = common.tls_certificates.add()
-    certificate.certificate_chain.filename = tls.server_certificate
-    certificate.private_key.filename = tls.private_key
+    validation: common_pb2.CertificateValidationContext | None = None
+    if tls.mode == TLS.ISTIO_MUTUAL:
+        mesh = mtls.common_context(())
+        common.tls_certificate_sds_secret_configs.extend(mesh.tls_certificate_sds_secret_configs)
+        root = mesh.validation_context_sds_secret_config
+        if tls.subject_alt_names:
+            common.combined_validation_context.validation_context_sds_secret_config.CopyFrom(root)
+            validation = common.combined_validation_context.default_validation_context
+        else:
+            common.validation_context_sds_secret_config.CopyFrom(root)
+        context.require_client_certificate.value = True
+    elif tls.credential_name:
+        name = SDS_PREFIX + tls.credential_name
+        common.tls_certificate_sds_secret_configs.append(mtls.sds(name))
+        if tls.mode == TLS.MUTUAL:
+            ca = mtls.sds(f"{name}-cacert")
+            if tls.subject_alt_names:
+                common.combined_validation_context.validation_context_sds_secret_config.CopyFrom(ca)
+                validation = common.combined_validation_context.default_validation_context
+            else:
+                common.validation_context_sds_secret_config.CopyFrom(ca)
+            context.require_client_certificate.value = True
+    else:
+        certificate = common.tls_certificates.add()
+        certificate.certificate_chain.filename = tls.server_certificate
+        certificate.private_key.filename = tls.private_key
+        if tls.mode == TLS.MUTUAL:
+            validation = common.validation_context
+            validation.trusted_ca.filename = tls.ca_certificates
+            context.require_client_certificate.value = True
+    if validation is not None and tls.subject_alt_names:
+        validation.match_typed_subject_alt_names.extend(
+            common_pb2.SubjectAltNameMatcher(
+                san_type=common_pb2.SubjectAltNameMatcher.URI
+                if "://" in name
+                else common_pb2.SubjectAltNameMatcher.DNS,
+                matcher=string_pb2.StringMatcher(exact=name),
+            )
+            for name in tls.subject_alt_names
+        )
     common.alpn_protocols.extend(["h2", "http/1.1"])
     common.tls_params.tls_minimum_protocol_version = _TLS_VERSIONS[
         tls.min_protocol_version or TLS.TLSV1_2
@@ -279,9 +323,44 @@ def translate_gateway(world: World, proxy: model.Proxy) -> Resources:
         )
         clusters.update(service_clusters)
         assignments.update(service_assignments)
-    return {
+    out = {
         CLUSTER: ResourceSet(clusters),
         ENDPOINT: ResourceSet(assignments),
         LISTENER: ResourceSet(pack_all(listeners)),
         ROUTE: ResourceSet(pack_all(routes)),
     }
+    if proxy.mtls:  # only a gateway bound to its identity (a token) is given keys
+        secrets = credential_secrets(config, proxy)
+        if secrets:
+            out[SECRET] = ResourceSet(pack_all(secrets))
+    return out
+
+
+def credential_secrets(config: model.MeshConfig, proxy: model.Proxy) -> list[secret_pb2.Secret]:
+    """The SDS secrets of the credentialNames this gateway's servers name, from Secrets in
+    the gateway's namespace (as Istio reads them): `kubernetes://<name>` (certificate
+    and key) and `kubernetes://<name>-cacert` (the CA, for MUTUAL). A name without a
+    Secret gets none: Envoy keeps that listener warming, refusing connections."""
+    out: list[secret_pb2.Secret] = []
+    names = sorted(
+        {
+            s.tls.credential_name
+            for gw in selected_gateways(config, proxy)
+            for s in gw.spec.servers
+            if s.tls.credential_name
+        }
+    )
+    for name in names:
+        found = find(config, proxy.namespace, name)
+        if found is None:
+            continue
+        if found.chain and found.key:
+            secret = secret_pb2.Secret(name=SDS_PREFIX + name)
+            secret.tls_certificate.certificate_chain.inline_bytes = found.chain
+            secret.tls_certificate.private_key.inline_bytes = found.key
+            out.append(secret)
+        if found.ca:
+            ca = secret_pb2.Secret(name=f"{SDS_PREFIX}{name}-cacert")
+            ca.validation_context.trusted_ca.inline_bytes = found.ca
+            out.append(ca)
+    return out

@@ -26,6 +26,7 @@ MESH_CONFIG = "MeshConfig"
 PEER_AUTHENTICATION = "PeerAuthentication"
 AUTHORIZATION_POLICY = "AuthorizationPolicy"
 REQUEST_AUTHENTICATION = "RequestAuthentication"
+SECRET = "Secret"
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"

@@ -34,7 +34,7 @@ CLIENT_ALPN = ("istio-http/1.1", "istio")
 SERVER_ALPN = ("istio-http/1.0", "istio-http/1.1", "istio-h2", "istio", "istio-peer-exchange")
 
 
-def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+def sds(name: str) -> secret_pb2.SdsSecretConfig:
     return secret_pb2.SdsSecretConfig(
         name=name,
         sds_config=config_source_pb2.ConfigSource(
@@ -46,8 +46,8 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
 
 def common_context(alpn: tuple[str, ...]) -> tls_pb2.CommonTlsContext:
     return tls_pb2.CommonTlsContext(
-        tls_certificate_sds_secret_configs=[_sds(DEFAULT_SECRET)],
-        validation_context_sds_secret_config=_sds(ROOT_SECRET),
+        tls_certificate_sds_secret_configs=[sds(DEFAULT_SECRET)],
+        validation_context_sds_secret_config=sds(ROOT_SECRET),
         alpn_protocols=list(alpn),
     )
 

@@ -49,6 +49,20 @@ class Connection:
     versions: dict[str, str] = field(default_factory=dict)
     resources: Resources | None = None
     secrets: ResourceSet | None = None  # its identity's SDS secrets (identity.py)
+    # SDS secrets from the config (a gateway's credentialNames), as last translated.
+    config_secrets: ResourceSet | None = None
+
+
+def _with_secrets(resources: Resources, conn: Connection) -> Resources:
+    """The translated resources with the stream's own secrets added (they win a name)."""
+    if conn.secrets is None:
+        return resources
+    if conn.config_secrets is None:
+        return {**resources, SECRET: conn.secrets}
+    return {
+        **resources,
+        SECRET: ResourceSet.overlay(conn.config_secrets, dict(conn.secrets.items())),
+    }
 
 
 class MeshState:
@@ -147,7 +161,7 @@ class MeshState:
             return
         conn.secrets = secrets
         if conn.resources is not None:
-            conn.resources = {**conn.resources, SECRET: secrets}
+            conn.resources = _with_secrets(conn.resources, conn)
             conn.versions = {t: version_of(r) for t, r in conn.resources.items()}
             conn.on_resources(conn.resources, self.generation)
 
@@ -245,8 +259,8 @@ class MeshState:
                 await asyncio.sleep(0)
             if self.connections.get(handle) is not conn:
                 continue  # gone while translating or while delivering
-            if conn.secrets is not None:
-                resources = {**resources, SECRET: conn.secrets}
+            conn.config_secrets = resources.get(SECRET)
+            resources = _with_secrets(resources, conn)
             versions = {t: version_of(r) for t, r in resources.items()}
             if versions != conn.versions or conn.resources is None:
                 conn.versions, conn.resources = versions, resources

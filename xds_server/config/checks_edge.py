@@ -33,6 +33,42 @@ RESERVED_PORTS = {
 ADMIN_PORT = 15000
 
 
+_TERMINATED = (TLS.SIMPLE, TLS.MUTUAL, TLS.ISTIO_MUTUAL)
+
+
+def _server_tls(tls, path) -> Iterator[Finding]:
+    """What each terminating mode needs: a certificate from files or a Secret
+    (credentialName); MUTUAL a CA too; ISTIO_MUTUAL the gateway's mesh certificate."""
+    if tls.mode not in _TERMINATED:
+        yield (
+            (*path, "mode"),
+            f"TLS mode {TLS.TLSmode.Name(tls.mode)} is not supported yet "
+            "(SIMPLE, MUTUAL and ISTIO_MUTUAL are)",
+        )
+        return
+    files = (("serverCertificate", tls.server_certificate), ("privateKey", tls.private_key))
+    if tls.mode == TLS.ISTIO_MUTUAL:
+        for name, value in (*files, ("caCertificates", tls.ca_certificates)):
+            if value:
+                yield (*path, name), "not with ISTIO_MUTUAL: the gateway's mesh certificate is used"
+        if tls.credential_name:
+            yield (*path, "credentialName"), "not with ISTIO_MUTUAL"
+        return
+    if tls.credential_name:
+        for name, value in files:
+            if value:
+                yield (*path, name), "give credentialName or certificate files, not both"
+        return
+    for name, value in files:
+        if not value:
+            yield (
+                (*path, name),
+                f"required: {name} (a file path Envoy can read), or credentialName",
+            )
+    if tls.mode == TLS.MUTUAL and not tls.ca_certificates:
+        yield (*path, "caCertificates"), "required with MUTUAL: the CA client certificates chain to"
+
+
 def check_gateway(gw: gateway_pb2.Gateway) -> Iterator[Finding]:
     if not gw.selector:
         yield ("spec", "selector"), "required: selector (the gateway proxy's labels)"
@@ -80,23 +116,7 @@ def check_gateway(gw: gateway_pb2.Gateway) -> Iterator[Finding]:
                         "Envoy cannot tell them apart",
                     )
         if protocol == "HTTPS":
-            tls = server.tls
-            if tls.mode != TLS.SIMPLE:
-                yield (
-                    (*path, "tls", "mode"),
-                    (f"TLS mode {TLS.TLSmode.Name(tls.mode)} is not supported yet (SIMPLE)"),
-                )
-            if tls.credential_name:
-                yield (
-                    (*path, "tls", "credentialName"),
-                    ("not supported: use serverCertificate and privateKey files"),
-                )
-            for name, value in (
-                ("serverCertificate", tls.server_certificate),
-                ("privateKey", tls.private_key),
-            ):
-                if not value:
-                    yield (*path, "tls", name), f"required: {name} (a file path Envoy can read)"
+            yield from _server_tls(server.tls, (*path, "tls"))
         elif server.HasField("tls") and (server.tls.mode or server.tls.server_certificate):
             yield (*path, "tls"), "only httpsRedirect applies to a plain HTTP server"
 

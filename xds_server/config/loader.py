@@ -26,6 +26,7 @@ from protos import (
     meta_pb2,
     peer_authentication_pb2,
     request_authentication_pb2,
+    secret_pb2,
     service_entry_pb2,
     service_pb2,
     service_profile_pb2,
@@ -59,6 +60,7 @@ KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
     (ISTIO_NETWORKING, "Gateway"): (model.GATEWAY, gateway_pb2.Gateway),
     (ISTIO_NETWORKING, "Sidecar"): (model.SIDECAR, sidecar_pb2.Sidecar),
     ("", "Service"): (model.SERVICE, service_pb2.ServiceSpec),
+    ("", "Secret"): (model.SECRET, secret_pb2.Secret),
     (SMI_SPLIT, "TrafficSplit"): (model.TRAFFIC_SPLIT, smi_pb2.TrafficSplit),
     (LINKERD, "ServiceProfile"): (model.SERVICE_PROFILE, service_profile_pb2.ServiceProfile),
     (ISTIO_SECURITY, "AuthorizationPolicy"): (
@@ -234,14 +236,18 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
         issue(f"unsupported apiVersion {api_version}", ("apiVersion",), ref)
         return
     our_kind, spec_type = known
-    spec_value = value.get("spec")
+    root = validation.root_path(our_kind)
+    if our_kind == model.SECRET:  # its fields sit beside metadata, not under spec
+        spec_value = {k: v for k, v in value.items() if k not in _OBJECT_KEYS}
+    else:
+        spec_value = value.get("spec")
     if spec_value is None:
         issue("required: spec", ("spec",), ref)
         return
     try:
         spec = to_message(spec_type, spec_value)
     except SchemaError as exc:
-        issue(str(exc), ("spec", *exc.path), ref)
+        issue(str(exc), (*root, *exc.path), ref)
         return
     _check(our_kind, spec, issue, ref)
     out.documents[(our_kind, namespace, meta.name)] = doc
@@ -256,6 +262,9 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
             created=meta.creation_timestamp,
         )
     )
+
+
+_OBJECT_KEYS = ("apiVersion", "kind", "metadata")
 
 
 def _plain(value: Any) -> Any:

@@ -45,6 +45,7 @@ from xds_server.config.checks_edge import (
 )
 from xds_server.config.checks_envoy import check_fields
 from xds_server.config.checks_linkerd import check_service_profile, check_traffic_split
+from xds_server.config.checks_secret import check_secret
 from xds_server.config.checks_virtual_service import (
     check_virtual_service,
     virtual_service_warnings,
@@ -111,6 +112,7 @@ CHECKS: dict[str, Callable[[Message], Iterator[Finding]]] = {
     model.PEER_AUTHENTICATION: lambda spec: _peer_authentication(spec),
     model.AUTHORIZATION_POLICY: lambda spec: _authorization_policy(spec),
     model.REQUEST_AUTHENTICATION: lambda spec: _request_authentication(spec),
+    model.SECRET: check_secret,
 }
 
 
@@ -219,6 +221,8 @@ def _peer_authentication(spec) -> Iterator[Finding]:
 
 def root_path(kind: str) -> Path:
     """Where a kind's spec sits in its document: `spec`, or the mesh ConfigMap's data."""
+    if kind == model.SECRET:
+        return ()  # a Secret's fields sit beside its metadata
     return MESH_ROOT if kind == model.MESH_CONFIG else ("spec",)
 
 
@@ -248,6 +252,8 @@ def warnings(kind: str, spec: Message) -> Iterator[Finding]:
 def check(kind: str, spec: Message) -> list[Finding]:
     """The kind's own checks, then the generic walks over every field of the spec."""
     root = root_path(kind)
+    if kind == model.SECRET:  # the generic walks could quote values: not a key's
+        return list(check_secret(spec))
     return [
         *CHECKS[kind](spec),
         *check_fields(spec, root),

@@ -11,6 +11,7 @@ file, so that many small documents cannot add up to what one large one may not.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,15 @@ from typing import Any
 import yaml
 
 Path = tuple[str | int, ...]
+
+_QUOTED = re.compile(r"'([^']{24})[^']{8,}'")
+
+
+def _quoted_cut(error: object) -> str:
+    """A parser's message without long quoted text: it may be a value from the file (a
+    Secret's key, a token) that must not reach logs whole."""
+    return _QUOTED.sub(lambda m: f"'{m.group(1)[:12]}...'", str(error))
+
 
 # Istio resources nest about 12 levels deep; 64 leaves room for anything real.
 MAX_DEPTH = 64
@@ -231,14 +241,16 @@ def read_documents(text: str) -> Iterator[YamlDocument]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        raise YamlSyntaxError(f"invalid YAML: {exc.problem or exc}", line) from exc
+        raise YamlSyntaxError(f"invalid YAML: {_quoted_cut(exc.problem or exc)}", line) from exc
     except yaml.YAMLError as exc:
-        raise YamlSyntaxError(f"invalid YAML: {exc}", 1) from exc
+        raise YamlSyntaxError(f"invalid YAML: {_quoted_cut(exc)}", 1) from exc
     except YamlSyntaxError:
         raise
     except RecursionError:  # a structure the checks above did not foresee
         raise YamlSyntaxError("invalid YAML: nested too deeply", line) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise YamlSyntaxError(f"invalid YAML value in this document: {exc}", line) from None
+        raise YamlSyntaxError(
+            f"invalid YAML value in this document: {_quoted_cut(exc)}", line
+        ) from None
     finally:
         loader.dispose()

@@ -1,0 +1,62 @@
+"""Secrets (gateways' credentialName): what Envoy would trip on, found at load time, in
+messages that name the key and never show a value."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from translators.credentials import CA_KEYS, CERT_KEYS, KEY_KEYS
+from xds_server.config.checks_common import Finding
+
+TLS_TYPE = "kubernetes.io/tls"
+
+
+def _where(spec, key: str) -> tuple[str, str]:
+    return ("stringData" if key in spec.string_data else "data", key)
+
+
+def check_secret(spec) -> Iterator[Finding]:
+    values: dict[str, bytes] = {}
+    for key, value in spec.data.items():
+        try:
+            values[key] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            yield ("data", key), "not base64 (data holds base64; use stringData for text)"
+    for key, value in spec.string_data.items():
+        values[key] = value.encode()
+    if spec.type == TLS_TYPE:
+        for needed in ("tls.crt", "tls.key"):
+            if needed not in values and needed not in spec.data:
+                yield ("data",), f"a {TLS_TYPE} Secret needs {needed}"
+    chain = key = None
+    for name in CERT_KEYS:
+        if name in values:
+            try:
+                chain = x509.load_pem_x509_certificates(values[name])
+            except ValueError:
+                yield _where(spec, name), "not a PEM certificate (chain)"
+            break
+    for name in KEY_KEYS:
+        if name in values:
+            try:
+                key = serialization.load_pem_private_key(values[name], password=None)
+            except (ValueError, TypeError):
+                yield _where(spec, name), "not an unencrypted PEM private key"
+            if (
+                chain
+                and key is not None
+                and (key.public_key().public_numbers() != chain[0].public_key().public_numbers())
+            ):
+                yield _where(spec, name), "is not the key of the certificate beside it"
+            break
+    for name in CA_KEYS:
+        if name in values:
+            try:
+                x509.load_pem_x509_certificates(values[name])
+            except ValueError:
+                yield _where(spec, name), "not a PEM certificate (CA bundle)"
