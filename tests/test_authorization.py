@@ -73,7 +73,6 @@ def test_tcp_ports_check_what_they_can_and_err_on_refusing() -> None:
 
 def test_what_is_not_applied_yet_is_refused_with_its_line() -> None:
     for spec, field, words in (
-        ("{action: AUDIT}", "spec.action", "not supported yet"),
         ("{action: CUSTOM}", "spec.action", "not supported yet"),
         (
             "{rules: [{when: [{key: 'request.auth.claims[iss', values: [x]}]}]}",
@@ -108,3 +107,25 @@ def test_rbac_is_built_once_per_set_of_policies() -> None:
     assert inbound_rbac(config, sidecar("web-2", "web")) is first  # another proxy
     edited = config_from(policy("allow-get", "{rules: [{to: [{operation: {methods: [PUT]}}]}]}"))
     assert inbound_rbac(edited, sidecar("web-1", "web")) != first  # a new policy object
+
+
+def test_audit_logs_between_deny_and_allow_and_decides_nothing() -> None:
+    text = policy("deny-post", "{action: DENY, rules: [{to: [{operation: {methods: [POST]}}]}]}")
+    text += policy("audit", "{action: AUDIT, rules: [{to: [{operation: {paths: ['/admin*']}}]}]}")
+    text += policy("allow", "{rules: [{}]}")
+    text += policy("audit-nothing", "{action: AUDIT}")  # no rules: nothing to log
+    deny, audit, allow = _http(text)
+    assert [deny.rules.action, audit.rules.action, allow.rules.action] == [
+        deny.rules.DENY,
+        audit.rules.LOG,
+        allow.rules.ALLOW,
+    ]
+    assert list(audit.rules.policies) == ["ns[default]-policy[audit]-rule[0]"]
+    # On TCP ports an AUDIT rule with HTTP-only fields matches nothing: no filter.
+    network = inbound_rbac(config_from(text), sidecar("web-1", "web")).network
+    prefixes = []
+    for f in network:
+        rbac = network_rbac_pb2.RBAC()
+        f.typed_config.Unpack(rbac)
+        prefixes.append(rbac.stat_prefix)
+    assert prefixes == ["rbac_deny.", "rbac_allow."]

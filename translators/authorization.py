@@ -2,8 +2,10 @@
 
 The policies of a workload are those of the root namespace and of its own namespace
 whose selector matches it (or that have none). DENY is evaluated first: a request that
-any DENY rule matches is refused; then, when any ALLOW policy applies, a request must
-match one of their rules (an ALLOW policy without rules allows nothing). A rule matches
+any DENY rule matches is refused; AUDIT rules then mark what they match for the access
+log (Envoy's RBAC LOG action: `access_log_hint` metadata, the `rbac.logged` stat) and
+decide nothing; then, when any ALLOW policy applies, a request must match one of their
+rules (an ALLOW policy without rules allows nothing). A rule matches
 when one of its sources, one of its operations and all of its conditions do; a field
 left out matches anything. Strings follow Istio: `x*` a prefix, `*x` a suffix, `*` any
 value; principals are SPIFFE IDs without `spiffe://` (they need mutual TLS to be
@@ -38,7 +40,13 @@ from translators.resources import to_any
 
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
-ALLOW, DENY = az_pb2.AuthorizationPolicy.ALLOW, az_pb2.AuthorizationPolicy.DENY
+ALLOW, DENY, AUDIT = (
+    az_pb2.AuthorizationPolicy.ALLOW,
+    az_pb2.AuthorizationPolicy.DENY,
+    az_pb2.AuthorizationPolicy.AUDIT,
+)
+_RBAC_ACTION = {DENY: rbac_pb2.RBAC.DENY, AUDIT: rbac_pb2.RBAC.LOG, ALLOW: rbac_pb2.RBAC.ALLOW}
+_NAMES = {DENY: "deny", AUDIT: "audit", ALLOW: "allow"}
 
 
 @dataclass(frozen=True)
@@ -107,14 +115,13 @@ _BUILT: dict[
 
 def _rbac_of(policies: tuple[model.ConfigResource, ...], issuers: tuple[str, ...]) -> InboundRbac:
     http, network = [], []
-    for action in (DENY, ALLOW):
+    # As Istio orders them: AUDIT before ALLOW, so that what ALLOW refuses is logged too.
+    for action in (DENY, AUDIT, ALLOW):
         chosen = [p for p in policies if p.spec.action == action]
         if not chosen:
             continue
         for tcp, out in ((False, http), (True, network)):
-            rules = rbac_pb2.RBAC(
-                action=rbac_pb2.RBAC.DENY if action == DENY else rbac_pb2.RBAC.ALLOW
-            )
+            rules = rbac_pb2.RBAC(action=_RBAC_ACTION[action])
             for policy in chosen:
                 for index, rule in enumerate(policy.spec.rules):
                     built = _policy(rule, tcp, action, issuers)
@@ -122,20 +129,19 @@ def _rbac_of(policies: tuple[model.ConfigResource, ...], issuers: tuple[str, ...
                         rules.policies[
                             f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
                         ].CopyFrom(built)
-            if action == DENY and not rules.policies:
-                continue  # nothing to refuse
-            name = f"{'deny' if action == DENY else 'allow'}"
+            if action != ALLOW and not rules.policies:
+                continue  # nothing to refuse or to log
+            name = _NAMES[action]
             if tcp:
                 config_ = network_rbac_pb2.RBAC(rules=rules, stat_prefix=f"rbac_{name}.")
                 out.append(
                     listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=to_any(config_))
                 )
             else:
-                out.append(
-                    hcm_pb2.HttpFilter(
-                        name=HTTP_RBAC, typed_config=to_any(http_rbac_pb2.RBAC(rules=rules))
-                    )
-                )
+                config_ = http_rbac_pb2.RBAC(rules=rules)
+                if action == AUDIT:  # its own counters: rbac.audit.allowed counts what ran
+                    config_.rules_stat_prefix = "audit"
+                out.append(hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=to_any(config_)))
     return InboundRbac(tuple(http), tuple(network))
 
 
@@ -154,7 +160,7 @@ def _policy(
         or any(c.key.startswith("request.") for c in rule.when)
         or any(getattr(f.source, n) for f in getattr(rule, "from") for n in _HTTP_ONLY_SOURCE)
     )
-    if tcp and http_only and action == ALLOW:
+    if tcp and http_only and action != DENY:
         return None
     sources = [_source(origin.source, tcp, issuers) for origin in getattr(rule, "from")]
     operations = [_operation(to.operation, tcp) for to in rule.to]

@@ -185,3 +185,43 @@ def test_disable_has_mesh_clients_speak_plaintext_to_the_workload(mesh) -> None:
     finally:
         policy.unlink()
     wait_until(lambda: "sa/sleep" in peer(), 20, "mutual TLS again")
+
+
+AUDIT = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-admin, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"""
+
+
+def test_audit_marks_requests_and_decides_nothing(mesh) -> None:
+    """AUDIT refuses nothing; its filter (RBAC in LOG mode, which sets Envoy's
+    access_log_hint for what its rules match) runs on every request to the workload."""
+    sleep_ip, _ = mesh.outbound("sleep")
+
+    def audited() -> int:
+        stats = mesh.envoy_stats("reviews-v1", r"rbac\.audit\.allowed")
+        return sum(int(v) for v in stats.values()) if stats else -1
+
+    policy = mesh.config_dir / "audit.yaml"
+    policy.write_text(AUDIT)
+    try:
+        wait_until(lambda: audited() >= 0, 20, "the AUDIT filter")
+        before = audited()
+        for path in ("/admin", "/admin/users", "/"):
+            status, _ = http_get(f"http://{sleep_ip}:15001{path}", headers={"Host": "reviews"})
+            assert status == 200  # AUDIT refuses nothing
+        assert audited() - before == 3
+        assert (
+            int(
+                mesh.envoy_stats("reviews-v1", "update_rejected").get(
+                    "listener_manager.lds.update_rejected", "0"
+                )
+            )
+            == 0
+        )
+    finally:
+        policy.unlink()
