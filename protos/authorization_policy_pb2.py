@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import peer_authentication_pb2 as peer__authentication__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uthorization_policy.proto\x12\x10meshapi.security\x1a\x19peer_authentication.proto\"\xe6\x01\n\x13\x41uthorizationPolicy\x12\x34\n\x08selector\x18\x01 \x01(\x0b\x32\".meshapi.security.WorkloadSelector\x12%\n\x05rules\x18\x02 \x03(\x0b\x32\x16.meshapi.security.Rule\x12<\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32,.meshapi.security.AuthorizationPolicy.Action\"4\n\x06\x41\x63tion\x12\t\n\x05\x41LLOW\x10\x00\x12\x08\n\x04\x44\x45NY\x10\x01\x12\t\n\x05\x41UDIT\x10\x02\x12\n\n\x06\x43USTOM\x10\x03\"\xeb\x01\n\x04Rule\x12)\n\x04\x66rom\x18\x01 \x03(\x0b\x32\x1b.meshapi.security.Rule.From\x12%\n\x02to\x18\x02 \x03(\x0b\x32\x19.meshapi.security.Rule.To\x12)\n\x04when\x18\x03 \x03(\x0b\x32\x1b.meshapi.security.Condition\x1a\x30\n\x04\x46rom\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.meshapi.security.Source\x1a\x34\n\x02To\x12.\n\toperation\x18\x01 \x01(\x0b\x32\x1b.meshapi.security.Operation\"\xc6\x01\n\x06Source\x12\x12\n\nprincipals\x18\x01 \x03(\t\x12\x16\n\x0enot_principals\x18\x05 \x03(\t\x12\x1a\n\x12request_principals\x18\x02 \x03(\t\x12\x1e\n\x16not_request_principals\x18\x06 \x03(\t\x12\x12\n\nnamespaces\x18\x03 \x03(\t\x12\x16\n\x0enot_namespaces\x18\x07 \x03(\t\x12\x11\n\tip_blocks\x18\x04 \x03(\t\x12\x15\n\rnot_ip_blocks\x18\x08 \x03(\t\"\x97\x01\n\tOperation\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x11\n\tnot_hosts\x18\x05 \x03(\t\x12\r\n\x05ports\x18\x02 \x03(\t\x12\x11\n\tnot_ports\x18\x06 \x03(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x13\n\x0bnot_methods\x18\x07 \x03(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x11\n\tnot_paths\x18\x08 \x03(\t\"<\n\tCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x12\n\nnot_values\x18\x03 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uthorization_policy.proto\x12\x10meshapi.security\x1a\x19peer_authentication.proto\"\xd4\x02\n\x13\x41uthorizationPolicy\x12\x34\n\x08selector\x18\x01 \x01(\x0b\x32\".meshapi.security.WorkloadSelector\x12%\n\x05rules\x18\x02 \x03(\x0b\x32\x16.meshapi.security.Rule\x12<\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32,.meshapi.security.AuthorizationPolicy.Action\x12I\n\x08provider\x18\x04 \x01(\x0b\x32\x37.meshapi.security.AuthorizationPolicy.ExtensionProvider\x1a!\n\x11\x45xtensionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x06\x41\x63tion\x12\t\n\x05\x41LLOW\x10\x00\x12\x08\n\x04\x44\x45NY\x10\x01\x12\t\n\x05\x41UDIT\x10\x02\x12\n\n\x06\x43USTOM\x10\x03\"\xeb\x01\n\x04Rule\x12)\n\x04\x66rom\x18\x01 \x03(\x0b\x32\x1b.meshapi.security.Rule.From\x12%\n\x02to\x18\x02 \x03(\x0b\x32\x19.meshapi.security.Rule.To\x12)\n\x04when\x18\x03 \x03(\x0b\x32\x1b.meshapi.security.Condition\x1a\x30\n\x04\x46rom\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.meshapi.security.Source\x1a\x34\n\x02To\x12.\n\toperation\x18\x01 \x01(\x0b\x32\x1b.meshapi.security.Operation\"\xc6\x01\n\x06Source\x12\x12\n\nprincipals\x18\x01 \x03(\t\x12\x16\n\x0enot_principals\x18\x05 \x03(\t\x12\x1a\n\x12request_principals\x18\x02 \x03(\t\x12\x1e\n\x16not_request_principals\x18\x06 \x03(\t\x12\x12\n\nnamespaces\x18\x03 \x03(\t\x12\x16\n\x0enot_namespaces\x18\x07 \x03(\t\x12\x11\n\tip_blocks\x18\x04 \x03(\t\x12\x15\n\rnot_ip_blocks\x18\x08 \x03(\t\"\x97\x01\n\tOperation\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x11\n\tnot_hosts\x18\x05 \x03(\t\x12\r\n\x05ports\x18\x02 \x03(\t\x12\x11\n\tnot_ports\x18\x06 \x03(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x13\n\x0bnot_methods\x18\x07 \x03(\t\x12\r\n\x05paths\x18\x04 \x03(\t\x12\x11\n\tnot_paths\x18\x08 \x03(\t\"<\n\tCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x12\n\nnot_values\x18\x03 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authorization_policy_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUTHORIZATIONPOLICY']._serialized_start=76
-  _globals['_AUTHORIZATIONPOLICY']._serialized_end=306
-  _globals['_AUTHORIZATIONPOLICY_ACTION']._serialized_start=254
-  _globals['_AUTHORIZATIONPOLICY_ACTION']._serialized_end=306
-  _globals['_RULE']._serialized_start=309
-  _globals['_RULE']._serialized_end=544
-  _globals['_RULE_FROM']._serialized_start=442
-  _globals['_RULE_FROM']._serialized_end=490
-  _globals['_RULE_TO']._serialized_start=492
-  _globals['_RULE_TO']._serialized_end=544
-  _globals['_SOURCE']._serialized_start=547
-  _globals['_SOURCE']._serialized_end=745
-  _globals['_OPERATION']._serialized_start=748
-  _globals['_OPERATION']._serialized_end=899
-  _globals['_CONDITION']._serialized_start=901
-  _globals['_CONDITION']._serialized_end=961
+  _globals['_AUTHORIZATIONPOLICY']._serialized_end=416
+  _globals['_AUTHORIZATIONPOLICY_EXTENSIONPROVIDER']._serialized_start=329
+  _globals['_AUTHORIZATIONPOLICY_EXTENSIONPROVIDER']._serialized_end=362
+  _globals['_AUTHORIZATIONPOLICY_ACTION']._serialized_start=364
+  _globals['_AUTHORIZATIONPOLICY_ACTION']._serialized_end=416
+  _globals['_RULE']._serialized_start=419
+  _globals['_RULE']._serialized_end=654
+  _globals['_RULE_FROM']._serialized_start=552
+  _globals['_RULE_FROM']._serialized_end=600
+  _globals['_RULE_TO']._serialized_start=602
+  _globals['_RULE_TO']._serialized_end=654
+  _globals['_SOURCE']._serialized_start=657
+  _globals['_SOURCE']._serialized_end=855
+  _globals['_OPERATION']._serialized_start=858
+  _globals['_OPERATION']._serialized_end=1009
+  _globals['_CONDITION']._serialized_start=1011
+  _globals['_CONDITION']._serialized_end=1071
 # @@protoc_insertion_point(module_scope)

@@ -27,13 +27,23 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos import sidecar_pb2 as sidecar__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11mesh_config.proto\x12\x0cmeshapi.mesh\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\rsidecar.proto\"\x88\x02\n\nMeshConfig\x12\x16\n\x0eroot_namespace\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12\x32\n\x0f\x63onnect_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0e\x64\x65\x66\x61ult_config\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12J\n\x17outbound_traffic_policy\x18\x05 \x01(\x0b\x32).meshapi.networking.OutboundTrafficPolicy\x12\x1b\n\x13\x61uto_allocate_range\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11mesh_config.proto\x12\x0cmeshapi.mesh\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\rsidecar.proto\"\xc6\x02\n\nMeshConfig\x12\x16\n\x0eroot_namespace\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12\x32\n\x0f\x63onnect_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0e\x64\x65\x66\x61ult_config\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12J\n\x17outbound_traffic_policy\x18\x05 \x01(\x0b\x32).meshapi.networking.OutboundTrafficPolicy\x12\x1b\n\x13\x61uto_allocate_range\x18\x06 \x01(\t\x12<\n\x13\x65xtension_providers\x18\x07 \x03(\x0b\x32\x1f.meshapi.mesh.ExtensionProvider\"\xd9\x01\n\x11\x45xtensionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12T\n\x14\x65nvoy_ext_authz_http\x18\x02 \x01(\x0b\x32\x34.meshapi.mesh.EnvoyExternalAuthorizationHttpProviderH\x00\x12T\n\x14\x65nvoy_ext_authz_grpc\x18\x03 \x01(\x0b\x32\x34.meshapi.mesh.EnvoyExternalAuthorizationGrpcProviderH\x00\x42\n\n\x08provider\"\xa4\x04\n&EnvoyExternalAuthorizationHttpProvider\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bpath_prefix\x18\x03 \x01(\t\x12\x11\n\tfail_open\x18\x04 \x01(\x08\x12\x17\n\x0fstatus_on_error\x18\x05 \x01(\t\x12(\n include_request_headers_in_check\x18\x06 \x03(\t\x12\x86\x01\n#include_additional_headers_in_check\x18\n \x03(\x0b\x32Y.meshapi.mesh.EnvoyExternalAuthorizationHttpProvider.IncludeAdditionalHeadersInCheckEntry\x12$\n\x1cheaders_to_upstream_on_allow\x18\x07 \x03(\t\x12%\n\x1dheaders_to_downstream_on_deny\x18\x08 \x03(\t\x12&\n\x1eheaders_to_downstream_on_allow\x18\x0c \x03(\t\x1a\x46\n$IncludeAdditionalHeadersInCheckEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n&EnvoyExternalAuthorizationGrpcProvider\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tfail_open\x18\x03 \x01(\x08\x12\x17\n\x0fstatus_on_error\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._loaded_options = None
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._serialized_options = b'8\001'
   _globals['_MESHCONFIG']._serialized_start=113
-  _globals['_MESHCONFIG']._serialized_end=377
+  _globals['_MESHCONFIG']._serialized_end=439
+  _globals['_EXTENSIONPROVIDER']._serialized_start=442
+  _globals['_EXTENSIONPROVIDER']._serialized_end=659
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER']._serialized_start=662
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER']._serialized_end=1210
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._serialized_start=1140
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._serialized_end=1210
+  _globals['_ENVOYEXTERNALAUTHORIZATIONGRPCPROVIDER']._serialized_start=1213
+  _globals['_ENVOYEXTERNALAUTHORIZATIONGRPCPROVIDER']._serialized_end=1372
 # @@protoc_insertion_point(module_scope)

@@ -73,7 +73,7 @@ def test_tcp_ports_check_what_they_can_and_err_on_refusing() -> None:
 
 def test_what_is_not_applied_yet_is_refused_with_its_line() -> None:
     for spec, field, words in (
-        ("{action: CUSTOM}", "spec.action", "not supported yet"),
+        ("{action: CUSTOM}", "spec.provider.name", "extension provider"),
         (
             "{rules: [{when: [{key: 'request.auth.claims[iss', values: [x]}]}]}",
             "spec.rules[0].when[0].key",
@@ -129,3 +129,55 @@ def test_audit_logs_between_deny_and_allow_and_decides_nothing() -> None:
         f.typed_config.Unpack(rbac)
         prefixes.append(rbac.stat_prefix)
     assert prefixes == ["rbac_deny.", "rbac_allow."]
+
+
+MESH = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    extensionProviders:
+    - name: http-authz
+      envoyExtAuthzHttp: {service: authz.local, port: 8000, statusOnError: "503"}
+    - name: grpc-authz
+      envoyExtAuthzGrpc: {service: foo/authz.foo.svc.cluster.local, port: 9000, failOpen: true}
+"""
+
+
+def test_custom_checks_with_the_provider_what_its_rules_select() -> None:
+    from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+
+    custom = "{action: CUSTOM, provider: {name: %s}, rules: [{to: [{operation: {paths: [/a]}}]}]}"
+    text = policy("custom", custom % "grpc-authz") + policy("deny", "{action: DENY, rules: [{}]}")
+    filters = inbound_rbac(config_from(MESH, text), sidecar("web-1", "web")).http
+    assert [f.name for f in filters] == [
+        "envoy.filters.http.rbac",  # shadow rules: which requests the provider is asked
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.rbac",  # then DENY
+    ]
+    shadow = http_rbac_pb2.RBAC()
+    filters[0].typed_config.Unpack(shadow)
+    assert list(shadow.shadow_rules.policies) == [
+        "istio-ext-authz-ns[default]-policy[custom]-rule[0]"
+    ]
+    authz = ext_authz_pb2.ExtAuthz()
+    filters[1].typed_config.Unpack(authz)
+    assert (
+        authz.grpc_service.envoy_grpc.cluster_name == "outbound|9000||authz.foo.svc.cluster.local"
+    )
+    assert authz.failure_mode_allow and authz.status_on_error.code == 403
+    assert authz.filter_enabled_metadata.value.string_match.prefix == "istio-ext-authz"
+    # Two providers for one workload, or an unknown one: what they select is denied.
+    both = policy("a", custom % "grpc-authz") + policy("b", custom % "http-authz")
+    for text in (both, policy("c", custom % "nope")):
+        (deny,) = _http_with(MESH, text)
+        assert deny.rules.action == deny.rules.DENY and len(deny.rules.policies) >= 1
+
+
+def _http_with(*texts: str) -> list[http_rbac_pb2.RBAC]:
+    out = []
+    for f in inbound_rbac(config_from(*texts), sidecar("web-1", "web")).http:
+        rbac = http_rbac_pb2.RBAC()
+        f.typed_config.Unpack(rbac)
+        out.append(rbac)
+    return out

@@ -34,16 +34,17 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
 from protos import authorization_policy_pb2 as az_pb2
-from translators import model, request_authentication
+from translators import ext_authz, model, request_authentication
 from translators.naming import has_labels
 from translators.resources import to_any
 
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
-ALLOW, DENY, AUDIT = (
+ALLOW, DENY, AUDIT, CUSTOM = (
     az_pb2.AuthorizationPolicy.ALLOW,
     az_pb2.AuthorizationPolicy.DENY,
     az_pb2.AuthorizationPolicy.AUDIT,
+    az_pb2.AuthorizationPolicy.CUSTOM,
 )
 _RBAC_ACTION = {DENY: rbac_pb2.RBAC.DENY, AUDIT: rbac_pb2.RBAC.LOG, ALLOW: rbac_pb2.RBAC.ALLOW}
 _NAMES = {DENY: "deny", AUDIT: "audit", ALLOW: "allow"}
@@ -94,30 +95,48 @@ def inbound_rbac(
     if (
         found is not None
         and found[1] is fetched
+        and found[2] is config.mesh
         and all(a is b for a, b in zip(found[0], both, strict=True))
     ):
-        return found[2]
+        return found[3]
     jwt = request_authentication.jwt_filter(list(authn), fetched)
-    built = _rbac_of(policies, request_authentication.issuers(list(authn)))
+    built = _rbac_of(policies, request_authentication.issuers(list(authn)), config.mesh)
     if jwt is not None:
         built = InboundRbac((jwt, *built.http), built.network)
     if len(_BUILT) > 4096:
         _BUILT.clear()
-    _BUILT[key] = (both, fetched, built)  # holds the policies: their ids stay theirs
+    # Holds the policies (their ids stay theirs) and the mesh config (CUSTOM's providers).
+    _BUILT[key] = (both, fetched, config.mesh, built)
     return built
 
 
 _NOTHING_FETCHED: Mapping[str, str] = {}
-_BUILT: dict[
-    tuple[int, ...], tuple[tuple[model.ConfigResource, ...], Mapping[str, str], InboundRbac]
-] = {}
+_BUILT: dict[tuple[int, ...], tuple[tuple, Mapping[str, str], object, InboundRbac]] = {}
 
 
-def _rbac_of(policies: tuple[model.ConfigResource, ...], issuers: tuple[str, ...]) -> InboundRbac:
+def _rbac_of(
+    policies: tuple[model.ConfigResource, ...], issuers: tuple[str, ...], mesh=None
+) -> InboundRbac:
     http, network = [], []
+    custom = [p for p in policies if p.spec.action == CUSTOM]
+    fail_closed: list[model.ConfigResource] = []
+    if custom:
+        rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
+        for policy in custom:
+            for index, rule in enumerate(policy.spec.rules):
+                built = _policy(rule, False, ALLOW, issuers)
+                if built is not None:
+                    name = f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
+                    rules.policies[f"{ext_authz.POLICY_PREFIX}-{name}"].CopyFrom(built)
+        filters, closed = ext_authz.custom_filters(custom, mesh or model.default_mesh(), rules)
+        http.extend(filters)
+        if closed:  # no such provider, or two: what they select is refused
+            fail_closed = custom
     # As Istio orders them: AUDIT before ALLOW, so that what ALLOW refuses is logged too.
     for action in (DENY, AUDIT, ALLOW):
         chosen = [p for p in policies if p.spec.action == action]
+        if action == DENY:
+            chosen += fail_closed
         if not chosen:
             continue
         for tcp, out in ((False, http), (True, network)):

@@ -170,6 +170,20 @@ def _gateway_references(config: model.MeshConfig) -> Iterator[CrossFinding]:
                 )
 
 
+def _custom_providers(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    known = {p.name for p in config.mesh.extension_providers}
+    for policy in config.of_kind(model.AUTHORIZATION_POLICY):
+        name = policy.spec.provider.name
+        if name and name not in known:
+            yield CrossFinding(
+                policy,
+                ("spec", "provider", "name"),
+                f"no extension provider {name!r} in the mesh config: the requests this "
+                "policy selects are refused (fail closed)",
+                "warning",
+            )
+
+
 @PerObject
 def _tcp_ports(res: model.ConfigResource) -> list[tuple[str, int, int]]:
     """(host, port number, port index) of each port of a Service or ServiceEntry that is
@@ -284,6 +298,7 @@ _CHECKS = (
     ),
     (_host_conflicts, frozenset({model.VIRTUAL_SERVICE, model.TRAFFIC_SPLIT})),
     (_gateway_references, frozenset({model.GATEWAY, model.VIRTUAL_SERVICE})),
+    (_custom_providers, frozenset({model.AUTHORIZATION_POLICY})),
     (_tcp_port_conflicts, frozenset({model.SERVICE, model.SERVICE_ENTRY})),
 )
 

@@ -54,9 +54,27 @@ _NOT_SUPPORTED = {
         "notRemoteIpBlocks": "notRemoteIpBlocks is not supported yet (use notIpBlocks)",
     },
     "meshapi.security.AuthorizationPolicy": {
-        "provider": "CUSTOM providers (ext_authz) are not supported yet",
         "targetRef": "targetRef is not supported yet (use selector)",
         "targetRefs": "targetRefs is not supported yet (use selector)",
+    },
+    "meshapi.mesh.ExtensionProvider": {
+        name: "telemetry providers are not supported yet (envoyExtAuthzHttp and "
+        "envoyExtAuthzGrpc are)"
+        for name in (
+            "zipkin",
+            "lightstep",
+            "datadog",
+            "stackdriver",
+            "opencensus",
+            "skywalking",
+            "opentelemetry",
+            "prometheus",
+            "envoyFileAccessLog",
+            "envoyHttpAls",
+            "envoyTcpAls",
+            "envoyOtelAls",
+            "sds",
+        )
     },
     "meshapi.security.RequestAuthentication": {
         "targetRef": "targetRef is not supported yet (use selector)",

@@ -15,6 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 
+from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import Message
 
 from protos import mesh_config_pb2, service_pb2
@@ -88,6 +89,31 @@ def _mesh(mesh: mesh_config_pb2.MeshConfig) -> Iterator[Finding]:
     be an IPv4 network with room for hosts."""
     if enabled("mesh-connect-timeout"):
         yield from optional_duration(mesh, "connect_timeout", (*MESH_ROOT, "connectTimeout"))
+    seen: set[str] = set()
+    for i, provider in enumerate(mesh.extension_providers):
+        where = (*MESH_ROOT, "extensionProviders", i)
+        if not provider.name:
+            yield (*where, "name"), "required"
+        elif provider.name in seen:
+            yield (*where, "name"), f"another provider is named {provider.name!r}"
+        seen.add(provider.name)
+        kind = provider.WhichOneof("provider")
+        if kind is None:
+            yield where, "needs envoyExtAuthzHttp or envoyExtAuthzGrpc"
+            continue
+        settings = getattr(provider, kind)
+        key = "envoyExtAuthzHttp" if kind == "envoy_ext_authz_http" else "envoyExtAuthzGrpc"
+        if not settings.service:
+            yield (*where, key, "service"), "required: the provider's host"
+        if not 0 < settings.port < 65536:
+            yield (*where, key, "port"), "required: a port 1-65535"
+        if settings.status_on_error and not (
+            settings.status_on_error.isdigit()
+            and int(settings.status_on_error) in http_status_pb2.StatusCode.values()
+            and int(settings.status_on_error) >= 200
+        ):
+            yield (*where, key, "statusOnError"), "an HTTP status code Envoy knows (e.g. 403)"
+        yield from optional_duration(settings, "timeout", (*where, key, "timeout"))
     if mesh.auto_allocate_range:
         try:
             network = ipaddress.ip_network(mesh.auto_allocate_range, strict=True)
@@ -131,8 +157,10 @@ WHEN_KEYS = (
 def _authorization_policy(spec) -> Iterator[Finding]:
     """What Istio refuses, and what is not applied here yet."""
     action = spec.Action.Name(spec.action)
-    if action == "CUSTOM":
-        yield ("spec", "action"), "CUSTOM is not supported yet (ALLOW, DENY and AUDIT are)"
+    if action == "CUSTOM" and not spec.provider.name:
+        yield ("spec", "provider", "name"), "CUSTOM needs the name of an extension provider"
+    elif action != "CUSTOM" and spec.HasField("provider"):
+        yield ("spec", "provider"), "only with action CUSTOM"
     for r, rule in enumerate(spec.rules):
         for f, origin in enumerate(getattr(rule, "from")):
             where = ("spec", "rules", r, "from", f, "source")
