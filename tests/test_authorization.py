@@ -181,3 +181,14 @@ def _http_with(*texts: str) -> list[http_rbac_pb2.RBAC]:
         f.typed_config.Unpack(rbac)
         out.append(rbac)
     return out
+
+
+def test_seed_16_is_refused_clearly_for_its_ca_certificates_and_18_loads() -> None:
+    from pathlib import Path
+
+    seed = Path(__file__).resolve().parents[1] / "examples" / "seed"
+    parsed = parse_file("16.yaml", (seed / "16-peerauthentication.yaml").read_text())
+    (error,) = [i for i in parsed.issues if i.severity == "error"]
+    assert error.field == "spec.mtls.caCertificates" and "not Istio's API" in error.message
+    assert error.resource == "PeerAuthentication default/external-mtls" and error.line > 20
+    assert parse_file("18.yaml", (seed / "18-permissive-mtls.yaml").read_text()).ok
