@@ -192,3 +192,28 @@ def test_seed_16_is_refused_clearly_for_its_ca_certificates_and_18_loads() -> No
     assert error.field == "spec.mtls.caCertificates" and "not Istio's API" in error.message
     assert error.resource == "PeerAuthentication default/external-mtls" and error.line > 20
     assert parse_file("18.yaml", (seed / "18-permissive-mtls.yaml").read_text()).ok
+
+
+def test_namespace_prefix_and_suffix_forms_and_malformed_values() -> None:
+    import re
+
+    text = policy("ns", "{rules: [{from: [{source: {namespaces: ['prod-*', '*-dev', '*']}}]}]}")
+    (allow,) = _http(text)
+    (rule,) = allow.rules.policies.values()
+    regexes = [
+        p.authenticated.principal_name.safe_regex.regex for p in rule.principals[0].or_ids.ids
+    ]
+    samples = {
+        "spiffe://cluster.local/ns/prod-eu/sa/a": [True, False, True],
+        "spiffe://cluster.local/ns/web-dev/sa/a": [False, True, True],
+        "spiffe://cluster.local/ns/other/sa/a": [False, False, True],
+    }
+    for principal, expected in samples.items():
+        assert [bool(re.fullmatch(r, principal)) for r in regexes] == expected, principal
+    for spec, field in (
+        ("{rules: [{from: [{source: {principals: ['']}}]}]}", "principals[0]"),
+        ("{rules: [{from: [{source: {requestPrincipals: ['a*b']}}]}]}", "requestPrincipals[0]"),
+        ("{rules: [{to: [{operation: {paths: ['/a/{*}/b']}}]}]}", "paths[0]"),
+    ):
+        errors = [i for i in parse_file("a.yaml", policy("p", spec)).issues]
+        assert len(errors) == 1 and errors[0].field.endswith(field), [str(e) for e in errors]

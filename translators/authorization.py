@@ -323,7 +323,14 @@ def _principal(value: str) -> rbac_pb2.Principal:
 
 
 def _namespace(value: str) -> rbac_pb2.Principal:
-    pattern = ".*" if value == "*" else _escape(value)
+    if value == "*":
+        pattern = "[^/]+"
+    elif value.endswith("*"):  # Istio's prefix and suffix forms
+        pattern = _escape(value[:-1]) + "[^/]*"
+    elif value.startswith("*"):
+        pattern = "[^/]*" + _escape(value[1:])
+    else:
+        pattern = _escape(value)
     regex = regex_pb2.RegexMatcher(regex=f"spiffe://[^/]+/ns/{pattern}/sa/[^/]+")
     return rbac_pb2.Principal(
         authenticated=rbac_pb2.Principal.Authenticated(

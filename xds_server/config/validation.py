@@ -164,6 +164,11 @@ def _authorization_policy(spec) -> Iterator[Finding]:
     for r, rule in enumerate(spec.rules):
         for f, origin in enumerate(getattr(rule, "from")):
             where = ("spec", "rules", r, "from", f, "source")
+            for name in _MATCHED_SOURCE:
+                for i, value in enumerate(getattr(origin.source, name)):
+                    found = _match_value_problem(value)
+                    if found:
+                        yield (*where, _camel(name), i), found
             for name in ("ip_blocks", "not_ip_blocks"):
                 for i, block in enumerate(getattr(origin.source, name)):
                     try:
@@ -172,6 +177,13 @@ def _authorization_policy(spec) -> Iterator[Finding]:
                         yield (*where, _camel(name), i), f"{block!r} is not an address or CIDR"
         for t, to in enumerate(rule.to):
             where = ("spec", "rules", r, "to", t, "operation")
+            for name in ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths"):
+                for i, value in enumerate(getattr(to.operation, name)):
+                    found = _match_value_problem(value)
+                    if not found and "paths" in name and "{" in value:
+                        found = "path templates ({*}, {**}) are not supported yet"
+                    if found:
+                        yield (*where, _camel(name), i), found
             for name in ("ports", "not_ports"):
                 for i, port in enumerate(getattr(to.operation, name)):
                     if not port.isdigit() or not 0 < int(port) < 65536:
@@ -231,6 +243,27 @@ def _request_authentication(spec) -> Iterator[Finding]:
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+_MATCHED_SOURCE = (
+    "principals",
+    "not_principals",
+    "request_principals",
+    "not_request_principals",
+    "namespaces",
+    "not_namespaces",
+)
+
+
+def _match_value_problem(value: str) -> str | None:
+    """Istio's rules for a matched string: not empty, `*` only alone, first or last."""
+    if not value:
+        return "empty value not allowed"
+    inner = value[1:] if value.startswith("*") else value
+    inner = inner[:-1] if inner.endswith("*") else inner
+    if "*" in inner or (value.startswith("*") and value.endswith("*") and value != "*"):
+        return f"{value!r}: `*` may only be the whole value, its prefix or its suffix"
+    return None
 
 
 def _camel(name: str) -> str:
