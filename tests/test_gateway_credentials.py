@@ -108,3 +108,23 @@ def test_bad_secrets_are_refused_without_showing_values(tmp_path) -> None:
     parsed = parse_file("secret.yaml", good.replace("  tls.key: ", "  tls.key: !!"))
     (error,) = parsed.issues
     assert "invalid YAML" in error.message and "LS0tLS1" not in error.message
+
+
+def test_odd_secrets_never_crash_or_quote() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    head = "apiVersion: v1\nkind: Secret\nmetadata: {name: c}\n"
+    pem = key.decode().replace("\n", "\\n")
+    for body in (
+        f'stringData: {{key: "{pem}"}}',  # an Ed25519 key alone: fine
+        f'immutable: "{pem}"',
+        f'"{pem}": 1',
+        "data: {x: [1]}",
+    ):
+        parsed = parse_file("s.yaml", head + body + "\n")
+        for issue in parsed.issues:
+            assert "PRIVATE KEY" not in str(issue) and "MC4C" not in str(issue), str(issue)

@@ -287,3 +287,23 @@ async def test_fetcher_uses_openid_discovery_and_reports_unreachable_sources() -
     finally:
         await source.close()
         await runner.cleanup()
+
+
+async def test_fetcher_reads_large_key_sets_and_survives_odd_ones() -> None:
+    issuers = [Issuer("x", kid=f"k{i}") for i in range(3)]
+    keys = [json.loads(i.jwks())["keys"][0] for i in issuers] * 150  # ~200 KB
+    big = json.dumps({"keys": keys})
+    routes: dict[str, object] = {"/big": big, "/odd": '{"keys":[{"kty":"EC","crv":["P-256"]}]}'}
+    runner, base = await _serve(routes)
+    source = JwksSource(lambda keys: None, refresh=60, retry=0.05)
+    try:
+        rules = f"[{{issuer: x, jwksUri: '{base}/big'}}, {{issuer: y, jwksUri: '{base}/odd'}}]"
+        source.track(config_from(authn("a", rules)))
+        await source.first_tries(5)
+        assert len(big) > 150_000 and source.keys == {f"{base}/big": big}
+        odd = source.report()[f"{base}/odd"]
+        assert not odd["ok"] and "crv" in odd["error"]
+        await _until(lambda: source.report()[f"{base}/odd"]["attempts"] >= 3)  # still tried
+    finally:
+        await source.close()
+        await runner.cleanup()

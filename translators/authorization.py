@@ -262,6 +262,8 @@ def _principal_condition(
     elif key == "source.principal":
         make = _principal
     elif key.startswith("request.headers["):
+        if tcp:  # no headers there: a DENY rule is applied without it, as Istio does
+            return None
         name = key[len("request.headers[") : -1]
         make = lambda value, name=name: rbac_pb2.Principal(header=_header(name, value))  # noqa: E731
     else:

@@ -46,6 +46,13 @@ def problem(text: str | bytes) -> str | None:
     if len(text) > MAX_BYTES:
         return f"larger than {MAX_BYTES} bytes"
     try:
+        return _problem(text)
+    except Exception as error:  # odd JSON shapes must be a finding, never a crash
+        return f"not a usable key set ({type(error).__name__})"
+
+
+def _problem(text: str | bytes) -> str | None:
+    try:
         document = json.loads(text)
     except (ValueError, RecursionError) as error:
         return f"not JSON: {str(error)[:120]}"
@@ -71,7 +78,8 @@ def _key_problem(key: object) -> str | None:
                 return "RSA modulus shorter than 1024 bits"
             rsa.RSAPublicNumbers(e, n).public_key()
         elif kty == "EC":
-            curve = _CURVES.get(key.get("crv"))  # type: ignore[arg-type]
+            crv = key.get("crv")
+            curve = _CURVES.get(crv) if isinstance(crv, str) else None
             if curve is None:
                 return f"crv {key.get('crv')!r}: wants one of {', '.join(_CURVES)}"
             point = ec.EllipticCurvePublicNumbers(_number(key, "x"), _number(key, "y"), curve())

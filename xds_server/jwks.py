@@ -124,7 +124,7 @@ class JwksSource:
             state.attempts += 1
             try:
                 text = await self._fetch(source, self._timeouts.get(source, DEFAULT_TIMEOUT))
-            except FetchError as error:
+            except Exception as error:  # any failure is retried; the task never dies
                 failures += 1
                 state.ok, state.error = False, str(error)
                 kept = "keeps the keys fetched before" if source in self.keys else "fails closed"
@@ -170,7 +170,13 @@ class JwksSource:
             ) as response:
                 if response.status != 200:
                     raise FetchError(f"GET {url}: HTTP {response.status}")
-                body = await response.content.read(jwks.MAX_BYTES + 1)
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > jwks.MAX_BYTES:
+                        break
+                body = b"".join(chunks)
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             raise FetchError(f"GET {url}: {type(error).__name__} {error}".strip()) from None
         if len(body) > jwks.MAX_BYTES:

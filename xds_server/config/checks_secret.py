@@ -16,6 +16,13 @@ from xds_server.config.checks_common import Finding
 TLS_TYPE = "kubernetes.io/tls"
 
 
+def _public(key) -> bytes:
+    """A public key's bytes, whatever its algorithm."""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def _where(spec, key: str) -> tuple[str, str]:
     return ("stringData" if key in spec.string_data else "data", key)
 
@@ -50,7 +57,7 @@ def check_secret(spec) -> Iterator[Finding]:
             if (
                 chain
                 and key is not None
-                and (key.public_key().public_numbers() != chain[0].public_key().public_numbers())
+                and _public(key.public_key()) != _public(chain[0].public_key())
             ):
                 yield _where(spec, name), "is not the key of the certificate beside it"
             break

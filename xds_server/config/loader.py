@@ -247,7 +247,13 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
     try:
         spec = to_message(spec_type, spec_value)
     except SchemaError as exc:
-        issue(str(exc), (*root, *exc.path), ref)
+        message, at = str(exc), (*root, *exc.path)
+        if our_kind == model.SECRET:  # never a value of a Secret, not even misplaced
+            message = _QUOTED.sub("a value", message)
+            at = at[:2] if at[:1] in (("data",), ("stringData",)) else at[:1]
+            if at[:1] not in (("type",), ("data",), ("stringData",), ("immutable",)):
+                at = ()
+        issue(message, at, ref)
         return
     _check(our_kind, spec, issue, ref)
     out.documents[(our_kind, namespace, meta.name)] = doc
@@ -265,6 +271,7 @@ def _parse_document(path: str, doc: YamlDocument, out: ParsedFile) -> None:
 
 
 _OBJECT_KEYS = ("apiVersion", "kind", "metadata")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 def _plain(value: Any) -> Any:
