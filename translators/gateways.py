@@ -29,6 +29,7 @@ from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import gateway_pb2
 from translators import model, mtls
+from translators.authorization import inbound_rbac
 from translators.clusters import socket_address
 from translators.credentials import SDS_PREFIX, find
 from translators.hcm import build_hcm
@@ -164,13 +165,20 @@ def route_config(
     )
 
 
-def _hcm(stat_prefix: str, route_name: str) -> hcm_pb2.HttpConnectionManager:
-    return build_hcm(
+def _hcm(
+    stat_prefix: str, route_name: str, security: Sequence[hcm_pb2.HttpFilter] = ()
+) -> hcm_pb2.HttpConnectionManager:
+    """`security`: the gateway workload's JWT and RBAC filters, before the router."""
+    hcm = build_hcm(
         GATEWAY,
         stat_prefix,
         rds=route_name,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
     )
+    if security:
+        router = hcm.http_filters.pop()
+        hcm.http_filters.extend([*security, router])
+    return hcm
 
 
 def _tls_socket(tls: gateway_pb2.ServerTLSSettings) -> base_pb2.TransportSocket:
@@ -244,8 +252,13 @@ def valid_server_name(name: str) -> bool:
 
 
 def gateway_resources(
-    config: model.MeshConfig, proxy: model.Proxy, ctx: RouteContext
+    config: model.MeshConfig,
+    proxy: model.Proxy,
+    ctx: RouteContext,
+    security: Sequence[hcm_pb2.HttpFilter] = (),
 ) -> tuple[list[listener_pb2.Listener], list[route_pb2.RouteConfiguration]]:
+    """`security`: the JWT and RBAC filters of the policies that select the gateway
+    (RequestAuthentication, AuthorizationPolicy), in every connection manager."""
     listeners, routes = [], []
     for plan in _ports(selected_gateways(config, proxy)):
         name = listener_name(proxy.bind_address, plan.number)
@@ -262,7 +275,8 @@ def gateway_resources(
                 listener_components_pb2.FilterChain(
                     filters=[
                         listener_components_pb2.Filter(
-                            name=HCM_FILTER, typed_config=to_any(_hcm(f"{name}_http", route_name))
+                            name=HCM_FILTER,
+                            typed_config=to_any(_hcm(f"{name}_http", route_name, security)),
                         )
                     ]
                 )
@@ -290,7 +304,7 @@ def gateway_resources(
                 filters=[
                     listener_components_pb2.Filter(
                         name=HCM_FILTER,
-                        typed_config=to_any(_hcm(f"{name}_https", route_name)),
+                        typed_config=to_any(_hcm(f"{name}_https", route_name, security)),
                     )
                 ],
                 transport_socket=_tls_socket(server.tls),
@@ -314,7 +328,8 @@ def translate_gateway(world: World, proxy: model.Proxy) -> Resources:
     config, services, rules = world.config, world.services, world.destination_rules
     refs = frozenset(f"{gw.namespace}/{gw.name}" for gw in selected_gateways(config, proxy))
     ctx = RouteContext(services, rules, proxy.namespace, proxy.labels, gateways=refs)
-    listeners, routes = gateway_resources(config, proxy, ctx)
+    security = inbound_rbac(config, proxy, world.jwks).http
+    listeners, routes = gateway_resources(config, proxy, ctx, security)
     clusters: dict[str, Packed] = {}
     assignments: dict[str, Packed] = {}
     for host in sorted(services):  # what a sidecar in the gateway's namespace gets

@@ -180,3 +180,54 @@ def test_nothing_the_server_shows_holds_a_key(setup) -> None:
     assert "kubernetes://web-cert" in dump and "PRIVATE KEY" not in dump
     assert "PRIVATE KEY" not in http_get(f"{mesh.debug_url}/debug/configz")[1]
     assert "PRIVATE KEY" not in (mesh.work_dir / "xds-server.out").read_text()
+
+
+GATEWAY_POLICY = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: gateway-deny, namespace: default}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/blocked*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: gateway-jwt, namespace: default}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  jwtRules: [{issuer: gateway-issuer, jwks: '%s'}]
+"""
+
+
+def _path_get(ip: str, cafile: Path, path: str, **headers: str) -> int:
+    context = ssl.create_default_context(cafile=str(cafile))
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with (
+        socket.create_connection((ip, PORTS["simple"]), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=HOST) as tls,
+    ):
+        request = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{extra}Connection: close\r\n\r\n"
+        tls.sendall(request.encode())
+        response = http.client.HTTPResponse(tls)
+        response.begin()
+        response.read()
+        return response.status
+
+
+def test_policies_that_select_the_gateway_apply_there(setup) -> None:
+    from tests.jwt_tokens import Issuer
+
+    mesh, _, files, _ = setup
+    ip = mesh.workload("ingress").ip
+    issuer = Issuer("gateway-issuer")
+    policy = mesh.config_dir / "gateway-policy.yaml"
+    policy.write_text(GATEWAY_POLICY % issuer.jwks())
+    try:
+        wait_until(lambda: _path_get(ip, files["ca"], "/blocked") == 403, 20, "the DENY policy")
+        assert _path_get(ip, files["ca"], "/open") == 200
+        bad = {"Authorization": "Bearer not.a.token"}
+        assert _path_get(ip, files["ca"], "/open", **bad) == 401
+        good = {"Authorization": f"Bearer {issuer.token()}"}
+        assert _path_get(ip, files["ca"], "/open", **good) == 200
+    finally:
+        policy.unlink()
