@@ -99,3 +99,24 @@ def test_each_mode_wants_its_fields() -> None:
         errors = [i for i in parsed.issues if i.severity == "error"]
         assert errors and errors[0].field.endswith(field), [str(e) for e in errors]
         assert words in errors[0].message
+
+
+def test_tls_applies_to_hosts_resolved_by_the_request_too() -> None:
+    entry = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api.example.com
+  trafficPolicy: {tls: {mode: SIMPLE}}
+"""
+    out = translate(World(config_from(entry), WORKLOADS), CALLER)
+    found = cluster(out, "outbound|80||api.example.com")
+    assert found.transport_socket.name == "envoy.transport_sockets.tls"

@@ -120,6 +120,8 @@ def _cluster(
         apply_connection_limits(cluster, policy.connection_pool)
         if port.is_http:
             apply_http_options(cluster, policy.connection_pool, port)
+        if policy.HasField("tls"):  # TLS origination to whichever host was asked for
+            apply_client_tls(cluster, policy.tls, port.is_http, None, mtls)
         return cluster
     cluster = cluster_pb2.Cluster(
         name=name,
