@@ -167,6 +167,15 @@ def test_custom_checks_with_the_provider_what_its_rules_select() -> None:
     )
     assert authz.failure_mode_allow and authz.status_on_error.code == 403
     assert authz.filter_enabled_metadata.value.string_match.prefix == "istio-ext-authz"
+    # On TCP ports a gRPC provider checks connections; an HTTP one cannot (Istio skips it).
+    any_tcp = policy("t", custom.replace("paths: [/a]", "ports: ['80']") % "grpc-authz")
+    network = inbound_rbac(config_from(MESH, any_tcp), sidecar("web-1", "web")).network
+    assert [f.name for f in network] == [
+        "envoy.filters.network.rbac",
+        "envoy.filters.network.ext_authz",
+    ]
+    http_only = policy("h", custom.replace("paths: [/a]", "ports: ['80']") % "http-authz")
+    assert inbound_rbac(config_from(MESH, http_only), sidecar("web-1", "web")).network == ()
     # Two providers for one workload, or an unknown one: what they select is denied.
     both = policy("a", custom % "grpc-authz") + policy("b", custom % "http-authz")
     for text in (both, policy("c", custom % "nope")):

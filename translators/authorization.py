@@ -130,6 +130,16 @@ def _rbac_of(
                     rules.policies[f"{ext_authz.POLICY_PREFIX}-{name}"].CopyFrom(built)
         filters, closed = ext_authz.custom_filters(custom, mesh or model.default_mesh(), rules)
         http.extend(filters)
+        tcp_rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
+        for policy in custom:
+            for index, rule in enumerate(policy.spec.rules):
+                built = _policy(rule, True, ALLOW, issuers)
+                if built is not None:
+                    name = f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
+                    tcp_rules.policies[f"{ext_authz.POLICY_PREFIX}-{name}"].CopyFrom(built)
+        network.extend(
+            ext_authz.custom_network_filters(custom, mesh or model.default_mesh(), tcp_rules)
+        )
         if closed:  # no such provider, or two: what they select is refused
             fail_closed = custom
     # As Istio orders them: AUDIT before ALLOW, so that what ALLOW refuses is logged too.

@@ -6,7 +6,8 @@ an RBAC filter in shadow mode, whose matched policy id (prefixed `istio-ext-auth
 lands in dynamic metadata, and the ext_authz filter runs only when it is there. CUSTOM
 goes first, before DENY, ALLOW and AUDIT. One provider per workload, as Istio allows:
 policies that name a provider the mesh config does not have, or two providers for one
-workload, fail closed (their rules deny). CUSTOM applies to HTTP ports only.
+workload, fail closed (their rules deny). On TCP ports a gRPC provider checks the
+connections (network ext_authz); an HTTP provider cannot, and is skipped, as in Istio.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, http_uri_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as network_ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import duration_pb2
@@ -31,6 +35,8 @@ from translators.resources import to_any
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 HTTP_RBAC = "envoy.filters.http.rbac"
+NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
+NETWORK_RBAC = "envoy.filters.network.rbac"
 SHADOW_PREFIX = "istio_ext_authz_"  # the shadow rules' stat and metadata prefix
 POLICY_PREFIX = "istio-ext-authz"  # what the matched policy ids start with
 DEFAULT_TIMEOUT = duration_pb2.Duration(seconds=600)  # Istio's
@@ -115,6 +121,50 @@ def custom_filters(
         hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=to_any(shadow)),
         hcm_pb2.HttpFilter(name=EXT_AUTHZ, typed_config=to_any(config)),
     ], False
+
+
+def custom_network_filters(
+    policies: Sequence[model.ConfigResource],
+    mesh: mesh_config_pb2.MeshConfig,
+    rules: rbac_pb2.RBAC,
+) -> list[listener_components_pb2.Filter]:
+    """On TCP ports, as Istio: a gRPC provider checks the connections the rules select
+    (network ext_authz behind shadow rules); an HTTP provider cannot, and is skipped."""
+    names = {p.spec.provider.name for p in policies}
+    provider = provider_named(mesh, next(iter(names))) if len(names) == 1 else None
+    if provider is None or provider.WhichOneof("provider") != "envoy_ext_authz_grpc":
+        return []
+    if not rules.policies:
+        return []
+    settings = provider.envoy_ext_authz_grpc
+    host = provider_host(settings.service)
+    shadow = network_rbac_pb2.RBAC(
+        shadow_rules=rules, shadow_rules_stat_prefix=SHADOW_PREFIX, stat_prefix="istio_ext_authz."
+    )
+    check = network_ext_authz_pb2.ExtAuthz(
+        stat_prefix="ext_authz",
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                cluster_name=outbound_cluster(settings.port, host), authority=host
+            ),
+            timeout=settings.timeout if settings.HasField("timeout") else DEFAULT_TIMEOUT,
+        ),
+        failure_mode_allow=settings.fail_open,
+        transport_api_version=config_source_pb2.V3,
+        filter_enabled_metadata=metadata_pb2.MetadataMatcher(
+            filter=NETWORK_RBAC,
+            path=[
+                metadata_pb2.MetadataMatcher.PathSegment(
+                    key=f"{SHADOW_PREFIX}shadow_effective_policy_id"
+                )
+            ],
+            value={"string_match": string_pb2.StringMatcher(prefix=POLICY_PREFIX)},
+        ),
+    )
+    return [
+        listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=to_any(shadow)),
+        listener_components_pb2.Filter(name=NETWORK_EXT_AUTHZ, typed_config=to_any(check)),
+    ]
 
 
 def _exact(names) -> list[string_pb2.StringMatcher]:
