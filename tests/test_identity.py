@@ -55,7 +55,13 @@ async def make_plane(tmp_path: Path):
             )
         )
         await control.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{control.xds_port}")
+        # Keys go only over TLS: the tests speak to the TLS port, checking its certificate.
+        root = config_dir / STATE_DIR_NAME / "ca" / "root-cert.pem"
+        channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{control.xds_tls_port}",
+            grpc.ssl_channel_credentials(root.read_bytes()),
+            options=[("grpc.ssl_target_name_override", "xds-server")],
+        )
         planes.append((control, channel))
         key = tokens.load_or_create_key(config_dir / STATE_DIR_NAME)
         return control, channel, key
@@ -130,6 +136,21 @@ async def test_no_token_no_secret_and_bad_tokens_are_refused(make_plane) -> None
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert why in refused.value.details()
         client.close()
+
+
+async def test_no_secret_over_plaintext_even_with_a_good_token(make_plane) -> None:
+    control, _, key = await make_plane()
+    plain = grpc.aio.insecure_channel(f"127.0.0.1:{control.xds_port}")
+    try:
+        client = TokenClient(plain, "caller", tokens.issue(key, "default", "caller", 60))
+        client.send(CLUSTER)
+        await client.recv()  # its config, as before
+        client.send(SECRET, ["default", "ROOTCA"])
+        assert not (await client.recv()).resources
+        assert "caller" not in control.identity.current
+        client.close()
+    finally:
+        await plain.close()
 
 
 async def test_required_tokens_and_one_identity_per_node_id(make_plane) -> None:

@@ -204,6 +204,13 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         xds_root_cert=args.xds_root_cert,
         xds_server_name=args.xds_server_name,
     )
+    if args.token and not args.xds_root_cert:
+        print(
+            "error: --token needs --xds-root-cert: a token goes only over xDS on TLS "
+            "(the server's --xds-tls-port, 15012), where it cannot be read on the way",
+            file=sys.stderr,
+        )
+        return 2
     if args.role == "gateway" and options.app_ports:
         print("error: a gateway has no app: drop --app-port", file=sys.stderr)
         return 2

@@ -176,14 +176,24 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                 log.warning("refusing ADS stream from %s: %s", safe_text(peer), exc)
                                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                                 return
-                            if bound is not None:  # it will hold its certificate: mTLS
+                            if bound is not None and not _over_tls(context):
+                                # Keys travel only over TLS (the TLS port): a token sent in
+                                # plaintext binds the stream, but gets it no secret.
+                                log.info(
+                                    "%s: stream over plaintext; no secrets (use the TLS port)",
+                                    safe_text(proxy.node_id, 256),
+                                )
+                                secrets_ok = False
+                            else:
+                                secrets_ok = bound is not None
+                            if secrets_ok:  # it will hold its certificate: mTLS
                                 proxy = dataclasses.replace(proxy, mtls=True)
                         protocol = protocol_type(proxy.node_id, self.control_plane_id)
                         self._stream_ids += 1
                         stream_id = self._stream_ids
                         self.streams[stream_id] = StreamInfo(proxy.node_id, peer, protocol)
                         handle = self.source.connect(proxy, deliver)
-                        if bound is not None:
+                        if bound is not None and proxy.mtls:
                             secrets_task = asyncio.create_task(
                                 self.identity.keep_secrets(
                                     proxy.node_id,
@@ -337,3 +347,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def latest_streams(self) -> dict[str, StreamInfo]:
         """The newest stream of every connected node id."""
         return newest_per_node(self.streams.values(), lambda info: info.node_id)
+
+
+def _over_tls(context) -> bool:
+    """Whether the stream's connection is TLS (the server's TLS port)."""
+    try:
+        found = context.auth_context().get("transport_security_type", [])
+    except Exception:  # a context without one (tests' fakes): not TLS
+        return False
+    return b"ssl" in found
