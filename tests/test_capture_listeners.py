@@ -339,3 +339,34 @@ def test_peer_authentication_precedence_is_istios() -> None:
     assert modes(config_from(MESH), "default", {}, (80,)) == {80: "PERMISSIVE"}  # no policy
     plain = policy("plain", "prod", "{selector: {matchLabels: {app: web}}, mtls: {mode: DISABLE}}")
     assert port_modes(config_from(plain), "prod", {"app": "web"}, (80,)) == {80: "DISABLE"}
+
+
+def test_undeclared_ports_are_guarded_by_rbac_and_strict() -> None:
+    deny = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: DENY
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: default}
+spec:
+  mtls: {mode: STRICT}
+"""
+    proxy = dataclasses.replace(sidecar("db-1", "db"), interception="REDIRECT", mtls=True)
+    out = Translator(World(config_from(deny), (proxy,))).translate(proxy)
+    inbound = listener_pb2.Listener()
+    out[LISTENER]["virtualInbound"].any.Unpack(inbound)
+    # Plaintext to an undeclared port: refused (STRICT); mutual TLS: RBAC, then the app.
+    assert inbound.default_filter_chain.name.endswith("plaintext-refused")
+    twin = next(c for c in inbound.filter_chains if c.name == "virtualInbound-mtls")
+    assert [f.name for f in twin.filters] == [
+        "envoy.filters.network.rbac",
+        "envoy.filters.network.tcp_proxy",
+    ]
+    assert [f.name for f in inbound.listener_filters].count(
+        "envoy.filters.listener.tls_inspector"
+    ) == 1

@@ -33,8 +33,9 @@ from translators.authorization import InboundRbac
 from translators.clusters import socket_address
 from translators.hcm import build_hcm
 from translators.http_filters import INBOUND, OUTBOUND, PASSTHROUGH_CLUSTER
-from translators.mtls import secure_inbound
+from translators.mtls import secure_inbound, secure_passthrough
 from translators.naming import OUTBOUND_ROUTE_NAME, inbound_cluster, listener_name
+from translators.peer_authentication import WORKLOAD_PORT
 from translators.resources import to_any
 from translators.services import PASSTHROUGH
 
@@ -271,6 +272,10 @@ def captured_listeners(
             )
             chain.filter_chain_match.destination_port.value = port.app_port
         inbound.filter_chains.append(chain)
+    # Ports no service declares pass through to the app: AuthorizationPolicy guards them
+    # too, and the workload's PeerAuthentication mode (STRICT refuses plaintext there).
+    _guard(inbound.default_filter_chain, rbac)
+    secure_passthrough(inbound, (modes or {}).get(WORKLOAD_PORT, "PERMISSIVE"), proxy.mtls)
     by_cluster = {inbound_cluster(p.app_port): p.app_port for p in proxy.ports}
     secure_inbound(  # each app port's chain by its mode; passthrough and 15006 as they are
         inbound,

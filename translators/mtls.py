@@ -121,7 +121,23 @@ def secure_inbound(
             if mode == "STRICT":
                 chain = _refused(chain)
         listener.filter_chains.append(chain)
-    if inspect:
+    if inspect and not any(f.name == TLS_INSPECTOR for f in listener.listener_filters):
+        listener.listener_filters.append(tls_inspector())
+        listener.listener_filters_timeout.CopyFrom(duration_pb2.Duration(seconds=1))
+        listener.continue_on_listener_filters_timeout = True
+
+
+def secure_passthrough(listener, mode: str, bound: bool) -> None:
+    """The captured inbound listener's default chain (ports no service declares) under
+    the workload's mode: a mutual TLS twin (matched without a port: declared ports'
+    chains are more specific) and, under STRICT, plaintext refused."""
+    if not (mode == "STRICT" or (mode == "PERMISSIVE" and bound)):
+        return
+    default = listener.default_filter_chain
+    listener.filter_chains.append(mutual_tls_chain(default))
+    if mode == "STRICT":
+        listener.default_filter_chain.CopyFrom(_refused(default))
+    if not any(f.name == TLS_INSPECTOR for f in listener.listener_filters):
         listener.listener_filters.append(tls_inspector())
         listener.listener_filters_timeout.CopyFrom(duration_pb2.Duration(seconds=1))
         listener.continue_on_listener_filters_timeout = True

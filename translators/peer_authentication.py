@@ -61,6 +61,11 @@ def port_modes(
     return modes
 
 
+WORKLOAD_PORT = 0  # proxy_modes' key for ports no service declares (no portLevelMtls)
+
+
 def proxy_modes(config: model.MeshConfig, proxy: model.Proxy) -> dict[int, str]:
-    """The modes of a sidecar's app ports."""
-    return port_modes(config, proxy.namespace, proxy.labels, tuple(p.app_port for p in proxy.ports))
+    """The modes of a sidecar's app ports, and (WORKLOAD_PORT) of any other port a
+    captured sidecar passes through to its app."""
+    ports = (*(p.app_port for p in proxy.ports), WORKLOAD_PORT)
+    return port_modes(config, proxy.namespace, proxy.labels, ports)

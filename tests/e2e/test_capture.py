@@ -126,6 +126,9 @@ class Mesh(PodMesh):
                 capture_args=["--redirect-dns"],
                 token=tokens.issue(self.token_key, "default", labels["app"], 3600),
             )
+        # A port of db's that no service declares: captured, then passed through.
+        extra = [*PROBE, "tcp-server", "0.0.0.0", str(EXTRA_PORT), "extra"]
+        self.spawn(self.pods["db"].namespace, "db-extra", extra)
 
     def call(self, pod: str, url: str, *headers: str, uid: int = APP_UID) -> tuple[int, dict]:
         answer = probe(self.pods[pod].namespace, uid, "http", url, *headers)
@@ -222,6 +225,32 @@ def test_the_app_port_is_reached_only_through_its_sidecar(mesh) -> None:
     assert status == 200 and body["version"] == "v2", body
     assert "x-request-id" in body["headers"]  # added by the callee's sidecar
     assert body["instance"] == "0.0.0.0:9080" or body["instance"].endswith(":9080")
+
+
+EXTRA_PORT = 7777
+STRICT_DB = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: db-strict, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  mtls: {mode: STRICT}
+"""
+
+
+def test_undeclared_ports_follow_the_workloads_peer_authentication(mesh) -> None:
+    """Ports no service declares pass through the sidecar to the app; STRICT holds there
+    too (plaintext refused). AuthorizationPolicy guards them as well
+    (tests/test_capture_listeners.py); network RBAC decides on a client's first bytes,
+    which this server-first probe never sends."""
+    db = mesh.pods["db"].address
+    assert _eventually(lambda: mesh.tcp("sleep", db, EXTRA_PORT).startswith("extra "))
+    mesh.apply("strict.yaml", STRICT_DB)
+    try:
+        assert _eventually(lambda: not mesh.tcp("sleep", db, EXTRA_PORT).startswith("extra "))
+        assert not mesh.tcp("sleep", db, EXTRA_PORT).startswith("extra ")
+    finally:
+        mesh.remove("strict.yaml")
+    assert _eventually(lambda: mesh.tcp("sleep", db, EXTRA_PORT).startswith("extra "))
 
 
 def _eventually(check, seconds: float = 20) -> bool:
