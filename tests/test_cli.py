@@ -326,3 +326,13 @@ spec:
         ("error", "spec.trafficPolicy.tls.privateKey"),
     ]
     assert "required with mode MUTUAL" in issues[0].message and issues[0].line >= 7
+
+
+def test_bootstrap_sends_a_token_only_over_tls(tmp_path: Path, capsys):
+    argv = ["bootstrap", "--node-id", "a", "--token", "xds1.x.y", "-o", str(tmp_path / "b.yaml")]
+    assert cli.main(argv) == 2
+    assert "--token needs --xds-root-cert" in capsys.readouterr().err
+    root = str(tmp_path / "root.pem")
+    assert cli.main([*argv, "--xds-root-cert", root]) == 0
+    text = (tmp_path / "b.yaml").read_text()
+    assert "Bearer xds1.x.y" in text and root in text and "xds-server" in text
