@@ -192,7 +192,7 @@ def main() -> None:
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline:
                     try:
-                        if _get(f"http://127.0.0.1:{debug}/debug/status").get("ready"):
+                        if _get(f"http://127.0.0.1:{debug}/debug/configz").get("ready"):
                             break
                     except OSError:
                         pass
