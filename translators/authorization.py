@@ -35,7 +35,6 @@ from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2,
 
 from protos import authorization_policy_pb2 as az_pb2
 from translators import ext_authz, model, request_authentication
-from translators.naming import has_labels
 from translators.resources import to_any
 
 HTTP_RBAC = "envoy.filters.http.rbac"
@@ -64,17 +63,7 @@ NONE = InboundRbac()
 
 def applicable(config: model.MeshConfig, proxy: model.Proxy) -> list[model.ConfigResource]:
     """The policies that apply to `proxy`'s workload, oldest first."""
-    root = config.mesh.root_namespace
-    found = [
-        p
-        for p in config.of_kind(model.AUTHORIZATION_POLICY)
-        if p.namespace in (root, proxy.namespace)
-        and (
-            not p.spec.HasField("selector")
-            or has_labels(proxy.labels, p.spec.selector.match_labels)
-        )
-    ]
-    return sorted(found, key=lambda p: p.order_key())
+    return model.workload_policies(config, model.AUTHORIZATION_POLICY, proxy)
 
 
 def inbound_rbac(
@@ -121,25 +110,12 @@ def _rbac_of(
     custom = [p for p in policies if p.spec.action == CUSTOM]
     fail_closed: list[model.ConfigResource] = []
     if custom:
-        rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
-        for policy in custom:
-            for index, rule in enumerate(policy.spec.rules):
-                built = _policy(rule, False, ALLOW, issuers)
-                if built is not None:
-                    name = f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
-                    rules.policies[f"{ext_authz.POLICY_PREFIX}-{name}"].CopyFrom(built)
-        filters, closed = ext_authz.custom_filters(custom, mesh or model.default_mesh(), rules)
+        mesh = mesh or model.default_mesh()
+        rules = _custom_rules(custom, False, issuers)
+        filters, closed = ext_authz.custom_filters(custom, mesh, rules)
         http.extend(filters)
-        tcp_rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
-        for policy in custom:
-            for index, rule in enumerate(policy.spec.rules):
-                built = _policy(rule, True, ALLOW, issuers)
-                if built is not None:
-                    name = f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
-                    tcp_rules.policies[f"{ext_authz.POLICY_PREFIX}-{name}"].CopyFrom(built)
-        network.extend(
-            ext_authz.custom_network_filters(custom, mesh or model.default_mesh(), tcp_rules)
-        )
+        tcp_rules = _custom_rules(custom, True, issuers)
+        network.extend(ext_authz.custom_network_filters(custom, mesh, tcp_rules))
         if closed:  # no such provider, or two: what they select is refused
             fail_closed = custom
     # As Istio orders them: AUDIT before ALLOW, so that what ALLOW refuses is logged too.
@@ -172,6 +148,21 @@ def _rbac_of(
                     config_.rules_stat_prefix = "audit"
                 out.append(hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=to_any(config_)))
     return InboundRbac(tuple(http), tuple(network))
+
+
+def _custom_rules(
+    custom: list[model.ConfigResource], tcp: bool, issuers: tuple[str, ...]
+) -> rbac_pb2.RBAC:
+    """The rules that pick what CUSTOM policies send to their provider, their ids
+    prefixed as ext_authz looks for them."""
+    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
+    for policy in custom:
+        for index, rule in enumerate(policy.spec.rules):
+            built = _policy(rule, tcp, ALLOW, issuers)
+            if built is not None:
+                name = f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
+                rules.policies[f"{ext_authz.POLICY_PREFIX}-{name}"].CopyFrom(built)
+    return rules
 
 
 # ---- one rule ------------------------------------------------------------------------

@@ -67,15 +67,7 @@ def custom_filters(
     shadow = http_rbac_pb2.RBAC(shadow_rules=rules, shadow_rules_stat_prefix=SHADOW_PREFIX)
     config = ext_authz_pb2.ExtAuthz(
         transport_api_version=config_source_pb2.V3,
-        filter_enabled_metadata=metadata_pb2.MetadataMatcher(
-            filter=HTTP_RBAC,
-            path=[
-                metadata_pb2.MetadataMatcher.PathSegment(
-                    key=f"{SHADOW_PREFIX}shadow_effective_policy_id"
-                )
-            ],
-            value={"string_match": string_pb2.StringMatcher(prefix=POLICY_PREFIX)},
-        ),
+        filter_enabled_metadata=_picked_by(HTTP_RBAC),
     )
     kind = provider.WhichOneof("provider")
     settings = getattr(provider, kind)
@@ -151,20 +143,25 @@ def custom_network_filters(
         ),
         failure_mode_allow=settings.fail_open,
         transport_api_version=config_source_pb2.V3,
-        filter_enabled_metadata=metadata_pb2.MetadataMatcher(
-            filter=NETWORK_RBAC,
-            path=[
-                metadata_pb2.MetadataMatcher.PathSegment(
-                    key=f"{SHADOW_PREFIX}shadow_effective_policy_id"
-                )
-            ],
-            value={"string_match": string_pb2.StringMatcher(prefix=POLICY_PREFIX)},
-        ),
+        filter_enabled_metadata=_picked_by(NETWORK_RBAC),
     )
     return [
         listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=to_any(shadow)),
         listener_components_pb2.Filter(name=NETWORK_EXT_AUTHZ, typed_config=to_any(check)),
     ]
+
+
+def _picked_by(rbac_filter: str) -> metadata_pb2.MetadataMatcher:
+    """Whether the shadow rules of `rbac_filter` picked this request or connection."""
+    return metadata_pb2.MetadataMatcher(
+        filter=rbac_filter,
+        path=[
+            metadata_pb2.MetadataMatcher.PathSegment(
+                key=f"{SHADOW_PREFIX}shadow_effective_policy_id"
+            )
+        ],
+        value={"string_match": string_pb2.StringMatcher(prefix=POLICY_PREFIX)},
+    )
 
 
 def _exact(names) -> list[string_pb2.StringMatcher]:

@@ -271,3 +271,20 @@ class Proxy:
             if port.app_port == app_port:
                 return port.inbound_port
         return None
+
+
+def workload_policies(config: MeshConfig, kind: str, proxy: Proxy) -> list[ConfigResource]:
+    """The security policies of `kind` that apply to `proxy`'s workload, oldest first:
+    those of the root namespace and of its own whose selector it matches, or that have
+    none (PeerAuthentication ranks them otherwise: translators.peer_authentication)."""
+    root = config.mesh.root_namespace
+    found = [
+        p
+        for p in config.of_kind(kind)
+        if p.namespace in (root, proxy.namespace)
+        and (
+            not p.spec.HasField("selector")
+            or all(proxy.labels.get(k) == v for k, v in p.spec.selector.match_labels.items())
+        )
+    ]
+    return sorted(found, key=lambda p: p.order_key())

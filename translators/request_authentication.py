@@ -26,7 +26,6 @@ from google.protobuf import empty_pb2
 
 from protos import request_authentication_pb2 as ra_pb2
 from translators import jwks, model
-from translators.naming import has_labels
 from translators.resources import to_any
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
@@ -36,17 +35,7 @@ OPENID_PREFIX = "openid:"  # JwksSource key of an issuer whose keys discovery fi
 
 def applicable(config: model.MeshConfig, proxy: model.Proxy) -> list[model.ConfigResource]:
     """The policies that apply to `proxy`'s workload, oldest first."""
-    root = config.mesh.root_namespace
-    found = [
-        p
-        for p in config.of_kind(model.REQUEST_AUTHENTICATION)
-        if p.namespace in (root, proxy.namespace)
-        and (
-            not p.spec.HasField("selector")
-            or has_labels(proxy.labels, p.spec.selector.match_labels)
-        )
-    ]
-    return sorted(found, key=lambda p: p.order_key())
+    return model.workload_policies(config, model.REQUEST_AUTHENTICATION, proxy)
 
 
 def source_of(rule: ra_pb2.JWTRule) -> str | None:
