@@ -91,9 +91,9 @@ def test_what_is_not_applied_yet_is_refused_with_its_line() -> None:
             "not a port",
         ),
         (
-            "{rules: [{from: [{source: {remoteIpBlocks: ['10.0.0.0/8']}}]}]}",
-            "spec.rules[0].from[0].source.remoteIpBlocks",
-            "not supported yet",
+            "{rules: [{from: [{source: {remoteIpBlocks: ['10.0.0.0/33']}}]}]}",
+            "spec.rules[0].from[0].source.remoteIpBlocks[0]",
+            "not an address",
         ),
     ):
         parsed = parse_file("authz.yaml", policy("p", spec))

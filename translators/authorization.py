@@ -200,7 +200,7 @@ def _policy(
 
 
 def _is_source_key(key: str) -> bool:
-    return key.startswith(("source.", "request.headers[", "request.auth."))
+    return key.startswith(("source.", "remote.", "request.headers[", "request.auth."))
 
 
 def _source(source: az_pb2.Source, tcp: bool, issuers: tuple[str, ...]) -> rbac_pb2.Principal:
@@ -212,6 +212,8 @@ def _source(source: az_pb2.Source, tcp: bool, issuers: tuple[str, ...]) -> rbac_
         (source.not_namespaces, True, _namespace),
         (source.ip_blocks, False, _ip_block),
         (source.not_ip_blocks, True, _ip_block),
+        (source.remote_ip_blocks, False, _remote_ip_block),
+        (source.not_remote_ip_blocks, True, _remote_ip_block),
     ]
     if not tcp:  # a token is an HTTP request's
         request_principal = lambda value: _request_principal(value, issuers)  # noqa: E731
@@ -258,6 +260,8 @@ def _principal_condition(
         make = _auth_maker(key, issuers)
     elif key == "source.ip":
         make = _ip_block
+    elif key == "remote.ip":
+        make = _remote_ip_block
     elif key == "source.namespace":
         make = _namespace
     elif key == "source.principal":
@@ -275,6 +279,12 @@ def _principal_condition(
 def _permission_condition(condition: az_pb2.Condition) -> rbac_pb2.Permission | None:
     if condition.key == "destination.port":
         return _both_rules(condition, _port)
+    if condition.key == "destination.ip":
+        return _both_rules(condition, _destination_ip)
+    if condition.key == "connection.sni":
+        return _both_rules(
+            condition, lambda v: rbac_pb2.Permission(requested_server_name=_string(v))
+        )
     return None
 
 
@@ -346,12 +356,25 @@ def _escape(text: str) -> str:
     return "".join(f"\\{c}" if not c.isalnum() and c not in "-_" else c for c in text)
 
 
-def _ip_block(value: str) -> rbac_pb2.Principal:
+def _cidr(value: str) -> address_pb2.CidrRange:
     address, _, length = value.partition("/")
     prefix = int(length) if length else (128 if ":" in address else 32)
-    return rbac_pb2.Principal(
-        direct_remote_ip=address_pb2.CidrRange(address_prefix=address, prefix_len={"value": prefix})
-    )
+    return address_pb2.CidrRange(address_prefix=address, prefix_len={"value": prefix})
+
+
+def _ip_block(value: str) -> rbac_pb2.Principal:
+    """The peer's own address (ipBlocks, source.ip)."""
+    return rbac_pb2.Principal(direct_remote_ip=_cidr(value))
+
+
+def _remote_ip_block(value: str) -> rbac_pb2.Principal:
+    """The original client's address as Envoy derives it (X-Forwarded-For on a gateway
+    that trusts it; else the peer's): remoteIpBlocks, remote.ip."""
+    return rbac_pb2.Principal(remote_ip=_cidr(value))
+
+
+def _destination_ip(value: str) -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(destination_ip=_cidr(value))
 
 
 # ---- verified tokens (the JWT filter's metadata) -------------------------------------

@@ -49,10 +49,6 @@ _NOT_SUPPORTED = {
         "clientCertificate, privateKey and caCertificates files",
         "credential_name": "credentialName is not supported yet on DestinationRules",
     },
-    "meshapi.security.Source": {
-        "remoteIpBlocks": "remoteIpBlocks is not supported yet (use ipBlocks)",
-        "notRemoteIpBlocks": "notRemoteIpBlocks is not supported yet (use notIpBlocks)",
-    },
     "meshapi.security.AuthorizationPolicy": {
         "targetRef": "targetRef is not supported yet (use selector)",
         "targetRefs": "targetRefs is not supported yet (use selector)",

@@ -147,7 +147,10 @@ WHEN_KEYS = (
     "source.ip",
     "source.namespace",
     "source.principal",
+    "remote.ip",
+    "destination.ip",
     "destination.port",
+    "connection.sni",
     "request.auth.principal",
     "request.auth.audiences",
     "request.auth.presenter",
@@ -169,7 +172,7 @@ def _authorization_policy(spec) -> Iterator[Finding]:
                     found = _match_value_problem(value)
                     if found:
                         yield (*where, _camel(name), i), found
-            for name in ("ip_blocks", "not_ip_blocks"):
+            for name in ("ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks"):
                 for i, block in enumerate(getattr(origin.source, name)):
                     try:
                         ipaddress.ip_network(block, strict=False)
@@ -200,6 +203,8 @@ def _authorization_policy(spec) -> Iterator[Finding]:
                 yield where, f"unknown key {key!r}: use {', '.join(known)}"
             elif not condition.values and not condition.not_values:
                 yield ("spec", "rules", r, "when", c), "needs values or notValues"
+            else:
+                yield from _condition_values(condition, ("spec", "rules", r, "when", c))
 
 
 def _request_authentication(spec) -> Iterator[Finding]:
@@ -243,6 +248,22 @@ def _request_authentication(spec) -> Iterator[Finding]:
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _condition_values(condition, where) -> Iterator[Finding]:
+    """Addresses and ports where the key wants them (Envoy would refuse the rest)."""
+    for field in ("values", "not_values"):
+        for i, value in enumerate(getattr(condition, field)):
+            at = (*where, _camel(field), i)
+            if condition.key in ("source.ip", "remote.ip", "destination.ip"):
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    yield at, f"{value!r} is not an address or CIDR"
+            elif condition.key == "destination.port" and not (
+                value.isdigit() and 0 < int(value) < 65536
+            ):
+                yield at, f"{value!r} is not a port"
 
 
 _MATCHED_SOURCE = (
