@@ -124,8 +124,15 @@ def test_a_sidecar_with_its_token_gets_its_certificate_and_a_forged_one_nothing(
         syncz = json.loads(http_get(f"{server}/debug/syncz")[1])
         proxies = {p["proxy"] for p in syncz["proxies"]}
         assert "sleep" in proxies and "impostor" not in proxies
-        stats = http_get(f"http://127.0.0.1:{forged}/stats?filter=connected_state")[1]
-        assert "control_plane.connected_state: 0" in stats
+        # Refused: it retries (with backoff), connected only for the moment of each try.
+        wait_until(
+            lambda: (
+                "control_plane.connected_state: 0"
+                in http_get(f"http://127.0.0.1:{forged}/stats?filter=connected_state")[1]
+            ),
+            10,
+            "the impostor to be refused",
+        )
         # The good one speaks xDS over TLS; the doubter never got past the handshake.
         stats = http_get(f"http://127.0.0.1:{sleep}/stats?filter=xds_cluster.ssl")[1]
         assert "cluster.xds_cluster.ssl.handshake: " in stats
