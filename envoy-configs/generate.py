@@ -30,7 +30,9 @@ BOOTSTRAPS = {
         node_id="ingressgateway",
         labels={"app": "istio-ingressgateway", "istio": "ingressgateway"},
         service_account="istio-ingressgateway",
-        xds_address="xds-server:15010",
+        # Its token is added at `up` by xds-identity (the label xds-server.io/bootstrap).
+        xds_address="xds-server:15012",
+        xds_root_cert="/var/run/xds/root-cert.pem",
         bind_address="0.0.0.0",
         role="gateway",
     ),

@@ -190,9 +190,14 @@ def test_docker_compose_config_parses():
             boot = yaml.safe_load((CONFIGS / f"{app}.yaml").read_text())
             assert boot["node"]["id"] == app
             assert boot["node"]["metadata"]["INTERCEPTION_MODE"] == "REDIRECT"
+    # The gateway gets its token the same way (the label xds-server.io/bootstrap).
     gateway = services["ingressgateway"]
-    mounted = gateway["volumes"][0]
-    source = mounted["source"] if isinstance(mounted, dict) else mounted.split(":")[0]
-    boot = yaml.safe_load(Path(source).read_text())
+    ((source, target, read_only),) = map(_mount, gateway["volumes"])
+    assert source == str(Path(mounts["/identities"]) / "compose-ingressgateway")
+    assert target == "/var/run/xds" and read_only and "compose-ingressgateway" in written
+    # The server takes tokened streams over TLS only.
+    server = services["xds-server"]["command"]
+    assert "--require-tokens" in server and server[server.index("--xds-port") + 1] == "off"
+    boot = yaml.safe_load((CONFIGS / "compose-ingressgateway.yaml").read_text())
     assert boot["node"]["metadata"]["ROLE"] == "gateway"
     assert boot["node"]["metadata"]["LABELS"]["istio"] == "ingressgateway"

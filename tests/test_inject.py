@@ -249,3 +249,22 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_a_service_running_its_own_envoy_gets_its_token_too() -> None:
+    text = """services:
+  web: {image: web, labels: {app: web}}
+  gw:
+    image: envoyproxy/envoy:v1.40.0
+    environment: {ENVOY_UID: "2000"}
+    labels: {sidecar.istio.io/inject: "false", xds-server.io/bootstrap: my-gateway}
+"""
+    services = _injected(text).compose["services"]
+    command = services["xds-identity"]["command"]
+    assert "my-gateway:2000" in command and "web:1337" in command
+    assert services["gw"]["depends_on"]["xds-identity"]["condition"] == (
+        "service_completed_successfully"
+    )
+    bad = text.replace("my-gateway", "../etc")
+    with pytest.raises(inject.InjectError, match="bootstrap"):
+        _injected(bad)

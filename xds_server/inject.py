@@ -67,6 +67,10 @@ CAPTURE_RULES = ["iptables", "--apply", "--redirect-dns", "--capture-all-dns"]
 PROXY_UID = "1337"  # the rules' exception (istio-iptables -u)
 POD_FOR = "xds-server.io/pod-for"
 IDENTITY_SERVICE = "xds-identity"
+# On a service that runs Envoy from <bootstrap dir>/<value>.yaml itself (a gateway): give
+# it its token as the sidecars get theirs, in <identities dir>/<value>/.
+BOOTSTRAP_LABEL = "xds-server.io/bootstrap"
+ENVOY_IMAGE_UID = "101"  # the envoy image's user, when ENVOY_UID does not say
 IDENTITY_MOUNT = "/var/run/xds"  # a sidecar's own directory: bootstrap, token, root
 STATE_VOLUME, STATE_MOUNT = "xds-state", "/var/lib/xds-server"
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -282,8 +286,13 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
         out.services[mesh_labels["app"]] = _service_yaml(
             mesh_labels["app"], options.namespace, kept_apps[mesh_labels["app"]], tcp
         )
+    own = _own_bootstraps(services)
     if apps:
-        services[IDENTITY_SERVICE] = _identity_service(apps, options)
+        entries = [f"{name}:{PROXY_UID}" for name in apps] + [e for _, e in own]
+        services[IDENTITY_SERVICE] = _identity_service(entries, options)
+        for name, _ in own:
+            service = services[name]
+            service["depends_on"] = {**_depends_on(service, name), IDENTITY_SERVICE: _completed()}
     if apps and planes:  # the user's control plane waits for the state it shares
         plane = services[control_plane]
         plane["depends_on"] = {**_depends_on(plane, control_plane), IDENTITY_SERVICE: _completed()}
@@ -300,6 +309,10 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
                 "0.0.0.0",
                 "--state-dir",
                 STATE_MOUNT,
+                # Every proxy here has its token and speaks TLS: no other may connect.
+                "--require-tokens",
+                "--xds-port",
+                "off",
             ],
             "volumes": [f"{options.config_dir}:/mesh:ro", f"{STATE_VOLUME}:{STATE_MOUNT}"],
             "ports": ["127.0.0.1:15014:15014"],  # the debug API: this host only
@@ -320,7 +333,25 @@ def _completed() -> dict[str, str]:
     return {"condition": "service_completed_successfully"}
 
 
-def _identity_service(apps: Sequence[str], options: InjectOptions) -> dict[str, Any]:
+def _own_bootstraps(services: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(service, `stem:uid`) of the services labelled BOOTSTRAP_LABEL."""
+    out = []
+    for name, service in services.items():
+        stem = _labels(service, str(name)).get(BOOTSTRAP_LABEL)
+        if not stem:
+            continue
+        if not _NAME.fullmatch(stem):
+            raise InjectError(
+                ("services", str(name), "labels", BOOTSTRAP_LABEL),
+                "a bootstrap's file name: lower case letters, digits and '-'",
+            )
+        environment = service.get("environment") or {}
+        uid = environment.get("ENVOY_UID") if isinstance(environment, Mapping) else None
+        out.append((str(name), f"{stem}:{uid or ENVOY_IMAGE_UID}"))
+    return out
+
+
+def _identity_service(entries: Sequence[str], options: InjectOptions) -> dict[str, Any]:
     """The one-shot service that writes each sidecar's bootstrap with its token."""
     return {
         "image": options.server_image,
@@ -328,7 +359,7 @@ def _identity_service(apps: Sequence[str], options: InjectOptions) -> dict[str, 
             "sidecar-identities",
             *("--state-dir", STATE_MOUNT, "--bootstraps", "/bootstraps"),
             *("--out", "/identities"),
-            *(f"{name}:{PROXY_UID}" for name in apps),
+            *entries,
         ],
         "volumes": [
             f"{STATE_VOLUME}:{STATE_MOUNT}",
