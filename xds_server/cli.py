@@ -91,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         require_tokens=args.require_tokens,
         cert_lifetime_s=max(1.0, args.cert_lifetime),
         workload_key=args.workload_key,
+        jwks_refresh_s=max(1.0, args.jwks_refresh),
         cacerts=Path(args.cacerts) if args.cacerts else None,
         debug_require_token=args.debug_require_token,
     )
@@ -570,6 +571,14 @@ def parser() -> argparse.ArgumentParser:
         default=24 * 3600.0,
         metavar="SECONDS",
         help="workload certificates live this long and are renewed at half of it",
+    )
+    serve.add_argument(
+        "--jwks-refresh",
+        type=_non_negative(float),
+        default=20 * 60.0,
+        metavar="SECONDS",
+        help="RequestAuthentication keys (jwksUri, OpenID discovery) are fetched again this "
+        "often; a failed fetch is retried sooner",
     )
     serve.add_argument(
         "--workload-key",
