@@ -111,10 +111,11 @@ def _rbac_of(
     fail_closed: list[model.ConfigResource] = []
     if custom:
         mesh = mesh or model.default_mesh()
-        rules = _custom_rules(custom, False, issuers)
+        prefix = f"{ext_authz.POLICY_PREFIX}-"  # the ids ext_authz looks for
+        rules = _rules(custom, ALLOW, False, issuers, prefix)
         filters, closed = ext_authz.custom_filters(custom, mesh, rules)
         http.extend(filters)
-        tcp_rules = _custom_rules(custom, True, issuers)
+        tcp_rules = _rules(custom, ALLOW, True, issuers, prefix)
         network.extend(ext_authz.custom_network_filters(custom, mesh, tcp_rules))
         if closed:  # no such provider, or two: what they select is refused
             fail_closed = custom
@@ -126,14 +127,7 @@ def _rbac_of(
         if not chosen:
             continue
         for tcp, out in ((False, http), (True, network)):
-            rules = rbac_pb2.RBAC(action=_RBAC_ACTION[action])
-            for policy in chosen:
-                for index, rule in enumerate(policy.spec.rules):
-                    built = _policy(rule, tcp, action, issuers)
-                    if built is not None:
-                        rules.policies[
-                            f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
-                        ].CopyFrom(built)
+            rules = _rules(chosen, action, tcp, issuers)
             if action != ALLOW and not rules.policies:
                 continue  # nothing to refuse or to log
             name = _NAMES[action]
@@ -150,18 +144,22 @@ def _rbac_of(
     return InboundRbac(tuple(http), tuple(network))
 
 
-def _custom_rules(
-    custom: list[model.ConfigResource], tcp: bool, issuers: tuple[str, ...]
+def _rules(
+    policies: list[model.ConfigResource],
+    action: int,
+    tcp: bool,
+    issuers: tuple[str, ...],
+    prefix: str = "",
 ) -> rbac_pb2.RBAC:
-    """The rules that pick what CUSTOM policies send to their provider, their ids
-    prefixed as ext_authz looks for them."""
-    rules = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
-    for policy in custom:
+    """The RBAC rules of `policies`' rules as `action` treats them (CUSTOM's are ALLOW
+    rules that pick what goes to the provider), named after their policy and index."""
+    rules = rbac_pb2.RBAC(action=_RBAC_ACTION[action])
+    for policy in policies:
         for index, rule in enumerate(policy.spec.rules):
-            built = _policy(rule, tcp, ALLOW, issuers)
+            built = _policy(rule, tcp, action, issuers)
             if built is not None:
-                name = f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
-                rules.policies[f"{ext_authz.POLICY_PREFIX}-{name}"].CopyFrom(built)
+                name = f"{prefix}ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
+                rules.policies[name].CopyFrom(built)
     return rules
 
 

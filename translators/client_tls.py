@@ -20,16 +20,15 @@ from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, protocol_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
-from envoy.type.matcher.v3 import string_pb2
 
 from protos import destination_rule_pb2 as dr_pb2
 from translators import mtls
+from translators.cluster_settings import HTTP_OPTIONS_KEY
 from translators.resources import to_any
 
 Mode = dr_pb2.ClientTLSSettings.TLSmode
-HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 UPSTREAM_TLS = "envoy.transport_sockets.tls"
 
 
@@ -50,16 +49,9 @@ def apply_client_tls(
         context = tls_pb2.UpstreamTlsContext(
             common_tls_context=mtls.common_context(mtls.CLIENT_ALPN), sni=tls.sni
         )
-        if tls.subject_alt_names:
-            # The mesh root (ROOTCA) and these names: a combined validation context.
-            common = context.common_tls_context
-            root = common.validation_context_sds_secret_config
-            combined = common.combined_validation_context
-            combined.validation_context_sds_secret_config.CopyFrom(root)
-            common.ClearField("validation_context_sds_secret_config")
-            combined.default_validation_context.match_typed_subject_alt_names.extend(
-                _sans(tls.subject_alt_names)
-            )
+        mtls.validate_peers(
+            context.common_tls_context, mtls.sds(mtls.ROOT_SECRET), tls.subject_alt_names
+        )
         _set_socket(cluster, context)
         return
     context = tls_pb2.UpstreamTlsContext(sni=tls.sni)
@@ -78,7 +70,7 @@ def apply_client_tls(
             validation.system_root_certs.SetInParent()
         if tls.ca_crl:
             validation.crl.filename = tls.ca_crl
-        validation.match_typed_subject_alt_names.extend(_sans(tls.subject_alt_names))
+        validation.match_typed_subject_alt_names.extend(mtls.san_matchers(tls.subject_alt_names))
     if not tls.sni:
         if http:
             _auto_sni(cluster, verify=not skip and not tls.subject_alt_names)
@@ -92,23 +84,6 @@ def _set_socket(cluster: cluster_pb2.Cluster, context: tls_pb2.UpstreamTlsContex
     cluster.transport_socket.CopyFrom(
         base_pb2.TransportSocket(name=UPSTREAM_TLS, typed_config=to_any(context))
     )
-
-
-def _sans(names) -> list[common_pb2.SubjectAltNameMatcher]:
-    """A SPIFFE ID (or any URI) is a URI name; anything else a DNS name."""
-    out = []
-    for name in names:
-        kind = (
-            common_pb2.SubjectAltNameMatcher.URI
-            if "://" in name
-            else (common_pb2.SubjectAltNameMatcher.DNS)
-        )
-        out.append(
-            common_pb2.SubjectAltNameMatcher(
-                san_type=kind, matcher=string_pb2.StringMatcher(exact=name)
-            )
-        )
-    return out
 
 
 def _auto_sni(cluster: cluster_pb2.Cluster, verify: bool) -> None:

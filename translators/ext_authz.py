@@ -60,8 +60,7 @@ def custom_filters(
     """The filters of a workload's CUSTOM policies, whose rules (`rules`, built by the
     caller with policy ids prefixed POLICY_PREFIX) pick the requests to check; and
     whether they fail closed instead (the caller then denies with the rules)."""
-    names = {p.spec.provider.name for p in policies}
-    provider = provider_named(mesh, next(iter(names))) if len(names) == 1 else None
+    provider = _provider_of(policies, mesh)
     if provider is None or not rules.policies:
         return [], provider is None and bool(rules.policies)
     shadow = http_rbac_pb2.RBAC(shadow_rules=rules, shadow_rules_stat_prefix=SHADOW_PREFIX)
@@ -71,27 +70,20 @@ def custom_filters(
     )
     kind = provider.WhichOneof("provider")
     settings = getattr(provider, kind)
-    host = provider_host(settings.service)
-    cluster = outbound_cluster(settings.port, host)
-    timeout = settings.timeout if settings.HasField("timeout") else DEFAULT_TIMEOUT
     config.failure_mode_allow = settings.fail_open
     config.status_on_error.CopyFrom(
         http_status_pb2.HttpStatus(code=int(settings.status_on_error or 403))
     )
     if kind == "envoy_ext_authz_grpc":
-        config.grpc_service.CopyFrom(
-            grpc_service_pb2.GrpcService(
-                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
-                    cluster_name=cluster, authority=host
-                ),
-                timeout=timeout,
-            )
-        )
+        config.grpc_service.CopyFrom(_grpc_service(settings))
     else:
+        host = provider_host(settings.service)
         service = config.http_service
         service.server_uri.CopyFrom(
             http_uri_pb2.HttpUri(
-                uri=f"http://{host}:{settings.port}", cluster=cluster, timeout=timeout
+                uri=f"http://{host}:{settings.port}",
+                cluster=outbound_cluster(settings.port, host),
+                timeout=_timeout(settings),
             )
         )
         service.path_prefix = settings.path_prefix
@@ -122,25 +114,18 @@ def custom_network_filters(
 ) -> list[listener_components_pb2.Filter]:
     """On TCP ports, as Istio: a gRPC provider checks the connections the rules select
     (network ext_authz behind shadow rules); an HTTP provider cannot, and is skipped."""
-    names = {p.spec.provider.name for p in policies}
-    provider = provider_named(mesh, next(iter(names))) if len(names) == 1 else None
+    provider = _provider_of(policies, mesh)
     if provider is None or provider.WhichOneof("provider") != "envoy_ext_authz_grpc":
         return []
     if not rules.policies:
         return []
     settings = provider.envoy_ext_authz_grpc
-    host = provider_host(settings.service)
     shadow = network_rbac_pb2.RBAC(
         shadow_rules=rules, shadow_rules_stat_prefix=SHADOW_PREFIX, stat_prefix="istio_ext_authz."
     )
     check = network_ext_authz_pb2.ExtAuthz(
         stat_prefix="ext_authz",
-        grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
-                cluster_name=outbound_cluster(settings.port, host), authority=host
-            ),
-            timeout=settings.timeout if settings.HasField("timeout") else DEFAULT_TIMEOUT,
-        ),
+        grpc_service=_grpc_service(settings),
         failure_mode_allow=settings.fail_open,
         transport_api_version=config_source_pb2.V3,
         filter_enabled_metadata=_picked_by(NETWORK_RBAC),
@@ -149,6 +134,28 @@ def custom_network_filters(
         listener_components_pb2.Filter(name=NETWORK_RBAC, typed_config=to_any(shadow)),
         listener_components_pb2.Filter(name=NETWORK_EXT_AUTHZ, typed_config=to_any(check)),
     ]
+
+
+def _provider_of(policies: Sequence[model.ConfigResource], mesh: mesh_config_pb2.MeshConfig):
+    """The one provider the workload's CUSTOM policies name, if the mesh config has it;
+    None for an unknown one or for several (they then fail closed)."""
+    names = {p.spec.provider.name for p in policies}
+    return provider_named(mesh, next(iter(names))) if len(names) == 1 else None
+
+
+def _timeout(settings) -> duration_pb2.Duration:
+    return settings.timeout if settings.HasField("timeout") else DEFAULT_TIMEOUT
+
+
+def _grpc_service(settings) -> grpc_service_pb2.GrpcService:
+    """A gRPC provider's service: its cluster in the registry, its timeout."""
+    host = provider_host(settings.service)
+    return grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+            cluster_name=outbound_cluster(settings.port, host), authority=host
+        ),
+        timeout=_timeout(settings),
+    )
 
 
 def _picked_by(rbac_filter: str) -> metadata_pb2.MetadataMatcher:

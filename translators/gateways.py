@@ -24,7 +24,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
-from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from protos import gateway_pb2
@@ -188,46 +187,24 @@ def _tls_socket(tls: gateway_pb2.ServerTLSSettings) -> base_pb2.TransportSocket:
     certificate, and clients' from the mesh root."""
     context = tls_pb2.DownstreamTlsContext()
     common = context.common_tls_context
-    validation: common_pb2.CertificateValidationContext | None = None
+    names = tls.subject_alt_names
     if tls.mode == TLS.ISTIO_MUTUAL:
-        mesh = mtls.common_context(())
-        common.tls_certificate_sds_secret_configs.extend(mesh.tls_certificate_sds_secret_configs)
-        root = mesh.validation_context_sds_secret_config
-        if tls.subject_alt_names:
-            common.combined_validation_context.validation_context_sds_secret_config.CopyFrom(root)
-            validation = common.combined_validation_context.default_validation_context
-        else:
-            common.validation_context_sds_secret_config.CopyFrom(root)
-        context.require_client_certificate.value = True
+        common.tls_certificate_sds_secret_configs.append(mtls.sds(mtls.DEFAULT_SECRET))
+        mtls.validate_peers(common, mtls.sds(mtls.ROOT_SECRET), names)
     elif tls.credential_name:
         name = SDS_PREFIX + tls.credential_name
         common.tls_certificate_sds_secret_configs.append(mtls.sds(name))
         if tls.mode == TLS.MUTUAL:
-            ca = mtls.sds(f"{name}-cacert")
-            if tls.subject_alt_names:
-                common.combined_validation_context.validation_context_sds_secret_config.CopyFrom(ca)
-                validation = common.combined_validation_context.default_validation_context
-            else:
-                common.validation_context_sds_secret_config.CopyFrom(ca)
-            context.require_client_certificate.value = True
+            mtls.validate_peers(common, mtls.sds(f"{name}-cacert"), names)
     else:
         certificate = common.tls_certificates.add()
         certificate.certificate_chain.filename = tls.server_certificate
         certificate.private_key.filename = tls.private_key
         if tls.mode == TLS.MUTUAL:
-            validation = common.validation_context
-            validation.trusted_ca.filename = tls.ca_certificates
-            context.require_client_certificate.value = True
-    if validation is not None and tls.subject_alt_names:
-        validation.match_typed_subject_alt_names.extend(
-            common_pb2.SubjectAltNameMatcher(
-                san_type=common_pb2.SubjectAltNameMatcher.URI
-                if "://" in name
-                else common_pb2.SubjectAltNameMatcher.DNS,
-                matcher=string_pb2.StringMatcher(exact=name),
-            )
-            for name in tls.subject_alt_names
-        )
+            common.validation_context.trusted_ca.filename = tls.ca_certificates
+            common.validation_context.match_typed_subject_alt_names.extend(mtls.san_matchers(names))
+    if tls.mode != TLS.SIMPLE:  # MUTUAL, ISTIO_MUTUAL: clients present certificates
+        context.require_client_certificate.value = True
     common.alpn_protocols.extend(["h2", "http/1.1"])
     common.tls_params.tls_minimum_protocol_version = _TLS_VERSIONS[
         tls.min_protocol_version or TLS.TLSV1_2

@@ -19,7 +19,8 @@ from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
 from translators.resources import to_any
@@ -50,6 +51,34 @@ def common_context(alpn: tuple[str, ...]) -> tls_pb2.CommonTlsContext:
         validation_context_sds_secret_config=sds(ROOT_SECRET),
         alpn_protocols=list(alpn),
     )
+
+
+def san_matchers(names) -> list[common_pb2.SubjectAltNameMatcher]:
+    """Names a peer's certificate must carry: a SPIFFE ID (any URI) as a URI name,
+    anything else as a DNS name."""
+    uri, dns = common_pb2.SubjectAltNameMatcher.URI, common_pb2.SubjectAltNameMatcher.DNS
+    return [
+        common_pb2.SubjectAltNameMatcher(
+            san_type=uri if "://" in name else dns, matcher=string_pb2.StringMatcher(exact=name)
+        )
+        for name in names
+    ]
+
+
+def validate_peers(
+    common: tls_pb2.CommonTlsContext, trusted: secret_pb2.SdsSecretConfig, names=()
+) -> None:
+    """Peers' certificates must chain to the SDS secret `trusted` and, when `names` are
+    given, carry one of them (a combined validation context)."""
+    common.ClearField("validation_context_sds_secret_config")
+    if names:
+        combined = common.combined_validation_context
+        combined.validation_context_sds_secret_config.CopyFrom(trusted)
+        combined.default_validation_context.match_typed_subject_alt_names.extend(
+            san_matchers(names)
+        )
+    else:
+        common.validation_context_sds_secret_config.CopyFrom(trusted)
 
 
 def client_socket_matches() -> list[cluster_pb2.Cluster.TransportSocketMatch]:
@@ -121,10 +150,8 @@ def secure_inbound(
             if mode == "STRICT":
                 chain = _refused(chain)
         listener.filter_chains.append(chain)
-    if inspect and not any(f.name == TLS_INSPECTOR for f in listener.listener_filters):
-        listener.listener_filters.append(tls_inspector())
-        listener.listener_filters_timeout.CopyFrom(duration_pb2.Duration(seconds=1))
-        listener.continue_on_listener_filters_timeout = True
+    if inspect:
+        _inspect(listener)
 
 
 def secure_passthrough(listener, mode: str, bound: bool) -> None:
@@ -137,6 +164,11 @@ def secure_passthrough(listener, mode: str, bound: bool) -> None:
     listener.filter_chains.append(mutual_tls_chain(default))
     if mode == "STRICT":
         listener.default_filter_chain.CopyFrom(_refused(default))
+    _inspect(listener)
+
+
+def _inspect(listener) -> None:
+    """Read a client's first bytes (once per listener), at most a second, then go on."""
     if not any(f.name == TLS_INSPECTOR for f in listener.listener_filters):
         listener.listener_filters.append(tls_inspector())
         listener.listener_filters_timeout.CopyFrom(duration_pb2.Duration(seconds=1))
