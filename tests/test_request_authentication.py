@@ -208,7 +208,10 @@ def test_jwks_problem_accepts_real_key_sets_and_the_fail_closed_one() -> None:
 def test_sources_are_uris_or_discovery() -> None:
     text = authn("a", "[{issuer: x, jwksUri: 'http://h/k'}, {issuer: 'https://i.example'}]")
     text += authn("b", f"[{{issuer: z, jwks: '{ISSUER.jwks()}'}}]")
-    assert sources(config_from(text)) == {"http://h/k", OPENID_PREFIX + "https://i.example"}
+    assert set(sources(config_from(text), 5.0)) == {
+        "http://h/k",
+        OPENID_PREFIX + "https://i.example",
+    }
 
 
 # ---- the fetcher ------------------------------------------------------------------------

@@ -28,18 +28,19 @@ class Credential:
         return f"Credential(chain={self.chain is not None}, ca={self.ca is not None})"
 
 
-def decoded(spec) -> dict[str, bytes]:
-    """A Secret's values (data decoded; stringData as text); ValueError names a key
+def decoded(spec) -> tuple[dict[str, bytes], list[str]]:
+    """A Secret's values (data decoded; stringData as text), and the keys of `data`
     whose value is not base64 (never the value)."""
     out: dict[str, bytes] = {}
+    bad: list[str] = []
     for key, value in spec.data.items():
         try:
             out[key] = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError(key) from None
+            bad.append(key)
     for key, value in spec.string_data.items():
         out[key] = value.encode()
-    return out
+    return out, bad
 
 
 def _first(values: dict[str, bytes], keys: tuple[str, ...]) -> bytes | None:
@@ -52,15 +53,12 @@ def find(config: model.MeshConfig, namespace: str, name: str) -> Credential | No
     secret = secrets.get(name)
     if secret is None:
         return None
-    try:
-        values = decoded(secret.spec)
-    except ValueError:
+    values, bad = decoded(secret.spec)
+    if bad:  # refused at load; never served in part
         return None
     ca = _first(values, CA_KEYS)
     separate = secrets.get(f"{name}-cacert")
     if ca is None and separate is not None:
-        try:
-            ca = _first(decoded(separate.spec), CA_KEYS)
-        except ValueError:
-            ca = None
+        more, bad = decoded(separate.spec)
+        ca = None if bad else _first(more, CA_KEYS)
     return Credential(_first(values, CERT_KEYS), _first(values, KEY_KEYS), ca)

@@ -46,14 +46,21 @@ def source_of(rule: ra_pb2.JWTRule) -> str | None:
     return rule.jwks_uri or OPENID_PREFIX + rule.issuer
 
 
-def sources(config: model.MeshConfig) -> set[str]:
-    """Every key source the configuration names."""
-    return {
-        s
-        for policy in config.of_kind(model.REQUEST_AUTHENTICATION)
-        for rule in policy.spec.jwt_rules
-        if (s := source_of(rule)) is not None
-    }
+def sources(config: model.MeshConfig, default_timeout: float) -> dict[str, float]:
+    """Every key source the configuration names, with how long one fetch of it may take
+    (the shortest `timeout` of the rules that name it)."""
+    out: dict[str, float] = {}
+    for policy in config.of_kind(model.REQUEST_AUTHENTICATION):
+        for rule in policy.spec.jwt_rules:
+            source = source_of(rule)
+            if source is not None:
+                timeout = (
+                    rule.timeout.ToTimedelta().total_seconds()
+                    if rule.HasField("timeout")
+                    else default_timeout
+                )
+                out[source] = min(out.get(source, timeout), timeout)
+    return out
 
 
 def issuers(policies: list[model.ConfigResource]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from translators import jwks, model
-from translators.request_authentication import OPENID_PREFIX, source_of
+from translators.request_authentication import OPENID_PREFIX, sources
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 5.0
@@ -61,17 +62,7 @@ class JwksSource:
 
     def track(self, config: model.MeshConfig) -> None:
         """Fetch the sources `config` names and no others."""
-        wanted: dict[str, float] = {}
-        for policy in config.of_kind(model.REQUEST_AUTHENTICATION):
-            for rule in policy.spec.jwt_rules:
-                source = source_of(rule)
-                if source is not None:
-                    timeout = (
-                        rule.timeout.ToTimedelta().total_seconds()
-                        if rule.HasField("timeout")
-                        else DEFAULT_TIMEOUT
-                    )
-                    wanted[source] = min(wanted.get(source, timeout), timeout)
+        wanted = sources(config, DEFAULT_TIMEOUT)
         self._timeouts = wanted
         for source in list(self._tasks):
             if source not in wanted:
@@ -96,15 +87,7 @@ class JwksSource:
                 await asyncio.wait_for(asyncio.gather(*events), limit)
 
     def report(self) -> dict[str, dict]:
-        return {
-            source: {
-                "ok": state.ok,
-                "error": state.error,
-                "fetched_at": state.fetched_at,
-                "attempts": state.attempts,
-            }
-            for source, state in sorted(self.states.items())
-        }
+        return {source: dataclasses.asdict(state) for source, state in sorted(self.states.items())}
 
     async def close(self) -> None:
         for task in self._tasks.values():

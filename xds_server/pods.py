@@ -112,7 +112,7 @@ class PodMesh:
         add_bridge(self.hub, HUB_ADDRESS)
         # The server's root and token key, made before it starts: pods read them at once.
         self.root_pem()
-        tokens.load_or_create_key(self.work_dir / "state")
+        self._token_key  # noqa: B018 (made now)
         # xDS on the bridge for the pods; the debug API on the hub's own loopback, where
         # it needs no admin token (ip netns exec <hub> curl ...).
         listen = ["--xds-address", HUB_ADDRESS, "--debug-address", "127.0.0.1"]
@@ -123,12 +123,19 @@ class PodMesh:
 
     def root_pem(self) -> str:
         """The mesh root of the hub's server (made here first, as serve would)."""
+        return self._root
+
+    @functools.cached_property
+    def _root(self) -> str:  # read once: every pod with a token wants it
         return CertificateAuthority.load_or_create(self.work_dir / "state" / "ca").root_pem.decode()
+
+    @functools.cached_property
+    def _token_key(self) -> bytes:
+        return tokens.load_or_create_key(self.work_dir / "state")
 
     def token(self, namespace: str, service_account: str) -> str:
         """A token for the workload, signed with the hub server's key (`xds-server token`)."""
-        key = tokens.load_or_create_key(self.work_dir / "state")
-        return tokens.issue(key, namespace, service_account, 24 * 3600)
+        return tokens.issue(self._token_key, namespace, service_account, 24 * 3600)
 
     def namespace(self, suffix: str, nameserver: str | None = None) -> Namespace:
         namespace = Namespace.create(f"{self.prefix}-{suffix}", nameserver)

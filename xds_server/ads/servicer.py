@@ -176,18 +176,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                 log.warning("refusing ADS stream from %s: %s", safe_text(peer), exc)
                                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                                 return
-                            if bound is not None and not _over_tls(context):
+                            if bound is not None and _over_tls(context):
+                                # It will hold its certificate: mutual TLS.
+                                proxy = dataclasses.replace(proxy, mtls=True)
+                            elif bound is not None:
                                 # Keys travel only over TLS (the TLS port): a token sent in
                                 # plaintext binds the stream, but gets it no secret.
                                 log.info(
                                     "%s: stream over plaintext; no secrets (use the TLS port)",
                                     safe_text(proxy.node_id, 256),
                                 )
-                                secrets_ok = False
-                            else:
-                                secrets_ok = bound is not None
-                            if secrets_ok:  # it will hold its certificate: mTLS
-                                proxy = dataclasses.replace(proxy, mtls=True)
                         protocol = protocol_type(proxy.node_id, self.control_plane_id)
                         self._stream_ids += 1
                         stream_id = self._stream_ids

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Iterator
 
 import re2
@@ -17,6 +18,8 @@ from protos import virtual_service_pb2
 from xds_server.config.yaml_lines import Path
 
 Finding = tuple[Path, str]
+# RFC 9110 token: what an HTTP header name may be made of.
+HEADER_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 SKIP_ENV = "XDS_SERVER_UNSAFE_SKIP_CHECKS"
 # Every check that `enabled` can turn off, with the rule it enforces.

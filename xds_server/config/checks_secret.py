@@ -3,14 +3,12 @@ messages that name the key and never show a value."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from translators.credentials import CA_KEYS, CERT_KEYS, KEY_KEYS
+from translators.credentials import CA_KEYS, CERT_KEYS, KEY_KEYS, decoded
 from xds_server.config.checks_common import Finding
 
 TLS_TYPE = "kubernetes.io/tls"
@@ -28,14 +26,9 @@ def _where(spec, key: str) -> tuple[str, str]:
 
 
 def check_secret(spec) -> Iterator[Finding]:
-    values: dict[str, bytes] = {}
-    for key, value in spec.data.items():
-        try:
-            values[key] = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            yield ("data", key), "not base64 (data holds base64; use stringData for text)"
-    for key, value in spec.string_data.items():
-        values[key] = value.encode()
+    values, bad = decoded(spec)
+    for key in bad:
+        yield ("data", key), "not base64 (data holds base64; use stringData for text)"
     if spec.type == TLS_TYPE:
         for needed in ("tls.crt", "tls.key"):
             if needed not in values and needed not in spec.data:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from protos import virtual_service_pb2 as vs_pb2
 from translators.route_policies import GRPC_CODES, REDIRECT_CODES, split_retry_on
 from xds_server.config.checks_common import (
+    HEADER_TOKEN,
     Finding,
     enabled,
     optional_duration,
@@ -44,8 +45,6 @@ MAX_DIRECT_BODY = 4096
 MAX_HEADERS_TO_ADD = 1000
 MAX_HEADER_BYTES = 16384
 MAX_QUERY_NAME_BYTES = 1024
-# RFC 9110 token: what an HTTP header name may be made of.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\r\n\x00]")  # the control-chars check's business
 
 
@@ -292,7 +291,7 @@ def _names(headers: vs_pb2.Headers, path: Path) -> Iterator[tuple[str, Path]]:
 
 def header_token(name: str) -> bool:
     """An HTTP header name (RFC 9110 token), or a pseudo-header such as :authority."""
-    return bool(_TOKEN.fullmatch(name.removeprefix(":")))
+    return bool(HEADER_TOKEN.fullmatch(name.removeprefix(":")))
 
 
 def virtual_service_warnings(vs: vs_pb2.VirtualService) -> Iterator[Finding]:

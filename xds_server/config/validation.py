@@ -24,6 +24,7 @@ from translators.authorization import claim_path
 from translators.services import port_protocol
 from xds_server.config.checks_common import (
     CHECK_NAMES,
+    HEADER_TOKEN,
     SKIP_ENV,
     Finding,
     enabled,
@@ -232,22 +233,19 @@ def _request_authentication(spec) -> Iterator[Finding]:
                     "which wants an issuer that is an http(s) URL",
                 )
         for h, header in enumerate(rule.from_headers):
-            if not _HEADER_NAME.fullmatch(header.name):
+            if not HEADER_TOKEN.fullmatch(header.name):
                 yield (*where, "fromHeaders", h, "name"), f"{header.name!r} is not a header name"
         for c, claim in enumerate(rule.output_claim_to_headers):
-            if not _HEADER_NAME.fullmatch(claim.header):
+            if not HEADER_TOKEN.fullmatch(claim.header):
                 yield (*where, "outputClaimToHeaders", c, "header"), "not a header name"
             if not claim.claim:
                 yield (*where, "outputClaimToHeaders", c, "claim"), "required"
-        if rule.output_payload_to_header and not _HEADER_NAME.fullmatch(
+        if rule.output_payload_to_header and not HEADER_TOKEN.fullmatch(
             rule.output_payload_to_header
         ):
             yield (*where, "outputPayloadToHeader"), "not a header name"
         if rule.HasField("timeout") and rule.timeout.ToTimedelta().total_seconds() <= 0:
             yield (*where, "timeout"), "must be positive"
-
-
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 def _condition_values(condition, where) -> Iterator[Finding]:
