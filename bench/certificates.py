@@ -21,20 +21,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
-from translation import TEMPLATE
+from served import get_json, serving, write_mesh
 
 from xds_server import tokens
 from xds_server.ca import CertificateAuthority
@@ -107,14 +103,9 @@ class Sidecar:
             yield item
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
-
-
 async def _round(k: int, port: int, debug: int, root: bytes, key: bytes, channels: int) -> str:
     loopz = f"http://127.0.0.1:{debug}/debug/loopz"
-    _get(loopz + "?reset=1")
+    get_json(loopz + "?reset=1")
     credentials = grpc.ssl_channel_credentials(root)
     name = [("grpc.ssl_target_name_override", "xds-server")]
     opened = [
@@ -131,7 +122,7 @@ async def _round(k: int, port: int, debug: int, root: bytes, key: bytes, channel
     try:
         await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in sims)), 300)
         elapsed = time.perf_counter() - started
-        loop = _get(loopz)
+        loop = get_json(loopz)
         refused = [s.error for s in sims if s.error]
         note = f"   e.g. {refused[0]}" if refused else ""
         gc = f"   (longest GC pause {loop['max_gc_pause_ms']:.0f} ms)"
@@ -166,42 +157,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             config, state = Path(tmp) / "mesh", Path(tmp) / "state"
             config.mkdir()
-            for i in range(args.services):
-                (config / f"svc-{i}.yaml").write_text(TEMPLATE % {"i": i, "ns": i % 10})
+            write_mesh(config, args.services)
             key = tokens.load_or_create_key(state)
             port, debug = free_port(), free_port()
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "xds_server",
-                    "--log-level",
-                    os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
-                    "serve",
-                    *("--config-dir", str(config), "--state-dir", str(state)),
-                    *("--xds-port", "off", "--xds-tls-port", str(port)),
-                    *("--debug-port", str(debug), "--restart-grace", "0"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=open(os.environ["BENCH_SERVER_LOG"], "ab")  # noqa: SIM115
-                if os.environ.get("BENCH_SERVER_LOG")
-                else None,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            try:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    try:
-                        if _get(f"http://127.0.0.1:{debug}/debug/configz").get("ready"):
-                            break
-                    except OSError:
-                        pass
-                    time.sleep(0.2)
+            listen = ["--xds-port", "off", "--xds-tls-port", str(port)]
+            log = os.environ.get("BENCH_SERVER_LOG", "")
+            with serving(config, state, debug, listen, log):
                 root = (state / "ca" / "root-cert.pem").read_bytes()
                 print(asyncio.run(_round(k, port, debug, root, key, args.channels)), flush=True)
-            finally:
-                server.terminate()
-                server.wait(30)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -34,7 +30,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
-from translation import TEMPLATE
+from served import get_json, serving, write_mesh
 
 from xds_server.launcher import free_port
 
@@ -165,16 +161,6 @@ class Sidecar:
         self.outbox.put_nowait(None)
 
 
-def _mesh(directory: Path, services: int) -> None:
-    for i in range(services):
-        (directory / f"svc-{i}.yaml").write_text(TEMPLATE % {"i": i, "ns": i % 10})
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -184,7 +170,7 @@ def _rss_mb(pid: int) -> float:
 
 async def _round(k: int, xds: int, debug: int, server: subprocess.Popen) -> str:
     loopz = f"http://127.0.0.1:{debug}/debug/loopz"
-    _get(loopz + "?reset=1")
+    get_json(loopz + "?reset=1")
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{xds}") for _ in range(min(k, CHANNELS))]
     sims = [Sidecar(channels[i % len(channels)], f"sim-{i}", f"ns-{i % 10}") for i in range(k)]
     started = time.perf_counter()
@@ -192,7 +178,7 @@ async def _round(k: int, xds: int, debug: int, server: subprocess.Popen) -> str:
     try:
         await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in sims)), 600)
         converged = time.perf_counter() - started
-        loop = _get(loopz + "?reset=1")
+        loop = get_json(loopz + "?reset=1")
         connect_stall = loop["max_stall_ms"]
         print(
             f"  connecting: {loop['full_collections']} full GCs, longest "
@@ -234,7 +220,7 @@ async def _round(k: int, xds: int, debug: int, server: subprocess.Popen) -> str:
             )
         last = max(s.eds_at[b] for s, b in zip(sims, before, strict=True))
         endpoint = last - changed_at
-        endpoint_stall = _get(loopz)["max_stall_ms"]
+        endpoint_stall = get_json(loopz)["max_stall_ms"]
         newcomer.close()
         extra.cancel()
         return (
@@ -272,49 +258,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "mesh"
             config.mkdir()
-            _mesh(config, args.services)
+            write_mesh(config, args.services)
             xds, debug = free_port(), free_port()
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "xds_server",
-                    "--log-level",
-                    os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
-                    "serve",
-                    "--config-dir",
-                    str(config),
-                    "--xds-port",
-                    str(xds),
-                    "--xds-tls-port",
-                    "off",
-                    "--debug-port",
-                    str(debug),
-                    "--state-dir",
-                    str(Path(tmp) / "state"),
-                    "--restart-grace",
-                    "0",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=open(args.server_log, "ab") if args.server_log else subprocess.DEVNULL,  # noqa: SIM115
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            try:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    try:
-                        with urllib.request.urlopen(
-                            f"http://127.0.0.1:{debug}/readyz", timeout=2
-                        ) as response:
-                            if response.status == 200:
-                                break
-                    except OSError:
-                        pass
-                    time.sleep(0.2)
+            listen = ["--xds-port", str(xds), "--xds-tls-port", "off"]
+            state = Path(tmp) / "state"
+            with serving(config, state, debug, listen, args.server_log) as server:
                 print(asyncio.run(_round(k, xds, debug, server)), flush=True)
-            finally:
-                server.terminate()
-                server.wait(30)
 
 
 if __name__ == "__main__":

@@ -310,3 +310,32 @@ async def test_fetcher_reads_large_key_sets_and_survives_odd_ones() -> None:
     finally:
         await source.close()
         await runner.cleanup()
+
+
+def test_extension_providers_are_checked_at_load() -> None:
+    head = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n"
+        "data:\n  mesh: |\n    extensionProviders:\n"
+    )
+    for providers, field, words in (
+        ("    - {name: a, envoyExtAuthzHttp: {port: 80}}\n", "service", "required"),
+        ("    - {name: a, envoyExtAuthzGrpc: {service: x, port: 0}}\n", "port", "1-65535"),
+        (
+            "    - {name: a, envoyExtAuthzHttp: {service: x, port: 80, statusOnError: '299'}}\n",
+            "statusOnError",
+            "status code",
+        ),
+        (
+            "    - {name: a, envoyExtAuthzHttp: {service: x, port: 80}}\n"
+            "    - {name: a, envoyExtAuthzHttp: {service: y, port: 80}}\n",
+            "extensionProviders[1].name",
+            "another provider",
+        ),
+        ("    - {name: z, zipkin: {service: x, port: 9411}}\n", "zipkin", "not supported yet"),
+        ("    - {name: n}\n", "extensionProviders[0]", "envoyExtAuthzHttp or"),
+    ):
+        parsed = parse_file("mesh.yaml", head + providers)
+        errors = [i for i in parsed.issues if i.severity == "error"]
+        assert len(errors) == 1, [str(e) for e in errors]
+        assert errors[0].field.endswith(field) and words in errors[0].message, str(errors[0])
+        assert errors[0].line >= 6
