@@ -24,26 +24,63 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 from protos import sidecar_pb2 as sidecar__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11mesh_config.proto\x12\x0cmeshapi.mesh\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\rsidecar.proto\"\xc6\x02\n\nMeshConfig\x12\x16\n\x0eroot_namespace\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12\x32\n\x0f\x63onnect_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0e\x64\x65\x66\x61ult_config\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12J\n\x17outbound_traffic_policy\x18\x05 \x01(\x0b\x32).meshapi.networking.OutboundTrafficPolicy\x12\x1b\n\x13\x61uto_allocate_range\x18\x06 \x01(\t\x12<\n\x13\x65xtension_providers\x18\x07 \x03(\x0b\x32\x1f.meshapi.mesh.ExtensionProvider\"\xd9\x01\n\x11\x45xtensionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12T\n\x14\x65nvoy_ext_authz_http\x18\x02 \x01(\x0b\x32\x34.meshapi.mesh.EnvoyExternalAuthorizationHttpProviderH\x00\x12T\n\x14\x65nvoy_ext_authz_grpc\x18\x03 \x01(\x0b\x32\x34.meshapi.mesh.EnvoyExternalAuthorizationGrpcProviderH\x00\x42\n\n\x08provider\"\xa4\x04\n&EnvoyExternalAuthorizationHttpProvider\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bpath_prefix\x18\x03 \x01(\t\x12\x11\n\tfail_open\x18\x04 \x01(\x08\x12\x17\n\x0fstatus_on_error\x18\x05 \x01(\t\x12(\n include_request_headers_in_check\x18\x06 \x03(\t\x12\x86\x01\n#include_additional_headers_in_check\x18\n \x03(\x0b\x32Y.meshapi.mesh.EnvoyExternalAuthorizationHttpProvider.IncludeAdditionalHeadersInCheckEntry\x12$\n\x1cheaders_to_upstream_on_allow\x18\x07 \x03(\t\x12%\n\x1dheaders_to_downstream_on_deny\x18\x08 \x03(\t\x12&\n\x1eheaders_to_downstream_on_allow\x18\x0c \x03(\t\x1a\x46\n$IncludeAdditionalHeadersInCheckEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n&EnvoyExternalAuthorizationGrpcProvider\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tfail_open\x18\x03 \x01(\x08\x12\x17\n\x0fstatus_on_error\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11mesh_config.proto\x12\x0cmeshapi.mesh\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\rsidecar.proto\"\xa7\x04\n\nMeshConfig\x12\x16\n\x0eroot_namespace\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12\x32\n\x0f\x63onnect_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0e\x64\x65\x66\x61ult_config\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12J\n\x17outbound_traffic_policy\x18\x05 \x01(\x0b\x32).meshapi.networking.OutboundTrafficPolicy\x12\x1b\n\x13\x61uto_allocate_range\x18\x06 \x01(\t\x12<\n\x13\x65xtension_providers\x18\x07 \x03(\x0b\x32\x1f.meshapi.mesh.ExtensionProvider\x12\x32\n\x0e\x65nable_tracing\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.BoolValue\x12\x17\n\x0f\x61\x63\x63\x65ss_log_file\x18\t \x01(\t\x12\x19\n\x11\x61\x63\x63\x65ss_log_format\x18\n \x01(\t\x12<\n\x13\x61\x63\x63\x65ss_log_encoding\x18\x0b \x01(\x0e\x32\x1f.meshapi.mesh.AccessLogEncoding\x12\x39\n\x11\x64\x65\x66\x61ult_providers\x18\x0c \x01(\x0b\x32\x1e.meshapi.mesh.DefaultProviders\"L\n\x10\x44\x65\x66\x61ultProviders\x12\x0f\n\x07tracing\x18\x01 \x03(\t\x12\x0f\n\x07metrics\x18\x02 \x03(\t\x12\x16\n\x0e\x61\x63\x63\x65ss_logging\x18\x03 \x03(\t\"x\n\x0bProxyConfig\x12+\n\x07tracing\x18\x01 \x01(\x0b\x32\x1a.meshapi.mesh.ProxyTracing\x12<\n\x13proxy_stats_matcher\x18\x02 \x01(\x0b\x32\x1f.meshapi.mesh.ProxyStatsMatcher\"\xfc\x01\n\x0cProxyTracing\x12+\n\x06zipkin\x18\x01 \x01(\x0b\x32\x1b.meshapi.mesh.ZipkinAddress\x12\x10\n\x08sampling\x18\x02 \x01(\x01\x12\x1b\n\x13max_path_tag_length\x18\x03 \x01(\r\x12?\n\x0b\x63ustom_tags\x18\x04 \x03(\x0b\x32*.meshapi.mesh.ProxyTracing.CustomTagsEntry\x1aO\n\x0f\x43ustomTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.meshapi.mesh.ProxyCustomTag:\x02\x38\x01\" \n\rZipkinAddress\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\xa5\x01\n\x0eProxyCustomTag\x12+\n\x07literal\x18\x01 \x01(\x0b\x32\x18.meshapi.mesh.LiteralTagH\x00\x12\x33\n\x0b\x65nvironment\x18\x02 \x01(\x0b\x32\x1c.meshapi.mesh.EnvironmentTagH\x00\x12)\n\x06header\x18\x03 \x01(\x0b\x32\x17.meshapi.mesh.HeaderTagH\x00\x42\x06\n\x04type\"\x1b\n\nLiteralTag\x12\r\n\x05value\x18\x01 \x01(\t\"5\n\x0e\x45nvironmentTag\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdefault_value\x18\x02 \x01(\t\"0\n\tHeaderTag\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdefault_value\x18\x02 \x01(\t\"f\n\x11ProxyStatsMatcher\x12\x1a\n\x12inclusion_prefixes\x18\x01 \x03(\t\x12\x1a\n\x12inclusion_suffixes\x18\x02 \x03(\t\x12\x19\n\x11inclusion_regexps\x18\x03 \x03(\t\"\xdf\x03\n\x11\x45xtensionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12T\n\x14\x65nvoy_ext_authz_http\x18\x02 \x01(\x0b\x32\x34.meshapi.mesh.EnvoyExternalAuthorizationHttpProviderH\x00\x12T\n\x14\x65nvoy_ext_authz_grpc\x18\x03 \x01(\x0b\x32\x34.meshapi.mesh.EnvoyExternalAuthorizationGrpcProviderH\x00\x12\x35\n\x06zipkin\x18\x04 \x01(\x0b\x32#.meshapi.mesh.ZipkinTracingProviderH\x00\x12\x43\n\ropentelemetry\x18\x05 \x01(\x0b\x32*.meshapi.mesh.OpenTelemetryTracingProviderH\x00\x12I\n\x15\x65nvoy_file_access_log\x18\x06 \x01(\x0b\x32(.meshapi.mesh.EnvoyFileAccessLogProviderH\x00\x12=\n\nprometheus\x18\x07 \x01(\x0b\x32\'.meshapi.mesh.PrometheusMetricsProviderH\x00\x42\n\n\x08provider\"{\n\x15ZipkinTracingProvider\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x16\n\x0emax_tag_length\x18\x03 \x01(\r\x12\x1d\n\x15\x65nable_64bit_trace_id\x18\x04 \x01(\x08\x12\x0c\n\x04path\x18\x05 \x01(\t\"\x84\x01\n\x1cOpenTelemetryTracingProvider\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x16\n\x0emax_tag_length\x18\x03 \x01(\r\x12-\n\x04http\x18\x04 \x01(\x0b\x32\x1f.meshapi.mesh.OpenTelemetryHttp\"M\n\x11OpenTelemetryHttp\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"]\n\x1a\x45nvoyFileAccessLogProvider\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x31\n\nlog_format\x18\x02 \x01(\x0b\x32\x1d.meshapi.mesh.AccessLogFormat\"Z\n\x0f\x41\x63\x63\x65ssLogFormat\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12)\n\x06labels\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x42\x0c\n\nlog_format\"\x1b\n\x19PrometheusMetricsProvider\"\xa4\x04\n&EnvoyExternalAuthorizationHttpProvider\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bpath_prefix\x18\x03 \x01(\t\x12\x11\n\tfail_open\x18\x04 \x01(\x08\x12\x17\n\x0fstatus_on_error\x18\x05 \x01(\t\x12(\n include_request_headers_in_check\x18\x06 \x03(\t\x12\x86\x01\n#include_additional_headers_in_check\x18\n \x03(\x0b\x32Y.meshapi.mesh.EnvoyExternalAuthorizationHttpProvider.IncludeAdditionalHeadersInCheckEntry\x12$\n\x1cheaders_to_upstream_on_allow\x18\x07 \x03(\t\x12%\n\x1dheaders_to_downstream_on_deny\x18\x08 \x03(\t\x12&\n\x1eheaders_to_downstream_on_allow\x18\x0c \x03(\t\x1a\x46\n$IncludeAdditionalHeadersInCheckEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n&EnvoyExternalAuthorizationGrpcProvider\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tfail_open\x18\x03 \x01(\x08\x12\x17\n\x0fstatus_on_error\x18\x04 \x01(\t*\'\n\x11\x41\x63\x63\x65ssLogEncoding\x12\x08\n\x04TEXT\x10\x00\x12\x08\n\x04JSON\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROXYTRACING_CUSTOMTAGSENTRY']._loaded_options = None
+  _globals['_PROXYTRACING_CUSTOMTAGSENTRY']._serialized_options = b'8\001'
   _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._loaded_options = None
   _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._serialized_options = b'8\001'
-  _globals['_MESHCONFIG']._serialized_start=113
-  _globals['_MESHCONFIG']._serialized_end=439
-  _globals['_EXTENSIONPROVIDER']._serialized_start=442
-  _globals['_EXTENSIONPROVIDER']._serialized_end=659
-  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER']._serialized_start=662
-  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER']._serialized_end=1210
-  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._serialized_start=1140
-  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._serialized_end=1210
-  _globals['_ENVOYEXTERNALAUTHORIZATIONGRPCPROVIDER']._serialized_start=1213
-  _globals['_ENVOYEXTERNALAUTHORIZATIONGRPCPROVIDER']._serialized_end=1372
+  _globals['_ACCESSLOGENCODING']._serialized_start=3343
+  _globals['_ACCESSLOGENCODING']._serialized_end=3382
+  _globals['_MESHCONFIG']._serialized_start=145
+  _globals['_MESHCONFIG']._serialized_end=696
+  _globals['_DEFAULTPROVIDERS']._serialized_start=698
+  _globals['_DEFAULTPROVIDERS']._serialized_end=774
+  _globals['_PROXYCONFIG']._serialized_start=776
+  _globals['_PROXYCONFIG']._serialized_end=896
+  _globals['_PROXYTRACING']._serialized_start=899
+  _globals['_PROXYTRACING']._serialized_end=1151
+  _globals['_PROXYTRACING_CUSTOMTAGSENTRY']._serialized_start=1072
+  _globals['_PROXYTRACING_CUSTOMTAGSENTRY']._serialized_end=1151
+  _globals['_ZIPKINADDRESS']._serialized_start=1153
+  _globals['_ZIPKINADDRESS']._serialized_end=1185
+  _globals['_PROXYCUSTOMTAG']._serialized_start=1188
+  _globals['_PROXYCUSTOMTAG']._serialized_end=1353
+  _globals['_LITERALTAG']._serialized_start=1355
+  _globals['_LITERALTAG']._serialized_end=1382
+  _globals['_ENVIRONMENTTAG']._serialized_start=1384
+  _globals['_ENVIRONMENTTAG']._serialized_end=1437
+  _globals['_HEADERTAG']._serialized_start=1439
+  _globals['_HEADERTAG']._serialized_end=1487
+  _globals['_PROXYSTATSMATCHER']._serialized_start=1489
+  _globals['_PROXYSTATSMATCHER']._serialized_end=1591
+  _globals['_EXTENSIONPROVIDER']._serialized_start=1594
+  _globals['_EXTENSIONPROVIDER']._serialized_end=2073
+  _globals['_ZIPKINTRACINGPROVIDER']._serialized_start=2075
+  _globals['_ZIPKINTRACINGPROVIDER']._serialized_end=2198
+  _globals['_OPENTELEMETRYTRACINGPROVIDER']._serialized_start=2201
+  _globals['_OPENTELEMETRYTRACINGPROVIDER']._serialized_end=2333
+  _globals['_OPENTELEMETRYHTTP']._serialized_start=2335
+  _globals['_OPENTELEMETRYHTTP']._serialized_end=2412
+  _globals['_ENVOYFILEACCESSLOGPROVIDER']._serialized_start=2414
+  _globals['_ENVOYFILEACCESSLOGPROVIDER']._serialized_end=2507
+  _globals['_ACCESSLOGFORMAT']._serialized_start=2509
+  _globals['_ACCESSLOGFORMAT']._serialized_end=2599
+  _globals['_PROMETHEUSMETRICSPROVIDER']._serialized_start=2601
+  _globals['_PROMETHEUSMETRICSPROVIDER']._serialized_end=2628
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER']._serialized_start=2631
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER']._serialized_end=3179
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._serialized_start=3109
+  _globals['_ENVOYEXTERNALAUTHORIZATIONHTTPPROVIDER_INCLUDEADDITIONALHEADERSINCHECKENTRY']._serialized_end=3179
+  _globals['_ENVOYEXTERNALAUTHORIZATIONGRPCPROVIDER']._serialized_start=3182
+  _globals['_ENVOYEXTERNALAUTHORIZATIONGRPCPROVIDER']._serialized_end=3341
 # @@protoc_insertion_point(module_scope)

@@ -331,8 +331,10 @@ def test_extension_providers_are_checked_at_load() -> None:
             "extensionProviders[1].name",
             "another provider",
         ),
-        ("    - {name: z, zipkin: {service: x, port: 9411}}\n", "zipkin", "not supported yet"),
-        ("    - {name: n}\n", "extensionProviders[0]", "envoyExtAuthzHttp or"),
+        ("    - {name: z, zipkin: {port: 9411}}\n", "zipkin.service", "required"),
+        ("    - {name: z, datadog: {service: x, port: 1}}\n", "datadog", "not supported yet"),
+        ("    - {name: l, envoyFileAccessLog: {}}\n", "envoyFileAccessLog.path", "required"),
+        ("    - {name: n}\n", "extensionProviders[0]", "envoyExtAuthzHttp,"),
     ):
         parsed = parse_file("mesh.yaml", head + providers)
         errors = [i for i in parsed.issues if i.severity == "error"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import lru_cache
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
@@ -16,6 +19,7 @@ from translators.cluster_settings import (
     apply_traffic_policy,
 )
 from translators.http_filters import forward_proxy_cluster
+from translators.istio_metrics import METADATA, UNKNOWN, app_of, version_of
 from translators.mtls import TRANSPORT_SOCKET_MATCH, client_socket_matches
 from translators.naming import has_labels, inbound_cluster, outbound_cluster
 from translators.resources import Packed, field_bytes, pack_all, pack_serialized
@@ -83,7 +87,44 @@ def lb_endpoint(endpoint: Endpoint) -> endpoint_components_pb2.LbEndpoint:
     )
     if endpoint.mtls:  # picks the cluster's mutual TLS socket (mtls.client_socket_matches)
         found.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH].update({"tlsMode": "istio"})
+    if endpoint.workload or endpoint.labels:  # the destination_* labels of Istio's metrics
+        found.metadata.filter_metadata[METADATA].update(
+            {
+                "workload": endpoint.workload or UNKNOWN,
+                "namespace": endpoint.workload_namespace or UNKNOWN,
+                "app": app_of(endpoint.labels),
+                "version": version_of(endpoint.labels),
+            }
+        )
     return found
+
+
+@lru_cache(maxsize=65536)
+def service_metadata(host: str, name: str, namespace: str) -> base_pb2.Metadata:
+    """A service's cluster metadata: the destination_service labels of Istio's metrics."""
+    metadata = base_pb2.Metadata()
+    metadata.filter_metadata[METADATA].update(
+        {"service": host, "name": name or host, "namespace": namespace}
+    )
+    return metadata
+
+
+def _metadata_field(service: Service) -> bytes:
+    """service_metadata as Cluster.metadata (field 25), serialized."""
+    found = _METADATA_FIELDS.get(service.hostname)
+    if found is None or found[0] != (service.short_name, service.namespace):
+        metadata = service_metadata(service.hostname, service.short_name, service.namespace)
+        found = (
+            (service.short_name, service.namespace),
+            field_bytes(25, metadata.SerializeToString(deterministic=True)),
+        )
+        if len(_METADATA_FIELDS) > 65536:
+            _METADATA_FIELDS.clear()
+        _METADATA_FIELDS[service.hostname] = found
+    return found[1]
+
+
+_METADATA_FIELDS: dict[str, tuple[tuple[str, str], bytes]] = {}
 
 
 def load_assignment(name: str, endpoints) -> endpoint_pb2.ClusterLoadAssignment:
@@ -117,6 +158,9 @@ def _cluster(
     if service.resolution == PASSTHROUGH:
         cluster = forward_proxy_cluster(name, connect_timeout)
         cluster.circuit_breakers.CopyFrom(_default_circuit_breakers())
+        cluster.metadata.CopyFrom(
+            service_metadata(service.hostname, service.short_name, service.namespace)
+        )
         apply_connection_limits(cluster, policy.connection_pool)
         if port.is_http:
             apply_http_options(cluster, policy.connection_pool, port)
@@ -128,6 +172,7 @@ def _cluster(
         type=_DISCOVERY[service.resolution],
         connect_timeout=connect_timeout,
         circuit_breakers=_default_circuit_breakers(),
+        metadata=service_metadata(service.hostname, service.short_name, service.namespace),
     )
     if service.resolution == EDS:
         cluster.eds_cluster_config.eds_config.CopyFrom(ADS_SOURCE)
@@ -216,6 +261,7 @@ def packed_service_clusters(
     limits = budget.SerializeToString(deterministic=True) if budget is not None else b""
     out: dict[str, Packed] = {}
     free = rule is None or not has_policies(rule)  # every variant's policy is empty
+    metadata = _metadata_field(service)
     for port, name, name_field, subset in variants or cluster_variants(service, rule):
         policy = None if free else effective_policy(rule, subset, port.port)
         key = (
@@ -230,6 +276,7 @@ def packed_service_clusters(
             if policy is None:
                 policy = effective_policy(rule, subset, port.port)
             cluster = _cluster(name, service, port, policy, connect_timeout, {}, mtls)
+            cluster.ClearField("metadata")  # the service's own, joined below
             if budget is not None:
                 cluster.circuit_breakers.thresholds[0].retry_budget.CopyFrom(budget)
             template = _template(cluster)
@@ -240,7 +287,7 @@ def packed_service_clusters(
         # The EDS service name is the cluster's name as field 2 of the EDS config.
         service_name = _SERVICE_NAME_TAG + name_field[1:]
         body = name_field + kind + field_bytes(3, eds + service_name)
-        out[name] = pack_serialized(name, _CLUSTER, body + rest)
+        out[name] = pack_serialized(name, _CLUSTER, body + rest + metadata)
     return out
 
 
@@ -261,13 +308,21 @@ def _template(cluster: cluster_pb2.Cluster) -> tuple[bytes, bytes, bytes]:
     return kind, eds, copy.SerializeToString(deterministic=True)
 
 
-def inbound_clusters(config: model.MeshConfig, proxy: model.Proxy) -> list[cluster_pb2.Cluster]:
-    """`inbound|<app port>||`: the sidecar's own application."""
+def inbound_clusters(
+    config: model.MeshConfig,
+    proxy: model.Proxy,
+    services: Mapping[int, tuple[str, str, str]] | None = None,
+) -> list[cluster_pb2.Cluster]:
+    """`inbound|<app port>||`: the sidecar's own application; with the service that
+    reaches each app port (`services`: host, name, namespace) as metadata, for the
+    destination_service labels of Istio's metrics."""
     clusters = []
     for port in proxy.ports:
         name = inbound_cluster(port.app_port)
+        service = (services or {}).get(port.app_port)
         clusters.append(
             cluster_pb2.Cluster(
+                metadata=service_metadata(*service) if service else None,
                 name=name,
                 type=cluster_pb2.Cluster.STATIC,
                 connect_timeout=config.mesh.connect_timeout,

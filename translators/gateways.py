@@ -33,6 +33,7 @@ from translators.clusters import socket_address
 from translators.credentials import SDS_PREFIX, find
 from translators.hcm import build_hcm
 from translators.http_filters import GATEWAY
+from translators.instrument import instrument
 from translators.naming import fqdn, host_matches, listener_name, selects
 from translators.resources import (
     CLUSTER,
@@ -307,7 +308,10 @@ def translate_gateway(world: World, proxy: model.Proxy) -> Resources:
     ctx = RouteContext(services, rules, proxy.namespace, proxy.labels, gateways=refs)
     security = inbound_rbac(config, proxy, world.jwks).http
     listeners, routes = gateway_resources(config, proxy, ctx, security)
-    clusters: dict[str, Packed] = {}
+    telemetry = world.telemetry(proxy)
+    collectors, collector_clusters = world.collectors(telemetry)
+    instrument(listeners, telemetry, collectors, gateway=True)
+    clusters: dict[str, Packed] = dict(collector_clusters)
     assignments: dict[str, Packed] = {}
     for host in sorted(services):  # what a sidecar in the gateway's namespace gets
         service_clusters, service_assignments = world.service_resources(

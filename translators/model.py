@@ -27,6 +27,8 @@ PEER_AUTHENTICATION = "PeerAuthentication"
 AUTHORIZATION_POLICY = "AuthorizationPolicy"
 REQUEST_AUTHENTICATION = "RequestAuthentication"
 SECRET = "Secret"
+TELEMETRY = "Telemetry"
+ENVOY_FILTER = "EnvoyFilter"
 
 DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"
@@ -255,6 +257,13 @@ class Proxy:
     # The stream is bound to an identity and holds its SDS certificate (identity.py):
     # its clusters and inbound listeners speak mutual TLS with peers that hold one too.
     mtls: bool = False
+    # Istio's WORKLOAD_NAME (a Deployment's name): the source_workload and
+    # destination_workload of its metrics; empty means the node id.
+    workload_name: str = ""
+
+    @property
+    def workload(self) -> str:
+        return self.workload_name or self.node_id
 
     @property
     def captured(self) -> bool:

@@ -53,6 +53,10 @@ class Endpoint:
     labels: Mapping[str, str]
     weight: int = 1
     mtls: bool = False  # a sidecar holding its certificate: peers speak mutual TLS to it
+    # The workload behind it (its proxy's workload name, or the WorkloadEntry's name) and
+    # that workload's namespace: the destination_workload labels of Istio's metrics.
+    workload: str = ""
+    workload_namespace: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class _Workload:
     weight: int = 1
     # App ports whose PeerAuthentication mode is DISABLE: peers reach them in plaintext.
     plain_ports: frozenset[int] = frozenset()
+    name: str = ""  # the workload's name (Proxy.workload, or the WorkloadEntry's)
 
     def endpoint_port(self, port: ServicePort) -> int | None:
         if self.sidecar is not None:
@@ -121,7 +126,12 @@ def _workloads(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> list
         we = res.spec
         out.append(
             _Workload(
-                res.namespace, we.address, dict(we.labels), dict(we.ports), weight=we.weight or 1
+                res.namespace,
+                we.address,
+                dict(we.labels),
+                dict(we.ports),
+                weight=we.weight or 1,
+                name=res.name,
             )
         )
     return out
@@ -177,7 +187,9 @@ def _endpoints(ports: Sequence[ServicePort], members: Sequence[_Workload]) -> di
             if number:
                 plain = port.target_port in w.plain_ports  # its app port is DISABLE
                 mtls = w.sidecar is not None and w.sidecar.mtls and not plain
-                found.append(Endpoint(w.address, number, w.labels, w.weight, mtls))
+                found.append(
+                    Endpoint(w.address, number, w.labels, w.weight, mtls, w.name, w.namespace)
+                )
         by_port[port.port] = tuple(sorted(found, key=_endpoint_order))
     return by_port
 
@@ -327,7 +339,15 @@ def build_services(config: model.MeshConfig, proxies: Sequence[model.Proxy]) -> 
 
 def _sidecar_workload(proxy: model.Proxy, config: model.MeshConfig) -> _Workload:
     plain = frozenset(p for p, mode in proxy_modes(config, proxy).items() if mode == DISABLE)
-    return _Workload(proxy.namespace, proxy.ip, proxy.labels, {}, sidecar=proxy, plain_ports=plain)
+    return _Workload(
+        proxy.namespace,
+        proxy.ip,
+        proxy.labels,
+        {},
+        sidecar=proxy,
+        plain_ports=plain,
+        name=proxy.workload,
+    )
 
 
 def update_registry(

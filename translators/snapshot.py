@@ -14,6 +14,7 @@ from translators.clusters import cluster_variants, inbound_clusters, packed_serv
 from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.endpoints import packed_service_endpoints
 from translators.http_filters import passthrough_cluster
+from translators.instrument import instrument
 from translators.listeners import (
     AUTO_ADDRESSES,
     SIDECAR_PORTS,
@@ -72,6 +73,9 @@ from translators.tcp_routes import (
     tcp_app_ports,
     update_port_uses,
 )
+from translators.telemetry import ProxyTelemetry
+from translators.telemetry import resolve as resolve_telemetry
+from translators.tracing import collector_cluster, collector_cluster_name, registry_host
 
 ROUTE_CONFIGURATION = "envoy.config.route.v3.RouteConfiguration"
 TCP_ROUTES = "tcp_routes"  # shared per proxy view; wrapped into listeners per proxy
@@ -239,6 +243,60 @@ class World:
                 del kept[key]
 
     @cached_property
+    def _telemetry(self) -> dict[tuple, ProxyTelemetry]:
+        return {}
+
+    def telemetry(self, proxy: model.Proxy) -> ProxyTelemetry:
+        """What `proxy` reports (translators.telemetry), shared by proxies alike."""
+        key = (
+            proxy.namespace,
+            tuple(sorted(proxy.labels.items())),
+            proxy.workload,
+            proxy.service_account,
+            proxy.mtls,
+        )
+        found = self._telemetry.get(key)
+        if found is None:
+            found = self._telemetry[key] = resolve_telemetry(self.config, proxy)
+        return found
+
+    def collectors(self, telemetry: ProxyTelemetry) -> tuple[dict, dict[str, Packed]]:
+        """The cluster each of `telemetry`'s tracing collectors is reached through, and
+        the clusters of its own that collectors outside the registry need."""
+        names: dict = {}
+        own: list = []
+        for collector in sorted(telemetry.collectors(), key=repr):
+            names[collector] = collector_cluster_name(collector, self.services)
+            if registry_host(collector.host, self.services) is None:
+                own.append(collector_cluster(collector, self.config.mesh.connect_timeout))
+        return names, pack_all(own) if own else {}
+
+    @cached_property
+    def _endpoint_services(self) -> dict[tuple[str, int], tuple[str, str, str]]:
+        """(address, port) of each endpoint -> the first service (by name) it serves."""
+        found: dict[tuple[str, int], tuple[str, str, str]] = {}
+        for host in sorted(self.services):
+            service = self.services[host]
+            for endpoints in service.endpoints.values():
+                for e in endpoints:
+                    found.setdefault(
+                        (e.address, e.port), (host, service.short_name, service.namespace)
+                    )
+        return found
+
+    def inbound_services(self, proxy: model.Proxy) -> dict[int, tuple[str, str, str]]:
+        """The service that reaches each of `proxy`'s app ports (host, name, namespace),
+        for the destination_service labels of its server-side metrics."""
+        index = self._endpoint_services
+        out = {}
+        for port in proxy.ports:
+            reached = port.app_port if proxy.captured else port.inbound_port
+            found = index.get((proxy.ip, reached))
+            if found is not None:
+                out[port.app_port] = found
+        return out
+
+    @cached_property
     def uses_source_labels(self) -> bool:
         """Whether any route depends on the labels of the proxy it is built for."""
         return any(
@@ -285,7 +343,16 @@ def _service_key(service: Service) -> tuple:
         (
             port,
             tuple(
-                (e.address, e.port, e.weight, tuple(sorted(e.labels.items())), e.mtls) for e in eps
+                (
+                    e.address,
+                    e.port,
+                    e.weight,
+                    tuple(sorted(e.labels.items())),
+                    e.mtls,
+                    e.workload,
+                    e.workload_namespace,
+                )
+                for e in eps
             ),
         )
         for port, eps in sorted(service.endpoints.items())
@@ -557,6 +624,9 @@ class Translator:
             captured = (*_capture_view(ctx, world.auto_addresses), allow_any)
         modes = proxy_modes(world.config, proxy)  # PeerAuthentication, by app port
         rbac = inbound_rbac(world.config, proxy, world.jwks)  # RequestAuthn, AuthzPolicy
+        telemetry = world.telemetry(proxy)
+        collectors, collector_clusters = world.collectors(telemetry)
+        served = world.inbound_services(proxy)
         key = ("proxy", proxy.node_id)
         kept = world.cache.get(key) if world.cache is not None else None
         if (
@@ -568,9 +638,11 @@ class Translator:
             and kept[6] == captured
             and kept[7] == modes
             and kept[8] == rbac
+            and kept[9] == (telemetry, collectors, served)
         ):
             return kept[4], kept[5]
-        inbound = pack_all(inbound_clusters(world.config, proxy))
+        inbound = pack_all(inbound_clusters(world.config, proxy, served))
+        inbound.update(collector_clusters)
         if captured is not None:
             http_ports, dns, allow_any = captured
             tcp = [
@@ -580,20 +652,20 @@ class Translator:
                     route.host, ctx.services[route.host], world.auto_addresses
                 )
             ]
-            listeners = pack_all(
-                captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any, modes, rbac)
-            )
+            built = captured_listeners(proxy, http_ports, tcp, tcp_ports, allow_any, modes, rbac)
+            instrument(built, telemetry, collectors)
+            listeners = pack_all(built)
             listeners[dns.name] = dns  # built once for the view
             # Overrides the view's PassthroughCluster (a forward proxy by Host, for
             # uncaptured sidecars) with the original destination.
             inbound.update(pack_all(captured_clusters(world.config.mesh.connect_timeout)))
         else:
-            listeners = pack_all(
-                [
-                    *sidecar_listeners(proxy, tcp_ports, modes, rbac),
-                    *outbound_tcp_listeners(proxy, tcp_routes),
-                ]
-            )
+            built = [
+                *sidecar_listeners(proxy, tcp_ports, modes, rbac),
+                *outbound_tcp_listeners(proxy, tcp_routes),
+            ]
+            instrument(built, telemetry, collectors)
+            listeners = pack_all(built)
             if "STRICT" in modes.values():  # where STRICT sends plaintext (mtls.py)
                 inbound.update(pack_all([blackhole_cluster(world.config.mesh.connect_timeout)]))
         found = (
@@ -606,6 +678,7 @@ class Translator:
             captured,
             modes,
             rbac,
+            (telemetry, collectors, served),
         )
         if world.cache is not None:
             world.cache.put(key, found)

@@ -22,6 +22,7 @@ OUTBOUND_ADDRESS = "OUTBOUND_ADDRESS"
 OUTBOUND_PORT = "OUTBOUND_PORT"
 WORKLOAD_PORTS = "WORKLOAD_PORTS"  # "app:inbound,app:inbound", e.g. "9080:15006"
 INTERCEPTION_MODE = "INTERCEPTION_MODE"  # Istio's: NONE or REDIRECT
+WORKLOAD_NAME = "WORKLOAD_NAME"  # Istio's: the workload's name in metrics (default node.id)
 
 ROLES = ("sidecar", "gateway")
 MAX_NODE_ID = 256
@@ -105,6 +106,10 @@ def check_proxy(proxy: model.Proxy) -> None:
             raise NodeError(f"node.metadata.{LABELS}: {_shown(key)} is not a label name")
         if not _LABEL_VALUE.fullmatch(value):
             raise NodeError(f"node.metadata.{LABELS}.{key}: {_shown(value)} is not a label value")
+    if proxy.workload_name and not _DNS_SUBDOMAIN.fullmatch(proxy.workload_name):
+        raise NodeError(
+            f"node.metadata.{WORKLOAD_NAME}: {_shown(proxy.workload_name)} is not a workload name"
+        )
     if proxy.interception not in model.INTERCEPTION_MODES:
         raise NodeError(
             f"node.metadata.{INTERCEPTION_MODE}: {_shown(proxy.interception)} is not one of "
@@ -155,6 +160,7 @@ def proxy_from_node(node: base_pb2.Node, peer: str = "") -> model.Proxy:
         outbound_port=_port(meta.get(OUTBOUND_PORT, 15001), OUTBOUND_PORT),
         ports=parse_ports(str(meta.get(WORKLOAD_PORTS, ""))),
         interception=str(meta.get(INTERCEPTION_MODE, "NONE")).upper(),
+        workload_name=str(meta.get(WORKLOAD_NAME, "")),
     )
     check_proxy(proxy)
     return proxy

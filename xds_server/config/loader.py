@@ -32,6 +32,7 @@ from protos import (
     service_profile_pb2,
     sidecar_pb2,
     smi_pb2,
+    telemetry_pb2,
     virtual_service_pb2,
     workload_entry_pb2,
 )
@@ -43,6 +44,7 @@ from xds_server.text import safe_text
 
 ISTIO_NETWORKING = "networking.istio.io"
 ISTIO_SECURITY = "security.istio.io"
+ISTIO_TELEMETRY = "telemetry.istio.io"
 SMI_SPLIT = "split.smi-spec.io"
 LINKERD = "linkerd.io"
 # (API group, kind) -> (our kind, spec message type)
@@ -75,6 +77,7 @@ KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
         model.REQUEST_AUTHENTICATION,
         request_authentication_pb2.RequestAuthentication,
     ),
+    (ISTIO_TELEMETRY, "Telemetry"): (model.TELEMETRY, telemetry_pb2.Telemetry),
 }
 # Versions whose fields match our protos, per API group.
 VERSIONS = {
@@ -82,6 +85,7 @@ VERSIONS = {
     SMI_SPLIT: {"v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4"},
     LINKERD: {"v1alpha2"},
     ISTIO_SECURITY: {"v1beta1", "v1"},
+    ISTIO_TELEMETRY: {"v1alpha1", "v1"},
 }
 # Istio reads mesh config from this ConfigMap (key "mesh").
 MESH_CONFIGMAP = ("istio-system", "istio")

@@ -54,23 +54,38 @@ _NOT_SUPPORTED = {
         "targetRefs": "targetRefs is not supported yet (use selector)",
     },
     "meshapi.mesh.ExtensionProvider": {
-        name: "telemetry providers are not supported yet (envoyExtAuthzHttp and "
-        "envoyExtAuthzGrpc are)"
+        name: "this provider kind is not supported yet (envoyExtAuthzHttp, envoyExtAuthzGrpc, "
+        "zipkin, opentelemetry, envoyFileAccessLog and prometheus are)"
         for name in (
-            "zipkin",
             "lightstep",
             "datadog",
             "stackdriver",
             "opencensus",
             "skywalking",
-            "opentelemetry",
-            "prometheus",
-            "envoyFileAccessLog",
             "envoyHttpAls",
             "envoyTcpAls",
             "envoyOtelAls",
             "sds",
         )
+    },
+    "meshapi.telemetry.Telemetry": {
+        "targetRef": "targetRef is not supported yet (use selector)",
+        "targetRefs": "targetRefs is not supported yet (use selector)",
+    },
+    "meshapi.telemetry.Metrics": {
+        key: "not Istio's Telemetry API (this is Mixer's form). Write the labels as tag "
+        "overrides: metrics: [{providers: [{name: prometheus}], overrides: [{match: "
+        "{metric: REQUEST_COUNT}, tagOverrides: {request_protocol: {value: "
+        '"request.protocol"}}}]}]; the value is a CEL expression over Envoy\'s attributes'
+        for key in ("dimensions", "name", "unit", "value")
+    }
+    | {"reportingInterval": "reportingInterval is not supported yet (Prometheus scrapes)"},
+    "meshapi.telemetry.Tracing": {
+        "useRequestIdForTraceSampling": "useRequestIdForTraceSampling is not supported yet",
+    },
+    "meshapi.telemetry.CustomTag": {
+        "formatter": "formatter custom tags are not supported yet (literal, environment, "
+        "header are)",
     },
     "meshapi.security.RequestAuthentication": {
         "targetRef": "targetRef is not supported yet (use selector)",

@@ -48,6 +48,11 @@ from xds_server.config.checks_edge import (
 from xds_server.config.checks_envoy import check_fields
 from xds_server.config.checks_linkerd import check_service_profile, check_traffic_split
 from xds_server.config.checks_secret import check_secret
+from xds_server.config.checks_telemetry import (
+    check_mesh_telemetry,
+    check_telemetry,
+    default_config_warnings,
+)
 from xds_server.config.checks_virtual_service import (
     check_virtual_service,
     virtual_service_warnings,
@@ -100,8 +105,16 @@ def _mesh(mesh: mesh_config_pb2.MeshConfig) -> Iterator[Finding]:
         seen.add(provider.name)
         kind = provider.WhichOneof("provider")
         if kind is None:
-            yield where, "needs envoyExtAuthzHttp or envoyExtAuthzGrpc"
+            yield (
+                where,
+                (
+                    "needs a provider: envoyExtAuthzHttp, envoyExtAuthzGrpc, zipkin, "
+                    "opentelemetry, envoyFileAccessLog or prometheus"
+                ),
+            )
             continue
+        if not kind.startswith("envoy_ext_authz"):
+            continue  # checks_telemetry
         settings = getattr(provider, kind)
         key = "envoyExtAuthzHttp" if kind == "envoy_ext_authz_http" else "envoyExtAuthzGrpc"
         if not settings.service:
@@ -115,6 +128,7 @@ def _mesh(mesh: mesh_config_pb2.MeshConfig) -> Iterator[Finding]:
         ):
             yield (*where, key, "statusOnError"), "an HTTP status code Envoy knows (e.g. 403)"
         yield from optional_duration(settings, "timeout", (*where, key, "timeout"))
+    yield from check_mesh_telemetry(mesh)
     if mesh.auto_allocate_range:
         try:
             network = ipaddress.ip_network(mesh.auto_allocate_range, strict=True)
@@ -140,6 +154,7 @@ CHECKS: dict[str, Callable[[Message], Iterator[Finding]]] = {
     model.AUTHORIZATION_POLICY: lambda spec: _authorization_policy(spec),
     model.REQUEST_AUTHENTICATION: lambda spec: _request_authentication(spec),
     model.SECRET: check_secret,
+    model.TELEMETRY: check_telemetry,
 }
 
 
@@ -316,7 +331,7 @@ def warnings(kind: str, spec: Message) -> Iterator[Finding]:
     """Valid input that this control plane accepts but does not act on yet, or that will
     not work as the user probably expects."""
     if kind == model.MESH_CONFIG and spec.HasField("default_config"):
-        yield (*MESH_ROOT, "defaultConfig"), "accepted but not applied yet"
+        yield from default_config_warnings(spec)
     if kind == model.DESTINATION_RULE:
         yield from destination_rule_warnings(spec)
     elif kind == model.VIRTUAL_SERVICE:
