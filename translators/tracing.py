@@ -21,7 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from translators.clusters import load_assignment
 from translators.naming import is_ip, outbound_cluster
@@ -130,7 +130,7 @@ def hcm_tracing(
                 collector_endpoint_version=zipkin_pb2.ZipkinConfig.HTTP_JSON,
                 collector_hostname=collector.host,
                 trace_id_128bit=not collector.trace_id_64bit,
-                shared_span_context=False,
+                shared_span_context=wrappers_pb2.BoolValue(value=False),
             )
         )
     else:

@@ -7,9 +7,12 @@ from typing import Any
 
 import yaml
 
+from protos import mesh_config_pb2
 from translators import model
 from translators.naming import is_ip
+from translators.telemetry import proxy_config
 from xds_server import node
+from xds_server.prometheus_listener import prometheus_resources, stats_matcher
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -40,6 +43,13 @@ class BootstrapOptions:
     xds_root_cert: str = ""
     xds_root_pem: str = ""  # the root itself, inline, instead of a file
     xds_server_name: str = "xds-server"
+    workload_name: str = ""  # Istio's WORKLOAD_NAME: source/destination_workload in metrics
+    # Istio's Prometheus port: /stats/prometheus with Istio's metric names; 0: none.
+    stats_address: str = "0.0.0.0"
+    stats_port: int = 15090
+    # Envoy's stats_config.stats_matcher (from the mesh's defaultConfig.proxyStatsMatcher:
+    # stats_matcher_of); None keeps every stat.
+    stats_matcher: dict[str, Any] | None = None
 
 
 XDS_APIS = {"delta": "DELTA_GRPC", "sotw": "GRPC"}
@@ -102,6 +112,8 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
     }
     if options.interception_mode != "NONE":
         metadata[node.INTERCEPTION_MODE] = options.interception_mode
+    if options.workload_name:
+        metadata[node.WORKLOAD_NAME] = options.workload_name
     if options.ip:
         metadata[node.INSTANCE_IPS] = options.ip
     if options.bind_address:
@@ -150,7 +162,14 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         grpc_service["initial_metadata"] = [
             {"key": "authorization", "value": f"Bearer {options.token}"}
         ]
-    return {
+    static: dict[str, Any] = {"clusters": [xds_cluster]}
+    if options.stats_port:
+        listener, cluster = prometheus_resources(
+            options.stats_address, options.stats_port, options.admin_address, options.admin_port
+        )
+        static["listeners"] = [listener]
+        static["clusters"].append(cluster)
+    out = {
         "node": {
             "id": options.node_id,
             "cluster": options.cluster or options.labels.get("app", options.node_id),
@@ -174,8 +193,23 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
             "cds_config": {"resource_api_version": "V3", "ads": {}},
             "lds_config": {"resource_api_version": "V3", "ads": {}},
         },
-        "static_resources": {"clusters": [xds_cluster]},
+        "static_resources": static,
     }
+    if options.stats_matcher is not None:
+        out["stats_config"] = {"stats_matcher": options.stats_matcher}
+    return out
+
+
+def stats_matcher_of(mesh: mesh_config_pb2.MeshConfig) -> dict[str, Any] | None:
+    """defaultConfig.proxyStatsMatcher as Envoy's stats matcher (None: keep all)."""
+    matcher = proxy_config(mesh).proxy_stats_matcher
+    return stats_matcher(
+        {
+            "prefixes": list(matcher.inclusion_prefixes),
+            "suffixes": list(matcher.inclusion_suffixes),
+            "regexps": list(matcher.inclusion_regexps),
+        }
+    )
 
 
 def render(options: BootstrapOptions) -> str:

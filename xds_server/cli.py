@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from xds_server.bootstrap import BootstrapOptions, render
+from xds_server.bootstrap import BootstrapOptions, render, stats_matcher_of
 from xds_server.config.files import DEFAULT_MAX_BYTES
 from xds_server.launcher import port_free
 
@@ -204,7 +204,15 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         token=args.token,
         xds_root_cert=args.xds_root_cert,
         xds_server_name=args.xds_server_name,
+        workload_name=args.workload_name,
+        stats_address=args.stats_address,
+        stats_port=args.stats_port,
     )
+    if args.config_dir:
+        mesh = _mesh_of(Path(args.config_dir))
+        if mesh is None:
+            return 2
+        options.stats_matcher = stats_matcher_of(mesh)
     if args.token and not args.xds_root_cert:
         print(
             "error: --token needs --xds-root-cert: a token goes only over xDS on TLS "
@@ -225,6 +233,21 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     else:
         Path(args.output).write_text(text)
     return 0
+
+
+def _mesh_of(directory: Path):
+    """The mesh config of a config directory, checked; None (reported) when it has errors."""
+    from xds_server.config.store import ConfigStore
+
+    if not directory.is_dir():
+        print(f"error: --config-dir {directory}: not a directory", file=sys.stderr)
+        return None
+    store = ConfigStore(directory)
+    snapshot = store.load_all()
+    errors = [i for i in store.all_issues() if i.severity == "error" and "mesh" in i.field]
+    for issue in errors:
+        print(issue, file=sys.stderr)
+    return None if errors else snapshot.mesh
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -699,6 +722,29 @@ def parser() -> argparse.ArgumentParser:
         help="address for inbound listeners (default: the workload IP)",
     )
     boot.add_argument("--cluster", default="", help="node.cluster (default: the app label)")
+    boot.add_argument(
+        "--workload-name",
+        default="",
+        help="the workload's name in Istio's metrics (source_workload, destination_workload); "
+        "default: the node id",
+    )
+    boot.add_argument(
+        "--stats-address",
+        default="0.0.0.0",
+        help="where Prometheus scrapes Istio's metrics (/stats/prometheus)",
+    )
+    boot.add_argument(
+        "--stats-port",
+        type=_port,
+        default=15090,
+        help="Istio's Prometheus port; 0: none",
+    )
+    boot.add_argument(
+        "--config-dir",
+        default="",
+        help="the server's config directory: its mesh config's defaultConfig."
+        "proxyStatsMatcher (stats kept) goes into the bootstrap",
+    )
     boot.add_argument(
         "--role",
         choices=("sidecar", "gateway"),

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from xds_server import tokens
-from xds_server.bootstrap import BootstrapOptions, render
+from xds_server.bootstrap import BootstrapOptions, render, stats_matcher_of
 from xds_server.envoy_binary import find_envoy
 
 ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, APP_PORT = 15000, 15001, 15006, 9080
+STATS_PORT = 15090  # Istio's Prometheus port (xds_server.prometheus_listener)
 WORKLOAD_PORTS = {
     ADMIN_PORT: "Envoy admin",
+    STATS_PORT: "Prometheus",
     OUTBOUND_PORT: "outbound",
     INBOUND_PORT: "inbound",
     APP_PORT: "app",
@@ -254,7 +256,9 @@ class LocalMesh:
         envoy = find_envoy()
         for workload in self.workloads:
             bootstrap = self.work_dir / f"{workload.name}.yaml"
-            bootstrap.write_text(render(self.bootstrap_options(workload)))
+            options = self.bootstrap_options(workload)
+            options.stats_matcher = self._stats_matcher()
+            bootstrap.write_text(render(options))
             self._spawn(
                 workload.name,
                 [
@@ -382,6 +386,8 @@ class LocalMesh:
             xds_root_cert=str(self.root_cert) if self.uses_tls else "",
             admin_address=workload.ip,
             admin_port=ADMIN_PORT,
+            stats_address=workload.ip,
+            stats_port=STATS_PORT,
             outbound_address=workload.ip,
             outbound_port=OUTBOUND_PORT,
             ip=workload.ip,
@@ -392,6 +398,16 @@ class LocalMesh:
             if self.tokens
             else "",
         )
+
+    def _stats_matcher(self):
+        """The mesh config's proxyStatsMatcher, read from the config directory."""
+        from xds_server.config.store import ConfigStore
+
+        return stats_matcher_of(ConfigStore(self.config_dir).load_all().mesh)
+
+    def stats_url(self, name: str) -> str:
+        """Where workload `name`'s proxy serves Istio's metrics (Prometheus text)."""
+        return f"http://{self.workload(name).ip}:{STATS_PORT}/stats/prometheus"
 
     @property
     def uses_tls(self) -> bool:
