@@ -112,11 +112,40 @@ spec:
 )
 
 
-def build_world(count: int, full: bool = False) -> World:
+# Telemetry off: a mesh-wide Telemetry turns every metric off (and nothing else is set).
+TELEMETRY_OFF = """apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides: [{disabled: true}]
+"""
+# Telemetry on every listener: metrics (Istio's default), access logs and tracing.
+TELEMETRY_FULL = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    accessLogFile: /dev/stdout
+    defaultConfig:
+      tracing:
+        zipkin: {address: zipkin.istio-system:9411}
+        sampling: 10
+"""
+TELEMETRY = {"off": TELEMETRY_OFF, "metrics": "", "full": TELEMETRY_FULL}
+
+
+def build_world(count: int, full: bool = False, telemetry: str = "metrics") -> World:
     template = FULL_TEMPLATE if full else TEMPLATE
     text = "\n---\n".join(template % {"i": i, "ns": i % 10} for i in range(count))
+    if TELEMETRY[telemetry]:
+        text += "\n---\n" + TELEMETRY[telemetry]
     parsed = parse_file("bench.yaml", text)
     assert parsed.ok, parsed.issues[:3]
+    mesh = model.default_mesh()
+    if parsed.mesh is not None:
+        mesh.MergeFrom(parsed.mesh)
     proxies = tuple(
         model.Proxy(
             f"svc-{i}-{v}",
@@ -128,11 +157,11 @@ def build_world(count: int, full: bool = False) -> World:
         for i in range(count)
         for n, v in enumerate(("v1", "v2"), start=1)
     )
-    return World(model.MeshConfig(resources=tuple(parsed.resources)), proxies)
+    return World(model.MeshConfig(resources=tuple(parsed.resources), mesh=mesh), proxies)
 
 
-def measure(count: int, runs: int, full: bool = False) -> dict[str, float]:
-    world = build_world(count, full)
+def measure(count: int, runs: int, full: bool = False, telemetry: str = "metrics") -> dict:
+    world = build_world(count, full, telemetry)
     _ = world.services  # the registry is built once per world, shared by all proxies
     heap.settle()  # the collector as the server sets it once its config is loaded
     proxy = world.proxies[0]
@@ -250,6 +279,23 @@ def main() -> None:
     for count in (int(s) for s in args.sizes.split(",")):
         r = measure_edits(count, args.runs, args.full)
         print(f"{count:>8} {r['vs_edit_ms']:>17.1f} {r['endpoint_ms']:>16.1f}")
+    print(
+        "\nTelemetry (off: metrics disabled by a Telemetry; metrics: Istio's default; "
+        "full: metrics, access logs and tracing on every listener)"
+    )
+    print(
+        f"{'services':>8} {'telemetry':>10} {'translate ms':>13} {'push 10 ns':>11} {'vs off':>7}"
+    )
+    for count in (int(s) for s in args.sizes.split(",")):
+        base = None
+        for mode in ("off", "metrics", "full"):
+            r = measure(count, args.runs, args.full, mode)
+            base = base or r
+            change = (r["push_ms"] / base["push_ms"] - 1) * 100
+            print(
+                f"{count:>8} {mode:>10} {r['median_ms']:>13.1f} {r['push_ms']:>11.1f} "
+                f"{change:>+6.1f}%"
+            )
 
 
 if __name__ == "__main__":

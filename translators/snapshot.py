@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from translators import gateways, linkerd, model, sidecar_scope
+from translators import envoy_filter, gateways, linkerd, model, sidecar_scope
 from translators.authorization import inbound_rbac
 from translators.cache import CrossPushCache
 from translators.clusters import cluster_variants, inbound_clusters, packed_service_clusters
@@ -593,6 +593,13 @@ class Translator:
         return translator
 
     def translate(self, proxy: model.Proxy) -> Resources:
+        resources = self._translate(proxy)
+        patches = envoy_filter.proxy_patches(self.world.config, proxy)
+        if patches:  # EnvoyFilter: the last step, on what was made for this proxy
+            resources = envoy_filter.apply(resources, patches, proxy.role == gateways.GATEWAY_ROLE)
+        return resources
+
+    def _translate(self, proxy: model.Proxy) -> Resources:
         if proxy.role == gateways.GATEWAY_ROLE:
             return gateways.translate_gateway(self.world, proxy)
         shared = self._outbound(proxy)

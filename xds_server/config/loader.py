@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from protos import (
     authorization_policy_pb2,
     destination_rule_pb2,
+    envoy_filter_pb2,
     gateway_pb2,
     mesh_config_pb2,
     meta_pb2,
@@ -61,6 +62,7 @@ KINDS: dict[tuple[str, str], tuple[str, type[Message]]] = {
     (ISTIO_NETWORKING, "WorkloadEntry"): (model.WORKLOAD_ENTRY, workload_entry_pb2.WorkloadEntry),
     (ISTIO_NETWORKING, "Gateway"): (model.GATEWAY, gateway_pb2.Gateway),
     (ISTIO_NETWORKING, "Sidecar"): (model.SIDECAR, sidecar_pb2.Sidecar),
+    (ISTIO_NETWORKING, "EnvoyFilter"): (model.ENVOY_FILTER, envoy_filter_pb2.EnvoyFilter),
     ("", "Service"): (model.SERVICE, service_pb2.ServiceSpec),
     ("", "Secret"): (model.SECRET, secret_pb2.Secret),
     (SMI_SPLIT, "TrafficSplit"): (model.TRAFFIC_SPLIT, smi_pb2.TrafficSplit),

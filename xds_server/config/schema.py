@@ -68,6 +68,16 @@ _NOT_SUPPORTED = {
             "sds",
         )
     },
+    "meshapi.networking.EnvoyFilter": {
+        "targetRefs": "targetRefs is not supported yet (use workloadSelector)",
+    },
+    "meshapi.networking.Patch": {
+        "filterClass": "filterClass is not supported yet (place filters with INSERT_BEFORE "
+        "or INSERT_AFTER)",
+    },
+    "meshapi.networking.ListenerMatch": {
+        "portName": "portName is not supported (deprecated in Istio): use portNumber",
+    },
     "meshapi.telemetry.Telemetry": {
         "targetRef": "targetRef is not supported yet (use selector)",
         "targetRefs": "targetRefs is not supported yet (use selector)",

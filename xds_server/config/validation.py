@@ -46,6 +46,7 @@ from xds_server.config.checks_edge import (
     service_entry_warnings,
 )
 from xds_server.config.checks_envoy import check_fields
+from xds_server.config.checks_envoy_filter import check_envoy_filter, envoy_filter_warnings
 from xds_server.config.checks_linkerd import check_service_profile, check_traffic_split
 from xds_server.config.checks_secret import check_secret
 from xds_server.config.checks_telemetry import (
@@ -155,6 +156,7 @@ CHECKS: dict[str, Callable[[Message], Iterator[Finding]]] = {
     model.REQUEST_AUTHENTICATION: lambda spec: _request_authentication(spec),
     model.SECRET: check_secret,
     model.TELEMETRY: check_telemetry,
+    model.ENVOY_FILTER: check_envoy_filter,
 }
 
 
@@ -342,6 +344,8 @@ def warnings(kind: str, spec: Message) -> Iterator[Finding]:
         yield from service_entry_warnings(spec)
     elif kind == model.GATEWAY:
         yield from gateway_warnings(spec)
+    elif kind == model.ENVOY_FILTER:
+        yield from envoy_filter_warnings(spec)
 
 
 def check(kind: str, spec: Message) -> list[Finding]:
