@@ -184,6 +184,29 @@ def _custom_providers(config: model.MeshConfig) -> Iterator[CrossFinding]:
             )
 
 
+def _telemetry_providers(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    """A Telemetry naming a provider the mesh config does not define: that part of it
+    reports nowhere (Istio's built-ins are prometheus and envoy)."""
+    known = {p.name for p in config.mesh.extension_providers} | {"prometheus", "envoy"}
+    for res in config.of_kind(model.TELEMETRY):
+        for section, key in (
+            ("tracing", "tracing"),
+            ("metrics", "metrics"),
+            ("access_logging", "accessLogging"),
+        ):
+            for i, entry in enumerate(getattr(res.spec, section)):
+                for j, provider in enumerate(entry.providers):
+                    if provider.name not in known:
+                        yield CrossFinding(
+                            res,
+                            ("spec", key, i, "providers", j, "name"),
+                            f"no provider {provider.name!r} in the mesh config's "
+                            "extensionProviders (built in: prometheus, envoy); nothing is "
+                            "reported to it",
+                            "warning",
+                        )
+
+
 @PerObject
 def _tcp_ports(res: model.ConfigResource) -> list[tuple[str, int, int]]:
     """(host, port number, port index) of each port of a Service or ServiceEntry that is
@@ -299,6 +322,7 @@ _CHECKS = (
     (_host_conflicts, frozenset({model.VIRTUAL_SERVICE, model.TRAFFIC_SPLIT})),
     (_gateway_references, frozenset({model.GATEWAY, model.VIRTUAL_SERVICE})),
     (_custom_providers, frozenset({model.AUTHORIZATION_POLICY})),
+    (_telemetry_providers, frozenset({model.TELEMETRY})),
     (_tcp_port_conflicts, frozenset({model.SERVICE, model.SERVICE_ENTRY})),
 )
 
