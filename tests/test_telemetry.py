@@ -266,3 +266,31 @@ def test_bootstrap_serves_prometheus_and_keeps_the_stats_asked_for() -> None:
         "listeners"
         not in bootstrap(BootstrapOptions(node_id="a", stats_port=0))["static_resources"]
     )
+
+
+def test_a_collector_outside_the_registry_gets_a_cluster_of_its_own() -> None:
+    from envoy.config.cluster.v3 import cluster_pb2
+
+    from translators.resources import CLUSTER
+
+    config = config_from(
+        SERVICE,
+        mesh("defaultConfig:\n  tracing:\n    zipkin: {address: 'collector.example.com:9411'}\n"),
+    )
+    proxy = sidecar("reviews-v1", "reviews")
+    resources = Translator(World(config, (proxy,))).translate(proxy)
+    cluster = cluster_pb2.Cluster.FromString(
+        resources[CLUSTER]["tracing|collector.example.com|9411"].value
+    )
+    assert cluster.type == cluster_pb2.Cluster.STRICT_DNS
+    for packed in resources[LISTENER].values():
+        listener = listener_pb2.Listener.FromString(packed.value)
+        for chain in listener.filter_chains:
+            for f in chain.filters:
+                if f.name == "envoy.filters.network.http_connection_manager":
+                    hcm = hcm_pb2.HttpConnectionManager()
+                    f.typed_config.Unpack(hcm)
+                    assert hcm.tracing.provider.name == "envoy.tracers.zipkin"
+                    assert b"tracing|collector.example.com|9411" in (
+                        hcm.tracing.provider.typed_config.value
+                    )

@@ -81,17 +81,22 @@ def registry_host(host: str, services: Mapping[str, object]) -> str | None:
     return None
 
 
-@lru_cache(maxsize=256)
 def collector_cluster(
     collector: Collector, connect_timeout: duration_pb2.Duration | None = None
 ) -> cluster_pb2.Cluster:
     """A cluster of its own for a collector outside the registry."""
+    timeout = connect_timeout or duration_pb2.Duration(seconds=1)
+    return _collector_cluster(collector, timeout.seconds, timeout.nanos)
+
+
+@lru_cache(maxsize=256)
+def _collector_cluster(collector: Collector, seconds: int, nanos: int) -> cluster_pb2.Cluster:
     name = f"tracing|{collector.host}|{collector.port}"
     static = is_ip(collector.host)
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC if static else cluster_pb2.Cluster.STRICT_DNS,
-        connect_timeout=connect_timeout or duration_pb2.Duration(seconds=1),
+        connect_timeout=duration_pb2.Duration(seconds=seconds, nanos=nanos),
         load_assignment=load_assignment(name, [Endpoint(collector.host, collector.port, {})]),
         dns_lookup_family=cluster_pb2.Cluster.V4_ONLY,
     )

@@ -16,6 +16,7 @@ from typing import TextIO
 from xds_server import demo_pods
 from xds_server.launcher import (
     OUTBOUND_PORT,
+    STATS_PORT,
     WORKLOAD_PORTS,
     LocalMesh,
     PortsInUse,
@@ -340,6 +341,8 @@ errors and warnings show here as "xds-server: FILE:LINE: error: ...".
   curl -s http://127.0.0.1:{mesh.debug_port}/debug/syncz          # what each Envoy ACKed
   curl -s 'http://127.0.0.1:{mesh.debug_port}/debug/config_dump?proxy=sleep'
   curl -s http://{sleep_ip}:15000/stats | grep update_rejected    # Envoy's own view
+Istio's metrics, as Prometheus scrapes them from each proxy (reporter=source here):
+  curl -s http://{sleep_ip}:{STATS_PORT}/stats/prometheus | grep '^istio_requests_total'
 The sidecars call each other over mutual TLS (see x-forwarded-client-cert in a reply):
   xds-server cert --server http://127.0.0.1:{mesh.debug_port} --proxy sleep
 Logs: {work}/   Press Ctrl-C to stop."""
