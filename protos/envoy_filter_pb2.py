@@ -26,49 +26,43 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from protos import workload_entry_pb2 as workload__entry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x65nvoy_filter.proto\x12\x12meshapi.networking\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14workload_entry.proto\"\xa4\x01\n\x0b\x45nvoyFilter\x12?\n\x11workload_selector\x18\x03 \x01(\x0b\x32$.meshapi.networking.WorkloadSelector\x12\x42\n\x0e\x63onfig_patches\x18\x04 \x03(\x0b\x32*.meshapi.networking.EnvoyConfigObjectPatch\x12\x10\n\x08priority\x18\x05 \x01(\x05\"\xac\x01\n\x16\x45nvoyConfigObjectPatch\x12-\n\x08\x61pply_to\x18\x01 \x01(\x0e\x32\x1b.meshapi.networking.ApplyTo\x12\x39\n\x05match\x18\x02 \x01(\x0b\x32*.meshapi.networking.EnvoyConfigObjectMatch\x12(\n\x05patch\x18\x03 \x01(\x0b\x32\x19.meshapi.networking.Patch\"\xc2\x02\n\x16\x45nvoyConfigObjectMatch\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0e\x32 .meshapi.networking.PatchContext\x12-\n\x05proxy\x18\x02 \x01(\x0b\x32\x1e.meshapi.networking.ProxyMatch\x12\x35\n\x08listener\x18\x03 \x01(\x0b\x32!.meshapi.networking.ListenerMatchH\x00\x12J\n\x13route_configuration\x18\x04 \x01(\x0b\x32+.meshapi.networking.RouteConfigurationMatchH\x00\x12\x33\n\x07\x63luster\x18\x05 \x01(\x0b\x32 .meshapi.networking.ClusterMatchH\x00\x42\x0e\n\x0cobject_types\"\x94\x01\n\nProxyMatch\x12\x15\n\rproxy_version\x18\x01 \x01(\t\x12>\n\x08metadata\x18\x02 \x03(\x0b\x32,.meshapi.networking.ProxyMatch.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\rListenerMatch\x12\x13\n\x0bport_number\x18\x01 \x01(\r\x12:\n\x0c\x66ilter_chain\x18\x03 \x01(\x0b\x32$.meshapi.networking.FilterChainMatch\x12\x17\n\x0flistener_filter\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"\xb3\x01\n\x10\x46ilterChainMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03sni\x18\x02 \x01(\t\x12\x1a\n\x12transport_protocol\x18\x03 \x01(\t\x12\x1d\n\x15\x61pplication_protocols\x18\x04 \x01(\t\x12/\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x1f.meshapi.networking.FilterMatch\x12\x18\n\x10\x64\x65stination_port\x18\x06 \x01(\r\"S\n\x0b\x46ilterMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\nsub_filter\x18\x02 \x01(\x0b\x32\".meshapi.networking.SubFilterMatch\"\x1e\n\x0eSubFilterMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x95\x01\n\x17RouteConfigurationMatch\x12\x13\n\x0bport_number\x18\x01 \x01(\r\x12\x11\n\tport_name\x18\x02 \x01(\t\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x33\n\x05vhost\x18\x04 \x01(\x0b\x32$.meshapi.networking.VirtualHostMatch\x12\x0c\n\x04name\x18\x05 \x01(\t\"d\n\x10VirtualHostMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05route\x18\x02 \x01(\x0b\x32\x1e.meshapi.networking.RouteMatch\x12\x13\n\x0b\x64omain_name\x18\x03 \x01(\t\"\x92\x01\n\nRouteMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32%.meshapi.networking.RouteMatch.Action\"?\n\x06\x41\x63tion\x12\x07\n\x03\x41NY\x10\x00\x12\t\n\x05ROUTE\x10\x01\x12\x0c\n\x08REDIRECT\x10\x02\x12\x13\n\x0f\x44IRECT_RESPONSE\x10\x03\"R\n\x0c\x43lusterMatch\x12\x13\n\x0bport_number\x18\x01 \x01(\r\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0e\n\x06subset\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"\xe5\x01\n\x05Patch\x12\x36\n\toperation\x18\x01 \x01(\x0e\x32#.meshapi.networking.Patch.Operation\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"|\n\tOperation\x12\x0b\n\x07INVALID\x10\x00\x12\t\n\x05MERGE\x10\x01\x12\x07\n\x03\x41\x44\x44\x10\x02\x12\n\n\x06REMOVE\x10\x03\x12\x11\n\rINSERT_BEFORE\x10\x04\x12\x10\n\x0cINSERT_AFTER\x10\x05\x12\x10\n\x0cINSERT_FIRST\x10\x06\x12\x0b\n\x07REPLACE\x10\x07*\xdd\x01\n\x07\x41pplyTo\x12\x0b\n\x07INVALID\x10\x00\x12\x0c\n\x08LISTENER\x10\x01\x12\x10\n\x0c\x46ILTER_CHAIN\x10\x02\x12\x12\n\x0eNETWORK_FILTER\x10\x03\x12\x0f\n\x0bHTTP_FILTER\x10\x04\x12\x17\n\x13ROUTE_CONFIGURATION\x10\x05\x12\x10\n\x0cVIRTUAL_HOST\x10\x06\x12\x0e\n\nHTTP_ROUTE\x10\x07\x12\x0b\n\x07\x43LUSTER\x10\x08\x12\x14\n\x10\x45XTENSION_CONFIG\x10\t\x12\r\n\tBOOTSTRAP\x10\n\x12\x13\n\x0fLISTENER_FILTER\x10\x0b*O\n\x0cPatchContext\x12\x07\n\x03\x41NY\x10\x00\x12\x13\n\x0fSIDECAR_INBOUND\x10\x01\x12\x14\n\x10SIDECAR_OUTBOUND\x10\x02\x12\x0b\n\x07GATEWAY\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x65nvoy_filter.proto\x12\x12meshapi.networking\x1a\x1cgoogle/protobuf/struct.proto\x1a\x14workload_entry.proto\"\xa4\x01\n\x0b\x45nvoyFilter\x12?\n\x11workload_selector\x18\x03 \x01(\x0b\x32$.meshapi.networking.WorkloadSelector\x12\x42\n\x0e\x63onfig_patches\x18\x04 \x03(\x0b\x32*.meshapi.networking.EnvoyConfigObjectPatch\x12\x10\n\x08priority\x18\x05 \x01(\x05\"\xac\x01\n\x16\x45nvoyConfigObjectPatch\x12-\n\x08\x61pply_to\x18\x01 \x01(\x0e\x32\x1b.meshapi.networking.ApplyTo\x12\x39\n\x05match\x18\x02 \x01(\x0b\x32*.meshapi.networking.EnvoyConfigObjectMatch\x12(\n\x05patch\x18\x03 \x01(\x0b\x32\x19.meshapi.networking.Patch\"\x93\x02\n\x16\x45nvoyConfigObjectMatch\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0e\x32 .meshapi.networking.PatchContext\x12\x35\n\x08listener\x18\x03 \x01(\x0b\x32!.meshapi.networking.ListenerMatchH\x00\x12J\n\x13route_configuration\x18\x04 \x01(\x0b\x32+.meshapi.networking.RouteConfigurationMatchH\x00\x12\x33\n\x07\x63luster\x18\x05 \x01(\x0b\x32 .meshapi.networking.ClusterMatchH\x00\x42\x0e\n\x0cobject_types\"\x87\x01\n\rListenerMatch\x12\x13\n\x0bport_number\x18\x01 \x01(\r\x12:\n\x0c\x66ilter_chain\x18\x03 \x01(\x0b\x32$.meshapi.networking.FilterChainMatch\x12\x17\n\x0flistener_filter\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"\xb3\x01\n\x10\x46ilterChainMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03sni\x18\x02 \x01(\t\x12\x1a\n\x12transport_protocol\x18\x03 \x01(\t\x12\x1d\n\x15\x61pplication_protocols\x18\x04 \x01(\t\x12/\n\x06\x66ilter\x18\x05 \x01(\x0b\x32\x1f.meshapi.networking.FilterMatch\x12\x18\n\x10\x64\x65stination_port\x18\x06 \x01(\r\"S\n\x0b\x46ilterMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\nsub_filter\x18\x02 \x01(\x0b\x32\".meshapi.networking.SubFilterMatch\"\x1e\n\x0eSubFilterMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x82\x01\n\x17RouteConfigurationMatch\x12\x13\n\x0bport_number\x18\x01 \x01(\r\x12\x0f\n\x07gateway\x18\x03 \x01(\t\x12\x33\n\x05vhost\x18\x04 \x01(\x0b\x32$.meshapi.networking.VirtualHostMatch\x12\x0c\n\x04name\x18\x05 \x01(\t\"d\n\x10VirtualHostMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x05route\x18\x02 \x01(\x0b\x32\x1e.meshapi.networking.RouteMatch\x12\x13\n\x0b\x64omain_name\x18\x03 \x01(\t\"\x92\x01\n\nRouteMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32%.meshapi.networking.RouteMatch.Action\"?\n\x06\x41\x63tion\x12\x07\n\x03\x41NY\x10\x00\x12\t\n\x05ROUTE\x10\x01\x12\x0c\n\x08REDIRECT\x10\x02\x12\x13\n\x0f\x44IRECT_RESPONSE\x10\x03\"R\n\x0c\x43lusterMatch\x12\x13\n\x0bport_number\x18\x01 \x01(\r\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0e\n\x06subset\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"\xe5\x01\n\x05Patch\x12\x36\n\toperation\x18\x01 \x01(\x0e\x32#.meshapi.networking.Patch.Operation\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"|\n\tOperation\x12\x0b\n\x07INVALID\x10\x00\x12\t\n\x05MERGE\x10\x01\x12\x07\n\x03\x41\x44\x44\x10\x02\x12\n\n\x06REMOVE\x10\x03\x12\x11\n\rINSERT_BEFORE\x10\x04\x12\x10\n\x0cINSERT_AFTER\x10\x05\x12\x10\n\x0cINSERT_FIRST\x10\x06\x12\x0b\n\x07REPLACE\x10\x07*\xdd\x01\n\x07\x41pplyTo\x12\x0b\n\x07INVALID\x10\x00\x12\x0c\n\x08LISTENER\x10\x01\x12\x10\n\x0c\x46ILTER_CHAIN\x10\x02\x12\x12\n\x0eNETWORK_FILTER\x10\x03\x12\x0f\n\x0bHTTP_FILTER\x10\x04\x12\x17\n\x13ROUTE_CONFIGURATION\x10\x05\x12\x10\n\x0cVIRTUAL_HOST\x10\x06\x12\x0e\n\nHTTP_ROUTE\x10\x07\x12\x0b\n\x07\x43LUSTER\x10\x08\x12\x14\n\x10\x45XTENSION_CONFIG\x10\t\x12\r\n\tBOOTSTRAP\x10\n\x12\x13\n\x0fLISTENER_FILTER\x10\x0b*O\n\x0cPatchContext\x12\x07\n\x03\x41NY\x10\x00\x12\x13\n\x0fSIDECAR_INBOUND\x10\x01\x12\x14\n\x10SIDECAR_OUTBOUND\x10\x02\x12\x0b\n\x07GATEWAY\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'envoy_filter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROXYMATCH_METADATAENTRY']._loaded_options = None
-  _globals['_PROXYMATCH_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_APPLYTO']._serialized_start=2069
-  _globals['_APPLYTO']._serialized_end=2290
-  _globals['_PATCHCONTEXT']._serialized_start=2292
-  _globals['_PATCHCONTEXT']._serialized_end=2371
+  _globals['_APPLYTO']._serialized_start=1852
+  _globals['_APPLYTO']._serialized_end=2073
+  _globals['_PATCHCONTEXT']._serialized_start=2075
+  _globals['_PATCHCONTEXT']._serialized_end=2154
   _globals['_ENVOYFILTER']._serialized_start=95
   _globals['_ENVOYFILTER']._serialized_end=259
   _globals['_ENVOYCONFIGOBJECTPATCH']._serialized_start=262
   _globals['_ENVOYCONFIGOBJECTPATCH']._serialized_end=434
   _globals['_ENVOYCONFIGOBJECTMATCH']._serialized_start=437
-  _globals['_ENVOYCONFIGOBJECTMATCH']._serialized_end=759
-  _globals['_PROXYMATCH']._serialized_start=762
-  _globals['_PROXYMATCH']._serialized_end=910
-  _globals['_PROXYMATCH_METADATAENTRY']._serialized_start=863
-  _globals['_PROXYMATCH_METADATAENTRY']._serialized_end=910
-  _globals['_LISTENERMATCH']._serialized_start=913
-  _globals['_LISTENERMATCH']._serialized_end=1048
-  _globals['_FILTERCHAINMATCH']._serialized_start=1051
-  _globals['_FILTERCHAINMATCH']._serialized_end=1230
-  _globals['_FILTERMATCH']._serialized_start=1232
-  _globals['_FILTERMATCH']._serialized_end=1315
-  _globals['_SUBFILTERMATCH']._serialized_start=1317
-  _globals['_SUBFILTERMATCH']._serialized_end=1347
-  _globals['_ROUTECONFIGURATIONMATCH']._serialized_start=1350
-  _globals['_ROUTECONFIGURATIONMATCH']._serialized_end=1499
-  _globals['_VIRTUALHOSTMATCH']._serialized_start=1501
-  _globals['_VIRTUALHOSTMATCH']._serialized_end=1601
-  _globals['_ROUTEMATCH']._serialized_start=1604
-  _globals['_ROUTEMATCH']._serialized_end=1750
-  _globals['_ROUTEMATCH_ACTION']._serialized_start=1687
-  _globals['_ROUTEMATCH_ACTION']._serialized_end=1750
-  _globals['_CLUSTERMATCH']._serialized_start=1752
-  _globals['_CLUSTERMATCH']._serialized_end=1834
-  _globals['_PATCH']._serialized_start=1837
-  _globals['_PATCH']._serialized_end=2066
-  _globals['_PATCH_OPERATION']._serialized_start=1942
-  _globals['_PATCH_OPERATION']._serialized_end=2066
+  _globals['_ENVOYCONFIGOBJECTMATCH']._serialized_end=712
+  _globals['_LISTENERMATCH']._serialized_start=715
+  _globals['_LISTENERMATCH']._serialized_end=850
+  _globals['_FILTERCHAINMATCH']._serialized_start=853
+  _globals['_FILTERCHAINMATCH']._serialized_end=1032
+  _globals['_FILTERMATCH']._serialized_start=1034
+  _globals['_FILTERMATCH']._serialized_end=1117
+  _globals['_SUBFILTERMATCH']._serialized_start=1119
+  _globals['_SUBFILTERMATCH']._serialized_end=1149
+  _globals['_ROUTECONFIGURATIONMATCH']._serialized_start=1152
+  _globals['_ROUTECONFIGURATIONMATCH']._serialized_end=1282
+  _globals['_VIRTUALHOSTMATCH']._serialized_start=1284
+  _globals['_VIRTUALHOSTMATCH']._serialized_end=1384
+  _globals['_ROUTEMATCH']._serialized_start=1387
+  _globals['_ROUTEMATCH']._serialized_end=1533
+  _globals['_ROUTEMATCH_ACTION']._serialized_start=1470
+  _globals['_ROUTEMATCH_ACTION']._serialized_end=1533
+  _globals['_CLUSTERMATCH']._serialized_start=1535
+  _globals['_CLUSTERMATCH']._serialized_end=1617
+  _globals['_PATCH']._serialized_start=1620
+  _globals['_PATCH']._serialized_end=1849
+  _globals['_PATCH_OPERATION']._serialized_start=1725
+  _globals['_PATCH_OPERATION']._serialized_end=1849
 # @@protoc_insertion_point(module_scope)

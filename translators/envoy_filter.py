@@ -445,7 +445,10 @@ def _route_config_matches(patch: Patch, config: route_pb2.RouteConfiguration) ->
         return False
     if match.port_number and _route_port(config.name) != match.port_number:
         return False
-    return not (match.gateway and match.gateway not in config.name)
+    if match.gateway:  # "namespace/name": a gateway's HTTPS route names hold both
+        namespace, _, name = match.gateway.rpartition("/")
+        return config.name.startswith("https.") and config.name.endswith(f".{name}.{namespace}")
+    return True
 
 
 def _route_port(name: str) -> int | None:

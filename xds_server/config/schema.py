@@ -75,6 +75,13 @@ _NOT_SUPPORTED = {
         "filterClass": "filterClass is not supported yet (place filters with INSERT_BEFORE "
         "or INSERT_AFTER)",
     },
+    "meshapi.networking.EnvoyConfigObjectMatch": {
+        "proxy": "match.proxy is not supported yet (proxies send no ISTIO_VERSION; select "
+        "workloads with workloadSelector)",
+    },
+    "meshapi.networking.RouteConfigurationMatch": {
+        "portName": "portName is not supported yet: use portNumber or name",
+    },
     "meshapi.networking.ListenerMatch": {
         "portName": "portName is not supported (deprecated in Istio): use portNumber",
     },
