@@ -35,6 +35,31 @@ spec:
   selector: {app: zipkin}
   ports: [{name: http, port: 9411, targetPort: COLLECTOR_PORT}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo}
+spec:
+  selector: {app: tcp-echo}
+  ports: [{name: tcp, port: 9090, targetPort: 9080}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 18080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin-in}
+spec:
+  hosts: ["*"]
+  gateways: [ingress]
+  http:
+  - route: [{destination: {host: httpbin}}]
+---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: httpbin}
@@ -127,7 +152,12 @@ def mesh(tmp_path_factory, collector):
     config.mkdir()
     (config / "svc.yaml").write_text(SERVICES.replace("COLLECTOR_PORT", str(collector)))
     (config / "mesh.yaml").write_text(_mesh_config(root))
-    workloads = [Workload("sleep", "sleep", app_port=None), Workload("httpbin-v1", "httpbin")]
+    workloads = [
+        Workload("sleep", "sleep", app_port=None),
+        Workload("httpbin-v1", "httpbin"),
+        Workload("tcp-echo-v1", "tcp-echo"),
+        Workload("ingress", "istio-ingressgateway", app_port=None, role="gateway"),
+    ]
     with LocalMesh(config, workloads, root / "work", tokens=True) as running:
         wait_until(running.all_synced, 30, "every sidecar to sync")
         wait_until(lambda: _call(running, "httpbin") == 200, 20, "httpbin to answer")
@@ -232,6 +262,46 @@ def test_istio_requests_total_counts_on_both_sides(mesh) -> None:
         lambda: _count(mesh, "httpbin-v1", "istio_response_bytes_count", response_code="418") >= 7,
         20,
         "the server's response sizes",
+    )
+
+
+def test_tcp_connections_are_counted_on_both_sides(mesh) -> None:
+    from tests.e2e.test_tcp_routes import exchange
+
+    labels = {"destination_service": "tcp-echo.default.svc.cluster.local"}
+    for _ in range(4):
+        assert exchange(mesh.workload("sleep").ip, 9090) == "tcp-echo-v1"
+    for metric in ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total"):
+        wait_until(
+            lambda m=metric: _count(mesh, "sleep", m, reporter="source", **labels) == 4,
+            10,
+            f"the client's {metric}",
+        )
+    assert _count(mesh, "sleep", "istio_tcp_sent_bytes_total", **labels) > 0
+    assert _count(mesh, "sleep", "istio_tcp_received_bytes_total", **labels) > 0
+    (server,) = _samples(mesh, "tcp-echo-v1", "istio_tcp_connections_closed_total")
+    assert server.value == 4 and server.labels["request_protocol"] == "tcp"
+    assert server.labels["connection_security_policy"] == "mutual_tls"
+    assert server.labels["source_principal"] == "spiffe://cluster.local/ns/default/sa/sleep"
+    assert server.labels["destination_workload"] == "tcp-echo-v1"
+
+
+def test_the_gateway_reports_as_the_source(mesh) -> None:
+    ip = mesh.workload("ingress").ip
+    wait_until(
+        lambda: http_get(f"http://{ip}:18080/", timeout=5, headers={"x-status": "207"})[0] == 207,
+        20,
+        "the gateway to route",
+    )
+    labels = {"response_code": "207", "source_workload": "ingress"}
+    assert _count(mesh, "ingress", "istio_requests_total", reporter="source", **labels) >= 1
+    wait_until(
+        lambda: (
+            _count(mesh, "httpbin-v1", "istio_requests_total", reporter="destination", **labels)
+            >= 1
+        ),
+        10,
+        "httpbin to see the gateway as its caller",
     )
 
 
