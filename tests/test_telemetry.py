@@ -294,3 +294,27 @@ def test_a_collector_outside_the_registry_gets_a_cluster_of_its_own() -> None:
                     assert b"tracing|collector.example.com|9411" in (
                         hcm.tracing.provider.typed_config.value
                     )
+
+
+def test_the_endpoint_index_follows_endpoint_changes_incrementally() -> None:
+    """Which service reaches a proxy's port (its inbound metrics' destination_service):
+    derived after an endpoint change, it equals a fresh one."""
+    from translators.cache import CrossPushCache
+
+    config = config_from(SERVICE)
+    first = (sidecar("reviews-v1", "reviews"), sidecar("caller", "caller", ip="127.0.0.9"))
+    cache = CrossPushCache()
+    world = World(config, first, 1, cache)
+    translator = Translator(world)
+    for proxy in first:
+        translator.translate(proxy)
+    joined = (*first, sidecar("reviews-v2", "reviews", "v2", ip="127.0.0.3"))
+    cache.endpoint_round()
+    later = World(config, joined, 2, cache)
+    translator = Translator.after_endpoint_change(translator, later)
+    translator.translate(joined[-1])
+    fresh = World(config, joined)
+    assert later._endpoint_services == fresh._endpoint_services
+    assert later.inbound_services(joined[-1]) == {
+        9080: ("reviews.default.svc.cluster.local", "reviews", "default")
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -73,8 +74,9 @@ from translators.tcp_routes import (
     tcp_app_ports,
     update_port_uses,
 )
-from translators.telemetry import ProxyTelemetry
-from translators.telemetry import resolve as resolve_telemetry
+from translators.telemetry import ProxyTelemetry, workload_of
+from translators.telemetry import applicable as applicable_telemetry
+from translators.telemetry import sides as telemetry_sides
 from translators.tracing import collector_cluster, collector_cluster_name, registry_host
 
 ROUTE_CONFIGURATION = "envoy.config.route.v3.RouteConfiguration"
@@ -105,6 +107,7 @@ _KEPT_BY_VS_EDITS = (
     "route_cache",
     "services",
     "port_uses",
+    "_endpoint_services",
 )
 
 
@@ -257,7 +260,15 @@ class World:
         )
         found = self._telemetry.get(key)
         if found is None:
-            found = self._telemetry[key] = resolve_telemetry(self.config, proxy)
+            # What the sides get depends on the Telemetry resources that apply, shared by
+            # the proxies they apply to; only who the proxy is differs.
+            applicable = applicable_telemetry(self.config, proxy)
+            sides_key = tuple(id(r) for r in applicable)
+            sides = self._telemetry.get(sides_key)
+            if sides is None:
+                sides = self._telemetry[sides_key] = telemetry_sides(self.config, applicable)
+            me = workload_of(proxy, self.config.mesh.trust_domain)
+            found = self._telemetry[key] = ProxyTelemetry(me, *sides)
         return found
 
     def collectors(self, telemetry: ProxyTelemetry) -> tuple[dict, dict[str, Packed]]:
@@ -272,17 +283,23 @@ class World:
         return names, pack_all(own) if own else {}
 
     @cached_property
-    def _endpoint_services(self) -> dict[tuple[str, int], tuple[str, str, str]]:
-        """(address, port) of each endpoint -> the first service (by name) it serves."""
-        found: dict[tuple[str, int], tuple[str, str, str]] = {}
+    def _endpoint_services(self) -> dict[tuple[str, int], list[tuple[str, str, str]]]:
+        """(address, port) of each endpoint -> the services it serves, by name."""
+        found: dict[tuple[str, int], list[tuple[str, str, str]]] = {}
         for host in sorted(self.services):
-            service = self.services[host]
-            for endpoints in service.endpoints.values():
-                for e in endpoints:
-                    found.setdefault(
-                        (e.address, e.port), (host, service.short_name, service.namespace)
-                    )
+            _index_service(found, host, self.services[host])
         return found
+
+    def derive_endpoint_services(self, old: World, changed: Iterable[str]) -> None:
+        """This world's endpoint index from `old`'s, where only `changed` hosts differ."""
+        if "_endpoint_services" not in old.__dict__:
+            return
+        found = {key: list(hosts) for key, hosts in old._endpoint_services.items()}
+        for host in changed:
+            for service, add in ((old.services.get(host), False), (self.services.get(host), True)):
+                if service is not None:
+                    _index_service(found, host, service, add)
+        self.__dict__["_endpoint_services"] = {k: v for k, v in found.items() if v}
 
     def inbound_services(self, proxy: model.Proxy) -> dict[int, tuple[str, str, str]]:
         """The service that reaches each of `proxy`'s app ports (host, name, namespace),
@@ -292,8 +309,8 @@ class World:
         for port in proxy.ports:
             reached = port.app_port if proxy.captured else port.inbound_port
             found = index.get((proxy.ip, reached))
-            if found is not None:
-                out[port.app_port] = found
+            if found:
+                out[port.app_port] = found[0]
         return out
 
     @cached_property
@@ -302,6 +319,24 @@ class World:
         return any(
             _uses_source_labels(vs.spec) for vs in self.config.of_kind(model.VIRTUAL_SERVICE)
         )
+
+
+def _index_service(
+    index: dict[tuple[str, int], list[tuple[str, str, str]]],
+    host: str,
+    service: Service,
+    add: bool = True,
+) -> None:
+    """Add (or remove) `service` under each of its endpoints, keeping hosts in order."""
+    entry = (host, service.short_name, service.namespace)
+    for endpoints in service.endpoints.values():
+        for e in endpoints:
+            hosts = index.setdefault((e.address, e.port), [])
+            if add:
+                if entry not in hosts:
+                    bisect.insort(hosts, entry)
+            elif entry in hosts:
+                hosts.remove(entry)
 
 
 _REGISTRY_KINDS = (
@@ -438,6 +473,7 @@ class Translator:
         world.take(old, _CONFIG_ONLY)
         changed = _differing(old.services, world.services, old.services.keys() | world.services)
         world.keep_service_resources(old, changed)
+        world.derive_endpoint_services(old, changed)
         if "port_uses" in old.__dict__:
             world.__dict__["port_uses"] = update_port_uses(
                 old.port_uses, old.services, world.services, changed
@@ -562,6 +598,7 @@ class Translator:
         }
         translator = cls(world)
         world.keep_service_resources(old, changed | ruled)
+        world.derive_endpoint_services(old, changed)
         if "port_uses" in old.__dict__:
             world.__dict__["port_uses"] = update_port_uses(old.port_uses, before, after, changed)
         if not changed and not ruled and not named:

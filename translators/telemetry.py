@@ -118,13 +118,16 @@ def _matches(mode: int, side: str) -> bool:
 
 
 def resolve(config: model.MeshConfig, proxy: model.Proxy) -> ProxyTelemetry:
-    resources = applicable(config, proxy)
-    mesh = config.mesh
     return ProxyTelemetry(
-        workload_of(proxy, mesh.trust_domain),
-        _side(mesh, resources, CLIENT),
-        _side(mesh, resources, SERVER),
+        workload_of(proxy, config.mesh.trust_domain), *sides(config, applicable(config, proxy))
     )
+
+
+def sides(
+    config: model.MeshConfig, resources: list[model.ConfigResource]
+) -> tuple[SideTelemetry, SideTelemetry]:
+    """(client, server) under `resources` (applicable's, in its order)."""
+    return _side(config.mesh, resources, CLIENT), _side(config.mesh, resources, SERVER)
 
 
 def _providers(mesh: mesh_config_pb2.MeshConfig) -> dict[str, mesh_config_pb2.ExtensionProvider]:
