@@ -268,3 +268,18 @@ def test_a_service_running_its_own_envoy_gets_its_token_too() -> None:
     bad = text.replace("my-gateway", "../etc")
     with pytest.raises(inject.InjectError, match="bootstrap"):
         _injected(bad)
+
+
+def test_the_bootstraps_keep_the_stats_the_mesh_config_asks_for(tmp_path) -> None:
+    """defaultConfig.proxyStatsMatcher lives in Envoy's bootstrap: inject reads the mesh
+    config in --config-dir and writes it into every sidecar's."""
+    mesh = tmp_path / "mesh"
+    mesh.mkdir()
+    seed = Path(__file__).resolve().parents[1] / "examples" / "seed"
+    shutil.copy(seed / "14-mesh-config-tracing.yaml", mesh / "mesh.yaml")
+    out = tmp_path / "docker-compose.yml"
+    done = _inject(str(PLAIN), "--config-dir", str(mesh), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    bootstrap = yaml.safe_load((tmp_path / "envoy-configs" / "productpage.yaml").read_text())
+    patterns = bootstrap["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+    assert {"safe_regex": {"regex": ".*osconfig.*"}} in patterns

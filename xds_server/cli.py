@@ -386,12 +386,19 @@ def cmd_inject(args: argparse.Namespace) -> int:
         print(f"xds-server inject: {args.compose_file}{line}: {exc}", file=sys.stderr)
         return 1
     document = documents[0] if documents else None
+    matcher = None
+    if Path(args.config_dir).is_dir():  # the mesh config's proxyStatsMatcher, if any
+        mesh = _mesh_of(Path(args.config_dir))
+        if mesh is None:
+            return 1
+        matcher = stats_matcher_of(mesh)
     try:
         options = inject.InjectOptions(
             namespace=args.namespace,
             config_dir=f"./{args.config_dir.removeprefix('./')}",
             bootstrap_dir=f"./{args.bootstrap_dir.removeprefix('./')}",
             mode=args.mode,
+            stats_matcher=matcher,
         )
         result = inject.inject(document.value if document else None, options)
     except inject.InjectError as exc:

@@ -97,6 +97,8 @@ class InjectOptions:
     envoy_image: str = ENVOY_IMAGE
     pod_image: str = POD_IMAGE
     mode: str = "proxy"  # or "capture"
+    # The mesh config's proxyStatsMatcher as Envoy's (bootstrap.stats_matcher_of).
+    stats_matcher: Any = None
 
 
 @dataclass
@@ -243,6 +245,7 @@ def inject(document: Any, options: InjectOptions = InjectOptions()) -> Injected:
                 xds_root_cert=f"{IDENTITY_MOUNT}/root-cert.pem",
                 bind_address="0.0.0.0",  # other containers reach the app through it
                 interception_mode="REDIRECT" if capture else "NONE",
+                stats_matcher=options.stats_matcher,
             )
         )
         sidecar: dict[str, Any] = {
