@@ -16,6 +16,7 @@ inbound clusters; SIDECAR_OUTBOUND the rest of a sidecar's; GATEWAY a gateway's;
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, MutableSequence
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from translators import model
 from translators.envoy_filter_values import ApplyTo, PatchValueError, parse_value
 from translators.memo import PerObject
 from translators.naming import has_labels
+from translators.proto_rules import problems
 from translators.resources import (
     CLUSTER,
     LISTENER,
@@ -44,6 +46,7 @@ from translators.resources import (
     pack,
 )
 
+_log = logging.getLogger(__name__)
 Op = ef_pb2.Patch.Operation
 Context = ef_pb2.PatchContext
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -162,16 +165,19 @@ def _patch_set(
             items[name] = packed
             continue
         message = message_type.FromString(packed.value)
-        before = packed.value
         if not patch(message):
             changed = True
             continue
-        after = message.SerializeToString(deterministic=True)
-        if after != before:
-            changed = True
-            items[name] = pack(message.name, message)
-        else:
+        if message.SerializeToString(deterministic=True) == packed.value:
             items[name] = packed
+            continue
+        broken = problems(message)
+        if broken:  # what Envoy would refuse is not sent: the resource stays as it was
+            _log.warning("EnvoyFilter patches on %s not applied: %s", name, "; ".join(broken))
+            items[name] = packed
+            continue
+        changed = True
+        items[name] = pack(message.name, message)
     for message in added:
         changed = True
         items[message.name] = pack(message.name, message)
@@ -185,10 +191,8 @@ def _added(patches: Iterable[Patch], apply_to: int, gateway: bool) -> list[Messa
     for p in patches:
         if p.apply_to != apply_to or p.operation not in _ADDING or p.value is None:
             continue
-        if p.context == Context.SIDECAR_INBOUND or (
-            p.context != Context.ANY and (p.context == Context.GATEWAY) != gateway
-        ):
-            continue
+        if p.context != Context.ANY and (p.context == Context.GATEWAY) != gateway:
+            continue  # GATEWAY adds to gateways; SIDECAR_* to sidecars; ANY to both
         message = type(p.value)()
         message.CopyFrom(p.value)
         out.append(message)
@@ -214,10 +218,13 @@ def _listener_context(listener: listener_pb2.Listener, gateway: bool) -> int:
 
 
 def _listener_matches(patch: Patch, listener: listener_pb2.Listener) -> bool:
+    """Istio's listener match. On virtualInbound/virtualOutbound, portNumber picks filter
+    chains (by their destination port) for patches below the listener, and is compared
+    with the listener's own port for LISTENER patches."""
     match = patch.match.listener
     if match.name and match.name != listener.name:
         return False
-    if match.port_number and not _virtual(listener):
+    if match.port_number and (patch.apply_to == ApplyTo.LISTENER or not _virtual(listener)):
         return listener.address.socket_address.port_value == match.port_number
     return True
 
@@ -273,34 +280,49 @@ def _listener(listener: listener_pb2.Listener, patches: tuple[Patch, ...], gatew
         if p.apply_to == ApplyTo.LISTENER and p.operation == Op.MERGE and p.value is not None:
             listener.MergeFrom(p.value)
     _listener_filters(listener, [p for p in mine if p.apply_to == ApplyTo.LISTENER_FILTER])
-    chains = list(listener.filter_chains)
-    kept = []
-    for chain in chains:
-        chain_patches = [p for p in mine if _chain_matches(p, listener, chain)]
-        if any(
-            p.apply_to == ApplyTo.FILTER_CHAIN and p.operation == Op.REMOVE for p in chain_patches
-        ):
-            continue
-        for p in chain_patches:
-            if p.apply_to == ApplyTo.FILTER_CHAIN and p.operation == Op.MERGE and p.value:
-                chain.MergeFrom(p.value)
-        _filters(
-            chain.filters,
-            [p for p in chain_patches if p.apply_to == ApplyTo.NETWORK_FILTER],
-            lambda p: p.match.listener.filter_chain.filter.name,
-        )
-        _http_level(chain, chain_patches, context)
-        kept.append(chain)
+    kept = [chain for chain in listener.filter_chains if _chain(listener, chain, mine, context)]
     del listener.filter_chains[:]
     listener.filter_chains.extend(kept)
-    if listener.HasField("default_filter_chain"):
-        default = listener.default_filter_chain
-        chain_patches = [p for p in mine if _chain_matches(p, listener, default)]
-        _http_level(default, chain_patches, context)
+    default = listener.default_filter_chain if listener.HasField("default_filter_chain") else None
+    if default is not None and not _chain(listener, default, mine, context):
+        listener.ClearField("default_filter_chain")
     for p in mine:
         if p.apply_to == ApplyTo.FILTER_CHAIN and p.operation in _ADDING and p.value is not None:
             listener.filter_chains.append(p.value)
     return True
+
+
+def _chain(listener, chain, patches: list[Patch], context: int) -> bool:
+    """One filter chain's patches; False when a patch removes it."""
+    mine = [p for p in patches if _chain_matches(p, listener, chain)]
+    if any(p.apply_to == ApplyTo.FILTER_CHAIN and p.operation == Op.REMOVE for p in mine):
+        return False
+    for p in mine:
+        if p.apply_to == ApplyTo.FILTER_CHAIN and p.operation == Op.MERGE and p.value:
+            merge_with_sockets(chain, p.value)
+    _filters(
+        chain.filters,
+        [p for p in mine if p.apply_to == ApplyTo.NETWORK_FILTER],
+        lambda p: p.match.listener.filter_chain.filter.name,
+    )
+    _http_level(chain, mine, context)
+    return True
+
+
+def merge_with_sockets(target: Message, value: Message) -> None:
+    """A protobuf merge, but a transport socket of the same name has its TLS context
+    merged into the one there (as Istio does), not replaced: a MERGE that sets one TLS
+    parameter keeps the certificates, ALPN and peer validation."""
+    patch = type(value)()
+    patch.CopyFrom(value)
+    if (
+        patch.HasField("transport_socket")
+        and target.HasField("transport_socket")
+        and patch.transport_socket.name == target.transport_socket.name
+    ):
+        _merge_filter(target.transport_socket, patch.transport_socket)
+        patch.ClearField("transport_socket")
+    target.MergeFrom(patch)
 
 
 def _listener_filters(listener, patches: list[Patch]) -> None:
@@ -559,5 +581,5 @@ def _cluster(cluster: cluster_pb2.Cluster, patches: tuple[Patch, ...], gateway: 
             return False
     for p in mine:
         if p.operation == Op.MERGE and p.value is not None:
-            cluster.MergeFrom(p.value)
+            merge_with_sockets(cluster, p.value)
     return True

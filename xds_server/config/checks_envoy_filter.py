@@ -8,9 +8,11 @@ from collections.abc import Iterator
 
 from protos import envoy_filter_pb2 as ef_pb2
 from translators.envoy_filter_values import TYPES, ApplyTo, PatchValueError, parse_value
+from translators.proto_rules import problems
 from xds_server.config.checks_common import Finding
 
 Op = ef_pb2.Patch.Operation
+ROUTER = "envoy.filters.http.router"
 _FILTERS = {ApplyTo.NETWORK_FILTER, ApplyTo.HTTP_FILTER, ApplyTo.LISTENER_FILTER}
 _ROUTES = {ApplyTo.ROUTE_CONFIGURATION, ApplyTo.VIRTUAL_HOST, ApplyTo.HTTP_ROUTE}
 _LISTENERS = {ApplyTo.LISTENER, ApplyTo.FILTER_CHAIN} | _FILTERS
@@ -106,9 +108,35 @@ def check_envoy_filter(spec: ef_pb2.EnvoyFilter) -> Iterator[Finding]:
             yield (*where, "patch", "value"), f"required: the {TYPES[apply_to].__name__} to use"
             continue
         try:
-            parse_value(apply_to, patch.patch.value)
+            value = parse_value(apply_to, patch.patch.value)
         except PatchValueError as exc:
             yield (*where, "patch", "value"), str(exc)
+            continue
+        # Envoy's own field rules: a whole object for ADD, INSERT and REPLACE; what is
+        # set, for a MERGE (the result is checked again when it is made).
+        broken = problems(value, partial=operation == Op.MERGE)
+        if broken:
+            yield (*where, "patch", "value"), f"Envoy would refuse it: {'; '.join(broken)}"
+            continue
+        if (
+            apply_to == ApplyTo.LISTENER
+            and operation != Op.MERGE
+            and not value.HasField("address")
+            and not value.HasField("internal_listener")
+        ):
+            yield (*where, "patch", "value", "address"), "required: where it listens"
+        if apply_to == ApplyTo.HTTP_FILTER and operation == Op.INSERT_AFTER:
+            sub = patch.match.listener.filter_chain.filter.sub_filter.name
+            if not sub or sub == ROUTER:
+                yield (
+                    (*where, "patch", "operation"),
+                    (
+                        "INSERT_AFTER "
+                        + (f"{ROUTER}" if sub else "without a subFilter")
+                        + " puts the filter after the router, which Envoy refuses: use "
+                        "INSERT_BEFORE the router"
+                    ),
+                )
 
 
 def envoy_filter_warnings(spec: ef_pb2.EnvoyFilter) -> Iterator[Finding]:
