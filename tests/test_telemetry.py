@@ -318,3 +318,44 @@ def test_the_endpoint_index_follows_endpoint_changes_incrementally() -> None:
     assert later.inbound_services(joined[-1]) == {
         9080: ("reviews.default.svc.cluster.local", "reviews", "default")
     }
+
+
+def _created(text: str, when: str) -> str:
+    return text.replace("metadata: {", f"metadata: {{creationTimestamp: '{when}', ", 1)
+
+
+def test_istio_picks_one_telemetry_per_level_and_merges_logs_per_provider() -> None:
+    config = config_from(
+        mesh("accessLogFile: /dev/stdout"),
+        # A root-namespace Telemetry with a selector applies only in the root namespace.
+        telemetry(
+            "root-selected",
+            "istio-system",
+            "  selector: {matchLabels: {app: reviews}}\n"
+            "  accessLogging: [{disabled: true}]\n",
+        ),
+        # Off mesh-wide with a filter; the namespace turns `envoy` back on, filter reset.
+        _created(
+            telemetry(
+                "root",
+                "istio-system",
+                "  accessLogging:\n  - providers: [{name: envoy}]\n"
+                "    filter: {expression: 'response.code >= 400'}\n"
+                "  - disabled: true\n",
+            ),
+            "2020-01-01T00:00:00Z",
+        ),
+        _created(
+            telemetry("ns-old", "default", "  accessLogging: [{providers: [{name: envoy}]}]\n"),
+            "2020-01-01T00:00:00Z",
+        ),
+        # Only the oldest namespace-wide Telemetry counts.
+        _created(
+            telemetry("ns-new", "default", "  accessLogging: [{disabled: true}]\n"),
+            "2021-01-01T00:00:00Z",
+        ),
+    )
+    found = resolve(config, sidecar("reviews-v1", "reviews"))
+    assert [(s.path, s.filter) for s in found.client.logs] == [("/dev/stdout", "")]
+    other = resolve(config, sidecar("x", "x", namespace="other"))
+    assert other.client.logs == ()

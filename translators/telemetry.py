@@ -91,25 +91,25 @@ _PROXY_KEYS = ("tracing", "proxyStatsMatcher")
 
 
 def applicable(config: model.MeshConfig, proxy: model.Proxy) -> list[model.ConfigResource]:
-    """The Telemetry resources of `proxy`'s workload, least specific first."""
+    """The Telemetry resources of `proxy`'s workload, least specific first, as Istio picks
+    them: the root namespace's oldest without a selector, the proxy's namespace's oldest
+    without one, and the oldest in the proxy's namespace whose selector matches."""
     root = config.mesh.root_namespace
-    found = []
-    for res in config.of_kind(model.TELEMETRY):
+    mesh_wide = namespace_wide = workload = None
+    for res in sorted(config.of_kind(model.TELEMETRY), key=lambda r: r.order_key()):
         selector = res.spec.selector.match_labels if res.spec.HasField("selector") else {}
-        if selector:
-            if res.namespace not in (root, proxy.namespace):
-                continue
-            if not has_labels(proxy.labels, selector):
-                continue
-            rank = 2
-        elif res.namespace == root:
-            rank = 0
-        elif res.namespace == proxy.namespace:
-            rank = 1
-        else:
-            continue
-        found.append((rank, res.order_key(), res))
-    return [res for *_, res in sorted(found, key=lambda item: item[:2])]
+        if not selector:
+            if res.namespace == root and mesh_wide is None:
+                mesh_wide = res
+            elif res.namespace == proxy.namespace and namespace_wide is None:
+                namespace_wide = res
+        elif (
+            res.namespace == proxy.namespace
+            and workload is None
+            and has_labels(proxy.labels, selector)
+        ):
+            workload = res
+    return [r for r in (mesh_wide, namespace_wide, workload) if r is not None]
 
 
 def _matches(mode: int, side: str) -> bool:
@@ -191,28 +191,33 @@ def expression_format(expression: str) -> str:
 
 
 def _logs(mesh, resources, side: str) -> tuple[FileSink, ...]:
-    providers: list[str] | None = list(mesh.default_providers.access_logging) or None
-    disabled = False
-    expression = ""
-    for res in resources:
-        for logging in res.spec.access_logging:
-            if not _matches(logging.match.mode, side):
-                continue
-            if logging.providers:
-                providers = [p.name for p in logging.providers]
-            if logging.HasField("disabled"):
-                disabled = logging.disabled.value
-            if logging.HasField("filter"):
-                expression = logging.filter.expression
-    if disabled:
-        return ()
-    if providers is None:
-        if not mesh.access_log_file:
-            return ()
-        return (_mesh_sink(mesh, mesh.access_log_file, expression),)
+    """Istio's merge of access logging, per provider, from the mesh's defaults: each
+    entry (of this side's mode) turns its providers (else the ones named before it, else
+    the defaults) on with its filter, or off when `disabled`."""
+    # accessLogFile configures the built-in `envoy` provider, which is then a default.
+    defaults = list(mesh.default_providers.access_logging) or (
+        [ENVOY] if mesh.access_log_file else []
+    )
+    entries = [entry for res in resources for entry in res.spec.access_logging]
+    enabled: dict[str, str] = {name: "" for name in defaults}  # provider -> its filter
+    named = defaults
+    for entry in entries:
+        names = [p.name for p in entry.providers] or named
+        named = names
+        if not _matches(entry.match.mode, side):
+            continue
+        for name in names:
+            if entry.HasField("disabled") and entry.disabled.value:
+                enabled.pop(name, None)
+            else:
+                enabled[name] = entry.filter.expression if entry.HasField("filter") else ""
+    return _sinks(mesh, enabled)
+
+
+def _sinks(mesh, enabled: dict[str, str]) -> tuple[FileSink, ...]:
     named = _providers(mesh)
     sinks = []
-    for name in providers:
+    for name, expression in enabled.items():
         if name == ENVOY:
             sinks.append(_mesh_sink(mesh, mesh.access_log_file or "/dev/stdout", expression))
             continue
@@ -221,9 +226,8 @@ def _logs(mesh, resources, side: str) -> tuple[FileSink, ...]:
             continue
         settings = provider.envoy_file_access_log
         log_format = settings.log_format
-        kind = log_format.WhichOneof("log_format")
-        if kind == "labels":
-            labels = tuple(sorted(json_format.MessageToDict(log_format.labels).items()))
+        if log_format.WhichOneof("log_format") == "labels":
+            labels = sorted(json_format.MessageToDict(log_format.labels).items())
             sinks.append(
                 FileSink(
                     settings.path,
@@ -280,7 +284,7 @@ def _tracing(mesh, resources, side: str) -> TracingSettings | None:
         collector,
         DEFAULT_SAMPLING if sampling is None else sampling,
         tuple(tags.values()),
-        defaults.max_path_tag_length,
+        collector.max_tag_length or defaults.max_path_tag_length,
     )
 
 

@@ -207,6 +207,23 @@ def _telemetry_providers(config: model.MeshConfig) -> Iterator[CrossFinding]:
                         )
 
 
+def _telemetry_duplicates(config: model.MeshConfig) -> Iterator[CrossFinding]:
+    """Istio applies one namespace-wide Telemetry per namespace: the oldest."""
+    first: dict[str, model.ConfigResource] = {}
+    for res in sorted(config.of_kind(model.TELEMETRY), key=lambda r: r.order_key()):
+        if res.spec.HasField("selector") and res.spec.selector.match_labels:
+            continue
+        kept = first.setdefault(res.namespace, res)
+        if kept is not res:
+            yield CrossFinding(
+                res,
+                ("metadata", "name"),
+                f"{kept.ref} ({kept.origin}) is this namespace's Telemetry without a "
+                "selector; Istio applies only the oldest, so this one does nothing",
+                "warning",
+            )
+
+
 @PerObject
 def _tcp_ports(res: model.ConfigResource) -> list[tuple[str, int, int]]:
     """(host, port number, port index) of each port of a Service or ServiceEntry that is
@@ -323,6 +340,7 @@ _CHECKS = (
     (_gateway_references, frozenset({model.GATEWAY, model.VIRTUAL_SERVICE})),
     (_custom_providers, frozenset({model.AUTHORIZATION_POLICY})),
     (_telemetry_providers, frozenset({model.TELEMETRY})),
+    (_telemetry_duplicates, frozenset({model.TELEMETRY})),
     (_tcp_port_conflicts, frozenset({model.SERVICE, model.SERVICE_ENTRY})),
 )
 
