@@ -91,7 +91,6 @@ def lb_endpoint(endpoint: Endpoint) -> endpoint_components_pb2.LbEndpoint:
         found.metadata.filter_metadata[METADATA].update(
             {
                 "workload": endpoint.workload or UNKNOWN,
-                "namespace": endpoint.workload_namespace or UNKNOWN,
                 "app": app_of(endpoint.labels),
                 "version": version_of(endpoint.labels),
             }

@@ -6,9 +6,9 @@ literal the server knows (the proxy's own workload). What fills each label:
 
 reporter=source (a sidecar's outbound side, and gateways)
   source_*            the proxy itself (literals)
-  destination_workload, _workload_namespace, _app, _version
+  destination_workload, _app, _version
                       the upstream endpoint's metadata (EDS, translators.clusters)
-  destination_service, _service_name, _service_namespace
+  destination_service, _service_name, _service_namespace, _workload_namespace
                       the upstream cluster's metadata (CDS)
   destination_principal
                       the upstream's certificate (%UPSTREAM_PEER_URI_SAN%)
@@ -121,7 +121,9 @@ def client_labels(me: Workload, tcp: bool) -> dict[str, str]:
         "source_app": literal(me.app),
         "source_version": literal(me.version),
         "destination_workload": _metadata("workload"),
-        "destination_workload_namespace": _metadata("namespace"),
+        # A service's endpoints are workloads of its own namespace (selectors are
+        # namespace-scoped): the cluster says it once, not every endpoint.
+        "destination_workload_namespace": _metadata("namespace", "CLUSTER"),
         "destination_principal": "%UPSTREAM_PEER_URI_SAN%",
         "destination_app": _metadata("app"),
         "destination_version": _metadata("version"),
