@@ -294,12 +294,13 @@ class World:
         """This world's endpoint index from `old`'s, where only `changed` hosts differ."""
         if "_endpoint_services" not in old.__dict__:
             return
-        found = {key: list(hosts) for key, hosts in old._endpoint_services.items()}
+        found = dict(old._endpoint_services)  # lists are copied before they change
+        copied: set[tuple[str, int]] = set()
         for host in changed:
             for service, add in ((old.services.get(host), False), (self.services.get(host), True)):
                 if service is not None:
-                    _index_service(found, host, service, add)
-        self.__dict__["_endpoint_services"] = {k: v for k, v in found.items() if v}
+                    _index_service(found, host, service, add, copied)
+        self.__dict__["_endpoint_services"] = found
 
     def inbound_services(self, proxy: model.Proxy) -> dict[int, tuple[str, str, str]]:
         """The service that reaches each of `proxy`'s app ports (host, name, namespace),
@@ -326,17 +327,29 @@ def _index_service(
     host: str,
     service: Service,
     add: bool = True,
+    copied: set | None = None,
 ) -> None:
-    """Add (or remove) `service` under each of its endpoints, keeping hosts in order."""
+    """Add (or remove) `service` under each of its endpoints, keeping hosts in order.
+    `copied`: the keys whose lists this index owns (others are shared: copied first)."""
     entry = (host, service.short_name, service.namespace)
     for endpoints in service.endpoints.values():
         for e in endpoints:
-            hosts = index.setdefault((e.address, e.port), [])
+            key = (e.address, e.port)
+            hosts = index.get(key)
+            if copied is not None and key not in copied:
+                hosts = index[key] = list(hosts or ())
+                copied.add(key)
+            elif hosts is None:
+                hosts = index[key] = []
             if add:
                 if entry not in hosts:
                     bisect.insort(hosts, entry)
             elif entry in hosts:
                 hosts.remove(entry)
+                if not hosts:
+                    del index[key]
+                    if copied is not None:
+                        copied.discard(key)
 
 
 _REGISTRY_KINDS = (
