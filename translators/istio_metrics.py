@@ -204,6 +204,16 @@ def _stat(metric: str, labels: list[tuple[str, str]]) -> stats_pb2.Config.Stat:
     )
 
 
+def _counter(
+    settings: MetricSettings, metric: str, base: Mapping[str, str], value: str = ""
+) -> stats_pb2.Config.Counter:
+    """A counter of `metric`: by `value` (a command operator), else by one."""
+    stat = _stat(metric, settings.labels_of(metric, base))
+    if value:
+        return stats_pb2.Config.Counter(stat=stat, value_format=value)
+    return stats_pb2.Config.Counter(stat=stat, value_fixed=wrappers_pb2.UInt64Value(value=1))
+
+
 def _logger(config: stats_pb2.Config, log_types=()) -> accesslog_pb2.AccessLog:
     log = accesslog_pb2.AccessLog(name=STATS_LOGGER, typed_config=to_any(config))
     if log_types:
@@ -219,12 +229,7 @@ def http_loggers(
     base = server_labels(me, False, mutual_tls) if server else client_labels(me, False)
     config = stats_pb2.Config(stat_prefix=STAT_PREFIX)
     if REQUEST_COUNT not in settings.disabled:
-        config.counters.append(
-            stats_pb2.Config.Counter(
-                stat=_stat(REQUEST_COUNT, settings.labels_of(REQUEST_COUNT, base)),
-                value_fixed=wrappers_pb2.UInt64Value(value=1),
-            )
-        )
+        config.counters.append(_counter(settings, REQUEST_COUNT, base))
     for metric, unit, value in (
         (REQUEST_DURATION, stats_pb2.Config.Histogram.Milliseconds, "%DURATION%"),
         (REQUEST_SIZE, stats_pb2.Config.Histogram.Bytes, "%BYTES_RECEIVED%"),
@@ -257,28 +262,16 @@ def tcp_loggers(
     out = []
     if TCP_OPENED not in settings.disabled:
         opened = stats_pb2.Config(stat_prefix=STAT_PREFIX)
-        opened.counters.append(
-            stats_pb2.Config.Counter(
-                stat=_stat(TCP_OPENED, settings.labels_of(TCP_OPENED, base)),
-                value_fixed=wrappers_pb2.UInt64Value(value=1),
-            )
-        )
+        opened.counters.append(_counter(settings, TCP_OPENED, base))
         out.append(_logger(opened, _CONNECTED))
     ended = stats_pb2.Config(stat_prefix=STAT_PREFIX)
-    if TCP_CLOSED not in settings.disabled:
-        ended.counters.append(
-            stats_pb2.Config.Counter(
-                stat=_stat(TCP_CLOSED, settings.labels_of(TCP_CLOSED, base)),
-                value_fixed=wrappers_pb2.UInt64Value(value=1),
-            )
-        )
-    for metric, value in ((TCP_SENT, "%BYTES_SENT%"), (TCP_RECEIVED, "%BYTES_RECEIVED%")):
+    for metric, value in (
+        (TCP_CLOSED, ""),
+        (TCP_SENT, "%BYTES_SENT%"),
+        (TCP_RECEIVED, "%BYTES_RECEIVED%"),
+    ):
         if metric not in settings.disabled:
-            ended.counters.append(
-                stats_pb2.Config.Counter(
-                    stat=_stat(metric, settings.labels_of(metric, base)), value_format=value
-                )
-            )
+            ended.counters.append(_counter(settings, metric, base, value))
     if ended.counters:
         out.append(_logger(ended, _ENDED))
     return tuple(out)

@@ -31,15 +31,7 @@ _OPERATIONS = {
         Op.INSERT_FIRST,
     },
 }
-_ALL_FILTER_OPS = {
-    Op.MERGE,
-    Op.ADD,
-    Op.REMOVE,
-    Op.INSERT_BEFORE,
-    Op.INSERT_AFTER,
-    Op.INSERT_FIRST,
-    Op.REPLACE,
-}
+_ALL_FILTER_OPS = _OPERATIONS[ApplyTo.HTTP_ROUTE] | {Op.REPLACE}
 LOCAL_RATE_LIMIT = (
     "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 )
