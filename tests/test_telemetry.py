@@ -331,8 +331,7 @@ def test_istio_picks_one_telemetry_per_level_and_merges_logs_per_provider() -> N
         telemetry(
             "root-selected",
             "istio-system",
-            "  selector: {matchLabels: {app: reviews}}\n"
-            "  accessLogging: [{disabled: true}]\n",
+            "  selector: {matchLabels: {app: reviews}}\n  accessLogging: [{disabled: true}]\n",
         ),
         # Off mesh-wide with a filter; the namespace turns `envoy` back on, filter reset.
         _created(
