@@ -11,6 +11,7 @@ from xds_server import status
 from xds_server.ads.servicer import AdsServicer
 from xds_server.ca import describe
 from xds_server.config.store import ConfigStore
+from xds_server.control_metrics import CONTENT_TYPE
 from xds_server.mesh_state import MeshState
 
 
@@ -21,6 +22,7 @@ def make_app(
     extra: Callable[[], dict[str, Any]] = dict,
     loop_report: Callable[[bool], dict[str, Any]] | None = None,
     admin: Callable[[str], bool] | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> web.Application:
     """`extra` adds the control plane's own state (readiness, rollbacks, watcher) to
     syncz and configz. With `admin` (a check of a bearer token), /debug/ answers only
@@ -114,7 +116,14 @@ def make_app(
             return web.json_response({"error": "no loop monitor"}, status=404)
         return web.json_response(loop_report(request.query.get("reset") == "1"))
 
+    async def prometheus(_: web.Request) -> web.Response:
+        """The control plane's metrics (xds_server.control_metrics), as istiod's /metrics."""
+        if metrics is None:
+            return web.Response(status=404, text="no metrics\n")
+        return web.Response(body=metrics(), headers={"Content-Type": CONTENT_TYPE})
+
     app = web.Application(middlewares=[require_admin])
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/debug/syncz", syncz)

@@ -93,6 +93,8 @@ class MeshState:
         self._cache = CrossPushCache()
         self._memory_dirty = False
         self._configs: OrderedDict[int, str] = OrderedDict()
+        self._started: OrderedDict[int, float] = OrderedDict()  # generation -> its push began
+        self.on_push: Callable[[float], None] | None = None  # each push's seconds
         self._dirty = asyncio.Event()
         self._ready = asyncio.Event()
         if ready:
@@ -181,6 +183,10 @@ class MeshState:
             proxies.setdefault(node_id, proxy)
         return list(proxies.values())
 
+    def generation_started(self, generation: int) -> float | None:
+        """When (time.monotonic) the push of a generation began, while remembered."""
+        return self._started.get(generation)
+
     def config_version_at(self, generation: int) -> str | None:
         """The config version a generation was computed from, while remembered."""
         return self._configs.get(generation)
@@ -215,8 +221,11 @@ class MeshState:
                 self.pushed_config_version = self.config.version
                 self.config_generation = self.generation
             self._configs[self.generation] = self.config.version
+            self._started[self.generation] = time.monotonic()
             while len(self._configs) > GENERATIONS_KEPT:
                 self._configs.popitem(last=False)
+            while len(self._started) > GENERATIONS_KEPT:
+                self._started.popitem(last=False)
 
             def derive() -> Translator:
                 if previous is None:
@@ -271,6 +280,8 @@ class MeshState:
                 # (a gateway is untouched by most sidecar route edits).
                 conn.on_resources(conn.resources, generation)
         self.last_push_seconds = time.perf_counter() - started
+        if self.on_push is not None:
+            self.on_push(self.last_push_seconds)
         self._memory_dirty = True
         log.debug(
             "push %d (%s): %d of %d proxies changed in %.1f ms",

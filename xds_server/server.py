@@ -27,6 +27,7 @@ from xds_server.ca import CertificateAuthority, describe
 from xds_server.config.memory import ConfigMemory
 from xds_server.config.store import ConfigStore
 from xds_server.config.watcher import ConfigWatcher
+from xds_server.control_metrics import ControlPlaneMetrics
 from xds_server.debug_http import make_app
 from xds_server.identity import IdentityService
 from xds_server.jwks import JwksSource
@@ -109,6 +110,10 @@ class ControlPlane:
             trust_domain=lambda: self.mesh.config.mesh.trust_domain,
         )
         self.servicer = AdsServicer(self.mesh, on_nack=self.on_nack, identity=self.identity)
+        self.metrics = ControlPlaneMetrics(
+            self.servicer, self.mesh.generation_started, lambda: self.store.all_issues()
+        )
+        self.mesh.on_push = self.metrics.observe_push
         self.rollbacks: deque[dict] = deque(maxlen=50)
         self.nack_grace = 0.3  # seconds to hear other proxies' answers to a rejected push
         self.loop_monitor = LoopMonitor()
@@ -177,6 +182,7 @@ class ControlPlane:
             self.status_extra,
             self.loop_monitor.report,
             admin=self._admin_check() if self._debug_needs_token() else None,
+            metrics=self.metrics.exposition,
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

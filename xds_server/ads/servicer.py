@@ -59,6 +59,9 @@ class StreamEvent:
     version: str = ""
     nonce: str = ""
     detail: str = ""
+    generation: int = -1  # push: the generation the response carries
+    size: int = 0  # push: bytes written
+    seconds: float = 0.0  # push: time the write took
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         response.nonce,
                         len(response.content),
                     )
-                    await context.write(response.wire())
+                    wire = response.wire()
+                    writing = time.perf_counter()
+                    await context.write(wire)
                     if self.observers:
                         self._emit(
                             StreamEvent(
@@ -246,6 +251,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                 response.type_url,
                                 response.version_info,
                                 response.nonce,
+                                generation=protocol.generation,
+                                size=len(wire),
+                                seconds=time.perf_counter() - writing,
                             )
                         )
         finally:
