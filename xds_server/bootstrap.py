@@ -114,6 +114,7 @@ def bootstrap(options: BootstrapOptions) -> dict[str, Any]:
         metadata[node.INTERCEPTION_MODE] = options.interception_mode
     if options.workload_name:
         metadata[node.WORKLOAD_NAME] = options.workload_name
+    metadata[node.ADMIN_ADDRESS] = f"{options.admin_address}:{options.admin_port}"
     if options.ip:
         metadata[node.INSTANCE_IPS] = options.ip
     if options.bind_address:

@@ -131,6 +131,119 @@ def cmd_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_proxy_status(args: argparse.Namespace) -> int:
+    """istioctl proxy-status: every proxy's sync state; with a proxy, what it holds."""
+    from xds_server import proxy_status
+
+    base = args.server.rstrip("/")
+    try:
+        syncz = proxy_status.get_json(f"{base}/debug/syncz", args.token)
+        if args.proxy is None:
+            print(proxy_status.table(syncz, version()))
+            return 0
+        found = [p for p in syncz["proxies"] if p["proxy"] == args.proxy]
+        if not found:
+            known = ", ".join(p["proxy"] for p in syncz["proxies"]) or "none"
+            print(f"xds-server proxy-status: no proxy {args.proxy} (connected: {known})")
+            return 1
+        (proxy,) = found
+        configz = proxy_status.get_json(f"{base}/debug/configz", args.token)
+        sent = proxy_status.get_json(f"{base}/debug/config_dump?proxy={args.proxy}", args.token)
+    except proxy_status.DebugApiError as exc:
+        print(f"xds-server proxy-status: {exc}", file=sys.stderr)
+        return 1
+    for kind, state in proxy["types"].items():
+        sent_version, acked = state["sent_version"], state["acked_version"]
+        print(f"{kind}: {state['status']} (sent {sent_version}, ACKed {acked})")
+    for line in proxy_status.rejections(proxy, configz):
+        print(line)
+    if not proxy.get("admin"):
+        print("(its bootstrap names no admin address: cannot compare with the Envoy)")
+        return 0
+    try:
+        held = proxy_status.get_json(f"http://{proxy['admin']}/config_dump", timeout=5)
+    except proxy_status.DebugApiError as exc:
+        print(f"(cannot read the Envoy's config: {exc})")
+        return 0
+    difference = proxy_status.diff(sent, held, args.proxy)
+    print(difference if difference else "Clusters, listeners and routes match what was sent.")
+    return 0
+
+
+def cmd_proxy_config(args: argparse.Namespace) -> int:
+    """istioctl proxy-config: one proxy's clusters, listeners, routes, endpoints or secrets
+    as it holds them (its Envoy's admin API), else as the server sent them."""
+    from xds_server import proxy_config as pc
+    from xds_server import proxy_status
+
+    base = args.server.rstrip("/")
+    try:
+        syncz = proxy_status.get_json(f"{base}/debug/syncz", args.token)
+        found = [p for p in syncz["proxies"] if p["proxy"] == args.proxy]
+        if not found:
+            known = ", ".join(p["proxy"] for p in syncz["proxies"]) or "none"
+            print(f"xds-server proxy-config: no proxy {args.proxy} (connected: {known})")
+            return 1
+        admin = found[0].get("admin")
+        dump = statuses = None
+        if admin and args.source != "server":
+            try:
+                dump = proxy_status.get_json(f"http://{admin}/config_dump?include_eds", timeout=5)
+                if args.kind in ("endpoints", "all"):
+                    statuses = proxy_status.get_json(
+                        f"http://{admin}/clusters?format=json", timeout=5
+                    ).get("cluster_statuses", [])
+            except proxy_status.DebugApiError:
+                if args.source == "envoy":
+                    raise
+        if dump is None:
+            dump = proxy_status.get_json(f"{base}/debug/config_dump?proxy={args.proxy}", args.token)
+    except proxy_status.DebugApiError as exc:
+        print(f"xds-server proxy-config: {exc}", file=sys.stderr)
+        return 1
+    if args.output != "short":
+        print(_dumped(dump, args.output))
+        return 0
+    resources = proxy_status.dynamic_resources(dump)
+    match = pc.matcher(args.fqdn, args.port, args.subset, args.direction, args.name)
+    tables = []
+    if args.kind in ("clusters", "all"):
+        tables.append(pc.cluster_rows(resources["clusters"].values(), match))
+    if args.kind in ("listeners", "all"):
+        tables.append(pc.listener_rows(resources["listeners"].values(), match))
+    if args.kind in ("routes", "all"):
+        tables.append(pc.route_rows(resources["routes"].values(), match))
+    if args.kind in ("endpoints", "all"):
+        if statuses is not None:
+            tables.append(pc.endpoint_rows(statuses, match))
+        else:
+            tables.append(pc.endpoint_rows_from_assignments(_assignments(dump), match))
+    if args.kind in ("secrets", "all"):
+        tables.append(pc.secret_rows(dump, match))
+    print("\n\n".join(pc.render_table(rows) for rows in tables))
+    return 0
+
+
+def _assignments(dump: dict) -> dict:
+    out = {}
+    for config in dump.get("configs", []):
+        if config.get("@type", "").endswith("EndpointsConfigDump"):
+            for entry in config.get("dynamic_endpoint_configs", []):
+                assignment = entry.get("endpoint_config", {})
+                out[assignment.get("cluster_name", "")] = assignment
+    return out
+
+
+def _dumped(value, output: str) -> str:
+    import json
+
+    import yaml
+
+    if output == "json":
+        return json.dumps(value, indent=2)
+    return yaml.safe_dump(value, sort_keys=False)
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from xds_server import tokens
     from xds_server.server import STATE_DIR_NAME
@@ -678,7 +791,50 @@ def parser() -> argparse.ArgumentParser:
         "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
     )
     cert.add_argument("--token", default="", help="an admin token, if the debug API wants one")
+
     cert.set_defaults(func=cmd_cert)
+
+    status = command(
+        "proxy-status",
+        "every proxy's sync state (istioctl's table); with a proxy, its rejections and what "
+        "its Envoy holds against what was sent",
+    )
+    status.add_argument("proxy", nargs="?", default=None, help="a proxy's node id")
+    status.add_argument(
+        "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
+    )
+    status.add_argument("--token", default="", help="an admin token, if the debug API wants one")
+    status.set_defaults(func=cmd_proxy_status)
+
+    config = command(
+        "proxy-config",
+        "one proxy's clusters, listeners, routes, endpoints or secrets (istioctl's tables)",
+    )
+    config.add_argument(
+        "kind", choices=("clusters", "listeners", "routes", "endpoints", "secrets", "all")
+    )
+    config.add_argument("proxy", help="the proxy's node id")
+    config.add_argument("-o", "--output", choices=("short", "json", "yaml"), default="short")
+    config.add_argument(
+        "--source",
+        choices=("auto", "envoy", "server"),
+        default="auto",
+        help="envoy: what the Envoy holds (its admin API); server: what was sent to it; "
+        "auto: the Envoy's when it answers",
+    )
+    for flag, what in (
+        ("--fqdn", "a service host"),
+        ("--port", "a port"),
+        ("--subset", "a subset"),
+        ("--direction", "inbound or outbound"),
+        ("--name", "a resource name"),
+    ):
+        config.add_argument(flag, default="", help=f"only {what}")
+    config.add_argument(
+        "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
+    )
+    config.add_argument("--token", default="", help="an admin token, if the debug API wants one")
+    config.set_defaults(func=cmd_proxy_config)
 
     validate = command("validate", "check a config directory; exit 1 on errors")
     validate.add_argument("config_dir", help="directory of YAML files to check")

@@ -22,6 +22,7 @@ OUTBOUND_ADDRESS = "OUTBOUND_ADDRESS"
 OUTBOUND_PORT = "OUTBOUND_PORT"
 WORKLOAD_PORTS = "WORKLOAD_PORTS"  # "app:inbound,app:inbound", e.g. "9080:15006"
 INTERCEPTION_MODE = "INTERCEPTION_MODE"  # Istio's: NONE or REDIRECT
+ADMIN_ADDRESS = "ADMIN_ADDRESS"  # host:port of the Envoy's admin API, for proxy-status
 WORKLOAD_NAME = "WORKLOAD_NAME"  # Istio's: the workload's name in metrics (default node.id)
 
 ROLES = ("sidecar", "gateway")

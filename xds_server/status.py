@@ -42,6 +42,10 @@ def syncz(streams: dict[str, StreamInfo], generation: int) -> dict[str, Any]:
         proxies.append(
             {
                 "proxy": node_id,
+                "namespace": info.namespace,
+                "cluster": info.cluster,
+                "envoy_version": info.envoy_version,
+                "admin": info.admin,
                 "peer": info.peer,
                 "api": info.protocol.api,
                 "generation": info.protocol.generation,

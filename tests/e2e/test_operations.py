@@ -5,6 +5,7 @@ operator's commands answer from the running server."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import urllib.request
@@ -129,4 +130,110 @@ def run_cli(mesh: LocalMesh, *args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=60,
+    )
+
+
+def test_proxy_status_lists_every_proxy_in_sync(mesh) -> None:
+    wait_until(mesh.all_synced, 15, "every proxy to sync")
+    done = run_cli(mesh, "proxy-status")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[:6] == ["NAME", "CLUSTER", "CDS", "LDS", "EDS", "RDS"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {
+        "caller.default",
+        "reviews-v1.default",
+        "ratings-v1.default",
+        "ingress.default",
+    }
+    for row in rows.values():
+        assert row[2:5] == ["SYNCED"] * 3, row  # CDS, LDS, EDS
+    one = run_cli(mesh, "proxy-status", "caller")
+    assert "Clusters, listeners and routes match what was sent." in one.stdout, one.stdout
+
+
+def test_a_rejection_shows_envoy_s_reason_and_the_file(mesh) -> None:
+    path = mesh.config_dir / "bad-again.yaml"
+    path.write_text(BAD_REGEX)
+    try:
+
+        def shown() -> str:
+            out = run_cli(mesh, "proxy-status", "caller").stdout
+            return out if "bad-again.yaml:" in out else ""
+
+        out = wait_until(shown, 30, "the rejection and its file")
+        assert "rejected version" in out and "Envoy:" in out
+        assert "regex" in out.lower() or "RE2" in out
+        assert "VirtualService default/ratings-regex" in out
+    finally:
+        path.unlink()
+
+
+def test_proxy_config_tables_match_what_envoy_holds(mesh) -> None:
+    held = json.loads(
+        urllib.request.urlopen(
+            f"http://{mesh.workload('caller').ip}:15000/config_dump", timeout=5
+        ).read()
+    )
+    from xds_server.proxy_status import dynamic_resources
+
+    resources = dynamic_resources(held)
+    done = run_cli(mesh, "proxy-config", "clusters", "caller")
+    assert done.returncode == 0, done.stderr
+    names = set()
+    for line in done.stdout.splitlines()[1:]:
+        fqdn, port, subset, direction = line.split()[:4]
+        if direction == "-":
+            names.add(fqdn)
+        else:
+            names.add(f"{direction}|{port}|{'' if subset == '-' else subset}|{fqdn}")
+    assert names == set(resources["clusters"])
+    listeners = run_cli(mesh, "proxy-config", "listeners", "caller").stdout
+    for listener in resources["listeners"].values():
+        port = str(listener["address"]["socket_address"]["port_value"])
+        assert any(line.split()[1:2] == [port] for line in listeners.splitlines()[1:])
+    routes = run_cli(mesh, "proxy-config", "routes", "caller").stdout
+    for config in resources["routes"].values():
+        for vhost in config["virtual_hosts"]:
+            assert vhost["name"] in routes
+    only = run_cli(
+        mesh, "proxy-config", "clusters", "caller", "--fqdn", "reviews.default.svc.cluster.local"
+    ).stdout.splitlines()
+    assert len(only) == 2 and only[1].startswith("reviews.default.svc.cluster.local")
+    as_json = json.loads(run_cli(mesh, "proxy-config", "all", "caller", "-o", "json").stdout)
+    assert dynamic_resources(as_json)["clusters"].keys() == resources["clusters"].keys()
+
+
+def test_proxy_status_shows_what_a_paused_envoy_has_not_received(mesh) -> None:
+    import os
+    import signal
+
+    from xds_server.proxy_status import diff, get_json
+
+    admin = f"http://{mesh.workload('caller').ip}:15000"
+    before = get_json(f"{admin}/config_dump")
+    pid = mesh.processes["caller"].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        edited = ROUTE.replace('exact: "N"', 'exact: "Y"')
+        (mesh.config_dir / "route.yaml").write_text(edited)
+
+        def stale() -> bool:
+            syncz = get_json(f"{mesh.debug_url}/debug/syncz")
+            caller = next(p for p in syncz["proxies"] if p["proxy"] == "caller")
+            return caller["types"]["RDS"]["status"] == "STALE"
+
+        wait_until(stale, 15, "the server to have sent what the paused Envoy lacks")
+        out = run_cli(mesh, "proxy-status", "caller").stdout
+        assert "RDS: STALE" in out and "cannot read the Envoy's config" in out
+        sent = get_json(f"{mesh.debug_url}/debug/config_dump?proxy=caller")
+        difference = diff(sent, before, "caller")
+        assert '-          "exact": "Y"' in difference or '"exact": "Y"' in difference
+        assert difference.startswith("--- caller (sent by xds-server)")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(
+        lambda: "match what was sent" in run_cli(mesh, "proxy-status", "caller").stdout,
+        20,
+        "the Envoy to catch up",
     )

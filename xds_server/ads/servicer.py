@@ -25,7 +25,7 @@ from xds_server.ads.sotw import SotwStream
 from xds_server.ads.source import ResourceSource
 from xds_server.identity import IdentityService, StreamRefused
 from xds_server.newest import newest_per_node
-from xds_server.node import NodeError, proxy_from_node
+from xds_server.node import ADMIN_ADDRESS, NodeError, proxy_from_node
 from xds_server.text import safe_text
 from xds_server.tokens import Identity
 
@@ -45,6 +45,10 @@ class StreamInfo:
     peer: str
     protocol: SotwStream
     connected_at: float = field(default_factory=time.time)
+    namespace: str = ""
+    cluster: str = ""  # the node's cluster (its service cluster)
+    envoy_version: str = ""  # from the node's build version
+    admin: str = ""  # the Envoy's admin address, when its bootstrap says (ADMIN_ADDRESS)
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         protocol = protocol_type(proxy.node_id, self.control_plane_id)
                         self._stream_ids += 1
                         stream_id = self._stream_ids
-                        self.streams[stream_id] = StreamInfo(proxy.node_id, peer, protocol)
+                        self.streams[stream_id] = StreamInfo(
+                            proxy.node_id,
+                            peer,
+                            protocol,
+                            namespace=proxy.namespace,
+                            **node_facts(item.node),
+                        )
                         handle = self.source.connect(proxy, deliver)
                         if bound is not None and proxy.mtls:
                             secrets_task = asyncio.create_task(
@@ -353,6 +363,19 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def latest_streams(self) -> dict[str, StreamInfo]:
         """The newest stream of every connected node id."""
         return newest_per_node(self.streams.values(), lambda info: info.node_id)
+
+
+def node_facts(node) -> dict[str, str]:
+    """What proxy-status shows of a node: its cluster, Envoy version and admin address."""
+    version = node.user_agent_build_version.version
+    admin = node.metadata.fields.get(ADMIN_ADDRESS)
+    return {
+        "cluster": safe_text(node.cluster, 256),
+        "envoy_version": f"{version.major_number}.{version.minor_number}.{version.patch}"
+        if node.HasField("user_agent_build_version")
+        else "",
+        "admin": safe_text(admin.string_value, 256) if admin is not None else "",
+    }
 
 
 def _over_tls(context) -> bool:

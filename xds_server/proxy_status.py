@@ -1,0 +1,120 @@
+"""`xds-server proxy-status`: istioctl's sync table, from the server's debug API; for one
+proxy, what the server sent against what its Envoy holds now (its own admin
+/config_dump), as a unified diff, and Envoy's reason and the files behind a rejection."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+TYPES = ("CDS", "LDS", "EDS", "RDS", "SDS")
+
+
+class DebugApiError(RuntimeError):
+    """The server's (or an Envoy's) HTTP API could not be read."""
+
+
+def get_json(url: str, token: str = "", timeout: float = 10) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        raise DebugApiError(f"{url}: HTTP {exc.code} {detail}") from None
+    except (OSError, ValueError) as exc:
+        raise DebugApiError(f"{url}: {exc}") from None
+
+
+def table(syncz: dict[str, Any], server_version: str) -> str:
+    """istioctl proxy-status's table: a row per proxy, a column per type it was sent."""
+    proxies = syncz.get("proxies", [])
+    shown = [t for t in TYPES if any(t in p["types"] for p in proxies)] or list(TYPES[:4])
+    header = ["NAME", "CLUSTER", *shown, "XDS", "VERSION"]
+    rows = [header]
+    for proxy in proxies:
+        name = f"{proxy['proxy']}.{proxy.get('namespace') or 'default'}"
+        states = [proxy["types"].get(t, {}).get("status", "NOT SENT") for t in shown]
+        rows.append(
+            [
+                name,
+                proxy.get("cluster") or "-",
+                *states,
+                f"xds-server {server_version} ({proxy.get('api', '')})",
+                proxy.get("envoy_version") or "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def dynamic_resources(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The xDS resources of a config_dump (Envoy's or the server's), by type and name."""
+    out: dict[str, dict[str, Any]] = {t: {} for t in ("clusters", "listeners", "routes")}
+    for config in dump.get("configs", []):
+        kind = config.get("@type", "").rpartition(".")[2]
+        if kind == "ClustersConfigDump":
+            for entry in config.get("dynamic_active_clusters", []):
+                cluster = entry["cluster"]
+                out["clusters"][cluster["name"]] = cluster
+        elif kind == "ListenersConfigDump":
+            for entry in config.get("dynamic_listeners", []):
+                active = entry.get("active_state")
+                if active is not None:
+                    out["listeners"][entry["name"]] = active["listener"]
+        elif kind == "RoutesConfigDump":
+            for entry in config.get("dynamic_route_configs", []):
+                route = entry["route_config"]
+                out["routes"][route["name"]] = route
+    return out
+
+
+def diff(sent: dict[str, Any], held: dict[str, Any], proxy: str) -> str:
+    """A unified diff of what the server sent and what the Envoy holds (empty: in sync)."""
+    left = _lines(dynamic_resources(sent))
+    right = _lines(dynamic_resources(held))
+    return "".join(
+        difflib.unified_diff(left, right, f"{proxy} (sent by xds-server)", f"{proxy} (in Envoy)")
+    )
+
+
+def _lines(resources: dict[str, dict[str, Any]]) -> list[str]:
+    return json.dumps(_clean(resources), indent=1, sort_keys=True).splitlines(keepends=True)
+
+
+def _clean(value: Any) -> Any:
+    """Leave out what differs only in form: Envoy writes the type URL of Anys it knows
+    and the server the same, but Envoy's dump adds a `last_updated`."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if k != "last_updated"}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def rejections(proxy: dict[str, Any], configz: dict[str, Any]) -> list[str]:
+    """For each type the proxy refused (now, or last; the server then holds the file back
+    and the proxy goes on with the last good config): Envoy's message, and the files the
+    server traced the rejection to, with file:line."""
+    lines = []
+    for kind, state in proxy["types"].items():
+        if state.get("status") != "ERROR" and not state.get("nacks"):
+            continue
+        now = "rejects" if state.get("status") == "ERROR" else "last rejected"
+        lines.append(f"{kind}: {now} version {state.get('nacked_version')}")
+        lines.append(f"  Envoy: {state.get('nack_error')}")
+    if lines:
+        traced = [i for i in configz.get("issues", []) if "Envoy rejected" in i.get("message", "")]
+        for issue in traced:
+            resource = f" {issue['resource']}:" if issue.get("resource") else ""
+            lines.append(f"  {issue['file']}:{issue['line']}:{resource} {issue['message']}")
+        if not traced:
+            lines.append("  (no file is held back for it now)")
+    return lines
