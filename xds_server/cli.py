@@ -293,6 +293,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """istioctl analyze for a config directory: findings with Istio's codes and file:line;
+    exit 79 when one is at --failure-threshold or above."""
+    import json
+
+    import yaml
+
+    from xds_server.analyze import FOUND_ISSUES_EXIT, analyze, level_at_least
+    from xds_server.config.store import ConfigStore
+
+    directory = Path(args.config_dir)
+    if not directory.is_dir():
+        print(f"{directory}: not a directory", file=sys.stderr)
+        return 1
+    store = ConfigStore(directory, max_file_bytes=args.max_file_bytes)
+    snapshot = store.load_all()
+    found = analyze(snapshot, store.accepted, store.all_issues())
+    shown = [m for m in found if level_at_least(m.level, args.output_threshold)]
+    if args.output == "log":
+        for message in shown:
+            print(message)
+        if not shown:
+            print(f"\u2714 No validation issues found when analyzing {directory}.")
+    elif args.output == "json":
+        print(json.dumps([m.as_dict() for m in shown], indent=2))
+    else:
+        print(yaml.safe_dump([m.as_dict() for m in shown], sort_keys=False), end="")
+    failing = any(level_at_least(m.level, args.failure_threshold) for m in found)
+    return FOUND_ISSUES_EXIT if failing else 0
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     options = BootstrapOptions(
         node_id=args.node_id,
@@ -840,6 +871,26 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("config_dir", help="directory of YAML files to check")
     _add_max_file_bytes(validate)
     validate.set_defaults(func=cmd_validate)
+
+    analyze_ = command(
+        "analyze", "istioctl analyze for a config directory: Istio's codes, with file:line"
+    )
+    analyze_.add_argument("config_dir", help="directory of YAML files to analyze")
+    analyze_.add_argument("-o", "--output", choices=("log", "json", "yaml"), default="log")
+    analyze_.add_argument(
+        "--failure-threshold",
+        choices=("Info", "Warning", "Error"),
+        default="Error",
+        help="exit 79 when a message is at this level or above",
+    )
+    analyze_.add_argument(
+        "--output-threshold",
+        choices=("Info", "Warning", "Error"),
+        default="Info",
+        help="show messages at this level or above",
+    )
+    _add_max_file_bytes(analyze_)
+    analyze_.set_defaults(func=cmd_analyze)
 
     boot = command("bootstrap", "write an Envoy bootstrap for one sidecar or gateway")
     boot.add_argument("--node-id", required=True, help="node.id: the proxy's unique name")

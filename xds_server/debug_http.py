@@ -9,6 +9,7 @@ from aiohttp import web
 
 from xds_server import status
 from xds_server.ads.servicer import AdsServicer
+from xds_server.analyze import analyze
 from xds_server.ca import describe
 from xds_server.config.store import ConfigStore
 from xds_server.control_metrics import CONTENT_TYPE
@@ -92,6 +93,12 @@ def make_app(
             }
         )
 
+    async def analyzez(_: web.Request) -> web.Response:
+        """`xds-server analyze` on the configuration in force."""
+        state = store.state
+        found = analyze(state.snapshot, state.accepted, state.all_issues())
+        return web.json_response([m.as_dict() for m in found])
+
     async def certz(_: web.Request) -> web.Response:
         """What may be shown of the CA's root and each proxy's current certificate:
         subject, SPIFFE ID, serial, validity. Never a key."""
@@ -131,4 +138,5 @@ def make_app(
     app.router.add_get("/debug/configz", configz)
     app.router.add_get("/debug/loopz", loopz)
     app.router.add_get("/debug/certz", certz)
+    app.router.add_get("/debug/analyze", analyzez)
     return app

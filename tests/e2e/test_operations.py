@@ -165,6 +165,13 @@ def test_a_rejection_shows_envoy_s_reason_and_the_file(mesh) -> None:
         assert "rejected version" in out and "Envoy:" in out
         assert "regex" in out.lower() or "RE2" in out
         assert "VirtualService default/ratings-regex" in out
+        # The live server's analysis says it too.
+        found = json.loads(
+            urllib.request.urlopen(f"{mesh.debug_url}/debug/analyze", timeout=5).read()
+        )
+        assert any(
+            m["code"] == "XDS0003" and m["file"].endswith("bad-again.yaml") for m in found
+        ), found
     finally:
         path.unlink()
 
