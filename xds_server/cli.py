@@ -206,13 +206,21 @@ def cmd_proxy_config(args: argparse.Namespace) -> int:
         return 0
     resources = proxy_status.dynamic_resources(dump)
     match = pc.matcher(args.fqdn, args.port, args.subset, args.direction, args.name)
+    try:  # which YAML resources made them (the DESTINATION RULE and VIRTUAL SERVICE columns)
+        sources = proxy_status.get_json(f"{base}/debug/provenance?proxy={args.proxy}", args.token)
+    except proxy_status.DebugApiError:
+        sources = {}
     tables = []
     if args.kind in ("clusters", "all"):
-        tables.append(pc.cluster_rows(resources["clusters"].values(), match))
+        tables.append(
+            pc.cluster_rows(resources["clusters"].values(), match, sources.get("clusters"))
+        )
     if args.kind in ("listeners", "all"):
         tables.append(pc.listener_rows(resources["listeners"].values(), match))
     if args.kind in ("routes", "all"):
-        tables.append(pc.route_rows(resources["routes"].values(), match))
+        tables.append(
+            pc.route_rows(resources["routes"].values(), match, sources.get("virtual_hosts"))
+        )
     if args.kind in ("endpoints", "all"):
         if statuses is not None:
             tables.append(pc.endpoint_rows(statuses, match))

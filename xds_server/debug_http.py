@@ -7,13 +7,14 @@ from typing import Any
 
 from aiohttp import web
 
-from xds_server import status
+from xds_server import provenance, status
 from xds_server.ads.servicer import AdsServicer
 from xds_server.analyze import analyze
 from xds_server.ca import describe
 from xds_server.config.store import ConfigStore
 from xds_server.control_metrics import CONTENT_TYPE
 from xds_server.mesh_state import MeshState
+from xds_server.proxy_status import dynamic_resources
 
 
 def make_app(
@@ -93,6 +94,24 @@ def make_app(
             }
         )
 
+    async def provenancez(request: web.Request) -> web.Response:
+        """Which YAML resources (file:line) made each resource sent to a proxy."""
+        node_id = request.query.get("proxy", "")
+        proxy = next((p for p in mesh.proxies() if p.node_id == node_id), None)
+        info = servicer.latest_streams().get(node_id)
+        if proxy is None or info is None:
+            return web.json_response({"error": f"proxy {node_id!r} is not connected"}, status=404)
+        sent = status.config_dump(info)
+        resources = dynamic_resources(sent)
+        vhosts = [
+            vhost["name"]
+            for route in resources["routes"].values()
+            for vhost in route.get("virtual_hosts", [])
+        ]
+        return web.json_response(
+            provenance.for_proxy(mesh.config, proxy, sorted(resources["clusters"]), vhosts)
+        )
+
     async def analyzez(_: web.Request) -> web.Response:
         """`xds-server analyze` on the configuration in force."""
         state = store.state
@@ -139,4 +158,5 @@ def make_app(
     app.router.add_get("/debug/loopz", loopz)
     app.router.add_get("/debug/certz", certz)
     app.router.add_get("/debug/analyze", analyzez)
+    app.router.add_get("/debug/provenance", provenancez)
     return app

@@ -18,7 +18,16 @@ def render_table(rows: list[list[str]]) -> str:
     )
 
 
-def cluster_rows(clusters: Iterable[dict[str, Any]], match: Callable[[dict], bool]) -> list:
+def _first(sources: list[str], kind: str) -> str:
+    """The first source of a kind ("DestinationRule default/reviews (file:line)")."""
+    return next((s.split(" (")[0].split(" ", 1)[1] for s in sources if s.startswith(kind)), "-")
+
+
+def cluster_rows(
+    clusters: Iterable[dict[str, Any]],
+    match: Callable[[dict], bool],
+    sources: dict[str, list[str]] | None = None,
+) -> list:
     """SERVICE FQDN, PORT, SUBSET, DIRECTION, TYPE, DESTINATION RULE (istioctl's)."""
     rows = [["SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE", "DESTINATION RULE"]]
     for cluster in sorted(clusters, key=lambda c: c["name"]):
@@ -37,8 +46,8 @@ def cluster_rows(clusters: Iterable[dict[str, Any]], match: Callable[[dict], boo
         if not match(facts):
             continue
         kind = cluster.get("type") or cluster.get("cluster_type", {}).get("name", "-")
-        rule = cluster.get("metadata", {}).get("filter_metadata", {}).get("istio", {}).get("config")
-        rows.append([fqdn, port or "-", subset or "-", direction, kind, rule or "-"])
+        rule = _first((sources or {}).get(cluster["name"], []), "DestinationRule")
+        rows.append([fqdn, port or "-", subset or "-", direction, kind, rule])
     return rows
 
 
@@ -92,7 +101,11 @@ def _destination(chain: dict[str, Any]) -> str:
     return "-"
 
 
-def route_rows(routes: Iterable[dict[str, Any]], match: Callable[[dict], bool]) -> list:
+def route_rows(
+    routes: Iterable[dict[str, Any]],
+    match: Callable[[dict], bool],
+    sources: dict[str, list[str]] | None = None,
+) -> list:
     """NAME, VHOST NAME, DOMAINS, MATCH, VIRTUAL SERVICE: a row per route."""
     rows = [["NAME", "VHOST NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"]]
     for config in sorted(routes, key=lambda r: r["name"]):
@@ -101,10 +114,8 @@ def route_rows(routes: Iterable[dict[str, Any]], match: Callable[[dict], bool]) 
         for vhost in config.get("virtual_hosts", []):
             domains = vhost.get("domains", [])
             shown = domains[0] if len(domains) == 1 else f"{domains[0]} + {len(domains) - 1} more"
+            source = _first((sources or {}).get(vhost["name"], []), "VirtualService")
             for route in vhost.get("routes", []):
-                source = (
-                    route.get("metadata", {}).get("filter_metadata", {}).get("istio", {})
-                ).get("config", "-")
                 rows.append([config["name"], vhost["name"], shown, _route_match(route), source])
     return rows
 

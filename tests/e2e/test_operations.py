@@ -244,3 +244,26 @@ def test_proxy_status_shows_what_a_paused_envoy_has_not_received(mesh) -> None:
         20,
         "the Envoy to catch up",
     )
+
+
+def test_the_tables_name_the_yaml_behind_each_resource(mesh) -> None:
+    rule = (
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        "metadata: {name: ratings}\nspec:\n  host: ratings\n"
+        "  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}\n"
+    )
+    apply(mesh, "rule.yaml", rule)
+    clusters = run_cli(mesh, "proxy-config", "clusters", "caller").stdout.splitlines()
+    (ratings,) = [line for line in clusters if line.startswith("ratings.default")]
+    assert ratings.split()[-1] == "default/ratings"
+    routes = run_cli(mesh, "proxy-config", "routes", "caller").stdout.splitlines()
+    reviews = [line for line in routes if "reviews.default.svc.cluster.local:9080" in line]
+    assert len(reviews) == 2  # route.yaml's VirtualService has two rules
+    assert {line.split()[-1] for line in reviews} == {"default/reviews"}
+    sources = json.loads(
+        urllib.request.urlopen(f"{mesh.debug_url}/debug/provenance?proxy=caller", timeout=5).read()
+    )
+    cluster = sources["clusters"]["outbound|9080||ratings.default.svc.cluster.local"]
+    assert any(
+        s.startswith("DestinationRule default/ratings (") and "rule.yaml:" in s for s in cluster
+    ), cluster

@@ -1,0 +1,105 @@
+"""Which YAML resources made an Envoy resource, found from its name when asked (a debug
+question), not carried through every push: a cluster `outbound|port|subset|host` comes
+from the Service or ServiceEntry defining the host and the DestinationRule a proxy of
+that namespace resolves it to; a virtual host `host:port` from its VirtualService; a
+proxy's listeners from the policies that select its workload. EnvoyFilters that apply
+to the proxy touch all of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from translators import model
+from translators.envoy_filter import applicable as envoy_filters
+from translators.naming import fqdn, has_labels, host_matches
+from translators.routes import Bindings, sidecar_virtual_services
+from translators.services import defined_hosts
+
+_POLICIES = (
+    model.PEER_AUTHENTICATION,
+    model.AUTHORIZATION_POLICY,
+    model.REQUEST_AUTHENTICATION,
+    model.TELEMETRY,
+)
+
+
+def describe(res: model.ConfigResource) -> str:
+    return f"{res.ref} ({res.origin})"
+
+
+def destination_rule(
+    config: model.MeshConfig, host: str, proxy_namespace: str
+) -> model.ConfigResource | None:
+    """The DestinationRule a proxy in `proxy_namespace` uses for `host` (Istio's order:
+    the proxy's namespace, the service's, the root's; an exact host before wildcards)."""
+    service_namespace = host.split(".")[1] if host.count(".") >= 2 else ""
+    rules = config.of_kind(model.DESTINATION_RULE)
+    for namespace in (proxy_namespace, service_namespace, config.mesh.root_namespace):
+        found = [r for r in rules if r.namespace == namespace]
+        exact = [r for r in found if fqdn(r.spec.host, r.namespace) == host]
+        if exact:
+            return min(exact, key=lambda r: r.order_key())
+        wild = [r for r in found if host_matches(fqdn(r.spec.host, r.namespace), host)]
+        if wild:
+            return max(wild, key=lambda r: len(r.spec.host))
+    return None
+
+
+def for_proxy(
+    config: model.MeshConfig, proxy: model.Proxy, clusters: list[str], vhosts: list[str]
+) -> dict[str, Any]:
+    """The sources of a proxy's clusters, virtual hosts and listeners."""
+    definers: dict[str, list[model.ConfigResource]] = {}
+    for res in (*config.of_kind(model.SERVICE), *config.of_kind(model.SERVICE_ENTRY)):
+        for host in defined_hosts(res):
+            definers.setdefault(host, []).append(res)
+    patches = [describe(r) for r in envoy_filters(config, proxy)]
+    out_clusters = {}
+    for name in clusters:
+        parts = name.split("|")
+        found = []
+        if len(parts) == 4 and parts[0] == "outbound":
+            host = parts[3]
+            found += [describe(r) for r in definers.get(host, [])]
+            rule = destination_rule(config, host, proxy.namespace)
+            if rule is not None:
+                found.append(describe(rule))
+        out_clusters[name] = found + patches
+    bindings = Bindings(sidecar_virtual_services(config))
+    out_vhosts = {}
+    for name in vhosts:
+        host = name.rpartition(":")[0] or name
+        owner = bindings.owner(host, definers)
+        found = [describe(owner)] if owner is not None else []
+        found += [describe(r) for r in definers.get(host, [])]
+        out_vhosts[name] = found + patches
+    listeners = [
+        describe(r)
+        for kind in _POLICIES
+        for r in config.of_kind(kind)
+        if _selects(r, proxy, config.mesh.root_namespace)
+    ]
+    listeners += [
+        describe(r)
+        for r in config.of_kind(model.SIDECAR)
+        if r.namespace == proxy.namespace
+        and (
+            not r.spec.workload_selector.labels
+            or has_labels(proxy.labels, r.spec.workload_selector.labels)
+        )
+    ]
+    if proxy.role == "gateway":
+        listeners += [
+            describe(r)
+            for r in config.of_kind(model.GATEWAY)
+            if r.spec.selector and has_labels(proxy.labels, r.spec.selector)
+        ]
+    return {"clusters": out_clusters, "virtual_hosts": out_vhosts, "listeners": listeners + patches}
+
+
+def _selects(res: model.ConfigResource, proxy: model.Proxy, root: str) -> bool:
+    if res.namespace not in (root, proxy.namespace):
+        return False
+    if not res.spec.HasField("selector"):
+        return True
+    return has_labels(proxy.labels, res.spec.selector.match_labels)
