@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -13,8 +14,11 @@ from xds_server.analyze import analyze
 from xds_server.ca import describe
 from xds_server.config.store import ConfigStore
 from xds_server.control_metrics import CONTENT_TYPE
+from xds_server.mesh_graph import TrafficGraph
 from xds_server.mesh_state import MeshState
 from xds_server.proxy_status import dynamic_resources
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def make_app(
@@ -112,6 +116,17 @@ def make_app(
             provenance.for_proxy(mesh.config, proxy, sorted(resources["clusters"]), vhosts)
         )
 
+    graph = TrafficGraph()
+
+    async def graphz(_: web.Request) -> web.Response:
+        """Who calls which service, from the proxies' own Istio metrics."""
+        admins = [(n, info.admin) for n, info in servicer.latest_streams().items()]
+        return web.json_response(await graph.poll(admins))
+
+    async def page(_: web.Request) -> web.Response:
+        """The live mesh page: proxies, config issues, traffic (static/mesh.html)."""
+        return web.FileResponse(STATIC / "mesh.html")
+
     async def analyzez(_: web.Request) -> web.Response:
         """`xds-server analyze` on the configuration in force."""
         state = store.state
@@ -159,4 +174,7 @@ def make_app(
     app.router.add_get("/debug/certz", certz)
     app.router.add_get("/debug/analyze", analyzez)
     app.router.add_get("/debug/provenance", provenancez)
+    app.router.add_get("/debug/graph", graphz)
+    app.router.add_get("/", page)
+    app.router.add_static("/static", STATIC)
     return app

@@ -1,0 +1,77 @@
+"""The traffic graph of the live mesh page: who calls which service, how often, and how
+many calls fail, read from the proxies' own Istio metrics (istio_requests_total,
+reporter=source) through their admin APIs, polled when the page asks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+# Envoy's admin names the stat istio.requests_total: its Prometheus form is renamed by
+# the proxies' 15090 listener, not here.
+_QUERY = "/stats/prometheus?usedonly&filter=istio%5C.requests_total"
+_METRIC = "envoy_istio_requests_total"
+
+
+@dataclass
+class TrafficGraph:
+    """Totals seen at the last poll, to turn counts into rates."""
+
+    timeout: float = 2.0
+    _last: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
+
+    async def poll(self, admins: Iterable[tuple[str, str]]) -> dict:
+        """Nodes and edges from every (node id, admin address) that answers."""
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout)
+        ) as session:
+            texts = await asyncio.gather(
+                *(self._scrape(session, admin) for _, admin in admins if admin),
+                return_exceptions=True,
+            )
+        totals: dict[tuple[str, str], list[float]] = {}
+        for text in texts:
+            if not isinstance(text, str):
+                continue  # a proxy that did not answer: no edges from it this time
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name != _METRIC or sample.labels.get("reporter") != "source":
+                        continue
+                    key = (
+                        sample.labels.get("source_workload", "unknown"),
+                        sample.labels.get("destination_service_name")
+                        or sample.labels.get("destination_service", "unknown"),
+                    )
+                    entry = totals.setdefault(key, [0.0, 0.0])
+                    entry[0] += sample.value
+                    if sample.labels.get("response_code", "").startswith("5"):
+                        entry[1] += sample.value
+        now = time.monotonic()
+        edges = []
+        for (source, destination), (count, errors) in sorted(totals.items()):
+            before = self._last.get((source, destination))
+            rate = 0.0
+            if before is not None and now > before[2]:
+                rate = max(0.0, (count - before[0]) / (now - before[2]))
+            self._last[(source, destination)] = (count, errors, now)
+            edges.append(
+                {
+                    "from": source,
+                    "to": destination,
+                    "requests": count,
+                    "rps": round(rate, 2),
+                    "error_share": round(errors / count, 3) if count else 0.0,
+                }
+            )
+        nodes = sorted({e["from"] for e in edges} | {e["to"] for e in edges})
+        return {"nodes": nodes, "edges": edges}
+
+    @staticmethod
+    async def _scrape(session: aiohttp.ClientSession, admin: str) -> str:
+        async with session.get(f"http://{admin}{_QUERY}") as response:
+            return await response.text()
