@@ -338,6 +338,9 @@ From outside the mesh, through the ingress gateway (Gateway + VirtualService in
 Edit {directory}/reviews-virtualservice.yaml and save: routing changes at once; config
 errors and warnings show here as "xds-server: FILE:LINE: error: ...".
   xds-server validate {directory}                      # check the files
+  xds-server proxy-status --server http://127.0.0.1:{mesh.debug_port}   # every proxy's sync
+  xds-server proxy-config routes sleep --server http://127.0.0.1:{mesh.debug_port}
+  http://127.0.0.1:{mesh.debug_port}/ in a browser: the live mesh page
   curl -s http://127.0.0.1:{mesh.debug_port}/debug/syncz          # what each Envoy ACKed
   curl -s 'http://127.0.0.1:{mesh.debug_port}/debug/config_dump?proxy=sleep'
   curl -s http://{sleep_ip}:15000/stats | grep update_rejected    # Envoy's own view
