@@ -139,7 +139,9 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
     try:
         syncz = proxy_status.get_json(f"{base}/debug/syncz", args.token)
         if args.proxy is None:
-            print(proxy_status.table(syncz, version()))
+            configz = proxy_status.get_json(f"{base}/debug/configz", args.token)
+            held = bool(configz.get("held_by_envoy"))
+            print(proxy_status.table(syncz, version(), held))
             return 0
         found = [p for p in syncz["proxies"] if p["proxy"] == args.proxy]
         if not found:

@@ -30,15 +30,17 @@ def get_json(url: str, token: str = "", timeout: float = 10) -> Any:
         raise DebugApiError(f"{url}: {exc}") from None
 
 
-def table(syncz: dict[str, Any], server_version: str) -> str:
-    """istioctl proxy-status's table: a row per proxy, a column per type it was sent."""
+def table(syncz: dict[str, Any], server_version: str, held: bool = False) -> str:
+    """istioctl proxy-status's table: a row per proxy, a column per type it was sent.
+    `held`: the server holds back a file because Envoy rejected it; a type a proxy NACKed
+    shows ERROR until then, although the proxy runs the last good config again."""
     proxies = syncz.get("proxies", [])
     shown = [t for t in TYPES if any(t in p["types"] for p in proxies)] or list(TYPES[:4])
     header = ["NAME", "CLUSTER", *shown, "XDS", "VERSION"]
     rows = [header]
     for proxy in proxies:
         name = f"{proxy['proxy']}.{proxy.get('namespace') or 'default'}"
-        states = [proxy["types"].get(t, {}).get("status", "NOT SENT") for t in shown]
+        states = [_state(proxy["types"].get(t, {}), held) for t in shown]
         rows.append(
             [
                 name,
@@ -53,6 +55,11 @@ def table(syncz: dict[str, Any], server_version: str) -> str:
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def _state(state: dict[str, Any], held: bool) -> str:
+    status = state.get("status", "NOT SENT")
+    return "ERROR" if held and state.get("nacks") else status
 
 
 def dynamic_resources(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
