@@ -91,6 +91,34 @@ CASES = {
         [("IST0109", 12)],
     ),
     "schema": (vs("  hostz: [reviews]\n"), [("IST0106", 5)]),
+    "a destination port is needed": (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: two}\nspec:\n  selector: {app: two}\n"
+        "  ports: [{name: http, port: 80}, {name: http-admin, port: 81}]\n---\n"
+        + vs("  hosts: [two]\n  http: [{route: [{destination: {host: two}}]}]\n", "two"),
+        [("IST0112", 13)],
+    ),
+    "a port name without a protocol": (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n"
+        "  ports: [{name: web, port: 80}]\n",
+        [("IST0118", 6)],
+    ),
+    "a relative EnvoyFilter patch without a priority": (
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f}\n"
+        "spec:\n  configPatches:\n  - applyTo: HTTP_FILTER\n"
+        "    match: {listener: {filterChain: {filter: {name: "
+        "envoy.filters.network.http_connection_manager, subFilter: {name: "
+        "envoy.filters.http.router}}}}}\n"
+        "    patch:\n      operation: INSERT_BEFORE\n"
+        "      value: {name: envoy.filters.http.buffer, typed_config: {'@type': "
+        "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer, "
+        "max_request_bytes: 1024}}\n",
+        [("IST0151", 9)],
+    ),
+    "an unknown telemetry provider": (
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\n"
+        "spec: {accessLogging: [{providers: [{name: nope}]}]}\n",
+        [("IST0163", 4)],
+    ),
 }
 
 

@@ -4,7 +4,8 @@ codes and levels where Istio has the same check, and file:line.
 Two sources: the loader's own findings (schema and semantic validation, which Istio's
 webhook and analyzers report as IST0106 and others; the cross-resource ones get their
 Istio code), and analyzers here for Istio's cross-resource checks that loading does not
-make (IST0101 hosts, IST0113, IST0128/IST0129, IST0130/IST0131, IST0132, IST0145).
+make (IST0101 hosts, IST0112, IST0113, IST0118, IST0128/IST0129, IST0130/IST0131,
+IST0132, IST0145, IST0151; IST0163 from the loader's Telemetry provider check).
 Findings with no Istio counterpart get this project's XDS codes.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from translators import model
 from translators.naming import fqdn, host_matches
-from translators.services import build_services
+from translators.services import build_services, port_protocol
 from xds_server.config.cross_checks import _destinations
 from xds_server.config.loader import ConfigIssue, ParsedFile, format_path
 from xds_server.config.yaml_lines import Path
@@ -50,6 +51,7 @@ _ISTIO_EQUIVALENTS = (
     (re.compile(r"defines subset|unknown subset"), "IST0101", "Error"),
     (re.compile(r"is already routed by"), "IST0109", "Error"),
     (re.compile(r"Envoy rejected"), "XDS0003", "Error"),
+    (re.compile(r"in the mesh config's extensionProviders"), "IST0163", "Error"),
     (re.compile(r"held back"), "XDS0004", "Warning"),
 )
 
@@ -95,6 +97,9 @@ def _analyzers(config: model.MeshConfig) -> Iterator[Finding]:
     yield from _unreachable_rules(config)
     yield from _hosts_not_in_gateway(config)
     yield from _conflicting_gateways(config)
+    yield from _ambiguous_ports(config)
+    yield from _port_names(config)
+    yield from _relative_envoy_filters(config)
 
 
 def _unknown_hosts(config: model.MeshConfig) -> Iterator[Finding]:
@@ -270,3 +275,68 @@ def _conflicting_gateways(config: model.MeshConfig) -> Iterator[Finding]:
 
 def level_at_least(level: str, threshold: str) -> bool:
     return LEVELS.index(level) >= LEVELS.index(threshold)
+
+
+def _ambiguous_ports(config: model.MeshConfig) -> Iterator[Finding]:
+    """IST0112: a destination without a port, on a service with several."""
+    known = build_services(config, ())
+    for vs in config.of_kind(model.VIRTUAL_SERVICE):
+        for path, destination in _destinations(vs):
+            service = known.get(fqdn(destination.host, vs.namespace))
+            if service is None or destination.port.number or len(service.ports) < 2:
+                continue
+            yield (
+                vs,
+                (*path, "host"),
+                "IST0112",
+                "Error",
+                (
+                    f"This VirtualService has a destination, {destination.host}, with more than "
+                    "one port: name which one (destination.port.number)"
+                ),
+            )
+
+
+def _port_names(config: model.MeshConfig) -> Iterator[Finding]:
+    """IST0118: a Service port whose name says no protocol (Istio then sniffs it)."""
+    for svc in config.of_kind(model.SERVICE):
+        for i, port in enumerate(svc.spec.ports):
+            if port.app_protocol or port_protocol(port.name) != "auto":
+                continue
+            yield (
+                svc,
+                ("spec", "ports", i, "name"),
+                "IST0118",
+                "Info",
+                (
+                    f"Port name {port.name or '(none)'} (port: {port.port}) doesn't follow the "
+                    "naming convention of Istio port (<protocol>[-<suffix>]) and has no "
+                    "appProtocol"
+                ),
+            )
+
+
+_RELATIVE = ("INSERT_BEFORE", "INSERT_AFTER", "REPLACE")
+
+
+def _relative_envoy_filters(config: model.MeshConfig) -> Iterator[Finding]:
+    """IST0151: a relative patch (INSERT_BEFORE, INSERT_AFTER, REPLACE) in an EnvoyFilter
+    without a priority: its place depends on the order of others."""
+    for ef in config.of_kind(model.ENVOY_FILTER):
+        if ef.spec.priority:
+            continue
+        for i, patch in enumerate(ef.spec.config_patches):
+            operation = type(patch.patch).Operation.Name(patch.patch.operation)
+            if operation in _RELATIVE:
+                yield (
+                    ef,
+                    ("spec", "configPatches", i, "patch", "operation"),
+                    "IST0151",
+                    ("Warning"),
+                    (
+                        f"This EnvoyFilter does not have a priority and has a relative patch "
+                        f"operation ({operation}) set which can cause the EnvoyFilter not to be "
+                        "applied. Using the INSERT_FIRST or ADD option or setting the priority "
+                        "may help in ensuring the EnvoyFilter is applied correctly."
+                    ),
+                )

@@ -852,10 +852,18 @@ def parser() -> argparse.ArgumentParser:
         "one proxy's clusters, listeners, routes, endpoints or secrets (istioctl's tables)",
     )
     config.add_argument(
-        "kind", choices=("clusters", "listeners", "routes", "endpoints", "secrets", "all")
+        "kind",
+        choices=("clusters", "listeners", "routes", "endpoints", "secrets", "all"),
+        help="what to show",
     )
     config.add_argument("proxy", help="the proxy's node id")
-    config.add_argument("-o", "--output", choices=("short", "json", "yaml"), default="short")
+    config.add_argument(
+        "-o",
+        "--output",
+        choices=("short", "json", "yaml"),
+        default="short",
+        help="short: istioctl's tables; json or yaml: the whole resources",
+    )
     config.add_argument(
         "--source",
         choices=("auto", "envoy", "server"),
@@ -886,7 +894,13 @@ def parser() -> argparse.ArgumentParser:
         "analyze", "istioctl analyze for a config directory: Istio's codes, with file:line"
     )
     analyze_.add_argument("config_dir", help="directory of YAML files to analyze")
-    analyze_.add_argument("-o", "--output", choices=("log", "json", "yaml"), default="log")
+    analyze_.add_argument(
+        "-o",
+        "--output",
+        choices=("log", "json", "yaml"),
+        default="log",
+        help="log: a line per message, as istioctl's; json or yaml: the messages' fields",
+    )
     analyze_.add_argument(
         "--failure-threshold",
         choices=("Info", "Warning", "Error"),
