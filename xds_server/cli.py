@@ -668,6 +668,14 @@ def _add_capture_options(capture: argparse.ArgumentParser) -> None:
     mode.add_argument("--cleanup", action="store_true", help="remove rules an --apply installed")
 
 
+def _add_debug_api(command: argparse.ArgumentParser) -> None:
+    """--server and --token: where the running server's debug API is, and its key."""
+    command.add_argument(
+        "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
+    )
+    command.add_argument("--token", default="", help="an admin token, if the debug API wants one")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="xds-server", description=__doc__, formatter_class=_HelpFormatter
@@ -828,10 +836,7 @@ def parser() -> argparse.ArgumentParser:
 
     cert = command("cert", "show a workload's current certificate, or the mesh root")
     cert.add_argument("--proxy", default=None, help="the proxy's node id (default: the root)")
-    cert.add_argument(
-        "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
-    )
-    cert.add_argument("--token", default="", help="an admin token, if the debug API wants one")
+    _add_debug_api(cert)
 
     cert.set_defaults(func=cmd_cert)
 
@@ -841,10 +846,7 @@ def parser() -> argparse.ArgumentParser:
         "its Envoy holds against what was sent",
     )
     status.add_argument("proxy", nargs="?", default=None, help="a proxy's node id")
-    status.add_argument(
-        "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
-    )
-    status.add_argument("--token", default="", help="an admin token, if the debug API wants one")
+    _add_debug_api(status)
     status.set_defaults(func=cmd_proxy_status)
 
     config = command(
@@ -879,10 +881,7 @@ def parser() -> argparse.ArgumentParser:
         ("--name", "a resource name"),
     ):
         config.add_argument(flag, default="", help=f"only {what}")
-    config.add_argument(
-        "--server", default="http://127.0.0.1:15014", help="the server's debug HTTP address"
-    )
-    config.add_argument("--token", default="", help="an admin token, if the debug API wants one")
+    _add_debug_api(config)
     config.set_defaults(func=cmd_proxy_config)
 
     validate = command("validate", "check a config directory; exit 1 on errors")
