@@ -122,12 +122,14 @@ def route_rows(
 
 def _route_match(route: dict[str, Any]) -> str:
     match = route.get("match", {})
+    path = "-"
     for key in ("prefix", "path", "path_separated_prefix"):
         if key in match:
-            return f"{match[key]}*" if key != "path" else match[key]
+            path = f"{match[key]}*" if key != "path" else match[key]
     if "safe_regex" in match:
-        return f"~{match['safe_regex'].get('regex', '')}"
-    return "-"
+        path = f"~{match['safe_regex'].get('regex', '')}"
+    headers = [h["name"] for h in match.get("headers", []) if not h["name"].startswith(":")]
+    return f"{path} [{','.join(headers)}]" if headers else path
 
 
 def endpoint_rows(statuses: list[dict[str, Any]], match: Callable[[dict], bool]) -> list:
