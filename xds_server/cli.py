@@ -151,13 +151,14 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
         (proxy,) = found
         configz = proxy_status.get_json(f"{base}/debug/configz", args.token)
         sent = proxy_status.get_json(f"{base}/debug/config_dump?proxy={args.proxy}", args.token)
+        sources = proxy_status.get_json(f"{base}/debug/provenance?proxy={args.proxy}", args.token)
     except proxy_status.DebugApiError as exc:
         print(f"xds-server proxy-status: {exc}", file=sys.stderr)
         return 1
     for kind, state in proxy["types"].items():
         sent_version, acked = state["sent_version"], state["acked_version"]
         print(f"{kind}: {state['status']} (sent {sent_version}, ACKed {acked})")
-    for line in proxy_status.rejections(proxy, configz):
+    for line in proxy_status.rejections(proxy, configz, sources):
         print(line)
     if not proxy.get("admin"):
         print("(its bootstrap names no admin address: cannot compare with the Envoy)")

@@ -23,10 +23,22 @@ class TrafficGraph:
     """Totals seen at the last poll, to turn counts into rates."""
 
     timeout: float = 2.0
+    fresh: float = 2.0  # seconds a poll's answer serves every page that asks
     _last: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
+    _answer: tuple[float, dict] | None = None
+    _polling: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def poll(self, admins: Iterable[tuple[str, str]]) -> dict:
-        """Nodes and edges from every (node id, admin address) that answers."""
+        """Nodes and edges from every (node id, admin address) that answers; one poll at a
+        time, and its answer kept a moment, however many pages ask."""
+        async with self._polling:
+            if self._answer is not None and time.monotonic() - self._answer[0] < self.fresh:
+                return self._answer[1]
+            answer = await self._poll(admins)
+            self._answer = (time.monotonic(), answer)
+            return answer
+
+    async def _poll(self, admins: Iterable[tuple[str, str]]) -> dict:
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout)
         ) as session:

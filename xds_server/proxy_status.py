@@ -106,7 +106,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def rejections(proxy: dict[str, Any], configz: dict[str, Any]) -> list[str]:
+def rejections(
+    proxy: dict[str, Any], configz: dict[str, Any], sources: dict[str, Any] | None = None
+) -> list[str]:
     """For each type the proxy refused (now, or last; the server then holds the file back
     and the proxy goes on with the last good config): Envoy's message, and the files the
     server traced the rejection to, with file:line."""
@@ -117,6 +119,7 @@ def rejections(proxy: dict[str, Any], configz: dict[str, Any]) -> list[str]:
         now = "rejects" if state.get("status") == "ERROR" else "last rejected"
         lines.append(f"{kind}: {now} version {state.get('nacked_version')}")
         lines.append(f"  Envoy: {state.get('nack_error')}")
+        lines += _named(state.get("nack_error") or "", kind, sources or {})
     if lines:
         traced = [i for i in configz.get("issues", []) if "Envoy rejected" in i.get("message", "")]
         for issue in traced:
@@ -124,4 +127,16 @@ def rejections(proxy: dict[str, Any], configz: dict[str, Any]) -> list[str]:
             lines.append(f"  {issue['file']}:{issue['line']}:{resource} {issue['message']}")
         if not traced:
             lines.append("  (no file is held back for it now)")
+    return lines
+
+
+def _named(message: str, kind: str, sources: dict[str, Any]) -> list[str]:
+    """The resources Envoy's message names, and the YAML behind each (provenance)."""
+    lines = []
+    groups = {"CDS": "clusters", "EDS": "clusters", "RDS": "virtual_hosts"}
+    for name, behind in sources.get(groups.get(kind, ""), {}).items():
+        if name and name in message and behind:
+            lines.append(f"  {name} comes from: {'; '.join(behind)}")
+    if kind == "LDS" and sources.get("listeners"):
+        lines.append(f"  the listeners come from: {'; '.join(sources['listeners'])}")
     return lines
