@@ -67,7 +67,7 @@ CASES = {
             "  - route: [{destination: {host: reviews}}]\n"
             "  - route: [{destination: {host: ratings}}]\n"
         ),
-        [("IST0131", 9), ("IST0130", 12)],
+        [("IST0130", 9), ("IST0130", 12)],
     ),
     "host not in gateway": (
         GATEWAY.replace("NAME", "gw").replace("HOST", "bookinfo.example.com")
@@ -91,6 +91,16 @@ CASES = {
         [("IST0109", 12)],
     ),
     "schema": (vs("  hostz: [reviews]\n"), [("IST0106", 5)]),
+    "one of two matches seen before": (
+        vs(
+            "  hosts: [reviews]\n  http:\n"
+            "  - match: [{uri: {prefix: /a}, name: first}]\n"
+            "    route: [{destination: {host: reviews}}]\n"
+            "  - match: [{uri: {prefix: /a}, name: again}, {uri: {prefix: /b}}]\n"
+            "    route: [{destination: {host: ratings}}]\n"
+        ),
+        [("IST0131", 9)],
+    ),
     "a destination port is needed": (
         "apiVersion: v1\nkind: Service\nmetadata: {name: two}\nspec:\n  selector: {app: two}\n"
         "  ports: [{name: http, port: 80}, {name: http-admin, port: 81}]\n---\n"

@@ -28,9 +28,12 @@ SYNCZ = {
 
 
 def test_a_refused_type_shows_error_while_its_file_is_held_back() -> None:
-    held = table(SYNCZ, "1.0", held=True).splitlines()[1].split()
+    reason = SYNCZ["proxies"][0]["types"]["RDS"]["nack_error"]
+    held = table(SYNCZ, "1.0", [reason]).splitlines()[1].split()
     assert held[2:4] == ["SYNCED", "ERROR"]  # the columns of the types sent: CDS, RDS
+    # Fixed (nothing held any more), or held for another reason: SYNCED.
     assert table(SYNCZ, "1.0").splitlines()[1].split()[2:4] == ["SYNCED", "SYNCED"]
+    assert table(SYNCZ, "1.0", ["other"]).splitlines()[1].split()[2:4] == ["SYNCED", "SYNCED"]
 
 
 def test_a_rejection_names_its_files_and_the_yaml_behind_the_resource() -> None:

@@ -203,22 +203,42 @@ def _unreachable_rules(config: model.MeshConfig) -> Iterator[Finding]:
                     ),
                 )
                 continue
-            matches = [m.SerializeToString(deterministic=True) for m in rule.match]
+            matches = [_unnamed(m) for m in rule.match]
             if not matches or any(not m for m in matches):
                 caught = True
-            for j, match in enumerate(matches):
-                if match and match in seen:
-                    yield (
-                        vs,
-                        ("spec", "http", i, "match", j),
-                        "IST0131",
-                        "Info",
-                        (
-                            f"VirtualService rule #{i} match #{j} is not used (an earlier rule "
-                            "has the same match)"
-                        ),
-                    )
-                seen.add(match)
+            if matches and all(m and m in seen for m in matches):
+                yield (
+                    vs,
+                    ("spec", "http", i),
+                    "IST0130",
+                    "Warning",
+                    (
+                        f"VirtualService rule #{i} is not used (all its matches are used by "
+                        "prior rules)"
+                    ),
+                )
+            else:
+                for j, match in enumerate(matches):
+                    if match and match in seen:
+                        yield (
+                            vs,
+                            ("spec", "http", i, "match", j),
+                            "IST0131",
+                            "Info",
+                            (
+                                f"VirtualService rule #{i} match #{j} is not used (an earlier "
+                                "rule has the same match)"
+                            ),
+                        )
+            seen.update(matches)
+
+
+def _unnamed(match) -> bytes:
+    """A match without its name, as bytes (a name changes nothing it matches)."""
+    copy = type(match)()
+    copy.CopyFrom(match)
+    copy.ClearField("name")
+    return copy.SerializeToString(deterministic=True)
 
 
 def _hosts_not_in_gateway(config: model.MeshConfig) -> Iterator[Finding]:
@@ -300,8 +320,11 @@ def _ambiguous_ports(config: model.MeshConfig) -> Iterator[Finding]:
 def _port_names(config: model.MeshConfig) -> Iterator[Finding]:
     """IST0118: a Service port whose name says no protocol (Istio then sniffs it)."""
     for svc in config.of_kind(model.SERVICE):
+        if svc.namespace in _SYSTEM_NAMESPACES:
+            continue  # as Istio's analyzer: not the mesh's own services
         for i, port in enumerate(svc.spec.ports):
-            if port.app_protocol or port_protocol(port.name) != "auto":
+            prefix = port.name.split("-", 1)[0].lower()
+            if port.app_protocol or port_protocol(port.name) != "auto" or prefix == "udp":
                 continue
             yield (
                 svc,
@@ -317,6 +340,7 @@ def _port_names(config: model.MeshConfig) -> Iterator[Finding]:
 
 
 _RELATIVE = ("INSERT_BEFORE", "INSERT_AFTER", "REPLACE")
+_SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "istio-system"})
 
 
 def _relative_envoy_filters(config: model.MeshConfig) -> Iterator[Finding]:

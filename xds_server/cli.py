@@ -140,8 +140,8 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
         syncz = proxy_status.get_json(f"{base}/debug/syncz", args.token)
         if args.proxy is None:
             configz = proxy_status.get_json(f"{base}/debug/configz", args.token)
-            held = bool(configz.get("held_by_envoy"))
-            print(proxy_status.table(syncz, version(), held))
+            reasons = configz.get("held_reasons", {}).values()
+            print(proxy_status.table(syncz, version(), reasons))
             return 0
         found = [p for p in syncz["proxies"] if p["proxy"] == args.proxy]
         if not found:
@@ -173,12 +173,33 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# The filters each kind of proxy-config has (istioctl's).
+_PROXY_CONFIG_FILTERS = {
+    "clusters": ("fqdn", "port", "subset", "direction", "name"),
+    "listeners": ("port", "name"),
+    "routes": ("name",),
+    "endpoints": ("name",),
+    "secrets": ("name",),
+    "all": ("name",),
+}
+
+
 def cmd_proxy_config(args: argparse.Namespace) -> int:
     """istioctl proxy-config: one proxy's clusters, listeners, routes, endpoints or secrets
     as it holds them (its Envoy's admin API), else as the server sent them."""
     from xds_server import proxy_config as pc
     from xds_server import proxy_status
 
+    given = [f for f in ("fqdn", "port", "subset", "direction", "name") if getattr(args, f)]
+    wrong = [f for f in given if f not in _PROXY_CONFIG_FILTERS[args.kind]]
+    if wrong:
+        allowed = ", ".join(f"--{f}" for f in _PROXY_CONFIG_FILTERS[args.kind])
+        print(
+            f"xds-server proxy-config: --{wrong[0]} does not apply to {args.kind} "
+            f"(these do: {allowed})",
+            file=sys.stderr,
+        )
+        return 2
     base = args.server.rstrip("/")
     try:
         syncz = proxy_status.get_json(f"{base}/debug/syncz", args.token)

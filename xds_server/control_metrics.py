@@ -92,8 +92,8 @@ class ControlPlaneMetrics:
             self.rejects[kind] += 1
         elif event.kind == "request":
             self._maybe_converged(event.node_id)
-        elif event.kind == "close":
-            self._converged.pop(event.node_id, None)
+        elif event.kind == "close" and event.node_id not in self._servicer.latest_streams():
+            self._converged.pop(event.node_id, None)  # unless a newer stream of it lives
 
     def _maybe_converged(self, node_id: str) -> None:
         """Once per proxy and generation: when every type it was sent is ACKed at the

@@ -94,6 +94,8 @@ def make_app(
                 "issues": [issue.as_dict() for issue in state.all_issues()],
                 "settling": sorted(state.settling),
                 "held_by_envoy": sorted(store.rejected),
+                # Envoy's reason for each file held back (proxy-status's ERROR).
+                "held_reasons": {name: r.message for name, r in sorted(store.rejected.items())},
                 **extra(),
             }
         )

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 # the proxies' 15090 listener, not here.
 _QUERY = "/stats/prometheus?usedonly&filter=istio%5C.requests_total"
 _METRIC = "envoy_istio_requests_total"
+MAX_BYTES = 4 * 1024 * 1024  # one proxy's answer, at most
 
 
 @dataclass
@@ -46,23 +47,12 @@ class TrafficGraph:
                 *(self._scrape(session, admin) for _, admin in admins if admin),
                 return_exceptions=True,
             )
-        totals: dict[tuple[str, str], list[float]] = {}
-        for text in texts:
-            if not isinstance(text, str):
-                continue  # a proxy that did not answer: no edges from it this time
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name != _METRIC or sample.labels.get("reporter") != "source":
-                        continue
-                    key = (
-                        sample.labels.get("source_workload", "unknown"),
-                        sample.labels.get("destination_service_name")
-                        or sample.labels.get("destination_service", "unknown"),
-                    )
-                    entry = totals.setdefault(key, [0.0, 0.0])
-                    entry[0] += sample.value
-                    if sample.labels.get("response_code", "").startswith("5"):
-                        entry[1] += sample.value
+        answered = [t for t in texts if isinstance(t, str)]  # others: no edges this time
+        # Parsing is work: off the event loop, which serves xDS.
+        totals = await asyncio.to_thread(_totals, answered)
+        return self._edges(totals)
+
+    def _edges(self, totals: dict[tuple[str, str], list[float]]) -> dict:
         now = time.monotonic()
         edges = []
         for (source, destination), (count, errors) in sorted(totals.items()):
@@ -84,6 +74,35 @@ class TrafficGraph:
         return {"nodes": nodes, "edges": edges}
 
     @staticmethod
-    async def _scrape(session: aiohttp.ClientSession, admin: str) -> str:
+    async def _scrape(session: aiohttp.ClientSession, admin: str) -> str | None:
         async with session.get(f"http://{admin}{_QUERY}") as response:
-            return await response.text()
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > MAX_BYTES:
+                    return None  # not what a proxy's filtered metrics look like
+            return body.decode(errors="replace")
+
+
+def _totals(texts: list[str]) -> dict[tuple[str, str], list[float]]:
+    """(source workload, destination service) -> [requests, 5xx] over the proxies."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for text in texts:
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:
+            continue  # not Prometheus text
+        for family in families:
+            for sample in family.samples:
+                if sample.name != _METRIC or sample.labels.get("reporter") != "source":
+                    continue
+                key = (
+                    sample.labels.get("source_workload", "unknown"),
+                    sample.labels.get("destination_service_name")
+                    or sample.labels.get("destination_service", "unknown"),
+                )
+                entry = totals.setdefault(key, [0.0, 0.0])
+                entry[0] += sample.value
+                if sample.labels.get("response_code", "").startswith("5"):
+                    entry[1] += sample.value
+    return totals

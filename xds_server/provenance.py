@@ -11,8 +11,9 @@ from typing import Any
 
 from translators import model
 from translators.envoy_filter import applicable as envoy_filters
+from translators.gateways import selected_gateways
 from translators.naming import fqdn, has_labels, host_matches
-from translators.routes import Bindings, sidecar_virtual_services
+from translators.routes import Bindings, sidecar_virtual_services, vs_hosts
 from translators.services import defined_hosts
 
 _POLICIES = (
@@ -28,11 +29,11 @@ def describe(res: model.ConfigResource) -> str:
 
 
 def destination_rule(
-    config: model.MeshConfig, host: str, proxy_namespace: str
+    config: model.MeshConfig, host: str, proxy_namespace: str, service_namespace: str
 ) -> model.ConfigResource | None:
     """The DestinationRule a proxy in `proxy_namespace` uses for `host` (Istio's order:
-    the proxy's namespace, the service's, the root's; an exact host before wildcards)."""
-    service_namespace = host.split(".")[1] if host.count(".") >= 2 else ""
+    the proxy's namespace, the namespace of the resource defining the host, the root's;
+    an exact host before wildcards)."""
     rules = config.of_kind(model.DESTINATION_RULE)
     for namespace in (proxy_namespace, service_namespace, config.mesh.root_namespace):
         found = [r for r in rules if r.namespace == namespace]
@@ -60,17 +61,27 @@ def for_proxy(
         found = []
         if len(parts) == 4 and parts[0] == "outbound":
             host = parts[3]
-            found += [describe(r) for r in definers.get(host, [])]
-            rule = destination_rule(config, host, proxy.namespace)
+            defining = definers.get(host, [])
+            found += [describe(r) for r in defining]
+            service_namespace = defining[0].namespace if defining else ""
+            rule = destination_rule(config, host, proxy.namespace, service_namespace)
             if rule is not None:
                 found.append(describe(rule))
         out_clusters[name] = found + patches
     bindings = Bindings(sidecar_virtual_services(config))
+    bound = _gateway_bound(config, proxy) if proxy.role == "gateway" else None
     out_vhosts = {}
     for name in vhosts:
         host = name.rpartition(":")[0] or name
-        owner = bindings.owner(host, definers)
-        found = [describe(owner)] if owner is not None else []
+        if bound is not None:  # a gateway merges every VirtualService bound to it
+            found = [
+                describe(vs)
+                for vs in bound
+                if any(host_matches(h, host) or host_matches(host, h) for h in vs_hosts(vs))
+            ]
+        else:
+            owner = bindings.owner(host, definers)
+            found = [describe(owner)] if owner is not None else []
         found += [describe(r) for r in definers.get(host, [])]
         out_vhosts[name] = found + patches
     listeners = [
@@ -95,6 +106,16 @@ def for_proxy(
             if r.spec.selector and has_labels(proxy.labels, r.spec.selector)
         ]
     return {"clusters": out_clusters, "virtual_hosts": out_vhosts, "listeners": listeners + patches}
+
+
+def _gateway_bound(config: model.MeshConfig, proxy: model.Proxy) -> list[model.ConfigResource]:
+    """The VirtualServices bound to a Gateway that selects this gateway proxy."""
+    refs = {f"{gw.namespace}/{gw.name}" for gw in selected_gateways(config, proxy)}
+    return [
+        vs
+        for vs in config.of_kind(model.VIRTUAL_SERVICE)
+        if any((g if "/" in g else f"{vs.namespace}/{g}") in refs for g in vs.spec.gateways)
+    ]
 
 
 def _selects(res: model.ConfigResource, proxy: model.Proxy, root: str) -> bool:

@@ -8,6 +8,7 @@ import difflib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 
 TYPES = ("CDS", "LDS", "EDS", "RDS", "SDS")
@@ -30,17 +31,19 @@ def get_json(url: str, token: str = "", timeout: float = 10) -> Any:
         raise DebugApiError(f"{url}: {exc}") from None
 
 
-def table(syncz: dict[str, Any], server_version: str, held: bool = False) -> str:
+def table(syncz: dict[str, Any], server_version: str, reasons: Iterable[str] = ()) -> str:
     """istioctl proxy-status's table: a row per proxy, a column per type it was sent.
-    `held`: the server holds back a file because Envoy rejected it; a type a proxy NACKed
-    shows ERROR until then, although the proxy runs the last good config again."""
+    `reasons`: Envoy's reasons for the files the server holds back; a type a proxy
+    refused for one of them shows ERROR while it is held, although the proxy runs the
+    last good config again."""
+    reasons = {r for r in reasons if r}
     proxies = syncz.get("proxies", [])
     shown = [t for t in TYPES if any(t in p["types"] for p in proxies)] or list(TYPES[:4])
     header = ["NAME", "CLUSTER", *shown, "XDS", "VERSION"]
     rows = [header]
     for proxy in proxies:
         name = f"{proxy['proxy']}.{proxy.get('namespace') or 'default'}"
-        states = [_state(proxy["types"].get(t, {}), held) for t in shown]
+        states = [_state(proxy["types"].get(t, {}), reasons) for t in shown]
         rows.append(
             [
                 name,
@@ -57,15 +60,19 @@ def table(syncz: dict[str, Any], server_version: str, held: bool = False) -> str
     )
 
 
-def _state(state: dict[str, Any], held: bool) -> str:
-    status = state.get("status", "NOT SENT")
-    return "ERROR" if held and state.get("nacks") else status
+def _state(state: dict[str, Any], reasons: set[str]) -> str:
+    if state.get("nacks") and state.get("nack_error") in reasons:
+        return "ERROR"
+    return state.get("status", "NOT SENT")
 
 
 def dynamic_resources(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The xDS resources of a config_dump (Envoy's or the server's), by type and name."""
     out: dict[str, dict[str, Any]] = {t: {} for t in ("clusters", "listeners", "routes")}
-    for config in dump.get("configs", []):
+    configs = dump.get("configs", []) if isinstance(dump, dict) else []
+    for config in configs if isinstance(configs, list) else []:
+        if not isinstance(config, dict):
+            continue
         kind = config.get("@type", "").rpartition(".")[2]
         if kind == "ClustersConfigDump":
             for entry in config.get("dynamic_active_clusters", []):
@@ -117,7 +124,8 @@ def rejections(
         if state.get("status") != "ERROR" and not state.get("nacks"):
             continue
         now = "rejects" if state.get("status") == "ERROR" else "last rejected"
-        lines.append(f"{kind}: {now} version {state.get('nacked_version')}")
+        version = state.get("nacked_version")
+        lines.append(f"{kind}: {now}" + (f" version {version}" if version else ""))
         lines.append(f"  Envoy: {state.get('nack_error')}")
         lines += _named(state.get("nack_error") or "", kind, sources or {})
     if lines:

@@ -164,7 +164,7 @@ def test_a_rejection_shows_envoy_s_reason_and_the_file(mesh) -> None:
         out = wait_until(shown, 30, "the rejection and its file")
         rows = {line.split()[0]: line for line in run_cli(mesh, "proxy-status").stdout.splitlines()}
         assert "ERROR" in rows["caller.default"], rows  # while the file is held back
-        assert "rejected version" in out and "Envoy:" in out
+        assert "RDS: last rejected" in out and "Envoy:" in out
         assert "regex" in out.lower() or "RE2" in out
         assert "VirtualService default/ratings-regex" in out
         # The live server's analysis says it too.

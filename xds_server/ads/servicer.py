@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -365,6 +366,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return newest_per_node(self.streams.values(), lambda info: info.node_id)
 
 
+_HOST_PORT = re.compile(r"[A-Za-z0-9][-A-Za-z0-9.]{0,252}:[0-9]{1,5}")
+
+
 def node_facts(node) -> dict[str, str]:
     """What proxy-status shows of a node: its cluster, Envoy version and admin address."""
     version = node.user_agent_build_version.version
@@ -374,7 +378,11 @@ def node_facts(node) -> dict[str, str]:
         "envoy_version": f"{version.major_number}.{version.minor_number}.{version.patch}"
         if node.HasField("user_agent_build_version")
         else "",
-        "admin": safe_text(admin.string_value, 256) if admin is not None else "",
+        # Only host:port: the server reads this proxy's admin API there (proxy-status,
+        # the mesh page), and nothing else.
+        "admin": admin.string_value
+        if admin is not None and _HOST_PORT.fullmatch(admin.string_value)
+        else "",
     }
 
 

@@ -68,6 +68,9 @@ _NOT_SUPPORTED = {
             "sds",
         )
     },
+    "meshapi.networking.VirtualService": {
+        "tls": "tls routes (TLS by SNI) are not supported yet: route TLS with tcp rules",
+    },
     "meshapi.networking.EnvoyFilter": {
         "targetRefs": "targetRefs is not supported yet (use workloadSelector)",
     },

@@ -329,11 +329,19 @@ def _service_warnings(svc: service_pb2.ServiceSpec) -> Iterator[Finding]:
         yield from reserved_port_warnings(port.port, protocol, ("spec", "ports", i, "port"))
 
 
+_EXPORTED = (model.VIRTUAL_SERVICE, model.DESTINATION_RULE, model.SERVICE_ENTRY)
+
+
 def warnings(kind: str, spec: Message) -> Iterator[Finding]:
     """Valid input that this control plane accepts but does not act on yet, or that will
     not work as the user probably expects."""
     if kind == model.MESH_CONFIG and spec.HasField("default_config"):
         yield from default_config_warnings(spec)
+    if kind in _EXPORTED and list(spec.export_to) not in ([], ["*"]):
+        yield (
+            ("spec", "exportTo"),
+            ("accepted but not applied yet: every namespace sees this resource"),
+        )
     if kind == model.DESTINATION_RULE:
         yield from destination_rule_warnings(spec)
     elif kind == model.VIRTUAL_SERVICE:
