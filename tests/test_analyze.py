@@ -168,3 +168,14 @@ def test_a_sound_mesh_has_nothing_to_say_and_thresholds_decide_the_exit(tmp_path
         timeout=60,
     ).stdout
     assert "Warning [IST0128] (DestinationRule default/r " in log and "mesh.yaml:7)" in log
+
+
+def test_istio_s_deprecated_gateway_names_resolve(tmp_path: Path) -> None:
+    gateway = GATEWAY.replace("NAME", "gw").replace("HOST", "reviews.example.com")
+    gateway = gateway.replace("metadata: {name: gw}", "metadata: {name: gw, namespace: edge}")
+    bound = vs(
+        "  hosts: [reviews.example.com]\n  gateways: [gw.edge.svc.cluster.local]\n  http:\n"
+        "  - route: [{destination: {host: reviews}}]\n"
+    )
+    done = _analyze(tmp_path, gateway + "---\n" + bound)
+    assert json.loads(done.stdout) == [] and done.returncode == 0

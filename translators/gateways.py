@@ -47,7 +47,7 @@ from translators.resources import (
     pack_all,
     to_any,
 )
-from translators.routes import RouteContext, http_routes
+from translators.routes import RouteContext, gateway_ref, http_routes
 
 if TYPE_CHECKING:
     from translators.snapshot import World
@@ -119,7 +119,7 @@ def _server_host(pattern: str, vs_namespace: str) -> str | None:
 
 
 def _gateway_refs(vs: model.ConfigResource) -> set[str]:
-    return {g if "/" in g else f"{vs.namespace}/{g}" for g in vs.spec.gateways}
+    return {gateway_ref(g, vs.namespace) for g in vs.spec.gateways}
 
 
 def route_config(

@@ -155,9 +155,15 @@ class RouteContext:
         return found
 
 
-def _gateway_ref(name: str, namespace: str) -> str:
-    """`mesh`, `ns/name`, or a bare name in the VirtualService's namespace."""
-    return name if name == MESH_GATEWAY or "/" in name else f"{namespace}/{name}"
+def gateway_ref(name: str, namespace: str) -> str:
+    """A VirtualService's gateway as `ns/name` (or `mesh`): `ns/name`, Istio's deprecated
+    `name.ns.svc.cluster.local`, or a bare name in the VirtualService's namespace."""
+    if name == MESH_GATEWAY or "/" in name:
+        return name
+    if "." in name:
+        gateway, ns = name.split(".")[:2]
+        return f"{ns}/{gateway}"
+    return f"{namespace}/{name}"
 
 
 def _applies_to(
@@ -169,7 +175,7 @@ def _applies_to(
     if match.port and port is not None and match.port != port:
         return False
     if match.gateways:
-        return any(_gateway_ref(g, vs_ns) in ctx.gateways for g in match.gateways)
+        return any(gateway_ref(g, vs_ns) in ctx.gateways for g in match.gateways)
     if not has_labels(ctx.proxy_labels, match.source_labels):
         return False
     return not (match.source_namespace and match.source_namespace != ctx.proxy_ns)

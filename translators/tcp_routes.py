@@ -24,7 +24,7 @@ from translators import model
 from translators.listeners import TCP_PROXY_FILTER, network_listener
 from translators.memo import PerObject
 from translators.naming import has_labels, listener_name, outbound_cluster
-from translators.routes import MESH_GATEWAY, RouteContext, resolve_destination
+from translators.routes import RouteContext, gateway_ref, resolve_destination
 from translators.services import Service
 from translators.traffic_policy import effective_policy, find_subset
 
@@ -45,10 +45,7 @@ def _applies(match: vs_pb2.L4MatchAttributes, port: int, ctx: RouteContext, ns: 
     if match.port and match.port != port:
         return False
     if match.gateways:
-        return any(
-            (g if g == MESH_GATEWAY or "/" in g else f"{ns}/{g}") in ctx.gateways
-            for g in match.gateways
-        )
+        return any(gateway_ref(g, ns) in ctx.gateways for g in match.gateways)
     if not has_labels(ctx.proxy_labels, match.source_labels):
         return False
     return not (match.source_namespace and match.source_namespace != ctx.proxy_ns)

@@ -18,6 +18,7 @@ from typing import Any
 
 from translators import model
 from translators.naming import fqdn, host_matches
+from translators.routes import gateway_ref
 from translators.services import build_services, port_protocol
 from xds_server.config.cross_checks import _destinations
 from xds_server.config.loader import ConfigIssue, ParsedFile, format_path
@@ -246,7 +247,7 @@ def _hosts_not_in_gateway(config: model.MeshConfig) -> Iterator[Finding]:
     gateways = {f"{gw.namespace}/{gw.name}": gw for gw in config.of_kind(model.GATEWAY)}
     for vs in config.of_kind(model.VIRTUAL_SERVICE):
         for g, name in enumerate(vs.spec.gateways):
-            ref = name if "/" in name else f"{vs.namespace}/{name}"
+            ref = gateway_ref(name, vs.namespace)
             gateway = gateways.get(ref)
             if name == "mesh" or gateway is None:
                 continue

@@ -13,7 +13,7 @@ from translators import model
 from translators.envoy_filter import applicable as envoy_filters
 from translators.gateways import selected_gateways
 from translators.naming import fqdn, has_labels, host_matches
-from translators.routes import Bindings, sidecar_virtual_services, vs_hosts
+from translators.routes import Bindings, gateway_ref, sidecar_virtual_services, vs_hosts
 from translators.services import defined_hosts
 
 _POLICIES = (
@@ -114,7 +114,7 @@ def _gateway_bound(config: model.MeshConfig, proxy: model.Proxy) -> list[model.C
     return [
         vs
         for vs in config.of_kind(model.VIRTUAL_SERVICE)
-        if any((g if "/" in g else f"{vs.namespace}/{g}") in refs for g in vs.spec.gateways)
+        if any(gateway_ref(g, vs.namespace) in refs for g in vs.spec.gateways)
     ]
 
 

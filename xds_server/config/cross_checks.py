@@ -17,7 +17,7 @@ from translators import model
 from translators.destination_rules import DestinationRuleIndex, rule_index
 from translators.memo import PerObject
 from translators.naming import fqdn
-from translators.routes import vs_hosts
+from translators.routes import gateway_ref, vs_hosts
 from translators.services import HTTP_PROTOCOLS, port_protocol
 from xds_server.config.checks_envoy import endpoint_findings
 from xds_server.config.yaml_lines import Path
@@ -163,7 +163,7 @@ def _gateway_references(config: model.MeshConfig) -> Iterator[CrossFinding]:
     known = {f"{gw.namespace}/{gw.name}" for gw in config.of_kind(model.GATEWAY)}
     for vs in config.of_kind(model.VIRTUAL_SERVICE):
         for i, name in enumerate(vs.spec.gateways):
-            ref = name if "/" in name else f"{vs.namespace}/{name}"
+            ref = gateway_ref(name, vs.namespace)
             if name != "mesh" and ref not in known:
                 yield CrossFinding(
                     vs, ("spec", "gateways", i), f"no Gateway {ref}; this binding does nothing"
