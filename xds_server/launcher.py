@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import random
@@ -478,6 +479,13 @@ class LocalMesh:
     def all_synced(self, min_generation: int = 0) -> bool:
         """Every workload connected, every type SYNCED, from at least `min_generation`."""
         return not self.unsynced(min_generation)
+
+    def apply(self, filename: str, text: str) -> int:
+        """Write a file into the config directory and wait until every proxy ACKed the
+        config it produces; the generation that carries it."""
+        path = self.config_dir / filename
+        path.write_text(text)
+        return self.wait_config_applied({str(path): hashlib.sha256(text.encode()).hexdigest()})
 
     def wait_config_applied(
         self,

@@ -8,7 +8,6 @@ max_stream_duration is set, as every route here has it (routes.py); a header is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -122,12 +121,6 @@ def _headers(mesh: LocalMesh, host: str) -> dict[str, str]:
     return json.loads(body)["headers"]
 
 
-def _apply(mesh: LocalMesh, name: str, text: str) -> None:
-    path = mesh.config_dir / name
-    path.write_text(text)
-    mesh.wait_config_applied({str(path): hashlib.sha256(text.encode()).hexdigest()})
-
-
 def _remove(mesh: LocalMesh, name: str) -> None:
     path = mesh.config_dir / name
     path.unlink()
@@ -155,7 +148,7 @@ def _issues(mesh: LocalMesh, name: str, severity: str) -> list[dict]:
 
 
 def test_seed_13_as_written_warns_and_never_limits(mesh) -> None:
-    _apply(mesh, "ratelimit.yaml", SEED_13.replace("max_tokens: 100", "max_tokens: 2"))
+    mesh.apply("ratelimit.yaml", SEED_13.replace("max_tokens: 100", "max_tokens: 2"))
     (warning,) = _issues(mesh, "ratelimit.yaml", "warning")
     assert "never limits" in warning["message"] and warning["line"] > 1
     listeners = json.dumps(_dump(mesh, "productpage-v1", "dynamic_listeners"))
@@ -170,7 +163,7 @@ def test_seed_13_enabled_limits_past_the_bucket(mesh) -> None:
     bucket = "            token_bucket:\n"
     assert bucket in text
     text = text.replace(bucket, ENABLED + bucket)
-    _apply(mesh, "ratelimit.yaml", text)
+    mesh.apply("ratelimit.yaml", text)
     assert not _issues(mesh, "ratelimit.yaml", "warning")
     # A connection the previous listener took drains first (up to a second); then the
     # new filter's bucket of 3 runs out and stays empty for its 60 s.
@@ -191,7 +184,7 @@ def test_seed_13_enabled_limits_past_the_bucket(mesh) -> None:
 
 def test_merge_on_a_cluster_and_a_route_and_remove_of_a_filter(mesh) -> None:
     assert "x-patched" not in _headers(mesh, "httpbin")
-    _apply(mesh, "tuning.yaml", CLUSTER_AND_ROUTE)
+    mesh.apply("tuning.yaml", CLUSTER_AND_ROUTE)
     clusters = {
         c["cluster"]["name"]: c["cluster"] for c in _dump(mesh, "sleep", "dynamic_active_clusters")
     }

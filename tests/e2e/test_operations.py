@@ -4,7 +4,6 @@ operator's commands answer from the running server."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -82,17 +81,11 @@ def total(samples: dict, name: str, **labels: str) -> float:
     )
 
 
-def apply(mesh: LocalMesh, name: str, text: str) -> None:
-    path = mesh.config_dir / name
-    path.write_text(text)
-    mesh.wait_config_applied({str(path): hashlib.sha256(text.encode()).hexdigest()})
-
-
 def test_metrics_move_as_the_mesh_works(mesh) -> None:
     before = scrape(mesh)
     assert total(before, "pilot_xds") == 4  # three sidecars and a gateway
     assert total(before, "process_resident_memory_bytes") > 0
-    apply(mesh, "route.yaml", ROUTE)
+    mesh.apply("route.yaml", ROUTE)
     # The three sidecars get the new route and ACK it (the gateway's config is the same).
     wait_until(
         lambda: (
@@ -254,7 +247,7 @@ def test_the_tables_name_the_yaml_behind_each_resource(mesh) -> None:
         "metadata: {name: ratings}\nspec:\n  host: ratings\n"
         "  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}\n"
     )
-    apply(mesh, "rule.yaml", rule)
+    mesh.apply("rule.yaml", rule)
     clusters = run_cli(mesh, "proxy-config", "clusters", "caller").stdout.splitlines()
     (ratings,) = [line for line in clusters if line.startswith("ratings.default")]
     assert ratings.split()[-1] == "default/ratings"

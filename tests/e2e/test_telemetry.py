@@ -4,7 +4,6 @@ formats, and the Telemetry API's overrides."""
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import re
@@ -173,12 +172,6 @@ def _call(mesh: LocalMesh, host: str, path: str = "/", headers=None) -> int:
     )[0]
 
 
-def _apply(mesh: LocalMesh, name: str, text: str) -> None:
-    path = mesh.config_dir / name
-    path.write_text(text)
-    mesh.wait_config_applied({str(path): hashlib.sha256(text.encode()).hexdigest()})
-
-
 def _samples(mesh: LocalMesh, workload: str, metric: str) -> list:
     status, body = http_get(mesh.stats_url(workload), timeout=5)
     assert status == 200, body
@@ -335,7 +328,7 @@ def test_access_log_lines_in_istio_formats(mesh) -> None:
         20,
         "a text access log line",
     )
-    _apply(mesh, "mesh.yaml", _mesh_config(mesh.work_dir.parent, "JSON"))
+    mesh.apply("mesh.yaml", _mesh_config(mesh.work_dir.parent, "JSON"))
     marker = f"/json-{time.monotonic_ns()}"
 
     def entries() -> list[dict]:
@@ -362,7 +355,7 @@ def test_access_log_lines_in_istio_formats(mesh) -> None:
 def test_telemetry_overrides_and_zero_sampling(mesh) -> None:
     """A tag override REMOVE drops a label and an UPSERT adds one from a CEL expression;
     tracing at 0% sends no span."""
-    _apply(mesh, "telemetry.yaml", OVERRIDES)
+    mesh.apply("telemetry.yaml", OVERRIDES)
     quiet = f"/quiet-{time.monotonic_ns()}"
     for _ in range(5):
         assert _call(mesh, "httpbin", quiet, headers={"x-status": "202"}) == 202
@@ -383,7 +376,7 @@ def test_telemetry_overrides_and_zero_sampling(mesh) -> None:
     # The server side keeps its labels (the override is CLIENT only).
     assert _count(mesh, "httpbin-v1", "istio_requests_total", request_protocol="http") > 0
     # Spans: none for the quiet requests; one flushed after them shows they would be here.
-    _apply(mesh, "telemetry.yaml", OVERRIDES.replace("Percentage: 0", "Percentage: 100"))
+    mesh.apply("telemetry.yaml", OVERRIDES.replace("Percentage: 0", "Percentage: 100"))
     marker = f"/after-{time.monotonic_ns()}"
     assert _call(mesh, "httpbin", marker) == 200
 
