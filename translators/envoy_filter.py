@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, MutableSequence
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
@@ -137,7 +138,7 @@ def apply(resources: Resources, patches: tuple[Patch, ...], gateway: bool) -> Re
         out[ROUTE] = _patch_set(
             resources[ROUTE],
             route_pb2.RouteConfiguration,
-            lambda m: _route_config(m, patches, context, gateway),
+            lambda m: _route_config(m, patches, context),
             [],
         )
     if CLUSTER in resources and any(p.apply_to == ApplyTo.CLUSTER for p in patches):
@@ -280,9 +281,7 @@ def _listener(listener: listener_pb2.Listener, patches: tuple[Patch, ...], gatew
         if p.apply_to == ApplyTo.LISTENER and p.operation == Op.MERGE and p.value is not None:
             listener.MergeFrom(p.value)
     _listener_filters(listener, [p for p in mine if p.apply_to == ApplyTo.LISTENER_FILTER])
-    kept = [chain for chain in listener.filter_chains if _chain(listener, chain, mine, context)]
-    del listener.filter_chains[:]
-    listener.filter_chains.extend(kept)
+    _keep(listener.filter_chains, lambda chain: _chain(listener, chain, mine, context))
     default = listener.default_filter_chain if listener.HasField("default_filter_chain") else None
     if default is not None and not _chain(listener, default, mine, context):
         listener.ClearField("default_filter_chain")
@@ -355,7 +354,7 @@ def _http_level(chain, patches: list[Patch], context: int) -> None:
             lambda p: p.match.listener.filter_chain.filter.sub_filter.name,
         )
         if routes and hcm.HasField("route_config"):
-            _route_config(hcm.route_config, tuple(routes), context, False, inline=True)
+            _route_config(hcm.route_config, tuple(routes), context)
         f.typed_config.Pack(hcm)
 
 
@@ -370,23 +369,15 @@ def _filters(
         names = [f.name for f in filters]
         if p.operation == Op.REMOVE:
             if name:
-                kept = [f for f in filters if f.name != name]
-                del filters[:]
-                filters.extend(kept)
+                _keep(filters, lambda f, name=name: f.name != name)
             continue
         if p.value is None:
             continue
-        if p.operation == Op.ADD:
-            filters.append(p.value)
-        elif p.operation == Op.INSERT_FIRST:
-            filters.insert(0, p.value)
-        elif p.operation == Op.INSERT_BEFORE:
-            filters.insert(names.index(name) if name in names else 0, p.value)
-        elif p.operation == Op.INSERT_AFTER:
-            at = names.index(name) + 1 if name in names else len(filters)
-            filters.insert(at, p.value)
-        elif p.operation == Op.REPLACE and name in names:
-            filters[names.index(name)].CopyFrom(p.value)
+        if p.operation == Op.REPLACE:
+            if name in names:
+                filters[names.index(name)].CopyFrom(p.value)
+        else:
+            _insert(filters, names, p.operation, name, p.value)
     for p in patches:
         name = target(p)
         if p.operation != Op.MERGE or p.value is None or not name:
@@ -395,6 +386,26 @@ def _filters(
             if f.name == name:
                 _merge_filter(f, p.value)
                 break
+
+
+def _insert(items: MutableSequence, names: list[str], operation: int, target: str, value) -> None:
+    """ADD (at the end), INSERT_FIRST, or INSERT_BEFORE/AFTER the item named `target`
+    (at the front, or the end, when no item has that name), as Istio places them."""
+    if operation == Op.ADD:
+        items.append(value)
+    elif operation == Op.INSERT_FIRST:
+        items.insert(0, value)
+    elif operation == Op.INSERT_BEFORE:
+        items.insert(names.index(target) if target in names else 0, value)
+    elif operation == Op.INSERT_AFTER:
+        items.insert(names.index(target) + 1 if target in names else len(items), value)
+
+
+def _keep(items: MutableSequence, keep: Callable[[Any], bool]) -> None:
+    """Drop, in place, the items of a repeated field that `keep` refuses."""
+    kept = [item for item in items if keep(item)]
+    del items[:]
+    items.extend(kept)
 
 
 def _merge_filter(existing, value) -> None:
@@ -423,39 +434,36 @@ def _unpacked(value: any_pb2.Any) -> Message:
 
 
 def _route_config(
-    config: route_pb2.RouteConfiguration,
-    patches: tuple[Patch, ...],
-    context: int,
-    gateway: bool,
-    inline: bool = False,
+    config: route_pb2.RouteConfiguration, patches: tuple[Patch, ...], context: int
 ) -> bool:
     mine = [p for p in patches if _context_matches(p, context) and _route_config_matches(p, config)]
     for p in mine:
         if p.apply_to == ApplyTo.ROUTE_CONFIGURATION and p.operation == Op.MERGE and p.value:
             config.MergeFrom(p.value)
-    kept = []
-    for vhost in config.virtual_hosts:
-        vhost_patches = [p for p in mine if _vhost_matches(p, vhost)]
-        vhost_ops = [p for p in vhost_patches if p.apply_to == ApplyTo.VIRTUAL_HOST]
-        if any(
-            p.operation == Op.REMOVE for p in vhost_ops if p.match.route_configuration.vhost.name
-        ):
-            continue
-        for p in vhost_ops:
-            if p.value is None:
-                continue
-            if p.operation == Op.REPLACE and p.match.route_configuration.vhost.name:
-                vhost.CopyFrom(p.value)
-        for p in vhost_ops:
-            if p.operation == Op.MERGE and p.value is not None:
-                vhost.MergeFrom(p.value)
-        _routes(vhost, [p for p in vhost_patches if p.apply_to == ApplyTo.HTTP_ROUTE])
-        kept.append(vhost)
-    del config.virtual_hosts[:]
-    config.virtual_hosts.extend(kept)
+    _keep(config.virtual_hosts, lambda vhost: _vhost(vhost, mine))
     for p in mine:
         if p.apply_to == ApplyTo.VIRTUAL_HOST and p.operation == Op.ADD and p.value is not None:
             config.virtual_hosts.append(p.value)
+    return True
+
+
+def _vhost(vhost: route_components_pb2.VirtualHost, patches: list[Patch]) -> bool:
+    """One virtual host's patches and its routes'; False when a patch removes it."""
+    mine = [p for p in patches if _vhost_matches(p, vhost)]
+    named = [
+        p
+        for p in mine
+        if p.apply_to == ApplyTo.VIRTUAL_HOST and p.match.route_configuration.vhost.name
+    ]
+    if any(p.operation == Op.REMOVE for p in named):
+        return False
+    for p in named:
+        if p.operation == Op.REPLACE and p.value is not None:
+            vhost.CopyFrom(p.value)
+    for p in mine:
+        if p.apply_to == ApplyTo.VIRTUAL_HOST and p.operation == Op.MERGE and p.value is not None:
+            vhost.MergeFrom(p.value)
+    _routes(vhost, [p for p in mine if p.apply_to == ApplyTo.HTTP_ROUTE])
     return True
 
 
@@ -518,20 +526,10 @@ def _routes(vhost, patches: list[Patch]) -> None:
             continue
         names = [r.name for r in vhost.routes]
         target = p.match.route_configuration.vhost.route.name
-        if p.operation == Op.ADD:
-            vhost.routes.append(p.value)
-        elif p.operation == Op.INSERT_FIRST:
-            vhost.routes.insert(0, p.value)
-        elif p.operation == Op.INSERT_BEFORE:
-            vhost.routes.insert(names.index(target) if target in names else 0, p.value)
-        elif p.operation == Op.INSERT_AFTER:
-            at = names.index(target) + 1 if target in names else len(names)
-            vhost.routes.insert(at, p.value)
+        _insert(vhost.routes, names, p.operation, target, p.value)
     removed = [p for p in patches if p.operation == Op.REMOVE]
     if removed:
-        kept = [r for r in vhost.routes if not any(_route_matches(p, r) for p in removed)]
-        del vhost.routes[:]
-        vhost.routes.extend(kept)
+        _keep(vhost.routes, lambda r: not any(_route_matches(p, r) for p in removed))
     for p in patches:
         if p.operation == Op.MERGE and p.value is not None:
             for route in vhost.routes:
