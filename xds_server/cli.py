@@ -143,12 +143,7 @@ def cmd_proxy_status(args: argparse.Namespace) -> int:
             reasons = configz.get("held_reasons", {}).values()
             print(proxy_status.table(syncz, version(), reasons))
             return 0
-        found = [p for p in syncz["proxies"] if p["proxy"] == args.proxy]
-        if not found:
-            known = ", ".join(p["proxy"] for p in syncz["proxies"]) or "none"
-            print(f"xds-server proxy-status: no proxy {args.proxy} (connected: {known})")
-            return 1
-        (proxy,) = found
+        proxy = proxy_status.proxy_of(syncz, args.proxy)
         configz = proxy_status.get_json(f"{base}/debug/configz", args.token)
         sent = proxy_status.get_json(f"{base}/debug/config_dump?proxy={args.proxy}", args.token)
         sources = proxy_status.get_json(f"{base}/debug/provenance?proxy={args.proxy}", args.token)
@@ -203,12 +198,7 @@ def cmd_proxy_config(args: argparse.Namespace) -> int:
     base = args.server.rstrip("/")
     try:
         syncz = proxy_status.get_json(f"{base}/debug/syncz", args.token)
-        found = [p for p in syncz["proxies"] if p["proxy"] == args.proxy]
-        if not found:
-            known = ", ".join(p["proxy"] for p in syncz["proxies"]) or "none"
-            print(f"xds-server proxy-config: no proxy {args.proxy} (connected: {known})")
-            return 1
-        admin = found[0].get("admin")
+        admin = proxy_status.proxy_of(syncz, args.proxy).get("admin")
         dump = statuses = None
         if admin and args.source != "server":
             try:
@@ -249,21 +239,11 @@ def cmd_proxy_config(args: argparse.Namespace) -> int:
         if statuses is not None:
             tables.append(pc.endpoint_rows(statuses, match))
         else:
-            tables.append(pc.endpoint_rows_from_assignments(_assignments(dump), match))
+            tables.append(pc.endpoint_rows_from_assignments(resources["endpoints"], match))
     if args.kind in ("secrets", "all"):
         tables.append(pc.secret_rows(dump, match))
-    print("\n\n".join(pc.render_table(rows) for rows in tables))
+    print("\n\n".join(proxy_status.render(rows) for rows in tables))
     return 0
-
-
-def _assignments(dump: dict) -> dict:
-    out = {}
-    for config in dump.get("configs", []):
-        if config.get("@type", "").endswith("EndpointsConfigDump"):
-            for entry in config.get("dynamic_endpoint_configs", []):
-                assignment = entry.get("endpoint_config", {})
-                out[assignment.get("cluster_name", "")] = assignment
-    return out
 
 
 def _dumped(value, output: str) -> str:

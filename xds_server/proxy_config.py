@@ -10,14 +10,6 @@ from typing import Any
 KINDS = ("clusters", "listeners", "routes", "endpoints", "secrets", "all")
 
 
-def render_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
 def _first(sources: list[str], kind: str) -> str:
     """The first source of a kind ("DestinationRule default/reviews (file:line)")."""
     return next((s.split(" (")[0].split(" ", 1)[1] for s in sources if s.startswith(kind)), "-")

@@ -53,11 +53,25 @@ def table(syncz: dict[str, Any], server_version: str, reasons: Iterable[str] = (
                 proxy.get("envoy_version") or "-",
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return render(rows)
+
+
+def render(rows: list[list[str]]) -> str:
+    """Rows as istioctl prints them: columns padded to their widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def proxy_of(syncz: dict[str, Any], node_id: str) -> dict[str, Any]:
+    """A connected proxy's sync state; DebugApiError naming the connected ones if not."""
+    for proxy in syncz.get("proxies", []):
+        if proxy["proxy"] == node_id:
+            return proxy
+    known = ", ".join(p["proxy"] for p in syncz.get("proxies", [])) or "none"
+    raise DebugApiError(f"no proxy {node_id} (connected: {known})")
 
 
 def _state(state: dict[str, Any], reasons: set[str]) -> str:
@@ -68,7 +82,8 @@ def _state(state: dict[str, Any], reasons: set[str]) -> str:
 
 def dynamic_resources(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The xDS resources of a config_dump (Envoy's or the server's), by type and name."""
-    out: dict[str, dict[str, Any]] = {t: {} for t in ("clusters", "listeners", "routes")}
+    kinds = ("clusters", "listeners", "routes", "endpoints")
+    out: dict[str, dict[str, Any]] = {t: {} for t in kinds}
     configs = dump.get("configs", []) if isinstance(dump, dict) else []
     for config in configs if isinstance(configs, list) else []:
         if not isinstance(config, dict):
@@ -87,16 +102,25 @@ def dynamic_resources(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
             for entry in config.get("dynamic_route_configs", []):
                 route = entry["route_config"]
                 out["routes"][route["name"]] = route
+        elif kind == "EndpointsConfigDump":
+            for entry in config.get("dynamic_endpoint_configs", []):
+                assignment = entry.get("endpoint_config", {})
+                out["endpoints"][assignment.get("cluster_name", "")] = assignment
     return out
 
 
 def diff(sent: dict[str, Any], held: dict[str, Any], proxy: str) -> str:
     """A unified diff of what the server sent and what the Envoy holds (empty: in sync)."""
-    left = _lines(dynamic_resources(sent))
-    right = _lines(dynamic_resources(held))
+    left = _lines(_compared(dynamic_resources(sent)))
+    right = _lines(_compared(dynamic_resources(held)))
     return "".join(
         difflib.unified_diff(left, right, f"{proxy} (sent by xds-server)", f"{proxy} (in Envoy)")
     )
+
+
+def _compared(resources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Clusters, listeners and routes: Envoy's /config_dump leaves endpoints out."""
+    return {kind: resources[kind] for kind in ("clusters", "listeners", "routes")}
 
 
 def _lines(resources: dict[str, dict[str, Any]]) -> list[str]:
