@@ -273,14 +273,23 @@ class World:
 
     def collectors(self, telemetry: ProxyTelemetry) -> tuple[dict, dict[str, Packed]]:
         """The cluster each of `telemetry`'s tracing collectors is reached through, and
-        the clusters of its own that collectors outside the registry need."""
-        names: dict = {}
-        own: list = []
-        for collector in sorted(telemetry.collectors(), key=repr):
-            names[collector] = collector_cluster_name(collector, self.services)
-            if registry_host(collector.host, self.services) is None:
-                own.append(collector_cluster(collector, self.config.mesh.connect_timeout))
-        return names, pack_all(own) if own else {}
+        the clusters of its own that collectors outside the registry need (built and
+        packed once per world for each set of collectors, not once per proxy)."""
+        wanted = frozenset(telemetry.collectors())
+        found = self._collectors.get(wanted)
+        if found is None:
+            names: dict = {}
+            own: list = []
+            for collector in sorted(wanted, key=repr):
+                names[collector] = collector_cluster_name(collector, self.services)
+                if registry_host(collector.host, self.services) is None:
+                    own.append(collector_cluster(collector, self.config.mesh.connect_timeout))
+            found = self._collectors[wanted] = (names, pack_all(own) if own else {})
+        return found
+
+    @cached_property
+    def _collectors(self) -> dict[frozenset, tuple[dict, dict[str, Packed]]]:
+        return {}
 
     @cached_property
     def _endpoint_services(self) -> dict[tuple[str, int], list[tuple[str, str, str]]]:
