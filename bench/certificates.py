@@ -30,7 +30,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
-from served import get_json, serving, write_mesh
+from served import get_json, serving, stop_streams, write_mesh
 
 from xds_server import tokens
 from xds_server.ca import CertificateAuthority
@@ -130,11 +130,7 @@ async def _round(k: int, port: int, debug: int, root: bytes, key: bytes, channel
     finally:
         for s in sims:
             s.outbox.put_nowait(None)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for channel in opened:
-            await channel.close()
+        await stop_streams(tasks, opened)
 
 
 def main() -> None:

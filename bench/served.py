@@ -3,6 +3,7 @@ services over 10 namespaces), started in its own process and waited for until re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,6 +21,15 @@ def write_mesh(directory: Path, services: int) -> None:
     """Each service a Service, a two-subset DestinationRule and a VirtualService."""
     for i in range(services):
         (directory / f"svc-{i}.yaml").write_text(TEMPLATE % {"i": i, "ns": i % 10})
+
+
+async def stop_streams(tasks: Sequence, channels: Sequence) -> None:
+    """Cancel the simulated proxies' tasks and close their gRPC channels."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
 
 
 def get_json(url: str) -> dict:

@@ -30,7 +30,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
-from served import get_json, serving, write_mesh
+from served import get_json, serving, stop_streams, write_mesh
 
 from xds_server.launcher import free_port
 
@@ -230,11 +230,7 @@ async def _round(k: int, xds: int, debug: int, server: subprocess.Popen) -> str:
     finally:
         for s in sims:
             s.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for channel in channels:
-            await channel.close()
+        await stop_streams(tasks, channels)
 
 
 def main() -> None:
