@@ -12,16 +12,13 @@ from typing import Any
 from translators import model
 from translators.envoy_filter import applicable as envoy_filters
 from translators.gateways import selected_gateways
-from translators.naming import fqdn, has_labels, host_matches
+from translators.naming import fqdn, host_matches
 from translators.routes import Bindings, gateway_ref, sidecar_virtual_services, vs_hosts
 from translators.services import defined_hosts
+from translators.sidecar_scope import select_sidecar
+from translators.telemetry import applicable as applicable_telemetry
 
-_POLICIES = (
-    model.PEER_AUTHENTICATION,
-    model.AUTHORIZATION_POLICY,
-    model.REQUEST_AUTHENTICATION,
-    model.TELEMETRY,
-)
+_POLICIES = (model.PEER_AUTHENTICATION, model.AUTHORIZATION_POLICY, model.REQUEST_AUTHENTICATION)
 
 
 def describe(res: model.ConfigResource) -> str:
@@ -84,27 +81,15 @@ def for_proxy(
             found = [describe(owner)] if owner is not None else []
         found += [describe(r) for r in definers.get(host, [])]
         out_vhosts[name] = found + patches
-    listeners = [
-        describe(r)
-        for kind in _POLICIES
-        for r in config.of_kind(kind)
-        if _selects(r, proxy, config.mesh.root_namespace)
-    ]
-    listeners += [
-        describe(r)
-        for r in config.of_kind(model.SIDECAR)
-        if r.namespace == proxy.namespace
-        and (
-            not r.spec.workload_selector.labels
-            or has_labels(proxy.labels, r.spec.workload_selector.labels)
-        )
-    ]
+    # What selects the workload, as translation picks it.
+    chosen = [r for kind in _POLICIES for r in model.workload_policies(config, kind, proxy)]
+    chosen += applicable_telemetry(config, proxy)
+    sidecar = select_sidecar(config, proxy)
+    if sidecar is not None:
+        chosen.append(sidecar)
     if proxy.role == "gateway":
-        listeners += [
-            describe(r)
-            for r in config.of_kind(model.GATEWAY)
-            if r.spec.selector and has_labels(proxy.labels, r.spec.selector)
-        ]
+        chosen += selected_gateways(config, proxy)
+    listeners = [describe(r) for r in chosen]
     return {"clusters": out_clusters, "virtual_hosts": out_vhosts, "listeners": listeners + patches}
 
 
@@ -116,11 +101,3 @@ def _gateway_bound(config: model.MeshConfig, proxy: model.Proxy) -> list[model.C
         for vs in config.of_kind(model.VIRTUAL_SERVICE)
         if any(gateway_ref(g, vs.namespace) in refs for g in vs.spec.gateways)
     ]
-
-
-def _selects(res: model.ConfigResource, proxy: model.Proxy, root: str) -> bool:
-    if res.namespace not in (root, proxy.namespace):
-        return False
-    if not res.spec.HasField("selector"):
-        return True
-    return has_labels(proxy.labels, res.spec.selector.match_labels)
