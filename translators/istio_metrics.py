@@ -37,7 +37,6 @@ from functools import lru_cache
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2 as data_pb2
 from envoy.extensions.access_loggers.stats.v3 import stats_pb2
-from envoy.type.v3 import http_pb2  # noqa: F401 (registers types the stats config uses)
 from google.protobuf import wrappers_pb2
 
 from translators.resources import to_any
