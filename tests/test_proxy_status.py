@@ -91,3 +91,17 @@ def test_route_rows_show_paths_and_header_matches() -> None:
     rows = route_rows(routes, matcher(), {"r:9080": ["VirtualService default/r (f:1)"]})
     assert [r[3] for r in rows[1:]] == ["/* [end-user]", "/exact"]
     assert {r[4] for r in rows[1:]} == {"default/r"}
+
+
+def test_proxy_config_refuses_a_filter_its_kind_lacks() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "xds_server", "proxy-config", "routes", "p", "--fqdn", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--fqdn does not apply to routes (these do: --name)" in done.stderr
